@@ -1,0 +1,1 @@
+//! The twinflash firmware artifact: format, push and a resumable, verified fetcher.

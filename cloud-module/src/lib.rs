@@ -1,0 +1,1 @@
+//! The twinflash cloud controller.

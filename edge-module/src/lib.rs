@@ -1,0 +1,1 @@
+//! The twinflash edge agent.

@@ -1,0 +1,1 @@
+//! Flashing backends behind one trait.

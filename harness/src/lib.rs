@@ -1,0 +1,1 @@
+//! Dev-only test harness: real services on free loopback ports and a TCP fault proxy.
