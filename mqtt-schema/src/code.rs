@@ -43,11 +43,14 @@ pub enum ErrorCode {
     Timeout,
     /// A bug or an unexpected local failure.
     Internal,
+    /// A twin message for the device could not be decoded (malformed JSON, wrong field types). Added to the
+    /// contract's list: the payload names no usable intent, so `invalid-reference` would mislead.
+    InvalidMessage,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::InvalidReference,
         ErrorCode::UnsupportedArtifact,
         ErrorCode::ChipMismatch,
@@ -65,6 +68,7 @@ impl ErrorCode {
         ErrorCode::BrokerUnreachable,
         ErrorCode::Timeout,
         ErrorCode::Internal,
+        ErrorCode::InvalidMessage,
     ];
 
     /// The stable wire string, e.g. `digest-mismatch`.
@@ -87,6 +91,7 @@ impl ErrorCode {
             ErrorCode::BrokerUnreachable => "broker-unreachable",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
+            ErrorCode::InvalidMessage => "invalid-message",
         }
     }
 }

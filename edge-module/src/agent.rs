@@ -1,0 +1,166 @@
+//! Assembles the agent from its configuration: devices rebuilt from their journals and read-backs, one job per
+//! device, the MQTT link, metrics; and shuts it down gracefully (downloads checkpoint, flashes finish).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use twinflash_artifact::{Credentials, FetchConfig, Fetcher, Mirror};
+
+use crate::config::{EdgeConfig, MirrorConfig};
+use crate::device::Device;
+use crate::job::{self, JobContext};
+use crate::journal::Journal;
+use crate::link::{self, Link};
+use crate::metrics::{self, Metrics};
+use crate::outbox::Outbox;
+use crate::plan::{self, ReadBack};
+use crate::report::ReportQueue;
+
+/// The agent could not start. The message names the device or the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A device's flasher could not be built.
+    #[error("device {device}: {source}")]
+    Flasher {
+        device: String,
+        source: twinflash_flasher::FlashError,
+    },
+    /// The journal of a device cannot be read or written.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    /// The outbox cannot be opened.
+    #[error(transparent)]
+    Outbox(#[from] crate::outbox::OutboxError),
+    /// The fetcher could not be built (CA file, credentials, cache directory).
+    #[error("registry: {0}")]
+    Fetcher(#[from] twinflash_artifact::FetchError),
+    /// The MQTT settings are wrong.
+    #[error(transparent)]
+    Link(#[from] link::LinkError),
+}
+
+/// The fetcher settings from the `[registry]` section.
+pub fn fetch_config(cfg: &EdgeConfig) -> FetchConfig {
+    let r = &cfg.registry;
+    let mut fc = FetchConfig::new(cfg.state_dir.join("cache"));
+    fc.max_size = r.max_artifact_bytes;
+    fc.cache_max_bytes = r.cache_max_bytes;
+    fc.rate_limit_bps = r.rate_limit_bytes_per_sec;
+    fc.plain_http = r.plain_http.clone();
+    fc.mirrors = r
+        .mirrors
+        .iter()
+        .map(|m| match m {
+            MirrorConfig::Registry { host } => Mirror::Registry(host.clone()),
+            MirrorConfig::Layout { path } => Mirror::Layout(path.clone()),
+        })
+        .collect();
+    fc.credentials = Credentials {
+        username: r.username.clone(),
+        password_file: r.password_file.clone(),
+        bearer_token: None,
+        docker_config: r.docker_config.clone(),
+    };
+    fc.ca_file = r.ca_file.clone();
+    fc.client_cert = r.cert_file.clone();
+    fc.client_key = r.key_file.clone();
+    fc
+}
+
+/// Runs the agent until `shutdown` is cancelled, then stops gracefully.
+pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let reports = Arc::new(ReportQueue::new(Outbox::open(&cfg.state_dir)?));
+    let fetcher = Arc::new(Fetcher::new(fetch_config(&cfg))?);
+
+    let mut devices = HashMap::new();
+    for dc in &cfg.devices {
+        let flasher = twinflash_flasher::build(&dc.flasher, &dc.chip).map_err(|source| StartError::Flasher {
+            device: dc.id.clone(),
+            source,
+        })?;
+        let journal = Journal::new(&cfg.state_dir, &dc.id);
+        let journaled = match journal.load() {
+            Ok(s) => s,
+            Err(e @ crate::journal::JournalError::Corrupt { .. }) => {
+                tracing::error!(device = %dc.id, error = %e, "starting this device from what it reports");
+                plan::JobState::default()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let read_back = match flasher.installed().await {
+            Ok(i) => i.map(|i| ReadBack {
+                reference: i.reference,
+                version: i.version,
+            }),
+            Err(e) => {
+                tracing::warn!(device = %dc.id, code = %e.code(), error = %e, "cannot read back what is installed");
+                None
+            }
+        };
+        let reads_back = flasher.reads_back();
+        let state = plan::reconcile(journaled.clone(), reads_back, read_back);
+        if state != journaled {
+            journal.store(&state)?;
+        }
+        for pinned in [&state.installed, &state.wanted].into_iter().flatten() {
+            let _ = fetcher.pin(pinned);
+        }
+        tracing::info!(device = %dc.id, installed = ?state.installed, wanted = ?state.wanted, "device ready");
+        devices.insert(dc.id.clone(), Device::new(dc.clone(), flasher, journal, state));
+    }
+
+    let ctx = Arc::new(JobContext {
+        fetcher,
+        downloads: Arc::new(Semaphore::new(cfg.limits.downloads)),
+        flashes: Arc::new(Semaphore::new(cfg.limits.flashes)),
+        reports: reports.clone(),
+        max_attempts: cfg.limits.flash_attempts,
+        shutdown: shutdown.clone(),
+        metrics: metrics.clone(),
+        retry_base: Duration::from_millis(500),
+    });
+    let mut jobs = JoinSet::new();
+    for dev in devices.values() {
+        jobs.spawn(job::run(dev.clone(), ctx.clone()));
+    }
+
+    let link = Arc::new(Link::new(
+        &cfg.node,
+        devices,
+        cfg.mqtt.topic_layout.into(),
+        reports,
+        metrics.clone(),
+    ));
+    let link_stop = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let sub_opts = link::mqtt_options(&cfg.mqtt, &cfg.mqtt.client_id, true)?;
+    let (sub_client, sub_events) = rumqttc::AsyncClient::new(sub_opts, 4096);
+    tasks.spawn(link.clone().run_subscriber(sub_client, sub_events, link_stop.clone()));
+    let pub_opts = link::mqtt_options(&cfg.mqtt, &format!("{}-pub", cfg.mqtt.client_id), false)?;
+    let (pub_client, pub_events) = rumqttc::AsyncClient::new(pub_opts, 4096);
+    tasks.spawn(link.clone().run_publisher(pub_client, pub_events, link_stop.clone()));
+    if let Some(listen) = cfg.metrics.listen.clone() {
+        let (m, stop) = (metrics.clone(), link_stop.clone());
+        tasks.spawn(async move {
+            if let Err(e) = metrics::serve(&listen, m, stop).await {
+                tracing::error!(listen = %listen, error = %e, "metrics listener failed");
+            }
+        });
+    }
+    metrics.set_ready();
+    tracing::info!(node = %cfg.node, devices = cfg.devices.len(), "twinflash-edge running");
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: downloads checkpoint and stop, running flashes finish");
+    while jobs.join_next().await.is_some() {}
+    // The link stays up while flashes finish, so their reports can still leave.
+    link_stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! The agent's configuration: a TOML file plus `TWINFLASH_EDGE__...` environment overrides, read with the `config`
+//! crate and checked at start. Unknown keys are errors that name the key.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use twinflash_flasher::FlasherConfig;
+
+/// Prefix of the environment overrides: `TWINFLASH_EDGE__MQTT__URL=mqtt://...` sets `mqtt.url`.
+pub const ENV_PREFIX: &str = "TWINFLASH_EDGE";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// The KubeEdge node this agent runs on (used in logs and metrics).
+    pub node: String,
+    /// Journals, outbox and the artifact cache live here.
+    pub state_dir: PathBuf,
+    /// The MQTT link to the node's broker.
+    pub mqtt: MqttConfig,
+    /// Where firmware comes from.
+    #[serde(default)]
+    pub registry: RegistryConfig,
+    /// How much runs at once and how often a flash is tried.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Logs.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Prometheus metrics and health endpoints.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// The devices this agent flashes.
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// `[mqtt]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host:port` or `mqtts://host:port` (TLS).
+    pub url: String,
+    /// Stable client id of the persistent session; the report connection uses `<client_id>-pub`.
+    pub client_id: String,
+    /// Username, if the broker wants one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password, if the broker wants one.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// CA certificate (PEM) that signs the broker's certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// `namespaced` (`{ns}/{name}` in topics, KubeEdge >= 1.16.2, the default) or `legacy` (`{name}`).
+    #[serde(default)]
+    pub topic_layout: TopicLayoutName,
+    /// MQTT keep-alive in seconds.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_secs: u64,
+}
+
+/// The topic layout, as written in the config.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TopicLayoutName {
+    /// `$hw/events/device/{namespace}/{name}/...`
+    #[default]
+    Namespaced,
+    /// `$hw/events/device/{name}/...`
+    Legacy,
+}
+
+impl From<TopicLayoutName> for mqtt_schema::TopicLayout {
+    fn from(l: TopicLayoutName) -> Self {
+        match l {
+            TopicLayoutName::Namespaced => mqtt_schema::TopicLayout::Namespaced,
+            TopicLayoutName::Legacy => mqtt_schema::TopicLayout::Legacy,
+        }
+    }
+}
+
+/// `[registry]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Registry hosts (`host:port`) reached over plain HTTP instead of HTTPS.
+    #[serde(default)]
+    pub plain_http: Vec<String>,
+    /// Extra CA certificate (PEM) for registries.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for registries that want mutual TLS.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Client key (PEM).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// A docker `config.json` with registry credentials.
+    #[serde(default)]
+    pub docker_config: Option<PathBuf>,
+    /// Username for every registry (with `password_file`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the password for `username`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Sources tried in order before the origin registry.
+    #[serde(default)]
+    pub mirrors: Vec<MirrorConfig>,
+    /// Largest artifact accepted, in bytes (`too-large` above it).
+    #[serde(default = "default_max_artifact")]
+    pub max_artifact_bytes: u64,
+    /// Cap of the artifact cache in bytes; least recently used blobs are evicted, never the installed or wanted one.
+    #[serde(default)]
+    pub cache_max_bytes: Option<u64>,
+    /// Download rate limit in bytes per second, for metered links.
+    #[serde(default)]
+    pub rate_limit_bytes_per_sec: Option<u64>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            plain_http: Vec::new(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            docker_config: None,
+            username: None,
+            password_file: None,
+            mirrors: Vec::new(),
+            max_artifact_bytes: default_max_artifact(),
+            cache_max_bytes: None,
+            rate_limit_bytes_per_sec: None,
+        }
+    }
+}
+
+/// `[[registry.mirrors]]`: another registry, or an OCI image-layout directory (a USB stick at an air-gapped site).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum MirrorConfig {
+    /// A registry host (`host:port`) serving the same repositories.
+    Registry {
+        /// `host:port`.
+        host: String,
+    },
+    /// An OCI image layout directory.
+    Layout {
+        /// The directory holding `index.json` and `blobs/`.
+        path: PathBuf,
+    },
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Downloads running at once across all devices.
+    #[serde(default = "default_downloads")]
+    pub downloads: usize,
+    /// Flashes running at once across all devices (each probe still does one at a time).
+    #[serde(default = "default_flashes")]
+    pub flashes: usize,
+    /// Flash attempts of one intent before it is `failed:flash-failed`.
+    #[serde(default = "default_attempts")]
+    pub flash_attempts: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            downloads: default_downloads(),
+            flashes: default_flashes(),
+            flash_attempts: default_attempts(),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `twinflash_edge=debug`; `RUST_LOG` wins when set.
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` for `/metrics`, `/healthz` and `/readyz`; absent: no listener.
+    #[serde(default)]
+    pub listen: Option<String>,
+}
+
+/// `[[devices]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// `namespace/name` (namespaced layout) or `name` (legacy layout), as KubeEdge names the Device.
+    pub id: String,
+    /// The device's chip (a probe-rs chip name or family); artifacts for another chip are `rejected:chip-mismatch`.
+    pub chip: String,
+    /// Accept an intent with a lower semver than the installed firmware.
+    #[serde(default)]
+    pub allow_downgrade: bool,
+    /// Prefix of the three firmware twin names (`<prefix>firmware`, ...), for devices with several firmware parts.
+    #[serde(default)]
+    pub twin_prefix: String,
+    /// How this device is flashed.
+    pub flasher: FlasherConfig,
+}
+
+fn default_keep_alive() -> u64 {
+    30
+}
+fn default_max_artifact() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_downloads() -> usize {
+    4
+}
+fn default_flashes() -> usize {
+    8
+}
+fn default_attempts() -> u32 {
+    3
+}
+
+/// The configuration could not be read or is wrong. The message names the file or the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is missing, unreadable, not TOML, or a key has the wrong type or is unknown.
+    #[error("{0}")]
+    Load(#[from] config::ConfigError),
+    /// A value is well-formed but not acceptable.
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl EdgeConfig {
+    /// Reads `path` and the `TWINFLASH_EDGE__...` environment, then checks the result.
+    pub fn load(path: &Path) -> Result<EdgeConfig, ConfigError> {
+        let cfg: EdgeConfig = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: device ids fit the topic layout and are unique, limits are positive, the URL is one
+    /// the link understands.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, reason: &str| ConfigError::Invalid {
+            key,
+            reason: reason.to_owned(),
+        };
+        if !(self.mqtt.url.starts_with("mqtt://") || self.mqtt.url.starts_with("mqtts://")) {
+            return Err(invalid("mqtt.url".into(), "must start with mqtt:// or mqtts://"));
+        }
+        if self.mqtt.client_id.is_empty() {
+            return Err(invalid(
+                "mqtt.client_id".into(),
+                "must not be empty (a persistent session needs a stable id)",
+            ));
+        }
+        if self.limits.downloads == 0 || self.limits.flashes == 0 || self.limits.flash_attempts == 0 {
+            return Err(invalid("limits".into(), "downloads, flashes and flash_attempts must be at least 1"));
+        }
+        if self.devices.is_empty() {
+            return Err(invalid("devices".into(), "at least one [[devices]] entry is needed"));
+        }
+        let mut seen = HashSet::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            if let Err(e) = mqtt_schema::DeviceId::parse(&d.id, self.mqtt.topic_layout.into()) {
+                return Err(invalid(
+                    format!("devices[{i}].id"),
+                    &format!(
+                        "{:?} is not a Device id for the {:?} topic layout (namespaced: `namespace/name`, legacy: `name`): {e}",
+                        d.id, self.mqtt.topic_layout
+                    ),
+                ));
+            }
+            if let Err(e) = mqtt_schema::TwinNames::with_prefix(&d.twin_prefix) {
+                return Err(invalid(format!("devices[{i}].twin_prefix"), &e.to_string()));
+            }
+            if !seen.insert(d.id.as_str()) {
+                return Err(invalid(format!("devices[{i}].id"), &format!("{:?} appears twice", d.id)));
+            }
+            if d.chip.is_empty() {
+                return Err(invalid(format!("devices[{i}].chip"), "must not be empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

@@ -1,0 +1,77 @@
+use super::*;
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/edge-config.example.toml")
+}
+
+fn write(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("edge.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const MINIMAL: &str = r#"
+node = "n1"
+state_dir = "/tmp/tf"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+client_id = "c1"
+[[devices]]
+id = "default/d1"
+chip = "nRF52840_xxAA"
+[devices.flasher]
+kind = "simulated"
+dir = "/tmp/tf/d1"
+size = 65536
+"#;
+
+#[test]
+fn the_documented_example_loads() {
+    let cfg = EdgeConfig::load(&example()).unwrap();
+    assert_eq!(cfg.devices.len(), 3);
+    assert_eq!(cfg.mqtt.topic_layout, TopicLayoutName::Namespaced);
+    assert_eq!(cfg.registry.mirrors.len(), 1);
+    assert!(matches!(cfg.devices[2].flasher, FlasherConfig::Simulated(_)));
+}
+
+#[test]
+fn defaults_fill_what_a_minimal_file_leaves_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = EdgeConfig::load(&write(dir.path(), MINIMAL)).unwrap();
+    assert_eq!(cfg.limits.flash_attempts, 3);
+    assert_eq!(cfg.registry.max_artifact_bytes, 64 * 1024 * 1024);
+    assert_eq!(cfg.log.format, LogFormat::Text);
+    assert!(cfg.metrics.listen.is_none());
+}
+
+#[test]
+fn an_unknown_key_is_an_error_that_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = MINIMAL.replace("client_id = \"c1\"", "client_id = \"c1\"\nclientid = \"typo\"");
+    let err = EdgeConfig::load(&write(dir.path(), &text)).unwrap_err().to_string();
+    assert!(err.contains("clientid"), "{err}");
+}
+
+#[test]
+fn ids_must_fit_the_topic_layout_and_be_unique() {
+    let dir = tempfile::tempdir().unwrap();
+    let legacy = MINIMAL.replace("client_id = \"c1\"", "client_id = \"c1\"\ntopic_layout = \"legacy\"");
+    let err = EdgeConfig::load(&write(dir.path(), &legacy)).unwrap_err().to_string();
+    assert!(err.contains("devices[0].id"), "{err}");
+
+    let twice = format!("{MINIMAL}\n{}", &MINIMAL[MINIMAL.find("[[devices]]").unwrap()..]);
+    let err = EdgeConfig::load(&write(dir.path(), &twice)).unwrap_err().to_string();
+    assert!(err.contains("appears twice"), "{err}");
+
+    let bad_url = MINIMAL.replace("mqtt://", "http://");
+    let err = EdgeConfig::load(&write(dir.path(), &bad_url)).unwrap_err().to_string();
+    assert!(err.contains("mqtt.url"), "{err}");
+}
+
+#[test]
+fn a_missing_file_names_the_file() {
+    let err = EdgeConfig::load(Path::new("/nonexistent/edge.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/nonexistent/edge.toml"), "{err}");
+}

@@ -1,0 +1,151 @@
+//! One device as the agent holds it: its configuration, journal, flasher and the handle the MQTT link uses to hand
+//! it intents. The job that acts on it lives in `job`.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use twinflash_flasher::Flasher;
+
+use crate::config::DeviceConfig;
+use crate::journal::{Journal, JournalError};
+use crate::plan::{self, JobState, OnIntent};
+use mqtt_schema::TwinNames;
+
+use crate::report::{Report, ReportQueue};
+
+/// What the link and the job share about one device.
+pub struct Device {
+    /// The configuration.
+    pub cfg: DeviceConfig,
+    /// The flashing backend.
+    pub flasher: Box<dyn Flasher>,
+    /// Its twin names.
+    pub names: TwinNames,
+    journal: Journal,
+    inner: Mutex<Inner>,
+    wake: Notify,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device").field("id", &self.cfg.id).finish()
+    }
+}
+
+/// Mutable state behind the lock. Never held across an await.
+#[derive(Debug, Default)]
+pub(crate) struct Inner {
+    /// The journaled state.
+    pub state: JobState,
+    /// True while a flash runs (it is never interrupted).
+    pub flashing: bool,
+    /// Cancels the running download when a newer intent arrives.
+    pub download_cancel: Option<CancellationToken>,
+    /// The last report made, re-queued after every reconnect.
+    pub last_report: Option<Report>,
+}
+
+impl Device {
+    /// A device whose journal lives under `journal`.
+    pub fn new(cfg: DeviceConfig, flasher: Box<dyn Flasher>, journal: Journal, state: JobState) -> Arc<Device> {
+        // The prefix was checked with the configuration; the defaults are a safe fallback.
+        let names = TwinNames::with_prefix(&cfg.twin_prefix).unwrap_or_default();
+        Arc::new(Device {
+            names,
+            cfg,
+            flasher,
+            journal,
+            inner: Mutex::new(Inner {
+                state,
+                ..Inner::default()
+            }),
+            wake: Notify::new(),
+        })
+    }
+
+    /// The device id (`namespace/name` or `name`).
+    pub fn id(&self) -> &str {
+        &self.cfg.id
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock means a panic while holding it; the state inside is still the last one written.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A snapshot of the journaled state.
+    pub fn state(&self) -> JobState {
+        self.lock().state.clone()
+    }
+
+    /// The installed reference and its version, if any.
+    pub fn installed_pair(&self) -> Option<(String, String)> {
+        let inner = self.lock();
+        inner
+            .state
+            .installed
+            .clone()
+            .map(|r| (r, inner.state.installed_version.clone().unwrap_or_default()))
+    }
+
+    /// Records an intent received from the twin. Returns only when it is journaled on disk, so the caller may
+    /// acknowledge the MQTT message afterwards. A repeated intent changes nothing and writes nothing.
+    pub fn on_intent(&self, reference: &str) -> Result<bool, JournalError> {
+        let mut inner = self.lock();
+        let mut next = inner.state.clone();
+        match plan::on_intent(&mut next, reference, inner.flashing) {
+            OnIntent::Unchanged => Ok(false),
+            OnIntent::Replace { cancel_download } => {
+                self.journal.store(&next)?;
+                inner.state = next;
+                if cancel_download && let Some(token) = inner.download_cancel.take() {
+                    token.cancel();
+                }
+                drop(inner);
+                self.wake.notify_one();
+                Ok(true)
+            }
+        }
+    }
+
+    /// Changes the state and journals it before returning.
+    pub fn update(&self, change: impl FnOnce(&mut JobState)) -> Result<JobState, JournalError> {
+        let mut inner = self.lock();
+        let mut next = inner.state.clone();
+        change(&mut next);
+        if next != inner.state {
+            self.journal.store(&next)?;
+            inner.state = next.clone();
+        }
+        Ok(next)
+    }
+
+    /// Queues `report` in the outbox and remembers it for re-reports. An outbox that cannot be written is logged:
+    /// the journal still holds the truth, and the state is reported again after the next reconnect.
+    pub fn report(&self, reports: &ReportQueue, report: Report) {
+        if let Err(e) = reports.put(self.id(), &self.names, &report) {
+            tracing::error!(device = self.id(), code = %e.code(), error = %e, "cannot queue report");
+        }
+        self.lock().last_report = Some(report);
+    }
+
+    /// Queues the last report again (after a reconnect: edgecore does not queue edge-to-cloud syncs).
+    pub fn rereport(&self, reports: &ReportQueue) {
+        let last = self.lock().last_report.clone();
+        if let Some(report) = last
+            && let Err(e) = reports.put(self.id(), &self.names, &report)
+        {
+            tracing::error!(device = self.id(), code = %e.code(), error = %e, "cannot queue report");
+        }
+    }
+
+    /// Asks the job to look at its state again (a re-report after a reconnect, a new intent).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) async fn woken(&self) {
+        self.wake.notified().await;
+    }
+}

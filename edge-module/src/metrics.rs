@@ -1,0 +1,169 @@
+//! Prometheus metrics of the agent and its `/metrics`, `/healthz` and `/readyz` listener.
+//!
+//! Metric labels use the stable error codes and state names of the twin, so a dashboard and the twin agree.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlashLabel {
+    backend: String,
+    result: String,
+}
+
+/// The agent's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    jobs: Family<StateLabel, Gauge>,
+    job_states: Mutex<HashMap<String, String>>,
+    bytes_fetched: Counter,
+    flash_seconds: Family<FlashLabel, Histogram>,
+    broker_connected: Gauge,
+    outbox_depth: Gauge,
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `twinflash_edge` prefix.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("twinflash_edge");
+        let jobs = Family::<StateLabel, Gauge>::default();
+        registry.register("jobs", "Devices by firmware state (the part of firmware-state before ':')", jobs.clone());
+        let bytes_fetched = Counter::default();
+        registry.register("fetched_bytes", "Artifact bytes received from registries and mirrors", bytes_fetched.clone());
+        let flash_seconds = Family::<FlashLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0])
+        });
+        registry.register("flash_duration_seconds", "Duration of flashes, verify included", flash_seconds.clone());
+        let broker_connected = Gauge::default();
+        registry.register("broker_connected", "1 while the intent subscription is connected", broker_connected.clone());
+        let outbox_depth = Gauge::default();
+        registry.register("outbox_depth", "Twin reports waiting for a broker acknowledgement", outbox_depth.clone());
+        Metrics {
+            registry,
+            jobs,
+            job_states: Mutex::new(HashMap::new()),
+            bytes_fetched,
+            flash_seconds,
+            broker_connected,
+            outbox_depth,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Records the reported state of a device (`installed`, `downloading:40`, ...).
+    pub fn set_job_state(&self, device: &str, state: &str) {
+        let kind = state.split(':').next().unwrap_or(state).to_owned();
+        let mut states = self.job_states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(old) = states.insert(device.to_owned(), kind.clone()) {
+            if old == kind {
+                return;
+            }
+            self.jobs.get_or_create(&StateLabel { state: old }).dec();
+        }
+        self.jobs.get_or_create(&StateLabel { state: kind }).inc();
+    }
+
+    /// Adds bytes received by the fetcher.
+    pub fn add_bytes_fetched(&self, bytes: u64) {
+        self.bytes_fetched.inc_by(bytes);
+    }
+
+    /// Records one flash.
+    pub fn observe_flash(&self, backend: &str, took: Duration, ok: bool) {
+        let label = FlashLabel {
+            backend: backend.to_owned(),
+            result: if ok { "ok" } else { "error" }.to_owned(),
+        };
+        self.flash_seconds.get_or_create(&label).observe(took.as_secs_f64());
+    }
+
+    /// Records whether the broker link is up.
+    pub fn set_broker_connected(&self, up: bool) {
+        self.broker_connected.set(i64::from(up));
+    }
+
+    /// Records the outbox depth.
+    pub fn set_outbox_depth(&self, depth: usize) {
+        self.outbox_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// Marks the agent ready (every job rebuilt from its journal and the link started).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listen` until `shutdown`.
+pub async fn serve(listen: &str, metrics: Arc<Metrics>, shutdown: CancellationToken) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(|State(m): State<Arc<Metrics>>| async move { m.encode() }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(m): State<Arc<Metrics>>| async move {
+                if m.ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                }
+            }),
+        )
+        .with_state(metrics);
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_states_move_between_labels() {
+        let m = Metrics::new();
+        m.set_job_state("a", "downloading:10");
+        m.set_job_state("a", "downloading:20");
+        m.set_job_state("b", "installed");
+        m.set_job_state("a", "installed");
+        let text = m.encode();
+        assert!(text.contains("twinflash_edge_jobs{state=\"installed\"} 2"), "{text}");
+        assert!(text.contains("twinflash_edge_jobs{state=\"downloading\"} 0"), "{text}");
+    }
+}

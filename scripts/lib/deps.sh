@@ -1,0 +1,33 @@
+# shellcheck shell=bash
+# Installs what twinflash's scripts need, only when it is missing. Sourced by test.sh, demo.sh, bench.sh.
+
+export PATH="$PATH:/usr/sbin:/sbin"
+
+tf_log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+
+tf_sudo() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        echo "error: need root (or sudo) to run: $*" >&2; return 1; fi
+}
+
+# tf_need_apt CMD:PACKAGE ... installs PACKAGE when CMD is not found.
+tf_need_apt() {
+    local missing=() pair
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    tf_log "installing from Debian: ${missing[*]}"
+    tf_sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive tf_sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+tf_need_services() {
+    tf_need_apt mosquitto:mosquitto mosquitto_pub:mosquitto-clients docker-registry:docker-registry \
+        skopeo:skopeo htpasswd:apache2-utils curl:curl openssl:openssl
+}
+
+tf_need_rust() {
+    command -v cargo >/dev/null 2>&1 || { echo "error: cargo not found (install Rust with rustup)" >&2; return 1; }
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
+}
