@@ -79,9 +79,11 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
 
     let mut devices = HashMap::new();
     for dc in &cfg.devices {
-        let flasher = twinflash_flasher::build(&dc.flasher, &dc.chip).map_err(|source| StartError::Flasher {
-            device: dc.id.clone(),
-            source,
+        let flasher = twinflash_flasher::build(&dc.flasher, &dc.chip).map_err(|source| {
+            StartError::Flasher {
+                device: dc.id.clone(),
+                source,
+            }
         })?;
         let journal = Journal::new(&cfg.state_dir, &dc.id);
         let journaled = match journal.load() {
@@ -111,7 +113,10 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
             let _ = fetcher.pin(pinned);
         }
         tracing::info!(device = %dc.id, installed = ?state.installed, wanted = ?state.wanted, "device ready");
-        devices.insert(dc.id.clone(), Device::new(dc.clone(), flasher, journal, state));
+        devices.insert(
+            dc.id.clone(),
+            Device::new(dc.clone(), flasher, journal, state),
+        );
     }
 
     let ctx = Arc::new(JobContext {
@@ -140,10 +145,16 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
     let mut tasks = JoinSet::new();
     let sub_opts = link::mqtt_options(&cfg.mqtt, &cfg.mqtt.client_id, true)?;
     let (sub_client, sub_events) = rumqttc::AsyncClient::new(sub_opts, 4096);
-    tasks.spawn(link.clone().run_subscriber(sub_client, sub_events, link_stop.clone()));
+    tasks.spawn(
+        link.clone()
+            .run_subscriber(sub_client, sub_events, link_stop.clone()),
+    );
     let pub_opts = link::mqtt_options(&cfg.mqtt, &format!("{}-pub", cfg.mqtt.client_id), false)?;
     let (pub_client, pub_events) = rumqttc::AsyncClient::new(pub_opts, 4096);
-    tasks.spawn(link.clone().run_publisher(pub_client, pub_events, link_stop.clone()));
+    tasks.spawn(
+        link.clone()
+            .run_publisher(pub_client, pub_events, link_stop.clone()),
+    );
     if let Some(listen) = cfg.metrics.listen.clone() {
         let (m, stop) = (metrics.clone(), link_stop.clone());
         tasks.spawn(async move {

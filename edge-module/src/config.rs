@@ -287,7 +287,10 @@ impl EdgeConfig {
             reason: reason.to_owned(),
         };
         if !(self.mqtt.url.starts_with("mqtt://") || self.mqtt.url.starts_with("mqtts://")) {
-            return Err(invalid("mqtt.url".into(), "must start with mqtt:// or mqtts://"));
+            return Err(invalid(
+                "mqtt.url".into(),
+                "must start with mqtt:// or mqtts://",
+            ));
         }
         if self.mqtt.client_id.is_empty() {
             return Err(invalid(
@@ -295,11 +298,18 @@ impl EdgeConfig {
                 "must not be empty (a persistent session needs a stable id)",
             ));
         }
-        if self.limits.downloads == 0 || self.limits.flashes == 0 || self.limits.flash_attempts == 0 {
-            return Err(invalid("limits".into(), "downloads, flashes and flash_attempts must be at least 1"));
+        if self.limits.downloads == 0 || self.limits.flashes == 0 || self.limits.flash_attempts == 0
+        {
+            return Err(invalid(
+                "limits".into(),
+                "downloads, flashes and flash_attempts must be at least 1",
+            ));
         }
         if self.devices.is_empty() {
-            return Err(invalid("devices".into(), "at least one [[devices]] entry is needed"));
+            return Err(invalid(
+                "devices".into(),
+                "at least one [[devices]] entry is needed",
+            ));
         }
         let mut seen = HashSet::new();
         for (i, d) in self.devices.iter().enumerate() {
@@ -316,7 +326,10 @@ impl EdgeConfig {
                 return Err(invalid(format!("devices[{i}].twin_prefix"), &e.to_string()));
             }
             if !seen.insert(d.id.as_str()) {
-                return Err(invalid(format!("devices[{i}].id"), &format!("{:?} appears twice", d.id)));
+                return Err(invalid(
+                    format!("devices[{i}].id"),
+                    &format!("{:?} appears twice", d.id),
+                ));
             }
             if d.chip.is_empty() {
                 return Err(invalid(format!("devices[{i}].chip"), "must not be empty"));

@@ -31,7 +31,10 @@ fn the_documented_example_loads() {
     assert_eq!(cfg.devices.len(), 3);
     assert_eq!(cfg.mqtt.topic_layout, TopicLayoutName::Namespaced);
     assert_eq!(cfg.registry.mirrors.len(), 1);
-    assert!(matches!(cfg.devices[2].flasher, FlasherConfig::Simulated(_)));
+    assert!(matches!(
+        cfg.devices[2].flasher,
+        FlasherConfig::Simulated(_)
+    ));
 }
 
 #[test]
@@ -47,24 +50,41 @@ fn defaults_fill_what_a_minimal_file_leaves_out() {
 #[test]
 fn an_unknown_key_is_an_error_that_names_it() {
     let dir = tempfile::tempdir().unwrap();
-    let text = MINIMAL.replace("client_id = \"c1\"", "client_id = \"c1\"\nclientid = \"typo\"");
-    let err = EdgeConfig::load(&write(dir.path(), &text)).unwrap_err().to_string();
+    let text = MINIMAL.replace(
+        "client_id = \"c1\"",
+        "client_id = \"c1\"\nclientid = \"typo\"",
+    );
+    let err = EdgeConfig::load(&write(dir.path(), &text))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("clientid"), "{err}");
 }
 
 #[test]
 fn ids_must_fit_the_topic_layout_and_be_unique() {
     let dir = tempfile::tempdir().unwrap();
-    let legacy = MINIMAL.replace("client_id = \"c1\"", "client_id = \"c1\"\ntopic_layout = \"legacy\"");
-    let err = EdgeConfig::load(&write(dir.path(), &legacy)).unwrap_err().to_string();
+    let legacy = MINIMAL.replace(
+        "client_id = \"c1\"",
+        "client_id = \"c1\"\ntopic_layout = \"legacy\"",
+    );
+    let err = EdgeConfig::load(&write(dir.path(), &legacy))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("devices[0].id"), "{err}");
 
-    let twice = format!("{MINIMAL}\n{}", &MINIMAL[MINIMAL.find("[[devices]]").unwrap()..]);
-    let err = EdgeConfig::load(&write(dir.path(), &twice)).unwrap_err().to_string();
+    let twice = format!(
+        "{MINIMAL}\n{}",
+        &MINIMAL[MINIMAL.find("[[devices]]").unwrap()..]
+    );
+    let err = EdgeConfig::load(&write(dir.path(), &twice))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("appears twice"), "{err}");
 
     let bad_url = MINIMAL.replace("mqtt://", "http://");
-    let err = EdgeConfig::load(&write(dir.path(), &bad_url)).unwrap_err().to_string();
+    let err = EdgeConfig::load(&write(dir.path(), &bad_url))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("mqtt.url"), "{err}");
 }
 

@@ -48,7 +48,12 @@ pub(crate) struct Inner {
 
 impl Device {
     /// A device whose journal lives under `journal`.
-    pub fn new(cfg: DeviceConfig, flasher: Box<dyn Flasher>, journal: Journal, state: JobState) -> Arc<Device> {
+    pub fn new(
+        cfg: DeviceConfig,
+        flasher: Box<dyn Flasher>,
+        journal: Journal,
+        state: JobState,
+    ) -> Arc<Device> {
         // The prefix was checked with the configuration; the defaults are a safe fallback.
         let names = TwinNames::with_prefix(&cfg.twin_prefix).unwrap_or_default();
         Arc::new(Device {
@@ -71,7 +76,9 @@ impl Device {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         // A poisoned lock means a panic while holding it; the state inside is still the last one written.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A snapshot of the journaled state.

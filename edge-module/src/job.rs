@@ -54,7 +54,10 @@ pub async fn run(device: Arc<Device>, ctx: Arc<JobContext>) {
             },
             Step::Converged { reference } => Report {
                 state: "installed".into(),
-                installed: Some((reference, state.installed_version.clone().unwrap_or_default())),
+                installed: Some((
+                    reference,
+                    state.installed_version.clone().unwrap_or_default(),
+                )),
                 terminal: true,
             },
             Step::Settled { outcome, .. } => Report {
@@ -81,7 +84,8 @@ pub async fn run(device: Arc<Device>, ctx: Arc<JobContext>) {
 }
 
 fn last_state(last: &Option<Report>) -> String {
-    last.as_ref().map_or_else(|| "idle".to_owned(), |r| r.state.clone())
+    last.as_ref()
+        .map_or_else(|| "idle".to_owned(), |r| r.state.clone())
 }
 
 fn installed_pair(state: &plan::JobState) -> Option<(String, String)> {
@@ -206,7 +210,15 @@ async fn install(device: &Arc<Device>, ctx: &JobContext, reference: &str, attemp
         Err(e) => {
             let code = e.code();
             tracing::warn!(device = %id, reference, %code, error = %e, "fetch failed");
-            settle(device, reference, if is_rejection(code) { rejected(code) } else { failed(code) });
+            settle(
+                device,
+                reference,
+                if is_rejection(code) {
+                    rejected(code)
+                } else {
+                    failed(code)
+                },
+            );
             return;
         }
     };
@@ -247,7 +259,11 @@ async fn install(device: &Arc<Device>, ctx: &JobContext, reference: &str, attemp
         settle(device, reference, failed(e.code()));
         return;
     }
-    let Ok(format) = art.format.to_string().parse::<twinflash_flasher::FirmwareFormat>() else {
+    let Ok(format) = art
+        .format
+        .to_string()
+        .parse::<twinflash_flasher::FirmwareFormat>()
+    else {
         device.lock().flashing = false;
         settle(device, reference, rejected(ErrorCode::UnsupportedArtifact));
         return;
@@ -280,7 +296,11 @@ async fn install(device: &Arc<Device>, ctx: &JobContext, reference: &str, attemp
     };
     drop(permit);
     device.lock().flashing = false;
-    ctx.metrics.observe_flash(device.flasher.kind(), flash_started.elapsed(), result.is_ok());
+    ctx.metrics.observe_flash(
+        device.flasher.kind(),
+        flash_started.elapsed(),
+        result.is_ok(),
+    );
     match result {
         Ok(outcome) => {
             tracing::info!(device = %id, reference, version = %art.version, bytes = outcome.bytes, unchanged = outcome.unchanged, "flashed and verified");
@@ -295,6 +315,13 @@ async fn install(device: &Arc<Device>, ctx: &JobContext, reference: &str, attemp
             if let Err(e) = r {
                 tracing::error!(device = %id, code = %e.code(), error = %e, "cannot journal the install");
             }
+        }
+        Err(e) if is_rejection(e.code()) => {
+            // The image cannot go on this device at all (too large, wrong chip, malformed): no attempt will help.
+            let code = e.code();
+            tracing::warn!(device = %id, reference, %code, error = %e, "image refused by the device");
+            let _ = device.update(|s| s.flash_started = None);
+            settle(device, reference, rejected(code));
         }
         Err(e) if e.is_transient() => {
             let code = e.code();
@@ -354,7 +381,10 @@ fn percent(done: u64, total: u64) -> u8 {
 
 /// True when `offered` is a lower semver than `installed`. Unparsable versions never count as a downgrade.
 pub fn is_downgrade(installed: &str, offered: &str) -> bool {
-    match (semver::Version::parse(installed), semver::Version::parse(offered)) {
+    match (
+        semver::Version::parse(installed),
+        semver::Version::parse(offered),
+    ) {
         (Ok(i), Ok(o)) => o < i,
         _ => false,
     }

@@ -10,10 +10,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use mqtt_schema::gojson::decode;
 use mqtt_schema::{
-    BaseMessage, DeviceTopicKind, DeviceTwinDelta, DeviceTwinResult, DeviceTwinUpdate, MsgTwin, Topic, TopicLayout,
-    TwinValue, TypeMetadata, to_go_json,
+    BaseMessage, DeviceTopicKind, DeviceTwinDelta, DeviceTwinResult, DeviceTwinUpdate, MsgTwin,
+    Topic, TopicLayout, TwinValue, TypeMetadata, to_go_json,
 };
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, TlsConfiguration,
+    Transport,
+};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -49,7 +52,11 @@ impl LinkError {
 }
 
 /// Builds the rumqttc options of one of the two connections.
-pub fn mqtt_options(cfg: &MqttConfig, client_id: &str, persistent: bool) -> Result<MqttOptions, LinkError> {
+pub fn mqtt_options(
+    cfg: &MqttConfig,
+    client_id: &str,
+    persistent: bool,
+) -> Result<MqttOptions, LinkError> {
     let bad = |reason: &str| LinkError::Url {
         url: cfg.url.clone(),
         reason: reason.to_owned(),
@@ -63,7 +70,11 @@ pub fn mqtt_options(cfg: &MqttConfig, client_id: &str, persistent: bool) -> Resu
     };
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("the port is not a number"))?),
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| bad("the port is not a number"))?,
+        ),
         None => (rest, if tls { 8883 } else { 1883 }),
     };
     if host.is_empty() {
@@ -87,13 +98,19 @@ pub fn mqtt_options(cfg: &MqttConfig, client_id: &str, persistent: bool) -> Resu
             })
         };
         let Some(ca_file) = &cfg.ca_file else {
-            return Err(bad("mqtts:// needs mqtt.ca_file (the CA that signs the broker's certificate)"));
+            return Err(bad(
+                "mqtts:// needs mqtt.ca_file (the CA that signs the broker's certificate)",
+            ));
         };
         let ca = read("mqtt.ca_file", ca_file)?;
         let client_auth = match (&cfg.cert_file, &cfg.key_file) {
             (Some(c), Some(k)) => Some((read("mqtt.cert_file", c)?, read("mqtt.key_file", k)?)),
             (None, None) => None,
-            _ => return Err(bad("mutual TLS needs both mqtt.cert_file and mqtt.key_file")),
+            _ => {
+                return Err(bad(
+                    "mutual TLS needs both mqtt.cert_file and mqtt.key_file",
+                ));
+            }
         };
         opts.set_transport(Transport::Tls(TlsConfiguration::Simple {
             ca,
@@ -160,7 +177,10 @@ impl Link {
     }
 
     fn warn_once(&self, key: String, message: &str) {
-        let mut logged = self.logged.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut logged = self
+            .logged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if logged.len() < 10_000 && logged.insert(key.clone()) {
             tracing::warn!(what = %key, "{message}");
         }
@@ -173,7 +193,10 @@ impl Link {
             let Ok(id) = mqtt_schema::DeviceId::parse(dev.id(), self.layout) else {
                 continue;
             };
-            for kind in [DeviceTopicKind::TwinUpdateDelta, DeviceTopicKind::TwinGetResult] {
+            for kind in [
+                DeviceTopicKind::TwinUpdateDelta,
+                DeviceTopicKind::TwinGetResult,
+            ] {
                 out.push(rumqttc::SubscribeFilter::new(
                     Topic::device(&id, kind).to_string(),
                     QoS::AtLeastOnce,
@@ -184,7 +207,10 @@ impl Link {
     }
 
     fn owe_gets(&self) {
-        let mut owed = self.gets_owed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut owed = self
+            .gets_owed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         owed.extend(self.devices.keys().cloned());
         drop(owed);
         self.gets_changed.notify_one();
@@ -198,16 +224,31 @@ impl Link {
 
     /// Handles one incoming publish; returns once it may be acknowledged.
     async fn on_publish(&self, p: &Publish) {
+        if p.payload.is_empty() {
+            // A retained delta being cleared (direct mode, once a device converged): nothing to do.
+            return;
+        }
         let topic = match Topic::parse(&p.topic, self.layout) {
             Ok(t) => t,
-            Err(e) => return self.warn_once(format!("topic {}", p.topic), &format!("ignoring a message on an unexpected topic: {e}")),
+            Err(e) => {
+                return self.warn_once(
+                    format!("topic {}", p.topic),
+                    &format!("ignoring a message on an unexpected topic: {e}"),
+                );
+            }
         };
         let Some((id, kind)) = topic.device_kind() else {
-            return self.warn_once(format!("topic {}", p.topic), "ignoring a message on a topic that names no device");
+            return self.warn_once(
+                format!("topic {}", p.topic),
+                "ignoring a message on a topic that names no device",
+            );
         };
         let key = id.to_string();
         let Some(device) = self.devices.get(&key) else {
-            return self.warn_once(format!("device {key}"), "ignoring a message for a device this agent does not manage");
+            return self.warn_once(
+                format!("device {key}"),
+                "ignoring a message for a device this agent does not manage",
+            );
         };
         let wanted = match kind {
             DeviceTopicKind::TwinUpdateDelta => decode::<DeviceTwinDelta>(&p.payload)
@@ -233,7 +274,7 @@ impl Link {
                 device.report(
                     &self.reports,
                     Report {
-                        state: format!("rejected:{}", mqtt_schema::ErrorCode::InvalidMessage),
+                        state: format!("rejected:{}", e.code()),
                         installed: device.installed_pair(),
                         terminal: true,
                     },
@@ -246,13 +287,20 @@ impl Link {
         match journaled {
             Ok(Ok(true)) => tracing::info!(device = %key, "new firmware intent journaled"),
             Ok(Ok(false)) => tracing::debug!(device = %key, "repeated intent"),
-            Ok(Err(e)) => tracing::error!(device = %key, code = %e.code(), error = %e, "cannot journal intent"),
+            Ok(Err(e)) => {
+                tracing::error!(device = %key, code = %e.code(), error = %e, "cannot journal intent")
+            }
             Err(e) => tracing::error!(device = %key, error = %e, "journal task failed"),
         }
     }
 
     /// The subscriber: receives intents, journals them, then acks. Runs until `shutdown`.
-    pub async fn run_subscriber(self: Arc<Self>, client: AsyncClient, mut events: EventLoop, shutdown: CancellationToken) {
+    pub async fn run_subscriber(
+        self: Arc<Self>,
+        client: AsyncClient,
+        mut events: EventLoop,
+        shutdown: CancellationToken,
+    ) {
         let mut backoff = reconnect_backoff();
         let mut down_since: Option<std::time::Instant> = None;
         loop {
@@ -301,7 +349,12 @@ impl Link {
 
     /// The publisher: sends every report still owed and the owed twin/get requests; clears each report from the
     /// outbox on its PUBACK. Runs until `shutdown`.
-    pub async fn run_publisher(self: Arc<Self>, client: AsyncClient, mut events: EventLoop, shutdown: CancellationToken) {
+    pub async fn run_publisher(
+        self: Arc<Self>,
+        client: AsyncClient,
+        mut events: EventLoop,
+        shutdown: CancellationToken,
+    ) {
         let mut backoff = reconnect_backoff();
         let mut connected = false;
         // Publishes handed to rumqttc on this connection, in order; each Outgoing::Publish event takes the front.
@@ -373,7 +426,13 @@ impl Link {
         }
     }
 
-    fn send_owed(&self, client: &AsyncClient, fifo: &mut VecDeque<Sent>, sent: &mut HashSet<Sent>, counter: &mut u64) {
+    fn send_owed(
+        &self,
+        client: &AsyncClient,
+        fifo: &mut VecDeque<Sent>,
+        sent: &mut HashSet<Sent>,
+        counter: &mut u64,
+    ) {
         for (device, pending) in self.reports.pending() {
             let tag = Sent::Report {
                 device: device.clone(),
@@ -385,8 +444,16 @@ impl Link {
             let Ok(id) = mqtt_schema::DeviceId::parse(&device, self.layout) else {
                 continue;
             };
-            let payload = to_go_json(&actual_update(BaseMessage::new("", now_ms()), &pending.twins));
-            match client.try_publish(Topic::device(&id, DeviceTopicKind::TwinUpdate).to_string(), QoS::AtLeastOnce, false, payload) {
+            let payload = to_go_json(&actual_update(
+                BaseMessage::new("", now_ms()),
+                &pending.twins,
+            ));
+            match client.try_publish(
+                Topic::device(&id, DeviceTopicKind::TwinUpdate).to_string(),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            ) {
                 Ok(()) => {
                     fifo.push_back(tag.clone());
                     sent.insert(tag);
@@ -402,7 +469,9 @@ impl Link {
             .cloned()
             .collect();
         for device in owed {
-            let tag = Sent::Get { device: device.clone() };
+            let tag = Sent::Get {
+                device: device.clone(),
+            };
             if sent.contains(&tag) {
                 continue;
             }
@@ -410,8 +479,16 @@ impl Link {
                 continue;
             };
             *counter += 1;
-            let payload = to_go_json(&mqtt_schema::twin_get_request(format!("twinflash-{}-{counter}", self.node), now_ms()));
-            match client.try_publish(Topic::device(&id, DeviceTopicKind::TwinGet).to_string(), QoS::AtLeastOnce, false, payload) {
+            let payload = to_go_json(&mqtt_schema::twin_get_request(
+                format!("twinflash-{}-{counter}", self.node),
+                now_ms(),
+            ));
+            match client.try_publish(
+                Topic::device(&id, DeviceTopicKind::TwinGet).to_string(),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            ) {
                 Ok(()) => {
                     fifo.push_back(tag.clone());
                     sent.insert(tag);
@@ -444,5 +521,8 @@ pub fn actual_update(base: BaseMessage, values: &TwinValues) -> DeviceTwinUpdate
             )
         })
         .collect();
-    DeviceTwinUpdate { base, twin: Some(twin) }
+    DeviceTwinUpdate {
+        base,
+        twin: Some(twin),
+    }
 }

@@ -54,17 +54,37 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("twinflash_edge");
         let jobs = Family::<StateLabel, Gauge>::default();
-        registry.register("jobs", "Devices by firmware state (the part of firmware-state before ':')", jobs.clone());
+        registry.register(
+            "jobs",
+            "Devices by firmware state (the part of firmware-state before ':')",
+            jobs.clone(),
+        );
         let bytes_fetched = Counter::default();
-        registry.register("fetched_bytes", "Artifact bytes received from registries and mirrors", bytes_fetched.clone());
+        registry.register(
+            "fetched_bytes",
+            "Artifact bytes received from registries and mirrors",
+            bytes_fetched.clone(),
+        );
         let flash_seconds = Family::<FlashLabel, Histogram>::new_with_constructor(|| {
             Histogram::new([0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0])
         });
-        registry.register("flash_duration_seconds", "Duration of flashes, verify included", flash_seconds.clone());
+        registry.register(
+            "flash_duration_seconds",
+            "Duration of flashes, verify included",
+            flash_seconds.clone(),
+        );
         let broker_connected = Gauge::default();
-        registry.register("broker_connected", "1 while the intent subscription is connected", broker_connected.clone());
+        registry.register(
+            "broker_connected",
+            "1 while the intent subscription is connected",
+            broker_connected.clone(),
+        );
         let outbox_depth = Gauge::default();
-        registry.register("outbox_depth", "Twin reports waiting for a broker acknowledgement", outbox_depth.clone());
+        registry.register(
+            "outbox_depth",
+            "Twin reports waiting for a broker acknowledgement",
+            outbox_depth.clone(),
+        );
         Metrics {
             registry,
             jobs,
@@ -80,7 +100,10 @@ impl Metrics {
     /// Records the reported state of a device (`installed`, `downloading:40`, ...).
     pub fn set_job_state(&self, device: &str, state: &str) {
         let kind = state.split(':').next().unwrap_or(state).to_owned();
-        let mut states = self.job_states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut states = self
+            .job_states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(old) = states.insert(device.to_owned(), kind.clone()) {
             if old == kind {
                 return;
@@ -101,7 +124,9 @@ impl Metrics {
             backend: backend.to_owned(),
             result: if ok { "ok" } else { "error" }.to_owned(),
         };
-        self.flash_seconds.get_or_create(&label).observe(took.as_secs_f64());
+        self.flash_seconds
+            .get_or_create(&label)
+            .observe(took.as_secs_f64());
     }
 
     /// Records whether the broker link is up.
@@ -111,7 +136,8 @@ impl Metrics {
 
     /// Records the outbox depth.
     pub fn set_outbox_depth(&self, depth: usize) {
-        self.outbox_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
+        self.outbox_depth
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 
     /// Marks the agent ready (every job rebuilt from its journal and the link started).
@@ -130,9 +156,16 @@ impl Metrics {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listen` until `shutdown`.
-pub async fn serve(listen: &str, metrics: Arc<Metrics>, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listen: &str,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let app = Router::new()
-        .route("/metrics", get(|State(m): State<Arc<Metrics>>| async move { m.encode() }))
+        .route(
+            "/metrics",
+            get(|State(m): State<Arc<Metrics>>| async move { m.encode() }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
@@ -163,7 +196,13 @@ mod tests {
         m.set_job_state("b", "installed");
         m.set_job_state("a", "installed");
         let text = m.encode();
-        assert!(text.contains("twinflash_edge_jobs{state=\"installed\"} 2"), "{text}");
-        assert!(text.contains("twinflash_edge_jobs{state=\"downloading\"} 0"), "{text}");
+        assert!(
+            text.contains("twinflash_edge_jobs{state=\"installed\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("twinflash_edge_jobs{state=\"downloading\"} 0"),
+            "{text}"
+        );
     }
 }

@@ -85,8 +85,12 @@ impl Outbox {
                 Ok(Ok(q)) => {
                     devices.insert(id.replace("__", "/"), q);
                 }
-                Ok(Err(e)) => tracing::warn!(path = %path.display(), error = %e, "skipping unreadable outbox file"),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "skipping unreadable outbox file"),
+                Ok(Err(e)) => {
+                    tracing::warn!(path = %path.display(), error = %e, "skipping unreadable outbox file")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "skipping unreadable outbox file")
+                }
             }
         }
         Ok(Outbox { dir, devices })
@@ -98,7 +102,12 @@ impl Outbox {
 
     /// Queues a report of `device` and stores it durably. A non-terminal report merges into a trailing non-terminal
     /// one (its values win). Returns the report's sequence number.
-    pub fn put(&mut self, device: &str, twins: TwinValues, terminal: bool) -> Result<u64, OutboxError> {
+    pub fn put(
+        &mut self,
+        device: &str,
+        twins: TwinValues,
+        terminal: bool,
+    ) -> Result<u64, OutboxError> {
         let q = self.devices.entry(device.to_owned()).or_default();
         q.next_seq += 1;
         let seq = q.next_seq;
@@ -159,8 +168,8 @@ impl Outbox {
         let Some(q) = self.devices.get(device) else {
             return Ok(());
         };
-        let bytes =
-            serde_json::to_vec(q).map_err(|e| err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+        let bytes = serde_json::to_vec(q)
+            .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
         let mut f = atomic_write_file::AtomicWriteFile::open(&path).map_err(err)?;
         f.write_all(&bytes).map_err(err)?;
         f.commit().map_err(err)

@@ -15,7 +15,11 @@ fn progress_merges_but_terminal_reports_are_kept_in_order() {
         .unwrap();
     ob.put("ns/a", tw(&[("firmware-state", "downloading:60")]), false)
         .unwrap();
-    assert_eq!(ob.pending_for("ns/a").len(), 1, "progress replaces progress");
+    assert_eq!(
+        ob.pending_for("ns/a").len(),
+        1,
+        "progress replaces progress"
+    );
     let done = ob
         .put(
             "ns/a",
@@ -59,6 +63,8 @@ fn survives_reopen_and_clears_only_on_matching_ack() {
     drop(ob);
     let mut ob = Outbox::open(dir.path()).unwrap();
     assert_eq!(ob.depth(), 1);
-    let next = ob.put("ns/a", tw(&[("firmware-state", "idle")]), false).unwrap();
+    let next = ob
+        .put("ns/a", tw(&[("firmware-state", "idle")]), false)
+        .unwrap();
     assert!(next > seq, "sequence numbers never repeat after a restart");
 }

@@ -1,8 +1,7 @@
 use super::*;
 
 const A: &str = "127.0.0.1:5000/fw/blinky:1.0.0@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-const A_OTHER_TAG: &str =
-    "127.0.0.1:5000/fw/blinky@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const A_OTHER_TAG: &str = "127.0.0.1:5000/fw/blinky@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const B: &str = "127.0.0.1:5000/fw/blinky:1.1.0@sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
 fn state(wanted: Option<&str>, installed: Option<&str>) -> JobState {
@@ -26,7 +25,9 @@ fn table_of_next_steps() {
         (
             "wanted installed",
             state(Some(A), Some(A)),
-            Step::Converged { reference: A.into() },
+            Step::Converged {
+                reference: A.into(),
+            },
         ),
         (
             "same digest other tag is installed: no flash, report the wanted text",
@@ -141,7 +142,12 @@ fn reconcile_trusts_the_device_read_back() {
     assert_eq!(st.installed.as_deref(), Some(B));
     assert_eq!(st.flash_started, None);
     assert_eq!(st.installed_version.as_deref(), Some("1.1.0"));
-    assert_eq!(next_step(&st, 3), Step::Converged { reference: B.into() });
+    assert_eq!(
+        next_step(&st, 3),
+        Step::Converged {
+            reference: B.into()
+        }
+    );
 
     // Power cut mid-flash in single-bank mode: nothing valid on the device, B is flashed again.
     let st = reconcile(started_b.clone(), true, None);
@@ -165,6 +171,10 @@ fn reconcile_trusts_the_device_read_back() {
     assert_eq!(st, started_b);
 
     // The installed text is kept when the device holds the same digest under another tag.
-    let st = reconcile(state(Some(A_OTHER_TAG), Some(A_OTHER_TAG)), true, rb(A, "1.0.0"));
+    let st = reconcile(
+        state(Some(A_OTHER_TAG), Some(A_OTHER_TAG)),
+        true,
+        rb(A, "1.0.0"),
+    );
     assert_eq!(st.installed.as_deref(), Some(A_OTHER_TAG));
 }

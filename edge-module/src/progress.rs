@@ -65,7 +65,13 @@ mod tests {
         let t0 = Instant::now();
         let mut th = Throttle::default();
         let admitted = (0..=1000u32)
-            .filter(|i| th.admit(t0 + Duration::from_micros(u64::from(*i)), "flashing", (i / 10) as u8))
+            .filter(|i| {
+                th.admit(
+                    t0 + Duration::from_micros(u64::from(*i)),
+                    "flashing",
+                    (i / 10) as u8,
+                )
+            })
             .count();
         assert!(admitted <= 21, "{admitted}");
         assert!(admitted >= 20);

@@ -27,10 +27,7 @@ impl Report {
         v.insert(names.state.clone(), self.state.clone());
         if let Some((reference, version)) = &self.installed {
             v.insert(names.firmware.clone(), reference.clone());
-            v.insert(
-                names.version.clone(),
-                mqtt_schema::version_to_twin(version),
-            );
+            v.insert(names.version.clone(), mqtt_schema::version_to_twin(version));
         }
         v
     }
@@ -53,12 +50,21 @@ impl ReportQueue {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Outbox> {
-        self.outbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.outbox
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Queues a report durably and wakes the publisher.
-    pub fn put(&self, device: &str, names: &TwinNames, report: &Report) -> Result<u64, OutboxError> {
-        let seq = self.lock().put(device, report.values(names), report.terminal)?;
+    pub fn put(
+        &self,
+        device: &str,
+        names: &TwinNames,
+        report: &Report,
+    ) -> Result<u64, OutboxError> {
+        let seq = self
+            .lock()
+            .put(device, report.values(names), report.terminal)?;
         self.changed.notify_one();
         Ok(seq)
     }

@@ -1,1 +1,71 @@
-//! Dev-only test harness: real services on free loopback ports and a TCP fault proxy.
+//! Dev-only test harness: real mosquitto and docker-registry on free loopback ports, and a TCP
+//! fault proxy. Synchronous (std processes, sockets and threads), so it works from plain `#[test]`
+//! and `#[tokio::test]` alike; every process dies with its handle or with the test process.
+//!
+//! ```no_run
+//! use twinflash_harness::{Fault, FaultProxy, Mosquitto, Registry};
+//!
+//! # fn main() -> Result<(), twinflash_harness::HarnessError> {
+//! let mut broker = Mosquitto::start()?; // persistence on, free port, temp dir
+//! let registry = Registry::start()?; // anonymous, empty storage
+//! let proxy = FaultProxy::start(registry.addr())?; // point the client at proxy.addr()
+//! proxy.set(Fault::CutAfter { bytes: 4 << 20 }); // every connection cut after 4 MiB
+//! broker.restart(true)?; // graceful: sessions and queued QoS 1 messages survive
+//! # let _ = (broker.url(), registry.host());
+//! # Ok(())
+//! # }
+//! ```
+
+mod certs;
+mod error;
+pub mod http;
+mod mosquitto;
+mod process;
+mod proxy;
+mod registry;
+
+use std::net::{Ipv4Addr, TcpListener};
+
+pub use certs::{Certs, make_certs};
+pub use error::HarnessError;
+pub use mosquitto::{Mosquitto, MosquittoOptions, TlsFiles};
+pub use process::tool_available;
+pub use proxy::{Fault, FaultProxy};
+pub use registry::{Registry, RegistryOptions};
+
+/// A port that was free a moment ago on 127.0.0.1: binds `127.0.0.1:0`, reads the port, drops the
+/// socket. Another process may take it before you bind it; the `start` functions retry.
+/// Returns 0 (let the OS choose at bind time) if even binding port 0 fails.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map_or(0, |a| a.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn handles_can_move_across_threads_and_tasks() {
+        assert_send_sync::<Mosquitto>();
+        assert_send_sync::<Registry>();
+        assert_send_sync::<FaultProxy>();
+        assert_send_sync::<HarnessError>();
+    }
+
+    #[test]
+    fn free_port_is_bindable_on_loopback() {
+        let port = free_port();
+        assert_ne!(port, 0);
+        assert!(TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok());
+    }
+
+    #[test]
+    fn tool_available_finds_sh_and_not_nonsense() {
+        assert!(tool_available("sh"));
+        assert!(!tool_available("no-such-tool-twinflash"));
+    }
+}

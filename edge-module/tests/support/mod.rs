@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use mqtt_schema::gojson::decode;
 use mqtt_schema::{
-    BaseMessage, DeviceTopicKind, DeviceTwinUpdate, MsgTwin, Topic, TopicLayout, TwinValue, TypeMetadata,
-    ValueMetadata, to_go_json,
+    BaseMessage, DeviceTopicKind, DeviceTwinUpdate, MsgTwin, Topic, TopicLayout, TwinValue,
+    TypeMetadata, ValueMetadata, to_go_json,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use twinflash_harness::{Mosquitto, Registry};
@@ -26,11 +26,20 @@ pub fn init() {
 
 /// A firmware image of `len` bytes whose content depends on `seed`.
 pub fn image(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 /// Pushes `bytes` as a BIN artifact at ORIGIN and returns the digest-pinned reference.
-pub async fn push(registry: &Registry, dir: &Path, repo_tag: &str, bytes: &[u8], version: &str, chip: &str) -> String {
+pub async fn push(
+    registry: &Registry,
+    dir: &Path,
+    repo_tag: &str,
+    bytes: &[u8],
+    version: &str,
+    chip: &str,
+) -> String {
     let file = dir.join(format!("{}.bin", repo_tag.replace(['/', ':'], "_")));
     std::fs::write(&file, bytes).unwrap();
     let tls = twinflash_artifact::TlsOptions {
@@ -46,10 +55,15 @@ pub async fn push(registry: &Registry, dir: &Path, repo_tag: &str, bytes: &[u8],
         base_address: Some(ORIGIN),
         annotations: BTreeMap::new(),
     };
-    twinflash_artifact::push(&tls, &twinflash_artifact::Credentials::default(), &req, |_, _| {})
-        .await
-        .unwrap()
-        .pinned_reference
+    twinflash_artifact::push(
+        &tls,
+        &twinflash_artifact::Credentials::default(),
+        &req,
+        |_, _| {},
+    )
+    .await
+    .unwrap()
+    .pinned_reference
 }
 
 /// One simulated device of an agent.
@@ -75,7 +89,9 @@ impl SimDevice {
         self.counters()["started"][reference].as_u64().unwrap_or(0)
     }
     pub fn completed(&self, reference: &str) -> u64 {
-        self.counters()["completed"][reference].as_u64().unwrap_or(0)
+        self.counters()["completed"][reference]
+            .as_u64()
+            .unwrap_or(0)
     }
     /// Arms faults for the running agent (re-read by the device at each operation).
     pub fn set_faults(&self, json: &str) {
@@ -105,28 +121,65 @@ pub struct AgentSpec<'a> {
     pub extra_device_toml: &'a str,
     pub write_bytes_per_sec: Option<u64>,
     pub rate_limit: Option<u64>,
+    pub flash_size: u64,
+    /// Extra lines in `[mqtt]` (TLS files, credentials, topic_layout) and the URL scheme.
+    pub mqtt_extra: String,
+    pub mqtt_scheme: &'static str,
+    /// Extra top-level sections appended at the end of the file's header (e.g. `[metrics]`).
+    pub extra_sections: String,
+    /// Legacy topic layout: device ids without a namespace.
+    pub legacy: bool,
+}
+
+impl<'a> AgentSpec<'a> {
+    pub fn new(dir: &'a Path, mqtt_port: u16, registry_hosts: Vec<String>, devices: usize) -> Self {
+        AgentSpec {
+            dir,
+            mqtt_port,
+            registry_hosts,
+            devices,
+            extra_device_toml: "",
+            write_bytes_per_sec: None,
+            rate_limit: None,
+            flash_size: FLASH_SIZE,
+            mqtt_extra: String::new(),
+            mqtt_scheme: "mqtt",
+            extra_sections: String::new(),
+            legacy: false,
+        }
+    }
 }
 
 impl Agent {
     pub fn start(spec: AgentSpec<'_>) -> Agent {
         let state_dir = spec.dir.join("state");
         let mut toml = format!(
-            "node = \"node-a\"\nstate_dir = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nclient_id = \"agent-{}\"\n\
-             [registry]\nplain_http = {:?}\n{}[limits]\nflash_attempts = 3\n[log]\nlevel = \"info,twinflash_edge=debug\"\n",
+            "node = \"node-a\"\nstate_dir = \"{}\"\n[mqtt]\nurl = \"{}://127.0.0.1:{}\"\nclient_id = \"agent-{}\"\n{}\
+             [registry]\nplain_http = {:?}\n{}[limits]\nflash_attempts = 3\n[log]\nlevel = \"info,twinflash_edge=debug\"\n{}",
             state_dir.display(),
+            spec.mqtt_scheme,
             spec.mqtt_port,
             spec.mqtt_port,
+            spec.mqtt_extra,
             spec.registry_hosts,
-            spec.rate_limit.map(|r| format!("rate_limit_bytes_per_sec = {r}\n")).unwrap_or_default(),
+            spec.rate_limit
+                .map(|r| format!("rate_limit_bytes_per_sec = {r}\n"))
+                .unwrap_or_default(),
+            spec.extra_sections,
         );
         let mut devices = Vec::new();
         for i in 0..spec.devices {
-            let id = format!("default/sim-{i:02}");
+            let id = if spec.legacy {
+                format!("sim-{i:02}")
+            } else {
+                format!("default/sim-{i:02}")
+            };
             let dir = spec.dir.join(format!("sim-{i:02}"));
             toml.push_str(&format!(
-                "[[devices]]\nid = \"{id}\"\nchip = \"{CHIP}\"\n{}[devices.flasher]\nkind = \"simulated\"\ndir = \"{}\"\nsize = {FLASH_SIZE}\norigin = {ORIGIN}\n{}",
+                "[[devices]]\nid = \"{id}\"\nchip = \"{CHIP}\"\n{}[devices.flasher]\nkind = \"simulated\"\ndir = \"{}\"\nsize = {}\norigin = {ORIGIN}\n{}",
                 spec.extra_device_toml,
                 dir.display(),
+                spec.flash_size,
                 spec.write_bytes_per_sec.map(|w| format!("write_bytes_per_sec = {w}\n")).unwrap_or_default(),
             ));
             devices.push(SimDevice { id, dir, ab: false });
@@ -146,7 +199,11 @@ impl Agent {
     }
 
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_twinflash-edge"))
             .arg("--config")
             .arg(&self.config)
@@ -168,7 +225,10 @@ impl Agent {
     /// SIGTERM and wait for a graceful exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         c.wait().unwrap()
     }
 
@@ -191,6 +251,8 @@ impl Drop for Agent {
 /// `firmware-state` values.
 #[derive(Default, Debug, Clone)]
 pub struct Seen {
+    /// What the cloud wants per device (answered on twin/get, as edgecore does).
+    pub expected: BTreeMap<String, String>,
     pub actual: BTreeMap<String, BTreeMap<String, String>>,
     pub states: BTreeMap<String, Vec<String>>,
     pub reports: usize,
@@ -200,13 +262,21 @@ pub struct Seen {
 /// An MQTT client that plays edgecore's part in tests: it watches reports and get requests, and publishes deltas.
 pub struct Cloud {
     pub client: AsyncClient,
+    pub layout: TopicLayout,
     pub seen: Arc<Mutex<Seen>>,
     _task: tokio::task::JoinHandle<()>,
 }
 
 impl Cloud {
     pub async fn connect(mqtt: &Mosquitto, id: &str) -> Cloud {
-        let mut opts = MqttOptions::new(id, "127.0.0.1", mqtt.port());
+        Self::connect_with(
+            MqttOptions::new(id, "127.0.0.1", mqtt.port()),
+            TopicLayout::Namespaced,
+        )
+        .await
+    }
+
+    pub async fn connect_with(mut opts: MqttOptions, layout: TopicLayout) -> Cloud {
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut events) = AsyncClient::new(opts, 1024);
@@ -217,26 +287,87 @@ impl Cloud {
             loop {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = c.subscribe("$hw/events/device/+/+/twin/update", QoS::AtLeastOnce).await;
-                        let _ = c.subscribe("$hw/events/device/+/+/twin/get", QoS::AtLeastOnce).await;
+                        let levels = if layout == TopicLayout::Namespaced {
+                            "+/+"
+                        } else {
+                            "+"
+                        };
+                        let _ = c
+                            .subscribe(
+                                format!("$hw/events/device/{levels}/twin/update"),
+                                QoS::AtLeastOnce,
+                            )
+                            .await;
+                        let _ = c
+                            .subscribe(
+                                format!("$hw/events/device/{levels}/twin/get"),
+                                QoS::AtLeastOnce,
+                            )
+                            .await;
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let Ok(topic) = Topic::parse(&p.topic, TopicLayout::Namespaced) else { continue };
-                        let Some((dev, kind)) = topic.device_kind() else { continue };
+                        let Ok(topic) = Topic::parse(&p.topic, layout) else {
+                            continue;
+                        };
+                        let Some((dev, kind)) = topic.device_kind() else {
+                            continue;
+                        };
                         let mut seen = s.lock().unwrap();
                         match kind {
-                            DeviceTopicKind::TwinGet => seen.gets += 1,
+                            DeviceTopicKind::TwinGet => {
+                                seen.gets += 1;
+                                // Answer as edgecore does: the whole twin, expected and actual.
+                                let mut twin = mqtt_schema::TwinMap::new();
+                                let expected = seen.expected.get(&dev.to_string()).cloned();
+                                let actual = seen
+                                    .actual
+                                    .get(&dev.to_string())
+                                    .and_then(|a| a.get("firmware"))
+                                    .cloned();
+                                twin.insert(
+                                    "firmware".to_owned(),
+                                    Some(MsgTwin {
+                                        expected: expected.map(TwinValue::new),
+                                        actual: actual.map(TwinValue::new),
+                                        optional: Some(false),
+                                        metadata: Some(TypeMetadata::new("string")),
+                                        ..MsgTwin::default()
+                                    }),
+                                );
+                                let result = mqtt_schema::build_twin_get_result(
+                                    BaseMessage::new("g", 1),
+                                    &twin,
+                                );
+                                let topic =
+                                    Topic::device(dev, DeviceTopicKind::TwinGetResult).to_string();
+                                let _ = c.try_publish(
+                                    topic,
+                                    QoS::AtLeastOnce,
+                                    false,
+                                    to_go_json(&result),
+                                );
+                            }
                             DeviceTopicKind::TwinUpdate => {
-                                let Ok(upd) = decode::<DeviceTwinUpdate>(&p.payload) else { continue };
+                                let Ok(upd) = decode::<DeviceTwinUpdate>(&p.payload) else {
+                                    continue;
+                                };
                                 seen.reports += 1;
                                 for (name, twin) in upd.twin.unwrap_or_default() {
-                                    let Some(value) = twin.and_then(|t| t.actual).and_then(|a| a.value) else {
+                                    let Some(value) =
+                                        twin.and_then(|t| t.actual).and_then(|a| a.value)
+                                    else {
                                         continue;
                                     };
                                     if name == "firmware-state" {
-                                        seen.states.entry(dev.to_string()).or_default().push(value.clone());
+                                        seen.states
+                                            .entry(dev.to_string())
+                                            .or_default()
+                                            .push(value.clone());
                                     }
-                                    seen.actual.entry(dev.to_string()).or_default().insert(name, value);
+                                    seen.actual
+                                        .entry(dev.to_string())
+                                        .or_default()
+                                        .insert(name, value);
                                 }
                             }
                             _ => {}
@@ -250,52 +381,90 @@ impl Cloud {
         Cloud {
             client,
             seen,
+            layout,
             _task: task,
         }
     }
 
     /// Publishes a delta for `device` asking for `wanted`, exactly as edgecore's BuildDeviceTwinDelta shapes it.
     pub async fn delta(&self, device: &str, wanted: &str, actual: Option<&str>) {
+        self.seen
+            .lock()
+            .unwrap()
+            .expected
+            .insert(device.to_owned(), wanted.to_owned());
         let mut twins = BTreeMap::new();
         twins.insert(
             "firmware".to_owned(),
             MsgTwin {
                 expected: Some(TwinValue {
                     value: Some(wanted.to_owned()),
-                    metadata: Some(ValueMetadata { timestamp: 1_700_000_002_000 }),
+                    metadata: Some(ValueMetadata {
+                        timestamp: 1_700_000_002_000,
+                    }),
                 }),
                 actual: actual.map(|a| TwinValue {
                     value: Some(a.to_owned()),
-                    metadata: Some(ValueMetadata { timestamp: 1_700_000_001_000 }),
+                    metadata: Some(ValueMetadata {
+                        timestamp: 1_700_000_001_000,
+                    }),
                 }),
                 optional: Some(false),
                 metadata: Some(TypeMetadata::new("string")),
                 ..MsgTwin::default()
             },
         );
-        let delta = mqtt_schema::build_device_twin_delta(BaseMessage::new("00000000-0000-4000-8000-000000000001", 1_700_000_000_000), &twins)
-            .expect("expected differs from actual");
-        self.raw(device, DeviceTopicKind::TwinUpdateDelta, to_go_json(&delta)).await;
+        let delta = mqtt_schema::build_device_twin_delta(
+            BaseMessage::new("00000000-0000-4000-8000-000000000001", 1_700_000_000_000),
+            &twins,
+        )
+        .expect("expected differs from actual");
+        self.raw(device, DeviceTopicKind::TwinUpdateDelta, to_go_json(&delta))
+            .await;
     }
 
     pub async fn raw(&self, device: &str, kind: DeviceTopicKind, payload: Vec<u8>) {
-        let id = mqtt_schema::DeviceId::parse(device, TopicLayout::Namespaced).unwrap();
+        let id = mqtt_schema::DeviceId::parse(device, self.layout).unwrap();
         self.client
-            .publish(Topic::device(&id, kind).to_string(), QoS::AtLeastOnce, false, payload)
+            .publish(
+                Topic::device(&id, kind).to_string(),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
             .await
             .unwrap();
     }
 
     pub fn actual(&self, device: &str, twin: &str) -> Option<String> {
-        self.seen.lock().unwrap().actual.get(device)?.get(twin).cloned()
+        self.seen
+            .lock()
+            .unwrap()
+            .actual
+            .get(device)?
+            .get(twin)
+            .cloned()
     }
 
     pub fn states(&self, device: &str) -> Vec<String> {
-        self.seen.lock().unwrap().states.get(device).cloned().unwrap_or_default()
+        self.seen
+            .lock()
+            .unwrap()
+            .states
+            .get(device)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Waits until `device` reports `twin` = `value`.
-    pub async fn wait_for(&self, device: &str, twin: &str, value: &str, within: Duration, agent: &Agent) {
+    pub async fn wait_for(
+        &self,
+        device: &str,
+        twin: &str,
+        value: &str,
+        within: Duration,
+        agent: &Agent,
+    ) {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if self.actual(device, twin).as_deref() == Some(value) {
@@ -312,7 +481,13 @@ impl Cloud {
     }
 
     /// Waits until the state history of `device` contains a value starting with `prefix`.
-    pub async fn wait_state_prefix(&self, device: &str, prefix: &str, within: Duration, agent: &Agent) {
+    pub async fn wait_state_prefix(
+        &self,
+        device: &str,
+        prefix: &str,
+        within: Duration,
+        agent: &Agent,
+    ) {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if self.states(device).iter().any(|s| s.starts_with(prefix)) {
