@@ -144,13 +144,13 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
     let link_stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let sub_opts = link::mqtt_options(&cfg.mqtt, &cfg.mqtt.client_id, true)?;
-    let (sub_client, sub_events) = rumqttc::AsyncClient::new(sub_opts, 4096);
+    let (sub_client, sub_events) = link::client(sub_opts);
     tasks.spawn(
         link.clone()
             .run_subscriber(sub_client, sub_events, link_stop.clone()),
     );
     let pub_opts = link::mqtt_options(&cfg.mqtt, &format!("{}-pub", cfg.mqtt.client_id), false)?;
-    let (pub_client, pub_events) = rumqttc::AsyncClient::new(pub_opts, 4096);
+    let (pub_client, pub_events) = link::client(pub_opts);
     tasks.spawn(
         link.clone()
             .run_publisher(pub_client, pub_events, link_stop.clone()),

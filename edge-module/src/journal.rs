@@ -1,19 +1,24 @@
 //! The per-device journal under `state_dir`: what is wanted, what is installed, what was started.
 //!
-//! Written atomically (temp file, fsync, rename, fsync of the directory) before an intent is acknowledged on MQTT,
-//! so a restart rebuilds every job from it.
+//! An append-only JSON-lines log: each change appends one record and `fdatasync`s it before returning, so an intent
+//! is durable before it is acknowledged on MQTT, at the cost of one sync. A torn last line (a crash mid-append) is
+//! skipped on load. The log is compacted atomically (temp file, fsync, rename, fsync of the directory) at start-up
+//! and every [`COMPACT_AFTER`] records.
 
-use std::fs;
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
 use crate::plan::JobState;
 
 const SCHEMA: u32 = 1;
+/// Records appended before the log is rewritten as one.
+pub const COMPACT_AFTER: usize = 1000;
 
-/// The journal file as stored.
+/// One record as stored.
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
     schema: u32,
@@ -27,7 +32,7 @@ pub enum JournalError {
     /// Reading or writing the journal file failed.
     #[error("journal {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    /// The journal file holds something this version cannot read; it was moved aside.
+    /// The journal holds no readable record; it was moved aside.
     #[error("journal {path} is unreadable ({reason}); moved aside to {moved_to}")]
     Corrupt {
         path: PathBuf,
@@ -56,18 +61,27 @@ pub fn is_disk_full(err: &io::Error) -> bool {
     )
 }
 
-/// One device's journal file.
-#[derive(Debug, Clone)]
+/// The open log and how many records it holds.
+#[derive(Debug, Default)]
+struct Log {
+    file: Option<File>,
+    records: usize,
+}
+
+/// One device's journal.
+#[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
+    log: Mutex<Log>,
 }
 
 impl Journal {
     /// The journal of device `id` (`namespace/name` or `name`) under `state_dir`.
     pub fn new(state_dir: &Path, id: &str) -> Journal {
-        let file = format!("{}.json", id.replace('/', "__"));
+        let file = format!("{}.jsonl", id.replace('/', "__"));
         Journal {
             path: state_dir.join("journal").join(file),
+            log: Mutex::new(Log::default()),
         }
     }
 
@@ -76,33 +90,36 @@ impl Journal {
         &self.path
     }
 
-    /// Loads the journal; a missing file is an empty state. An unreadable one is moved aside and reported, so the
-    /// job starts from what the device reports instead of failing forever.
-    pub fn load(&self) -> Result<JobState, JournalError> {
-        let bytes = match fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(JobState::default()),
-            Err(source) => {
-                return Err(JournalError::Io {
-                    path: self.path.clone(),
-                    source,
-                });
-            }
-        };
-        match serde_json::from_slice::<Record>(&bytes) {
-            Ok(r) if r.schema == SCHEMA => Ok(r.state),
-            Ok(r) => Err(self.move_aside(format!("schema {} is not {SCHEMA}", r.schema))),
-            Err(e) => Err(self.move_aside(e.to_string())),
+    fn io(&self, source: io::Error) -> JournalError {
+        JournalError::Io {
+            path: self.path.clone(),
+            source,
         }
     }
 
+    /// Loads the newest readable record; a missing file is an empty state. A file with no readable record is
+    /// moved aside and reported, so the job starts from what the device reports instead of failing forever.
+    pub fn load(&self) -> Result<JobState, JournalError> {
+        let text = match fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(JobState::default()),
+            Err(e) => return Err(self.io(e)),
+        };
+        let mut last_error = String::from("empty file");
+        for line in text.split(|b| *b == b'\n').rev().filter(|l| !l.is_empty()) {
+            match serde_json::from_slice::<Record>(line) {
+                Ok(r) if r.schema == SCHEMA => return Ok(r.state),
+                Ok(r) => last_error = format!("schema {} is not {SCHEMA}", r.schema),
+                Err(e) => last_error = e.to_string(), // a torn last line: try the one before
+            }
+        }
+        Err(self.move_aside(last_error))
+    }
+
     fn move_aside(&self, reason: String) -> JournalError {
-        let moved_to = self.path.with_extension("json.corrupt");
-        if let Err(source) = fs::rename(&self.path, &moved_to) {
-            return JournalError::Io {
-                path: self.path.clone(),
-                source,
-            };
+        let moved_to = self.path.with_extension("jsonl.corrupt");
+        if let Err(e) = fs::rename(&self.path, &moved_to) {
+            return self.io(e);
         }
         JournalError::Corrupt {
             path: self.path.clone(),
@@ -111,24 +128,48 @@ impl Journal {
         }
     }
 
-    /// Stores the state durably. Returns only when the new content is on disk.
+    /// Stores the state durably (one appended record, `fdatasync`ed). Returns only when it is on disk.
     pub fn store(&self, state: &JobState) -> Result<(), JournalError> {
-        let io_err = |source| JournalError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        if let Some(dir) = self.path.parent() {
-            fs::create_dir_all(dir).map_err(io_err)?;
-        }
-        let record = Record {
+        let mut line = serde_json::to_vec(&Record {
             schema: SCHEMA,
             state: state.clone(),
-        };
-        let bytes = serde_json::to_vec_pretty(&record)
-            .map_err(|e| io_err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
-        let mut file = atomic_write_file::AtomicWriteFile::open(&self.path).map_err(io_err)?;
-        file.write_all(&bytes).map_err(io_err)?;
-        file.commit().map_err(io_err)
+        })
+        .map_err(|e| self.io(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+        line.push(b'\n');
+        let mut log = self
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if log.file.is_none() || log.records >= COMPACT_AFTER {
+            // (Re)start the log with this record as its only one, atomically.
+            self.rewrite(&line)?;
+            log.file = Some(
+                OpenOptions::new()
+                    .append(true)
+                    .open(&self.path)
+                    .map_err(|e| self.io(e))?,
+            );
+            log.records = 1;
+            return Ok(());
+        }
+        let file = log
+            .file
+            .as_mut()
+            .ok_or_else(|| self.io(io::Error::other("journal not open")))?;
+        file.write_all(&line).map_err(|e| self.io(e))?;
+        file.sync_data().map_err(|e| self.io(e))?;
+        log.records += 1;
+        Ok(())
+    }
+
+    fn rewrite(&self, line: &[u8]) -> Result<(), JournalError> {
+        if let Some(dir) = self.path.parent() {
+            fs::create_dir_all(dir).map_err(|e| self.io(e))?;
+        }
+        let mut file =
+            atomic_write_file::AtomicWriteFile::open(&self.path).map_err(|e| self.io(e))?;
+        file.write_all(line).map_err(|e| self.io(e))?;
+        file.commit().map_err(|e| self.io(e))
     }
 }
 
@@ -136,26 +177,62 @@ impl Journal {
 mod tests {
     use super::*;
 
+    fn st(wanted: &str) -> JobState {
+        JobState {
+            wanted: Some(wanted.into()),
+            installed: Some("r@sha256:0".into()),
+            flash_started: Some(wanted.into()),
+            outcome: None,
+            attempts: 2,
+            installed_version: Some("1.0.0".into()),
+        }
+    }
+
     #[test]
     fn store_then_load_round_trips_and_missing_is_empty() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::new(dir.path(), "default/blinky-01");
         assert_eq!(j.load().unwrap(), JobState::default());
-        let st = JobState {
-            wanted: Some("r@sha256:1".into()),
-            installed: Some("r@sha256:0".into()),
-            flash_started: Some("r@sha256:1".into()),
-            outcome: None,
-            attempts: 2,
-            installed_version: Some("1.0.0".into()),
-        };
-        j.store(&st).unwrap();
-        assert_eq!(j.load().unwrap(), st);
-        assert!(j.path().ends_with("journal/default__blinky-01.json"));
+        j.store(&st("r@sha256:1")).unwrap();
+        j.store(&st("r@sha256:2")).unwrap();
+        assert_eq!(j.load().unwrap(), st("r@sha256:2"));
+        // A new process reads what the old one wrote.
+        assert_eq!(
+            Journal::new(dir.path(), "default/blinky-01")
+                .load()
+                .unwrap(),
+            st("r@sha256:2")
+        );
+        assert!(j.path().ends_with("journal/default__blinky-01.jsonl"));
     }
 
     #[test]
-    fn a_corrupt_journal_is_moved_aside_not_fatal() {
+    fn a_torn_last_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path(), "d");
+        j.store(&st("r@sha256:1")).unwrap();
+        let mut f = OpenOptions::new().append(true).open(j.path()).unwrap();
+        f.write_all(b"{\"schema\":1,\"wanted\":\"r@sha").unwrap();
+        assert_eq!(j.load().unwrap(), st("r@sha256:1"));
+    }
+
+    #[test]
+    fn the_log_is_compacted_and_stays_correct() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path(), "d");
+        for i in 0..(COMPACT_AFTER + 5) {
+            j.store(&st(&format!("r@sha256:{i}"))).unwrap();
+        }
+        let lines = fs::read_to_string(j.path()).unwrap().lines().count();
+        assert_eq!(lines, 5, "rewritten as one record, then four more appended");
+        assert_eq!(
+            j.load().unwrap(),
+            st(&format!("r@sha256:{}", COMPACT_AFTER + 4))
+        );
+    }
+
+    #[test]
+    fn a_journal_with_no_readable_record_is_moved_aside_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::new(dir.path(), "d");
         fs::create_dir_all(j.path().parent().unwrap()).unwrap();

@@ -2,8 +2,9 @@
 //!
 //! rumqttc keeps nothing on disk and drops unsent publishes when the broker kept no session, so every report goes
 //! through here. Per device the outbox is a short queue: reports that end an intent (installed, failed, rejected) are
-//! kept in order until acknowledged; a trailing progress report is replaced by the next one (latest value per twin
-//! wins) so a long outage leaves one report per device, not thousands.
+//! kept in order until acknowledged, on disk; a trailing progress report is replaced by the next one (latest value
+//! per twin wins) and lives in memory only: after a crash the job re-derives its state from the journal and reports
+//! it again, and an old `downloading:40` is never replayed. So a progress report costs no disk sync.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -82,7 +83,8 @@ impl Outbox {
                 continue;
             };
             match fs::read(&path).map(|b| serde_json::from_slice::<DeviceQueue>(&b)) {
-                Ok(Ok(q)) => {
+                Ok(Ok(mut q)) => {
+                    q.queue.retain(|p| p.terminal);
                     devices.insert(id.replace("__", "/"), q);
                 }
                 Ok(Err(e)) => {
@@ -123,7 +125,9 @@ impl Outbox {
                 terminal,
             }),
         }
-        self.persist(device)?;
+        if terminal {
+            self.persist(device)?;
+        }
         Ok(seq)
     }
 
@@ -133,9 +137,10 @@ impl Outbox {
         let Some(q) = self.devices.get_mut(device) else {
             return Ok(());
         };
-        let before = q.queue.len();
-        q.queue.retain(|p| p.seq != seq);
-        if q.queue.len() != before {
+        let Some(pos) = q.queue.iter().position(|p| p.seq == seq) else {
+            return Ok(());
+        };
+        if q.queue.remove(pos).terminal {
             self.persist(device)?;
         }
         Ok(())

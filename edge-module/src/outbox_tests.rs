@@ -38,33 +38,55 @@ fn progress_merges_but_terminal_reports_are_kept_in_order() {
 }
 
 #[test]
-fn survives_reopen_and_clears_only_on_matching_ack() {
+fn terminal_reports_survive_a_restart_progress_does_not() {
     let dir = tempfile::tempdir().unwrap();
-    let seq_old;
+    let done;
     {
         let mut ob = Outbox::open(dir.path()).unwrap();
-        seq_old = ob
-            .put("ns/a", tw(&[("firmware-state", "downloading:5")]), false)
+        done = ob
+            .put(
+                "ns/a",
+                tw(&[("firmware", "r1"), ("firmware-state", "installed")]),
+                true,
+            )
             .unwrap();
-        ob.put("ns/a", tw(&[("firmware-state", "verifying")]), false)
+        ob.put("ns/a", tw(&[("firmware-state", "downloading:5")]), false)
             .unwrap();
-        ob.put("legacy", tw(&[("firmware-state", "idle")]), false)
+        ob.put("legacy", tw(&[("firmware-state", "downloading:9")]), false)
             .unwrap();
+        assert_eq!(ob.depth(), 3);
     }
     let mut ob = Outbox::open(dir.path()).unwrap();
-    assert_eq!(ob.depth(), 2);
-    // The ack of a report that was replaced meanwhile does not clear the newer one.
-    ob.acked("ns/a", seq_old).unwrap();
-    assert_eq!(ob.depth(), 2);
-    let seq = ob.pending_for("ns/a")[0].seq;
-    ob.acked("ns/a", seq).unwrap();
-    ob.acked("unknown", 1).unwrap();
-    assert_eq!(ob.depth(), 1);
+    assert_eq!(
+        ob.depth(),
+        1,
+        "only the terminal report was owed across the restart"
+    );
+    assert_eq!(ob.pending_for("ns/a")[0].seq, done);
+    ob.acked("ns/a", done).unwrap();
+    assert_eq!(ob.depth(), 0);
     drop(ob);
+    assert_eq!(
+        Outbox::open(dir.path()).unwrap().depth(),
+        0,
+        "the ack was persisted"
+    );
+}
+
+#[test]
+fn clears_only_on_a_matching_ack() {
+    let dir = tempfile::tempdir().unwrap();
     let mut ob = Outbox::open(dir.path()).unwrap();
-    assert_eq!(ob.depth(), 1);
-    let next = ob
-        .put("ns/a", tw(&[("firmware-state", "idle")]), false)
+    let old = ob
+        .put("ns/a", tw(&[("firmware-state", "downloading:5")]), false)
         .unwrap();
-    assert!(next > seq, "sequence numbers never repeat after a restart");
+    let new = ob
+        .put("ns/a", tw(&[("firmware-state", "verifying")]), false)
+        .unwrap();
+    // The ack of a report that was replaced meanwhile does not clear the newer one.
+    ob.acked("ns/a", old).unwrap();
+    assert_eq!(ob.depth(), 1);
+    ob.acked("unknown", 1).unwrap();
+    ob.acked("ns/a", new).unwrap();
+    assert_eq!(ob.depth(), 0);
 }

@@ -104,6 +104,21 @@ impl SimDevice {
     }
 }
 
+/// The agent binary: cargo's for tests; for examples (benchmarks) `TWINFLASH_EDGE_BIN` or the one built beside them.
+pub fn agent_binary() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_twinflash-edge") {
+        return p.into();
+    }
+    if let Some(p) = std::env::var_os("TWINFLASH_EDGE_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("twinflash-edge")
+}
+
 /// A running `twinflash-edge` process.
 pub struct Agent {
     pub config: PathBuf,
@@ -129,6 +144,8 @@ pub struct AgentSpec<'a> {
     pub extra_sections: String,
     /// Legacy topic layout: device ids without a namespace.
     pub legacy: bool,
+    /// Extra lines in `[registry]`.
+    pub registry_extra: String,
 }
 
 impl<'a> AgentSpec<'a> {
@@ -146,6 +163,7 @@ impl<'a> AgentSpec<'a> {
             mqtt_scheme: "mqtt",
             extra_sections: String::new(),
             legacy: false,
+            registry_extra: String::new(),
         }
     }
 }
@@ -155,16 +173,17 @@ impl Agent {
         let state_dir = spec.dir.join("state");
         let mut toml = format!(
             "node = \"node-a\"\nstate_dir = \"{}\"\n[mqtt]\nurl = \"{}://127.0.0.1:{}\"\nclient_id = \"agent-{}\"\n{}\
-             [registry]\nplain_http = {:?}\n{}[limits]\nflash_attempts = 3\n[log]\nlevel = \"info,twinflash_edge=debug\"\n{}",
+             [registry]\nplain_http = {:?}\n{}{}[limits]\nflash_attempts = 3\n[log]\nlevel = \"info,twinflash_edge=debug\"\n{}",
             state_dir.display(),
             spec.mqtt_scheme,
             spec.mqtt_port,
-            spec.mqtt_port,
+            spec.dir.file_name().and_then(|n| n.to_str()).unwrap_or("x"),
             spec.mqtt_extra,
             spec.registry_hosts,
             spec.rate_limit
                 .map(|r| format!("rate_limit_bytes_per_sec = {r}\n"))
                 .unwrap_or_default(),
+            spec.registry_extra,
             spec.extra_sections,
         );
         let mut devices = Vec::new();
@@ -204,7 +223,7 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_twinflash-edge"))
+        let child = Command::new(agent_binary())
             .arg("--config")
             .arg(&self.config)
             .stdout(Stdio::null())
@@ -279,7 +298,7 @@ impl Cloud {
     pub async fn connect_with(mut opts: MqttOptions, layout: TopicLayout) -> Cloud {
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut events) = AsyncClient::new(opts, 1024);
+        let (client, mut events) = twinflash_edge::link::client(opts);
         let seen = Arc::new(Mutex::new(Seen::default()));
         let s = seen.clone();
         let c = client.clone();

@@ -1,0 +1,288 @@
+//! Benchmarks of the agent (issue 5), run by scripts/bench.sh; prints one markdown table row per figure.
+//!
+//! `cargo run --release -p twinflash-edge --example bench_agent -- [latency|rss|fleet] [args]`
+//! Uses the same real services and fixtures as the integration tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a benchmark driver
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use mqtt_schema::gojson::decode;
+use mqtt_schema::{DeviceTwinUpdate, TopicLayout};
+use rumqttc::{Event, MqttOptions, Packet, QoS};
+use support::{Agent, AgentSpec, Cloud, image, init, push};
+use twinflash_harness::{Mosquitto, Registry};
+
+fn rss_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// B3: delta published to first report received, over `n` intents on loopback. Also the mosquitto round trip
+/// alone (publish to receive, same client), measured in the same run as the anchor.
+async fn latency(n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mqtt = Mosquitto::start().unwrap();
+    let registry = Registry::start().unwrap();
+    let a = push(
+        &registry,
+        dir.path(),
+        "fw/a:1.0.0",
+        &image(1, 1024),
+        "1.0.0",
+        support::CHIP,
+    )
+    .await;
+    let b = push(
+        &registry,
+        dir.path(),
+        "fw/a:1.0.1",
+        &image(2, 1024),
+        "1.0.1",
+        support::CHIP,
+    )
+    .await;
+    let agent = Agent::start(AgentSpec {
+        extra_device_toml: "allow_downgrade = true\n",
+        ..AgentSpec::new(dir.path(), mqtt.port(), vec![registry.host()], 1)
+    });
+    let id = agent.devices[0].id.clone();
+    let cloud = Cloud::connect(&mqtt, "cloud").await;
+    cloud
+        .wait_for(
+            &id,
+            "firmware-state",
+            "idle",
+            Duration::from_secs(20),
+            &agent,
+        )
+        .await;
+
+    let mut opts = MqttOptions::new("bench", "127.0.0.1", mqtt.port());
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut events) = twinflash_edge::link::client(opts);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, String, Vec<u8>)>();
+    tokio::spawn(async move {
+        while let Ok(ev) = events.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = ev {
+                let _ = tx.send((Instant::now(), p.topic.clone(), p.payload.to_vec()));
+            }
+        }
+    });
+    let report_topic = format!("$hw/events/device/{id}/twin/update");
+    client
+        .subscribe(&report_topic, QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    client
+        .subscribe("bench/echo", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while rx.try_recv().is_ok() {}
+
+    // Anchor: a QoS 1 round trip through mosquitto.
+    let mut rtt = Vec::new();
+    for _ in 0..n {
+        let t0 = Instant::now();
+        client
+            .publish("bench/echo", QoS::AtLeastOnce, false, b"x".to_vec())
+            .await
+            .unwrap();
+        loop {
+            let (t, topic, _) = rx.recv().await.unwrap();
+            if topic == "bench/echo" {
+                rtt.push((t - t0).as_secs_f64() * 1000.0);
+                break;
+            }
+        }
+    }
+
+    let mut lat = Vec::new();
+    for i in 0..n {
+        let wanted = if i % 2 == 0 { &b } else { &a };
+        let t0 = Instant::now();
+        cloud.delta(&id, wanted, None).await;
+        let mut first = None;
+        loop {
+            let (t, topic, payload) = rx.recv().await.unwrap();
+            if topic != report_topic {
+                continue;
+            }
+            first.get_or_insert(t);
+            let Ok(upd) = decode::<DeviceTwinUpdate>(&payload) else {
+                continue;
+            };
+            let twins = upd.twin.unwrap_or_default();
+            let state = twins
+                .get("firmware-state")
+                .cloned()
+                .flatten()
+                .and_then(|t| t.actual)
+                .and_then(|a| a.value);
+            let fw = twins
+                .get("firmware")
+                .cloned()
+                .flatten()
+                .and_then(|t| t.actual)
+                .and_then(|a| a.value);
+            if state.as_deref() == Some("installed") && fw.as_deref() == Some(wanted.as_str()) {
+                break;
+            }
+        }
+        lat.push((first.unwrap() - t0).as_secs_f64() * 1000.0);
+    }
+    rtt.sort_by(f64::total_cmp);
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "| B3 delta published to first report, {n} intents (p50 / p99) | p99 < 10 ms | {:.2} ms / {:.2} ms | mosquitto QoS 1 round trip {:.2} ms / {:.2} ms (x{:.1} at p99) |",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        percentile(&rtt, 0.5),
+        percentile(&rtt, 0.99),
+        percentile(&lat, 0.99) / percentile(&rtt, 0.99).max(1e-6)
+    );
+    let _ = TopicLayout::Namespaced;
+}
+
+/// Resident memory idle, and peak during a fetch of `mib` MiB.
+async fn rss(mib: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mqtt = Mosquitto::start().unwrap();
+    let registry = Registry::start().unwrap();
+    let size = mib * 1024 * 1024;
+    let fw = image(3, size);
+    let reference = push(
+        &registry,
+        dir.path(),
+        "fw/big:1.0.0",
+        &fw,
+        "1.0.0",
+        support::CHIP,
+    )
+    .await;
+    drop(fw);
+    let agent = Agent::start(AgentSpec {
+        flash_size: (size as u64) + 1024 * 1024,
+        registry_extra: format!("max_artifact_bytes = {}\n", size * 2),
+        ..AgentSpec::new(dir.path(), mqtt.port(), vec![registry.host()], 1)
+    });
+    let id = agent.devices[0].id.clone();
+    let cloud = Cloud::connect(&mqtt, "cloud").await;
+    cloud
+        .wait_for(
+            &id,
+            "firmware-state",
+            "idle",
+            Duration::from_secs(60),
+            &agent,
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = agent.pid().unwrap();
+    let idle = rss_kib(pid, "VmRSS:");
+    let t0 = Instant::now();
+    cloud.delta(&id, &reference, None).await;
+    let mut peak = 0;
+    loop {
+        peak = peak.max(rss_kib(pid, "VmRSS:"));
+        let states = cloud.states(&id);
+        if states
+            .iter()
+            .any(|s| s == "verifying" || s.starts_with("flashing"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let hwm = rss_kib(pid, "VmHWM:");
+    println!(
+        "| Agent resident memory, idle (1 device) | <= 10 MiB | {:.1} MiB | - |",
+        idle as f64 / 1024.0
+    );
+    println!(
+        "| Agent resident memory during a {mib} MiB fetch (sampled peak / VmHWM) | <= 40 MiB | {:.1} MiB / {:.1} MiB | artifact {mib} MiB fetched and verified in {secs:.1} s ({:.0} MB/s) |",
+        peak as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        size as f64 / 1e6 / secs
+    );
+}
+
+/// `devices` simulated devices on one agent, one `kib` KiB firmware to all: time until all report installed.
+async fn fleet(devices: usize, kib: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mqtt = Mosquitto::start().unwrap();
+    let registry = Registry::start().unwrap();
+    let reference = push(
+        &registry,
+        dir.path(),
+        "fw/fleet:1.0.0",
+        &image(4, kib * 1024),
+        "1.0.0",
+        support::CHIP,
+    )
+    .await;
+    let agent = Agent::start(AgentSpec {
+        flash_size: ((kib * 1024) as u64).next_power_of_two().max(64 * 1024),
+        ..AgentSpec::new(dir.path(), mqtt.port(), vec![registry.host()], devices)
+    });
+    let cloud = Cloud::connect(&mqtt, "cloud").await;
+    let ids: Vec<String> = agent.devices.iter().map(|d| d.id.clone()).collect();
+    for id in &ids {
+        cloud
+            .wait_for(
+                id,
+                "firmware-state",
+                "idle",
+                Duration::from_secs(60),
+                &agent,
+            )
+            .await;
+    }
+    let t0 = Instant::now();
+    for id in &ids {
+        cloud.delta(id, &reference, None).await;
+    }
+    for id in &ids {
+        cloud
+            .wait_for(
+                id,
+                "firmware-state",
+                "installed",
+                Duration::from_secs(300),
+                &agent,
+            )
+            .await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "| {devices} simulated devices on one agent, {kib} KiB firmware to all, until all report installed | - | {secs:.2} s | {:.1} devices/s; one download shared by all |",
+        devices as f64 / secs
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize, d: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
+    match args.first().map(String::as_str) {
+        Some("latency") => latency(num(1, 200)).await,
+        Some("rss") => rss(num(1, 512)).await,
+        Some("fleet") => fleet(num(1, 100), num(2, 1024)).await,
+        _ => eprintln!("usage: bench_agent latency [N] | rss [MiB] | fleet [devices] [KiB]"),
+    }
+}
