@@ -175,7 +175,6 @@ async fn rss(mib: usize) {
     .await;
     drop(fw);
     let agent = Agent::start(AgentSpec {
-        flash_size: (size as u64) + 1024 * 1024,
         registry_extra: format!("max_artifact_bytes = {}\n", size * 2),
         ..AgentSpec::new(dir.path(), mqtt.port(), vec![registry.host()], 1)
     });

@@ -273,3 +273,112 @@ async fn the_registry_down_is_waiting_then_success_when_it_is_back() {
         .await;
     assert!(dev.holds(&fw));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_probe_waits_without_blocking_other_devices() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let mqtt = Mosquitto::start().unwrap();
+    let registry = Registry::start().unwrap();
+    let fw = image(13, 8_000);
+    let reference = push(
+        &registry,
+        dir.path(),
+        "fw/a:1.0.0",
+        &fw,
+        "1.0.0",
+        support::CHIP,
+    )
+    .await;
+    let cloud = Cloud::connect(&mqtt, "cloud").await;
+    let agent = Agent::start(AgentSpec::new(
+        dir.path(),
+        mqtt.port(),
+        vec![registry.host()],
+        2,
+    ));
+    let (busy, free) = (agent.devices[0].clone(), agent.devices[1].clone());
+    for d in [&busy, &free] {
+        cloud
+            .wait_for(&d.id, "firmware-state", "idle", T, &agent)
+            .await;
+    }
+    busy.set_faults(r#"{"busy": true}"#);
+    cloud.delta(&busy.id, &reference, None).await;
+    cloud
+        .wait_for(&busy.id, "firmware-state", "waiting:probe-busy", T, &agent)
+        .await;
+    cloud.delta(&free.id, &reference, None).await;
+    cloud
+        .wait_for(&free.id, "firmware-state", "installed", T, &agent)
+        .await;
+    assert_eq!(
+        cloud.actual(&busy.id, "firmware-state").as_deref(),
+        Some("waiting:probe-busy")
+    );
+    busy.set_faults("{}");
+    cloud
+        .wait_for(&busy.id, "firmware-state", "installed", T, &agent)
+        .await;
+    assert!(busy.holds(&fw) && free.holds(&fw));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_cut_mid_flash_is_retried_and_a_bad_verify_fails_for_good() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let mqtt = Mosquitto::start().unwrap();
+    let registry = Registry::start().unwrap();
+    let fw = image(14, 30_000);
+    let reference = push(
+        &registry,
+        dir.path(),
+        "fw/a:1.0.0",
+        &fw,
+        "1.0.0",
+        support::CHIP,
+    )
+    .await;
+    let cloud = Cloud::connect(&mqtt, "cloud").await;
+    let agent = Agent::start(AgentSpec::new(
+        dir.path(),
+        mqtt.port(),
+        vec![registry.host()],
+        2,
+    ));
+    let (cut, weak) = (agent.devices[0].clone(), agent.devices[1].clone());
+    for d in [&cut, &weak] {
+        cloud
+            .wait_for(&d.id, "firmware-state", "idle", T, &agent)
+            .await;
+    }
+    cut.set_faults(r#"{"power_cut_at_byte": 10000}"#);
+    weak.set_faults(r#"{"verify_error": true}"#);
+    cloud.delta(&cut.id, &reference, None).await;
+    cloud.delta(&weak.id, &reference, None).await;
+    cloud
+        .wait_for(&cut.id, "firmware-state", "installed", T, &agent)
+        .await;
+    assert!(
+        cut.holds(&fw),
+        "flashing again after the power cut restored a verified image"
+    );
+    assert_eq!(cut.started(&reference), 2);
+    assert_eq!(cut.completed(&reference), 1);
+    cloud
+        .wait_for(
+            &weak.id,
+            "firmware-state",
+            "failed:verify-failed",
+            T,
+            &agent,
+        )
+        .await;
+    assert_eq!(weak.started(&reference), 3, "flash_attempts = 3");
+    assert_eq!(weak.completed(&reference), 0);
+    assert_eq!(
+        cloud.actual(&weak.id, "firmware"),
+        None,
+        "nothing unverified is reported installed"
+    );
+}
