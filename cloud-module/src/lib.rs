@@ -1,1 +1,25 @@
-//! The twinflash cloud controller.
+//! twinflash-cloud: the kube-rs controller that turns a KubeEdge Device's desired `firmware`
+//! value into a twin intent on MQTT (since KubeEdge 1.15 cloudcore no longer does), and the pure
+//! pieces it is built from. See `README.md` of this crate for what is built and what is not.
+
+pub mod config;
+pub mod controller;
+pub mod crd;
+pub mod decide;
+pub mod error;
+pub mod metrics;
+pub mod reference;
+pub mod seams;
+pub mod status;
+
+#[cfg(test)]
+mod fixtures;
+
+pub use config::{Config, ConfigError, Mode, StatusLocation};
+pub use controller::{Context, error_policy, reconcile, run};
+pub use decide::{Decision, Input, Noop, Reason, Record, decide};
+pub use error::Error;
+pub use seams::{
+    ArtifactResolver, DeviceKey, IntentSink, ResolveError, ResolvedArtifact, SinkError,
+};
+pub use status::apply_actual_report;

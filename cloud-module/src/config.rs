@@ -1,0 +1,289 @@
+//! The controller configuration: a TOML file plus `TWINFLASH_CLOUD__<SECTION>__<KEY>` environment
+//! overrides (the `config` crate). Unknown keys are errors, so a typo never silently falls back to
+//! a default.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mqtt_schema::ErrorCode;
+use serde::Deserialize;
+
+/// Prefix of the environment overrides (`TWINFLASH_CLOUD__MQTT__URL=...`).
+pub const ENV_PREFIX: &str = "TWINFLASH_CLOUD";
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// How intents reach the edge.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Where KubeEdge keeps `status.twins`.
+    #[serde(default)]
+    pub status_location: StatusLocation,
+    /// Every Device is reconciled again after this many seconds.
+    #[serde(default = "default_resync")]
+    pub resync_period_secs: u64,
+    /// Which Devices to watch.
+    #[serde(default)]
+    pub watch: WatchConfig,
+    /// The MQTT broker the intents go to.
+    pub mqtt: MqttConfig,
+    /// Registry access.
+    #[serde(default)]
+    pub registry: RegistryConfig,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+fn default_resync() -> u64 {
+    300
+}
+
+/// Delivery mode (twinflash.md section 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// edgecore at the edge stores the `expected` value and emits the delta.
+    #[default]
+    Edgecore,
+    /// No edgecore: twinflash-cloud publishes the delta and answers `twin/get` itself.
+    Direct,
+}
+
+/// Where `status.twins` lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StatusLocation {
+    /// KubeEdge >= 1.23: a separate `DeviceStatus` object (resource `devicestatuses`).
+    #[default]
+    DeviceStatus,
+    /// KubeEdge < 1.23: `Device.status`.
+    Device,
+}
+
+/// Which Devices are watched.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    /// One namespace; unset or empty means every namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// A label selector on Devices (`twinflash.io/managed=true`); unset means every Device.
+    #[serde(default)]
+    pub label_selector: Option<String>,
+}
+
+/// Topic layout of the device id (kubeedge-twin.md section 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TopicLayout {
+    /// `{namespace}/{name}` (KubeEdge >= 1.16.2).
+    #[default]
+    Namespaced,
+    /// `{name}` (KubeEdge <= 1.15).
+    Legacy,
+}
+
+/// The MQTT connection.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host:port` or `mqtts://host:port` (also `tcp://`, `ssl://`).
+    pub url: String,
+    /// Client id (persistent session: must be stable and unique).
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// Optional user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Optional file holding the password (never the password itself in the config).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// CA bundle for `mqtts`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (with `key_file`) for mutual TLS.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Client key (with `cert_file`).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Device id layout in topics.
+    #[serde(default)]
+    pub topic_layout: TopicLayout,
+}
+
+fn default_client_id() -> String {
+    "twinflash-cloud".to_owned()
+}
+
+/// Registry access.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Registry hosts (`host:port`) spoken to over plain HTTP.
+    #[serde(default)]
+    pub plain_http: Vec<String>,
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Listen address of `GET /metrics`.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9100))
+}
+
+/// The configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or the environment could not be read or parsed (unknown key, wrong type).
+    #[error("cannot load the configuration{}: {source}", path.as_ref().map(|p| format!(" from {}", p.display())).unwrap_or_default())]
+    Load {
+        /// The file, when one was given.
+        path: Option<PathBuf>,
+        /// What the `config` crate said.
+        #[source]
+        source: config::ConfigError,
+    },
+    /// A value is well-formed but not acceptable.
+    #[error("invalid configuration key {key}: {reason}")]
+    Invalid {
+        /// Dotted key (`mqtt.url`).
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// The stable code of this error.
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::Internal
+    }
+}
+
+impl Config {
+    /// Loads `path` (TOML) and the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_with_env(path, None)
+    }
+
+    /// Loads `path` and the given environment (`None`: the process environment).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: Option<HashMap<String, String>>,
+    ) -> Result<Config, ConfigError> {
+        let load_err = |source| ConfigError::Load {
+            path: path.map(Path::to_path_buf),
+            source,
+        };
+        let mut builder = config::Config::builder();
+        if let Some(p) = path {
+            builder = builder.add_source(
+                config::File::from(p)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let env_source = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("registry.plain_http")
+            .source(env.map(|m| m.into_iter().collect()));
+        let cfg: Config = builder
+            .add_source(env_source)
+            .build()
+            .map_err(load_err)?
+            .try_deserialize()
+            .map_err(load_err)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        let scheme = self.mqtt.url.split_once("://").map(|(s, _)| s);
+        let tls = match scheme {
+            Some("mqtt" | "tcp") => false,
+            Some("mqtts" | "ssl") => true,
+            _ => {
+                return invalid(
+                    "mqtt.url",
+                    "must start with mqtt://, mqtts://, tcp:// or ssl://",
+                );
+            }
+        };
+        if self
+            .mqtt
+            .url
+            .split_once("://")
+            .is_none_or(|(_, rest)| rest.is_empty())
+        {
+            return invalid("mqtt.url", "has no host");
+        }
+        if self.mqtt.client_id.is_empty() {
+            return invalid(
+                "mqtt.client_id",
+                "must not be empty (persistent sessions need it)",
+            );
+        }
+        if self.mqtt.cert_file.is_some() != self.mqtt.key_file.is_some() {
+            return invalid("mqtt.cert_file", "cert_file and key_file go together");
+        }
+        if !tls && (self.mqtt.ca_file.is_some() || self.mqtt.cert_file.is_some()) {
+            return invalid("mqtt.ca_file", "TLS files given for a plain mqtt:// url");
+        }
+        if self.resync_period_secs == 0 {
+            return invalid("resync_period_secs", "must be at least 1");
+        }
+        if self
+            .watch
+            .namespace
+            .as_deref()
+            .is_some_and(|n| n.contains('/'))
+        {
+            return invalid("watch.namespace", "is a namespace name, not a path");
+        }
+        Ok(())
+    }
+
+    /// [`Config::resync_period_secs`] as a duration.
+    pub fn resync_period(&self) -> Duration {
+        Duration::from_secs(self.resync_period_secs)
+    }
+
+    /// The namespace to watch (`None`: all).
+    pub fn namespace(&self) -> Option<&str> {
+        self.watch.namespace.as_deref().filter(|n| !n.is_empty())
+    }
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

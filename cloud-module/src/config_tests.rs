@@ -1,0 +1,168 @@
+//! Tests of the configuration loader.
+
+use super::*;
+
+fn write(dir: &tempfile::TempDir, body: &str) -> PathBuf {
+    let p = dir.path().join("cloud.toml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+    Some(
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    )
+}
+
+#[test]
+fn full_file_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        &dir,
+        r#"
+mode = "direct"
+status_location = "device"
+resync_period_secs = 60
+[watch]
+namespace = "fleet"
+label_selector = "twinflash.io/managed=true"
+[mqtt]
+url = "mqtts://broker.local:8883"
+client_id = "tf-cloud-1"
+ca_file = "/etc/tf/ca.pem"
+cert_file = "/etc/tf/c.pem"
+key_file = "/etc/tf/k.pem"
+topic_layout = "legacy"
+[registry]
+plain_http = ["registry.local:5000"]
+[metrics]
+listen = "127.0.0.1:9200"
+"#,
+    );
+    let c = Config::load_with_env(Some(&p), env(&[])).unwrap();
+    assert_eq!(c.mode, Mode::Direct);
+    assert_eq!(c.status_location, StatusLocation::Device);
+    assert_eq!(c.resync_period(), Duration::from_secs(60));
+    assert_eq!(c.namespace(), Some("fleet"));
+    assert_eq!(c.mqtt.topic_layout, TopicLayout::Legacy);
+    assert_eq!(
+        c.registry.plain_http,
+        vec!["registry.local:5000".to_owned()]
+    );
+    assert_eq!(c.metrics.listen, "127.0.0.1:9200".parse().unwrap());
+}
+
+#[test]
+fn defaults_and_env_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n");
+    let c = Config::load_with_env(Some(&p), env(&[])).unwrap();
+    assert_eq!(c.mode, Mode::Edgecore);
+    assert_eq!(c.status_location, StatusLocation::DeviceStatus);
+    assert_eq!(c.mqtt.client_id, "twinflash-cloud");
+    assert_eq!(c.namespace(), None);
+    assert_eq!(c.resync_period_secs, 300);
+
+    let c = Config::load_with_env(
+        Some(&p),
+        env(&[
+            ("TWINFLASH_CLOUD__MQTT__URL", "mqtt://127.0.0.1:1999"),
+            ("TWINFLASH_CLOUD__STATUS_LOCATION", "device"),
+            ("TWINFLASH_CLOUD__RESYNC_PERIOD_SECS", "42"),
+            (
+                "TWINFLASH_CLOUD__REGISTRY__PLAIN_HTTP",
+                "a.local:5000,b.local:5000",
+            ),
+            ("TWINFLASH_CLOUD_CONFIG", "/not/ours"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.mqtt.url, "mqtt://127.0.0.1:1999");
+    assert_eq!(c.status_location, StatusLocation::Device);
+    assert_eq!(c.resync_period_secs, 42);
+    assert_eq!(
+        c.registry.plain_http,
+        vec!["a.local:5000".to_owned(), "b.local:5000".to_owned()]
+    );
+
+    // Environment only, no file.
+    let c = Config::load_with_env(
+        None,
+        env(&[("TWINFLASH_CLOUD__MQTT__URL", "tcp://127.0.0.1:1")]),
+    )
+    .unwrap();
+    assert_eq!(c.mqtt.url, "tcp://127.0.0.1:1");
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for body in [
+        "modes = \"direct\"\n[mqtt]\nurl = \"mqtt://h:1\"\n",
+        "[mqtt]\nurl = \"mqtt://h:1\"\nclientid = \"x\"\n",
+        "[mqtt]\nurl = \"mqtt://h:1\"\n[registry]\nplain = []\n",
+    ] {
+        let p = write(&dir, body);
+        let err = Config::load_with_env(Some(&p), env(&[])).unwrap_err();
+        assert!(matches!(err, ConfigError::Load { .. }), "{body}: {err}");
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+    let p = write(&dir, "[mqtt]\nurl = \"mqtt://h:1\"\n");
+    let err =
+        Config::load_with_env(Some(&p), env(&[("TWINFLASH_CLOUD__MQTT__TYPO", "1")])).unwrap_err();
+    assert!(err.to_string().contains("unknown field"), "{err}");
+}
+
+#[test]
+fn bad_values_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "mode = \"cloudcore\"\n[mqtt]\nurl = \"mqtt://h:1\"\n",
+            "load",
+        ),
+        (
+            "status_location = \"devices\"\n[mqtt]\nurl = \"mqtt://h:1\"\n",
+            "load",
+        ),
+        ("[mqtt]\nclient_id = \"x\"\n", "load"),
+        ("[mqtt]\nurl = \"http://h:1\"\n", "mqtt.url"),
+        ("[mqtt]\nurl = \"mqtt://\"\n", "mqtt.url"),
+        (
+            "[mqtt]\nurl = \"mqtt://h:1\"\nclient_id = \"\"\n",
+            "mqtt.client_id",
+        ),
+        (
+            "[mqtt]\nurl = \"mqtts://h:1\"\ncert_file = \"/c\"\n",
+            "mqtt.cert_file",
+        ),
+        (
+            "[mqtt]\nurl = \"mqtt://h:1\"\nca_file = \"/c\"\n",
+            "mqtt.ca_file",
+        ),
+        (
+            "resync_period_secs = 0\n[mqtt]\nurl = \"mqtt://h:1\"\n",
+            "resync_period_secs",
+        ),
+        (
+            "[watch]\nnamespace = \"a/b\"\n[mqtt]\nurl = \"mqtt://h:1\"\n",
+            "watch.namespace",
+        ),
+    ];
+    for (body, want) in cases {
+        let p = write(&dir, body);
+        let err = Config::load_with_env(Some(&p), env(&[])).unwrap_err();
+        match (&err, want) {
+            (ConfigError::Load { .. }, "load") => {}
+            (ConfigError::Invalid { key, .. }, w) => assert_eq!(*key, w, "{body}"),
+            _ => panic!("{body}: unexpected {err}"),
+        }
+        assert_eq!(err.code(), ErrorCode::Internal);
+    }
+    let err =
+        Config::load_with_env(Some(Path::new("/nonexistent/cloud.toml")), env(&[])).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/cloud.toml"), "{err}");
+}

@@ -1,0 +1,401 @@
+//! The kube-runtime controller over KubeEdge Devices: `reconcile` fetches what [`decide`] needs,
+//! calls it, and applies the decision (publish through the [`IntentSink`], record the outcome in
+//! the status, emit an Event). Errors back off exponentially per Device.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::config::StatusLocation;
+use crate::crd::{Device, DeviceModel, DeviceStatus, DeviceTwinStatus};
+use crate::decide::{CHIP_ANNOTATION, Decision, FIRMWARE, Input, Noop, Record, decide};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::seams::{ArtifactResolver, DeviceKey, IntentSink};
+use crate::status::{newest, record_from_status, with_record};
+
+/// The field manager / reporting controller name.
+pub const MANAGER: &str = "twinflash-cloud";
+/// First retry delay after a failure; doubles per consecutive failure.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
+/// Longest retry delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Every Kubernetes API access of the controller: (API group, resource, verbs). The RBAC in
+/// `manifests/cloud/rbac.yaml` grants exactly this (checked by `tests/manifests.rs`); leases are
+/// for the leader election (namespaced Role), events for the [`Recorder`].
+pub const API_ACCESS: &[(&str, &str, &[&str])] = &[
+    ("devices.kubeedge.io", "devices", &["get", "list", "watch"]),
+    (
+        "devices.kubeedge.io",
+        "devicemodels",
+        &["get", "list", "watch"],
+    ),
+    ("devices.kubeedge.io", "devicestatuses", &["get"]),
+    ("devices.kubeedge.io", "devices/status", &["patch"]),
+    ("devices.kubeedge.io", "devicestatuses/status", &["patch"]),
+    ("events.k8s.io", "events", &["create", "patch"]),
+];
+
+/// The leader-election access, granted in the controller's own namespace only.
+pub const LEASE_ACCESS: (&str, &str, &[&str]) =
+    ("coordination.k8s.io", "leases", &["get", "create", "patch"]);
+
+/// Shared state of the reconcilers.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Where intents go.
+    pub sink: Arc<dyn IntentSink>,
+    /// Pins tags and reads artifact annotations.
+    pub resolver: Arc<dyn ArtifactResolver>,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Where `status.twins` lives.
+    pub status_location: StatusLocation,
+    /// Requeue period of a healthy Device.
+    pub resync: Duration,
+    /// Newest record per Device, so a stale cache or a lagging status never redoes an intent.
+    records: Mutex<HashMap<DeviceKey, Record>>,
+    /// Consecutive failures per Device (backoff).
+    failures: Mutex<HashMap<DeviceKey, u32>>,
+}
+
+impl Context {
+    /// A context; `instance` names this replica in Events (the pod name).
+    pub fn new(
+        client: Client,
+        sink: Arc<dyn IntentSink>,
+        resolver: Arc<dyn ArtifactResolver>,
+        status_location: StatusLocation,
+        resync: Duration,
+        instance: Option<String>,
+    ) -> Context {
+        let reporter = Reporter {
+            controller: MANAGER.to_owned(),
+            instance,
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            sink,
+            resolver,
+            metrics: Arc::new(Metrics::default()),
+            status_location,
+            resync,
+            records: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn memory_record(&self, key: &DeviceKey) -> Option<Record> {
+        self.records.lock().ok().and_then(|m| m.get(key).cloned())
+    }
+
+    fn remember(&self, key: &DeviceKey, record: &Record) {
+        if let Ok(mut m) = self.records.lock() {
+            m.insert(key.clone(), record.clone());
+        }
+    }
+
+    /// The delay before retrying `key` after one more failure.
+    pub fn next_backoff(&self, key: &DeviceKey) -> Duration {
+        let n = self
+            .failures
+            .lock()
+            .map(|mut m| {
+                let n = m.entry(key.clone()).or_insert(0);
+                *n = n.saturating_add(1);
+                *n
+            })
+            .unwrap_or(1);
+        let factor = 1u32
+            .checked_shl(n.saturating_sub(1).min(16))
+            .unwrap_or(u32::MAX);
+        BACKOFF_BASE.saturating_mul(factor).min(BACKOFF_MAX)
+    }
+
+    fn reset_backoff(&self, key: &DeviceKey) {
+        if let Ok(mut m) = self.failures.lock() {
+            m.remove(key);
+        }
+    }
+}
+
+fn key_of(device: &Device) -> Result<DeviceKey, Error> {
+    Ok(DeviceKey {
+        namespace: device
+            .namespace()
+            .ok_or(Error::MalformedObject { what: "namespace" })?,
+        name: device
+            .meta()
+            .name
+            .clone()
+            .ok_or(Error::MalformedObject { what: "name" })?,
+    })
+}
+
+/// The stored status and its resourceVersion (for an optimistic-concurrency patch).
+struct Stored {
+    status: Option<DeviceTwinStatus>,
+    resource_version: Option<String>,
+    /// Whether an object to patch exists (a DeviceStatus may not be created yet).
+    exists: bool,
+}
+
+async fn load_status(device: &Device, key: &DeviceKey, ctx: &Context) -> Result<Stored, Error> {
+    match ctx.status_location {
+        StatusLocation::Device => Ok(Stored {
+            status: device.status.clone(),
+            resource_version: device.resource_version(),
+            exists: true,
+        }),
+        StatusLocation::DeviceStatus => {
+            let api: Api<DeviceStatus> = Api::namespaced(ctx.client.clone(), &key.namespace);
+            let found = api.get_opt(&key.name).await.map_err(|source| Error::Kube {
+                op: "get devicestatus",
+                object: key.to_string(),
+                source,
+            })?;
+            Ok(match found {
+                Some(ds) => Stored {
+                    resource_version: ds.resource_version(),
+                    status: ds.status,
+                    exists: true,
+                },
+                None => Stored {
+                    status: None,
+                    resource_version: None,
+                    exists: false,
+                },
+            })
+        }
+    }
+}
+
+/// The chip the Device declares: its `twinflash.io/chip` annotation, else its DeviceModel's.
+async fn device_chip(
+    device: &Device,
+    key: &DeviceKey,
+    ctx: &Context,
+) -> Result<Option<String>, Error> {
+    if let Some(chip) = device.annotations().get(CHIP_ANNOTATION) {
+        return Ok(Some(chip.clone()));
+    }
+    let Some(model) = device
+        .spec
+        .device_model_ref
+        .as_ref()
+        .filter(|m| !m.name.is_empty())
+    else {
+        return Ok(None);
+    };
+    let api: Api<DeviceModel> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let found = api
+        .get_opt(&model.name)
+        .await
+        .map_err(|source| Error::Kube {
+            op: "get devicemodel",
+            object: format!("{}/{}", key.namespace, model.name),
+            source,
+        })?;
+    Ok(found.and_then(|m| m.annotations().get(CHIP_ANNOTATION).cloned()))
+}
+
+async fn write_status(
+    key: &DeviceKey,
+    stored: &Stored,
+    record: &Record,
+    ctx: &Context,
+) -> Result<(), Error> {
+    if !stored.exists {
+        warn!(device = %key, "no DeviceStatus object yet (cloudcore creates it); record kept in memory only");
+        return Ok(());
+    }
+    let status = with_record(stored.status.as_ref(), record, now_ms());
+    let mut patch = json!({ "status": { "twins": status.twins } });
+    if let Some(rv) = &stored.resource_version {
+        patch["metadata"] = json!({ "resourceVersion": rv });
+    }
+    let params = PatchParams::default();
+    let result = match ctx.status_location {
+        StatusLocation::Device => Api::<Device>::namespaced(ctx.client.clone(), &key.namespace)
+            .patch_status(&key.name, &params, &Patch::Merge(&patch))
+            .await
+            .map(|_| ()),
+        StatusLocation::DeviceStatus => {
+            Api::<DeviceStatus>::namespaced(ctx.client.clone(), &key.namespace)
+                .patch_status(&key.name, &params, &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+        }
+    };
+    result.map_err(|source| Error::Kube {
+        op: "patch status",
+        object: key.to_string(),
+        source,
+    })
+}
+
+async fn publish_event(device: &Device, record: &Record, ctx: &Context) -> Result<(), Error> {
+    let (type_, action) = match record.reason.code() {
+        None => (EventType::Normal, "PublishIntent"),
+        Some(_) => (EventType::Warning, "RejectIntent"),
+    };
+    let ev = Event {
+        type_,
+        reason: record.reason.as_str().to_owned(),
+        note: Some(truncate(&record.message, 1000)),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    ctx.recorder
+        .publish(&ev, &device.object_ref(&()))
+        .await
+        .map_err(|source| Error::Kube {
+            op: "create event",
+            object: device.name_any(),
+            source,
+        })
+}
+
+/// Reconciles one Device.
+pub async fn reconcile(device: Arc<Device>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconcile();
+    let key = key_of(&device)?;
+    let desired = device.desired(FIRMWARE);
+    if desired.is_none_or(str::is_empty) {
+        ctx.reset_backoff(&key);
+        return Ok(Action::requeue(ctx.resync));
+    }
+    let stored = load_status(&device, &key, &ctx).await?;
+    let memory = ctx.memory_record(&key);
+    let last = newest(memory.clone(), record_from_status(stored.status.as_ref()));
+    let input = Input {
+        generation: device.metadata.generation.unwrap_or(0),
+        desired,
+        device_chip: None,
+        last: last.as_ref(),
+        resolution: None,
+    };
+    let mut decision = decide(input);
+    if let Decision::Resolve { reference } = &decision {
+        let chip = device_chip(&device, &key, &ctx).await?;
+        let resolution = ctx.resolver.resolve(reference).await;
+        decision = decide(Input {
+            device_chip: chip.as_deref(),
+            resolution: Some(&resolution),
+            ..input
+        });
+    }
+    match decision {
+        Decision::Nothing(Noop::AlreadyDone) => {
+            // The edge has the intent; make sure the status caught up (a previous patch may
+            // have failed after the publish).
+            if let Some(m) =
+                memory.filter(|m| record_from_status(stored.status.as_ref()).as_ref() != Some(m))
+            {
+                write_status(&key, &stored, &m, &ctx).await?;
+            }
+        }
+        Decision::Nothing(_) => {}
+        Decision::Resolve { reference } => {
+            return Err(Error::Retry {
+                device: key.to_string(),
+                code: mqtt_schema::ErrorCode::Internal,
+                message: format!("decide asked to resolve {reference} twice"),
+            });
+        }
+        Decision::Publish(record) => {
+            ctx.sink.publish_intent(&key, &record.pinned).await?;
+            ctx.remember(&key, &record);
+            ctx.metrics.published();
+            info!(device = %key, reference = %record.pinned, generation = record.generation, "intent published");
+            write_status(&key, &stored, &record, &ctx).await?;
+            publish_event(&device, &record, &ctx).await?;
+        }
+        Decision::Reject(record) if last.as_ref() == Some(&record) => {
+            // The same rejection again (a missing artifact re-checked at resync): already
+            // recorded and reported.
+        }
+        Decision::Reject(record) => {
+            ctx.remember(&key, &record);
+            ctx.metrics.rejected(record.reason);
+            warn!(device = %key, reason = record.reason.as_str(), message = %record.message, "intent rejected");
+            write_status(&key, &stored, &record, &ctx).await?;
+            publish_event(&device, &record, &ctx).await?;
+        }
+        Decision::Retry { code, message } => {
+            return Err(Error::Retry {
+                device: key.to_string(),
+                code,
+                message,
+            });
+        }
+    }
+    ctx.reset_backoff(&key);
+    Ok(Action::requeue(ctx.resync))
+}
+
+/// Counts the failure by code and retries with exponential backoff.
+pub fn error_policy(device: Arc<Device>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failure(error.code());
+    let delay = match key_of(&device) {
+        Ok(key) => ctx.next_backoff(&key),
+        Err(_) => BACKOFF_MAX,
+    };
+    warn!(device = %device.name_any(), code = %error.code(), error = %error, ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Runs the controller until a termination signal.
+pub async fn run(ctx: Arc<Context>, namespace: Option<&str>, label_selector: Option<&str>) {
+    let devices: Api<Device> = match namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let mut wc = watcher::Config::default();
+    if let Some(sel) = label_selector.filter(|s| !s.is_empty()) {
+        wc = wc.labels(sel);
+    }
+    Controller::new(devices, wc)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "controller event");
+            }
+        })
+        .await;
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary (Event notes are limited to 1 kB).
+fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+#[path = "controller_tests.rs"]
+mod tests;

@@ -1,0 +1,417 @@
+//! Reconcile tests against a mocked API server (`ApiServerVerifier`): every API call of the
+//! publish, pin, reject, event and status-patch paths is asserted in order.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use kube::Resource;
+use mqtt_schema::ErrorCode;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::crd::Device;
+use crate::decide::Reason;
+use crate::fixtures::*;
+use crate::seams::{ResolveError, ResolvedArtifact, SinkError};
+use crate::status::{META_DESIRED, META_GENERATION, META_REASON, with_record};
+
+fn key() -> DeviceKey {
+    DeviceKey {
+        namespace: NS.into(),
+        name: NAME.into(),
+    }
+}
+
+fn artifact(digest_ref: &str, chip: Option<&str>) -> Result<ResolvedArtifact, ResolveError> {
+    Ok(ResolvedArtifact {
+        digest_ref: digest_ref.to_owned(),
+        chip: chip.map(str::to_owned),
+        version: Some("1.4.2".into()),
+    })
+}
+
+fn firmware_twin(patch: &Value) -> Value {
+    patch["status"]["twins"]
+        .as_array()
+        .expect("twins array")
+        .iter()
+        .find(|t| t["propertyName"] == "firmware")
+        .expect("firmware twin")
+        .clone()
+}
+
+/// Asserts the record in a status patch.
+fn assert_record(
+    patch: &Value,
+    rv: &str,
+    pinned: &str,
+    desired: &str,
+    generation: &str,
+    reason: Reason,
+) {
+    assert_eq!(
+        patch["metadata"]["resourceVersion"], rv,
+        "optimistic concurrency: {patch}"
+    );
+    let od = &firmware_twin(patch)["observedDesired"];
+    assert_eq!(od["value"], pinned, "{patch}");
+    assert_eq!(od["metadata"][META_DESIRED], desired);
+    assert_eq!(od["metadata"][META_GENERATION], generation);
+    assert_eq!(od["metadata"][META_REASON], reason.as_str());
+    assert_eq!(od["metadata"]["type"], "string");
+}
+
+fn assert_event(ev: &Value, type_: &str, reason: Reason) {
+    assert_eq!(ev["type"], type_, "{ev}");
+    assert_eq!(ev["reason"], reason.as_str(), "{ev}");
+    assert_eq!(ev["regarding"]["name"], NAME);
+    assert_eq!(ev["regarding"]["kind"], "Device");
+    assert_eq!(ev["reportingController"], "twinflash-cloud");
+    assert!(ev["note"].as_str().is_some_and(|n| !n.is_empty()), "{ev}");
+}
+
+fn device_json(d: &Device) -> Value {
+    serde_json::to_value(d).unwrap()
+}
+
+fn model(chip: Option<&str>) -> Value {
+    let mut m = json!({
+        "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "DeviceModel",
+        "metadata": {"name": "blinky-model", "namespace": NS},
+        "spec": {"properties": [{"name": "firmware", "type": "STRING", "accessMode": "ReadWrite"}]}
+    });
+    if let Some(c) = chip {
+        m["metadata"]["annotations"] = json!({ "twinflash.io/chip": c });
+    }
+    m
+}
+
+#[tokio::test]
+async fn publish_path_device_status_object_then_idempotent() {
+    let t = Context::test(StatusLocation::DeviceStatus);
+    let p = pinned();
+    t.resolver.insert(&p, artifact(&p, Some("nRF52840_xxAA")));
+    let dev = Arc::new(device(&p, 2));
+    let (p1, p2) = (p.clone(), p.clone());
+    let server = t.verifier.run(vec![
+        Expect::get(
+            devices_path(&format!("devicestatuses/{NAME}")),
+            StatusCode::OK,
+            device_status_object(None),
+        ),
+        Expect::get(
+            devices_path("devicemodels/blinky-model"),
+            StatusCode::OK,
+            model(Some("nRF52840_xxAA")),
+        ),
+        Expect {
+            respond: Some((StatusCode::OK, device_status_object(None))),
+            ..Expect::patch_status(
+                devices_path(&format!("devicestatuses/{NAME}/status")),
+                move |b| assert_record(b, "200", &p1, &p1, "2", Reason::IntentPublished),
+            )
+        },
+        Expect::event(|ev| assert_event(ev, "Normal", Reason::IntentPublished)),
+        // Second reconcile: the status now holds the record: one GET, nothing else.
+        Expect::get(
+            devices_path(&format!("devicestatuses/{NAME}")),
+            StatusCode::OK,
+            device_status_object(Some(with_record(
+                None,
+                &Record {
+                    generation: 2,
+                    desired: p2.clone(),
+                    pinned: p2,
+                    reason: Reason::IntentPublished,
+                    message: "m".into(),
+                },
+                1,
+            ))),
+        ),
+    ]);
+    let action = reconcile(dev.clone(), t.ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert_eq!(t.sink.published(), vec![(key(), p.clone())]);
+
+    // A restarted controller (fresh memory) sees the record in the status: nothing is redone.
+    let restarted = Context::new(
+        t.ctx.client.clone(),
+        Arc::new(t.sink.clone()),
+        Arc::new(t.resolver.clone()),
+        StatusLocation::DeviceStatus,
+        Duration::from_secs(300),
+        None,
+    );
+    reconcile(dev, Arc::new(restarted)).await.unwrap();
+    assert_eq!(t.sink.published().len(), 1, "same intent published once");
+    assert_eq!(t.resolver.calls(), vec![p]);
+    assert_eq!(t.ctx.metrics.intents_published(), 1);
+    drop(t.ctx);
+    let seen = server.await.unwrap();
+    assert_eq!(seen.len(), 5);
+}
+
+#[tokio::test]
+async fn pin_path_tag_is_resolved_and_the_digest_published_device_status_in_device() {
+    let t = Context::test(StatusLocation::Device);
+    let tag = "registry.local:5000/fw/blinky:1.4.2";
+    let tag_pinned = format!("{tag}@sha256:{HEX}");
+    t.resolver
+        .insert(tag, artifact(&tag_pinned, Some("nRF52840_xxAA")));
+    let mut d = device(tag, 4);
+    d.meta_mut()
+        .annotations
+        .get_or_insert_default()
+        .insert("twinflash.io/chip".into(), "nRF52840_xxAA".into());
+    let dev = Arc::new(d);
+    let tp = tag_pinned.clone();
+    let server = t.verifier.run(vec![
+        // No DeviceModel GET: the Device's own annotation declares the chip.
+        Expect {
+            respond: Some((StatusCode::OK, device_json(&dev))),
+            ..Expect::patch_status(devices_path(&format!("devices/{NAME}/status")), move |b| {
+                assert_record(b, "100", &tp, tag, "4", Reason::IntentPublished)
+            })
+        },
+        Expect::event(|ev| assert_event(ev, "Normal", Reason::IntentPublished)),
+    ]);
+    reconcile(dev, t.ctx.clone()).await.unwrap();
+    assert_eq!(
+        t.sink.published(),
+        vec![(key(), tag_pinned)],
+        "the edge only sees digests"
+    );
+    assert_eq!(t.resolver.calls(), vec![tag.to_owned()]);
+    drop(t.ctx);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn invalid_reference_gets_condition_and_warning_event_without_publish() {
+    let t = Context::test(StatusLocation::Device);
+    let bad = "registry.local:5000/fw/blinky:1.4.2+b7";
+    let dev = Arc::new(device(bad, 3));
+    let server = t.verifier.run(vec![
+        Expect {
+            respond: Some((StatusCode::OK, device_json(&dev))),
+            ..Expect::patch_status(devices_path(&format!("devices/{NAME}/status")), move |b| {
+                assert_record(b, "100", "", bad, "3", Reason::InvalidReference)
+            })
+        },
+        Expect::event(|ev| assert_event(ev, "Warning", Reason::InvalidReference)),
+    ]);
+    reconcile(dev, t.ctx.clone()).await.unwrap();
+    assert!(t.sink.published().is_empty());
+    assert!(
+        t.resolver.calls().is_empty(),
+        "an invalid reference never reaches the registry"
+    );
+    assert!(
+        t.ctx
+            .metrics
+            .render()
+            .contains("reason=\"InvalidReference\"} 1")
+    );
+    drop(t.ctx);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn artifact_not_found_without_device_status_object_still_emits_the_event() {
+    let t = Context::test(StatusLocation::DeviceStatus);
+    let dev = Arc::new(device(&pinned(), 1));
+    let server = t.verifier.run(vec![
+        Expect::get(
+            devices_path(&format!("devicestatuses/{NAME}")),
+            not_found().0,
+            not_found().1,
+        ),
+        Expect::get(
+            devices_path("devicemodels/blinky-model"),
+            not_found().0,
+            not_found().1,
+        ),
+        // No status patch: there is no DeviceStatus object to patch yet.
+        Expect::event(|ev| assert_event(ev, "Warning", Reason::ArtifactNotFound)),
+    ]);
+    reconcile(dev, t.ctx.clone()).await.unwrap();
+    assert!(t.sink.published().is_empty());
+    drop(t.ctx);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn chip_mismatch_from_the_device_model() {
+    let t = Context::test(StatusLocation::Device);
+    let p = pinned();
+    t.resolver.insert(&p, artifact(&p, Some("STM32F411RETx")));
+    let dev = Arc::new(device(&p, 6));
+    let server = t.verifier.run(vec![
+        Expect::get(
+            devices_path("devicemodels/blinky-model"),
+            StatusCode::OK,
+            model(Some("nRF52840_xxAA")),
+        ),
+        Expect {
+            respond: Some((StatusCode::OK, device_json(&dev))),
+            ..Expect::patch_status(devices_path(&format!("devices/{NAME}/status")), |b| {
+                let od = &firmware_twin(b)["observedDesired"];
+                assert_eq!(od["metadata"][META_REASON], "ChipMismatch");
+                assert!(
+                    od["metadata"]["twinflash.io/message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("STM32F411RETx")
+                );
+            })
+        },
+        Expect::event(|ev| assert_event(ev, "Warning", Reason::ChipMismatch)),
+    ]);
+    reconcile(dev, t.ctx.clone()).await.unwrap();
+    assert!(t.sink.published().is_empty());
+    drop(t.ctx);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn broker_failure_backs_off_then_publishes_once_healed() {
+    let t = Context::test(StatusLocation::Device);
+    let p = pinned();
+    t.resolver.insert(&p, artifact(&p, None));
+    t.sink.fail_with(Some(SinkError::BrokerUnreachable {
+        device: key().to_string(),
+        detail: "connection refused".into(),
+    }));
+    let mut d = device(&p, 2);
+    d.spec.device_model_ref = None; // no chip anywhere: no API call before the publish
+    let dev = Arc::new(d);
+    let server = t.verifier.run(vec![
+        Expect {
+            respond: Some((StatusCode::OK, device_json(&dev))),
+            ..Expect::patch_status(devices_path(&format!("devices/{NAME}/status")), |_| {})
+        },
+        Expect::event(|ev| assert_event(ev, "Normal", Reason::IntentPublished)),
+    ]);
+    for want in [5, 10, 20] {
+        let err = reconcile(dev.clone(), t.ctx.clone()).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::BrokerUnreachable);
+        let action = error_policy(dev.clone(), &err, t.ctx.clone());
+        assert_eq!(action, Action::requeue(Duration::from_secs(want)));
+    }
+    assert_eq!(t.ctx.metrics.failures(ErrorCode::BrokerUnreachable), 3);
+    t.sink.fail_with(None);
+    reconcile(dev.clone(), t.ctx.clone()).await.unwrap();
+    assert_eq!(t.sink.published(), vec![(key(), p)]);
+    // Success resets the backoff.
+    assert_eq!(t.ctx.next_backoff(&key()), Duration::from_secs(5));
+    drop(t.ctx);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn failed_status_patch_is_retried_without_republishing_and_stale_cache_is_ignored() {
+    let t = Context::test(StatusLocation::Device);
+    let p = pinned();
+    t.resolver.insert(&p, artifact(&p, None));
+    let mut d = device(&p, 3);
+    d.spec.device_model_ref = None;
+    let dev = Arc::new(d);
+    let conflict = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                          "reason": "Conflict", "message": "the object has been modified", "code": 409});
+    let p1 = p.clone();
+    let server = t.verifier.run(vec![
+        Expect {
+            respond: Some((StatusCode::CONFLICT, conflict)),
+            ..Expect::patch_status(devices_path(&format!("devices/{NAME}/status")), |_| {})
+        },
+        // Retry: status catch-up only, no second publish, no event.
+        Expect {
+            respond: Some((StatusCode::OK, device_json(&dev))),
+            ..Expect::patch_status(devices_path(&format!("devices/{NAME}/status")), move |b| {
+                assert_record(b, "100", &p1, &p1, "3", Reason::IntentPublished)
+            })
+        },
+    ]);
+    let err = reconcile(dev.clone(), t.ctx.clone()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Kube {
+                op: "patch status",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(t.sink.published().len(), 1);
+    reconcile(dev.clone(), t.ctx.clone()).await.unwrap();
+    assert_eq!(t.sink.published().len(), 1, "never republished");
+
+    // A stale cached Device (generation 2, an older intent) must not overwrite generation 3.
+    let stale = Arc::new(device("registry.local:5000/fw/blinky:0.9.0", 2));
+    reconcile(stale, t.ctx.clone()).await.unwrap();
+    assert_eq!(t.sink.published().len(), 1);
+    assert_eq!(t.resolver.calls().len(), 1);
+    drop(t.ctx);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn devices_without_firmware_cost_no_api_call() {
+    let t = Context::test(StatusLocation::DeviceStatus);
+    let mut d = device("", 1);
+    let server = t.verifier.run(vec![]);
+    reconcile(Arc::new(d.clone()), t.ctx.clone()).await.unwrap();
+    d.spec.properties.clear();
+    reconcile(Arc::new(d), t.ctx.clone()).await.unwrap();
+    assert_eq!(t.ctx.metrics.reconciles(), 2);
+    assert!(t.sink.published().is_empty());
+    drop(t.ctx);
+    server.await.unwrap();
+}
+
+#[test]
+fn event_notes_are_cut_at_a_char_boundary() {
+    assert_eq!(super::truncate("abc", 10), "abc");
+    assert_eq!(super::truncate("héllo", 2), "h");
+    assert_eq!(super::truncate("héllo", 3), "hé");
+    assert_eq!(super::truncate(&"x".repeat(2000), 1000).len(), 1000);
+}
+
+#[tokio::test]
+async fn a_missing_artifact_is_rechecked_but_reported_once() {
+    let t = Context::test(StatusLocation::Device);
+    let p = pinned();
+    let mut d = device(&p, 2);
+    d.meta_mut()
+        .annotations
+        .get_or_insert_default()
+        .insert("twinflash.io/chip".into(), "nRF52840_xxAA".into());
+    let dev = Arc::new(d);
+    let server = t.verifier.run(vec![
+        Expect {
+            respond: Some((StatusCode::OK, device_json(&dev))),
+            ..Expect::patch_status(devices_path(&format!("devices/{NAME}/status")), |b| {
+                assert_eq!(
+                    firmware_twin(b)["observedDesired"]["metadata"][META_REASON],
+                    "ArtifactNotFound"
+                );
+            })
+        },
+        Expect::event(|ev| assert_event(ev, "Warning", Reason::ArtifactNotFound)),
+        // Pushed meanwhile: the next resync finds it and publishes.
+        Expect {
+            respond: Some((StatusCode::OK, device_json(&dev))),
+            ..Expect::patch_status(devices_path(&format!("devices/{NAME}/status")), |_| {})
+        },
+        Expect::event(|ev| assert_event(ev, "Normal", Reason::IntentPublished)),
+    ]);
+    reconcile(dev.clone(), t.ctx.clone()).await.unwrap();
+    reconcile(dev.clone(), t.ctx.clone()).await.unwrap();
+    assert_eq!(t.resolver.calls().len(), 2, "re-checked");
+    t.resolver.insert(&p, artifact(&p, Some("nRF52840_xxAA")));
+    reconcile(dev, t.ctx.clone()).await.unwrap();
+    assert_eq!(t.sink.published(), vec![(key(), p)]);
+    drop(t.ctx);
+    server.await.unwrap();
+}
