@@ -50,6 +50,7 @@ pub fn fetch_config(cfg: &EdgeConfig) -> FetchConfig {
     fc.max_size = r.max_artifact_bytes;
     fc.cache_max_bytes = r.cache_max_bytes;
     fc.rate_limit_bps = r.rate_limit_bytes_per_sec;
+    fc.checkpoint_every = r.checkpoint_bytes;
     fc.plain_http = r.plain_http.clone();
     fc.mirrors = r
         .mirrors
@@ -140,6 +141,7 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
         cfg.mqtt.topic_layout.into(),
         reports,
         metrics.clone(),
+        Duration::from_secs(cfg.mqtt.reconnect_max_secs.max(1)),
     ));
     let link_stop = CancellationToken::new();
     let mut tasks = JoinSet::new();

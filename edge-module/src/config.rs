@@ -65,6 +65,9 @@ pub struct MqttConfig {
     /// MQTT keep-alive in seconds.
     #[serde(default = "default_keep_alive")]
     pub keep_alive_secs: u64,
+    /// Cap of the reconnect backoff in seconds (exponential from 100 ms, with jitter).
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_secs: u64,
 }
 
 /// The topic layout, as written in the config.
@@ -124,6 +127,10 @@ pub struct RegistryConfig {
     /// Download rate limit in bytes per second, for metered links.
     #[serde(default)]
     pub rate_limit_bytes_per_sec: Option<u64>,
+    /// A partial download is made durable (fsync and hash checkpoint) every this many bytes: at most this much is
+    /// fetched again after a crash.
+    #[serde(default = "default_checkpoint")]
+    pub checkpoint_bytes: u64,
 }
 
 impl Default for RegistryConfig {
@@ -140,6 +147,7 @@ impl Default for RegistryConfig {
             max_artifact_bytes: default_max_artifact(),
             cache_max_bytes: None,
             rate_limit_bytes_per_sec: None,
+            checkpoint_bytes: default_checkpoint(),
         }
     }
 }
@@ -238,8 +246,14 @@ pub struct DeviceConfig {
 fn default_keep_alive() -> u64 {
     30
 }
+fn default_reconnect_max() -> u64 {
+    30
+}
 fn default_max_artifact() -> u64 {
     64 * 1024 * 1024
+}
+fn default_checkpoint() -> u64 {
+    1024 * 1024
 }
 fn default_downloads() -> usize {
     4
@@ -296,6 +310,12 @@ impl EdgeConfig {
             return Err(invalid(
                 "mqtt.client_id".into(),
                 "must not be empty (a persistent session needs a stable id)",
+            ));
+        }
+        if self.registry.checkpoint_bytes < 4096 {
+            return Err(invalid(
+                "registry.checkpoint_bytes".into(),
+                "must be at least 4096",
             ));
         }
         if self.limits.downloads == 0 || self.limits.flashes == 0 || self.limits.flash_attempts == 0

@@ -138,10 +138,10 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+fn reconnect_backoff(max: Duration) -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(30))
+        .with_max_delay(max)
         .with_jitter()
         .without_max_times()
         .build()
@@ -164,6 +164,7 @@ pub struct Link {
     /// Problems already logged (logged once each).
     logged: Mutex<HashSet<String>>,
     node: String,
+    reconnect_max: Duration,
 }
 
 impl Link {
@@ -174,6 +175,7 @@ impl Link {
         layout: TopicLayout,
         reports: Arc<ReportQueue>,
         metrics: Arc<Metrics>,
+        reconnect_max: Duration,
     ) -> Link {
         Link {
             devices,
@@ -184,6 +186,7 @@ impl Link {
             gets_changed: Notify::new(),
             logged: Mutex::new(HashSet::new()),
             node: node.to_owned(),
+            reconnect_max,
         }
     }
 
@@ -312,7 +315,7 @@ impl Link {
         mut events: EventLoop,
         shutdown: CancellationToken,
     ) {
-        let mut backoff = reconnect_backoff();
+        let mut backoff = reconnect_backoff(self.reconnect_max);
         let mut down_since: Option<std::time::Instant> = None;
         loop {
             let ev = tokio::select! {
@@ -321,7 +324,7 @@ impl Link {
             };
             match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    backoff = reconnect_backoff();
+                    backoff = reconnect_backoff(self.reconnect_max);
                     self.metrics.set_broker_connected(true);
                     if let Some(t) = down_since.take() {
                         tracing::info!(node = %self.node, after_secs = t.elapsed().as_secs(), session_present = ack.session_present, "broker link back");
@@ -347,7 +350,7 @@ impl Link {
                         down_since = Some(std::time::Instant::now());
                         tracing::warn!(code = %mqtt_schema::ErrorCode::BrokerUnreachable, error = %e, "broker link down; retrying with backoff");
                     }
-                    let wait = backoff.next().unwrap_or(Duration::from_secs(30));
+                    let wait = backoff.next().unwrap_or(self.reconnect_max);
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
                         () = shutdown.cancelled() => break,
@@ -366,7 +369,7 @@ impl Link {
         mut events: EventLoop,
         shutdown: CancellationToken,
     ) {
-        let mut backoff = reconnect_backoff();
+        let mut backoff = reconnect_backoff(self.reconnect_max);
         let mut connected = false;
         // Publishes handed to rumqttc on this connection, in order; each Outgoing::Publish event takes the front.
         let mut fifo: VecDeque<Sent> = VecDeque::new();
@@ -385,7 +388,7 @@ impl Link {
             };
             match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    backoff = reconnect_backoff();
+                    backoff = reconnect_backoff(self.reconnect_max);
                     connected = true;
                     fifo.clear();
                     inflight.clear();
@@ -419,7 +422,7 @@ impl Link {
                 Ok(_) => {}
                 Err(_) => {
                     connected = false;
-                    let wait = backoff.next().unwrap_or(Duration::from_secs(30));
+                    let wait = backoff.next().unwrap_or(self.reconnect_max);
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
                         () = shutdown.cancelled() => break,

@@ -276,6 +276,8 @@ pub struct Seen {
     pub states: BTreeMap<String, Vec<String>>,
     pub reports: usize,
     pub gets: usize,
+    /// SUBACKs received: grows each time the observer is subscribed again after a reconnect.
+    pub subacks: usize,
 }
 
 /// An MQTT client that plays edgecore's part in tests: it watches reports and get requests, and publishes deltas.
@@ -324,6 +326,7 @@ impl Cloud {
                             )
                             .await;
                     }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => s.lock().unwrap().subacks += 1,
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let Ok(topic) = Topic::parse(&p.topic, layout) else {
                             continue;
@@ -453,6 +456,10 @@ impl Cloud {
             )
             .await
             .unwrap();
+    }
+
+    pub fn subacks(&self) -> usize {
+        self.seen.lock().unwrap().subacks
     }
 
     pub fn actual(&self, device: &str, twin: &str) -> Option<String> {
