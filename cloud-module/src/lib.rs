@@ -9,6 +9,7 @@ pub mod decide;
 pub mod error;
 pub mod metrics;
 pub mod reference;
+pub mod rollout;
 pub mod seams;
 pub mod status;
 

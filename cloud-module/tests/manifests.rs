@@ -13,6 +13,7 @@ use twinflash_cloud::controller::{API_ACCESS, LEASE_ACCESS};
 use twinflash_cloud::crd::{Device, DeviceModel};
 use twinflash_cloud::decide::{CHIP_ANNOTATION, FIRMWARE, FIRMWARE_STATE, FIRMWARE_VERSION};
 use twinflash_cloud::reference::{RefKind, classify};
+use twinflash_cloud::rollout::reconcile::ROLLOUT_API_ACCESS;
 
 const NS: &str = "twinflash-system";
 
@@ -105,6 +106,7 @@ fn every_document_has_a_known_kind_and_api_version() {
         ("DaemonSet", "apps/v1"),
         ("Device", "devices.kubeedge.io/v1beta1"),
         ("DeviceModel", "devices.kubeedge.io/v1beta1"),
+        ("CustomResourceDefinition", "apiextensions.k8s.io/v1"),
     ]);
     let docs = documents();
     let mut kinds = BTreeSet::new();
@@ -123,7 +125,10 @@ fn every_document_has_a_known_kind_and_api_version() {
             "{}: {kind} without a name",
             path.display()
         );
-        let cluster_scoped = matches!(kind, "Namespace" | "ClusterRole" | "ClusterRoleBinding");
+        let cluster_scoped = matches!(
+            kind,
+            "Namespace" | "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition"
+        );
         assert_eq!(
             v["metadata"]["namespace"].is_string(),
             !cluster_scoped,
@@ -138,43 +143,56 @@ fn every_document_has_a_known_kind_and_api_version() {
 #[test]
 fn rbac_grants_exactly_what_the_controller_calls() {
     let docs = Docs::load();
-    let rules = |v: &Value| -> BTreeSet<(String, String, Vec<String>)> {
-        let mut out = BTreeSet::new();
+    // (group, resource) -> verbs; each (group, resource) in one rule only.
+    type Grants = BTreeMap<(String, String), BTreeSet<String>>;
+    let rules = |v: &Value| -> Grants {
+        let mut out = Grants::new();
         for rule in v["rules"].as_array().unwrap() {
             for group in strs(&rule["apiGroups"]) {
                 for res in strs(&rule["resources"]) {
-                    let mut verbs = strs(&rule["verbs"]);
-                    verbs.sort();
-                    assert!(out.insert((group.clone(), res, verbs)), "duplicate rule");
+                    let verbs = strs(&rule["verbs"]).into_iter().collect();
+                    assert!(
+                        out.insert((group.clone(), res.clone()), verbs).is_none(),
+                        "{group}/{res} in two rules"
+                    );
                 }
             }
             assert!(rule.get("resourceNames").is_none() && rule.get("nonResourceURLs").is_none());
         }
         out
     };
-    let want = |access: &[(&str, &str, &[&str])]| -> BTreeSet<(String, String, Vec<String>)> {
-        access
-            .iter()
-            .map(|(g, r, v)| {
-                let mut verbs: Vec<String> = v.iter().map(|s| (*s).to_owned()).collect();
-                verbs.sort();
-                ((*g).to_owned(), (*r).to_owned(), verbs)
-            })
-            .collect()
+    // The union of what the Device controller and the rollout controller call.
+    let want = |accesses: &[&[(&str, &str, &[&str])]]| -> Grants {
+        let mut out = Grants::new();
+        for (g, r, v) in accesses.iter().flat_map(|a| a.iter()) {
+            out.entry(((*g).to_owned(), (*r).to_owned()))
+                .or_default()
+                .extend(v.iter().map(|s| (*s).to_owned()));
+        }
+        out
     };
     assert_eq!(
         rules(docs.one("ClusterRole", "twinflash-cloud")),
-        want(API_ACCESS)
+        want(&[API_ACCESS, ROLLOUT_API_ACCESS])
     );
     assert_eq!(
         rules(docs.one("Role", "twinflash-cloud-leader-election")),
-        want(&[LEASE_ACCESS])
+        want(&[&[LEASE_ACCESS]])
     );
     assert!(
         !API_ACCESS
             .iter()
+            .chain(ROLLOUT_API_ACCESS)
             .any(|(_, _, v)| v.iter().any(|x| matches!(*x, "*" | "delete" | "update"))),
         "no wildcard, delete or update"
+    );
+    assert!(
+        ROLLOUT_API_ACCESS.contains(&(
+            "devices.kubeedge.io",
+            "devices",
+            &["get", "list", "watch", "patch"]
+        )),
+        "rollouts patch Devices' spec (the desired firmware), nothing else"
     );
     for (kind, name, role_kind, role) in [
         (
@@ -429,4 +447,23 @@ fn mosquitto_bridge_carries_only_the_firmware_twin_topics_at_qos_1() {
     ]
     .into();
     assert_eq!(topics, want);
+}
+
+#[test]
+fn shipped_crd_is_the_one_the_rbac_and_the_controller_name() {
+    let docs = Docs::load();
+    let crd = docs.one("CustomResourceDefinition", "firmwarerollouts.twinflash.io");
+    let group = crd["spec"]["group"].as_str().unwrap();
+    let plural = crd["spec"]["names"]["plural"].as_str().unwrap();
+    assert_eq!(crd["spec"]["names"]["shortNames"][0], "fwr");
+    for want in [plural.to_owned(), format!("{plural}/status")] {
+        assert!(
+            ROLLOUT_API_ACCESS
+                .iter()
+                .any(|(g, r, _)| *g == group && *r == want),
+            "RBAC for {group}/{want}"
+        );
+    }
+    let shipped: Value = serde_json::to_value(&twinflash_cloud::rollout::crds()[0]).unwrap();
+    assert_eq!(crd, &shipped, "manifests/crds is the generated CRD");
 }
