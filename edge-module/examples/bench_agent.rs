@@ -273,6 +273,66 @@ async fn fleet(devices: usize, kib: usize) {
     );
 }
 
+/// `agents` agent processes with `per_agent` devices each on one broker, one intent each: time until all installed.
+async fn fleet_multi(agents: usize, per_agent: usize, kib: usize) {
+    let root = tempfile::tempdir().unwrap();
+    let mqtt = Mosquitto::start().unwrap();
+    let registry = Registry::start().unwrap();
+    let reference = push(
+        &registry,
+        root.path(),
+        "fw/fleet:2.0.0",
+        &image(5, kib * 1024),
+        "2.0.0",
+        support::CHIP,
+    )
+    .await;
+    let cloud = Cloud::connect(&mqtt, "cloud").await;
+    let mut running = Vec::new();
+    for a in 0..agents {
+        let dir = root.path().join(format!("agent-{a}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        running.push(Agent::start(AgentSpec {
+            flash_size: ((kib * 1024) as u64).next_power_of_two().max(64 * 1024),
+            namespace: format!("fleet-{a}"),
+            ..AgentSpec::new(&dir, mqtt.port(), vec![registry.host()], per_agent)
+        }));
+    }
+    let idle = Duration::from_secs(120);
+    for agent in &running {
+        for d in &agent.devices {
+            cloud
+                .wait_for(&d.id, "firmware-state", "idle", idle, agent)
+                .await;
+        }
+    }
+    let t0 = Instant::now();
+    for agent in &running {
+        for d in &agent.devices {
+            cloud.delta(&d.id, &reference, None).await;
+        }
+    }
+    for agent in &running {
+        for d in &agent.devices {
+            cloud
+                .wait_for(
+                    &d.id,
+                    "firmware-state",
+                    "installed",
+                    Duration::from_secs(600),
+                    agent,
+                )
+                .await;
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let n = agents * per_agent;
+    println!(
+        "| Fleet: {n} simulated devices across {agents} agent processes on one broker, one {kib} KiB intent each, until all report installed | - | {secs:.2} s | {:.0} devices/s; each agent downloads once |",
+        n as f64 / secs
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     init();
@@ -282,6 +342,9 @@ async fn main() {
         Some("latency") => latency(num(1, 200)).await,
         Some("rss") => rss(num(1, 512)).await,
         Some("fleet") => fleet(num(1, 100), num(2, 1024)).await,
-        _ => eprintln!("usage: bench_agent latency [N] | rss [MiB] | fleet [devices] [KiB]"),
+        Some("fleet-multi") => fleet_multi(num(1, 10), num(2, 100), num(3, 64)).await,
+        _ => eprintln!(
+            "usage: bench_agent latency [N] | rss [MiB] | fleet [devices] [KiB] | fleet-multi [agents] [devices each] [KiB]"
+        ),
     }
 }

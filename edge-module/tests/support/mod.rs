@@ -146,6 +146,8 @@ pub struct AgentSpec<'a> {
     pub legacy: bool,
     /// Extra lines in `[registry]`.
     pub registry_extra: String,
+    /// The Kubernetes namespace of the devices (namespaced layout).
+    pub namespace: String,
 }
 
 impl<'a> AgentSpec<'a> {
@@ -164,6 +166,7 @@ impl<'a> AgentSpec<'a> {
             extra_sections: String::new(),
             legacy: false,
             registry_extra: String::new(),
+            namespace: "default".into(),
         }
     }
 }
@@ -191,7 +194,7 @@ impl Agent {
             let id = if spec.legacy {
                 format!("sim-{i:02}")
             } else {
-                format!("default/sim-{i:02}")
+                format!("{}/sim-{i:02}", spec.namespace)
             };
             let dir = spec.dir.join(format!("sim-{i:02}"));
             toml.push_str(&format!(
