@@ -7,127 +7,63 @@ mod support;
 use std::time::Duration;
 
 use mqtt_schema::DeviceTopicKind;
-use support::{Agent, AgentSpec, Cloud, image, init, push};
-use twinflash_harness::{Mosquitto, Registry};
-
-const T: Duration = Duration::from_secs(30);
+use support::{Agent, AgentSpec, Env, WAIT, image};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_input_gets_its_code_and_the_agent_keeps_working() {
-    init();
-    let dir = tempfile::tempdir().unwrap();
-    let mqtt = Mosquitto::start().unwrap();
-    let registry = Registry::start().unwrap();
+    let env = Env::start(5, |s| s).await;
     let good_fw = image(20, 10_000);
-    let good = push(
-        &registry,
-        dir.path(),
-        "fw/a:1.0.0",
-        &good_fw,
-        "1.0.0",
-        support::CHIP,
-    )
-    .await;
-    let other_chip = push(
-        &registry,
-        dir.path(),
-        "fw/nrf:1.0.0",
-        &image(21, 10_000),
-        "1.0.0",
-        "nRF52840_xxAA",
-    )
-    .await;
-    let cloud = Cloud::connect(&mqtt, "cloud").await;
-    let agent = Agent::start(AgentSpec::new(
-        dir.path(),
-        mqtt.port(),
-        vec![registry.host()],
-        5,
-    ));
-    let ids: Vec<String> = agent.devices.iter().map(|d| d.id.clone()).collect();
-    for id in &ids {
-        cloud
-            .wait_for(id, "firmware-state", "idle", T, &agent)
-            .await;
-    }
+    let good = env.push("a:1.0.0", &good_fw, "1.0.0").await;
+    let other_chip = env
+        .push_for("nrf:1.0.0", &image(21, 10_000), "1.0.0", "nRF52840_xxAA")
+        .await;
+    let id0 = env.device(0).id;
 
     // A malformed payload (not JSON; then `value` as a number, which Go's decoder rejects).
-    cloud
+    env.cloud
         .raw(
-            &ids[0],
+            &id0,
             DeviceTopicKind::TwinUpdateDelta,
             b"{not json".to_vec(),
         )
         .await;
-    cloud
-        .wait_for(
-            &ids[0],
-            "firmware-state",
-            "rejected:invalid-message",
-            T,
-            &agent,
-        )
+    env.wait(0, "firmware-state", "rejected:invalid-message")
         .await;
     let typed = br#"{"event_id":"x","timestamp":1,"twin":{},"delta":{"firmware":5}}"#.to_vec();
-    cloud
-        .raw(&ids[0], DeviceTopicKind::TwinUpdateDelta, typed)
+    env.cloud
+        .raw(&id0, DeviceTopicKind::TwinUpdateDelta, typed)
         .await;
     // A delta for a device this agent does not manage.
-    cloud.delta("default/ghost", &good, None).await;
+    env.cloud.delta("default/ghost", &good, None).await;
     // A value that fails KubeEdge's twin value check.
-    cloud.delta(&ids[1], "fw blinky:1.0.0 latest", None).await;
-    cloud
-        .wait_for(
-            &ids[1],
-            "firmware-state",
-            "rejected:invalid-reference",
-            T,
-            &agent,
-        )
+    env.intent(1, "fw blinky:1.0.0 latest").await;
+    env.wait(1, "firmware-state", "rejected:invalid-reference")
         .await;
     // A reference without a digest.
     let tag_only = good.split('@').next().unwrap().to_owned();
-    cloud.delta(&ids[2], &tag_only, None).await;
-    cloud
-        .wait_for(
-            &ids[2],
-            "firmware-state",
-            "rejected:invalid-reference",
-            T,
-            &agent,
-        )
+    env.intent(2, &tag_only).await;
+    env.wait(2, "firmware-state", "rejected:invalid-reference")
         .await;
     // A wrong artifact: built for another chip.
-    cloud.delta(&ids[3], &other_chip, None).await;
-    cloud
-        .wait_for(
-            &ids[3],
-            "firmware-state",
-            "rejected:chip-mismatch",
-            T,
-            &agent,
-        )
+    env.intent(3, &other_chip).await;
+    env.wait(3, "firmware-state", "rejected:chip-mismatch")
         .await;
     // A digest the registry does not have.
-    let unknown = format!("{}/fw/a@sha256:{}", registry.host(), "0".repeat(64));
-    cloud.delta(&ids[4], &unknown, None).await;
-    cloud
-        .wait_for(&ids[4], "firmware-state", "failed:not-found", T, &agent)
-        .await;
+    let unknown = format!("{}/fw/a@sha256:{}", env.registry.host(), "0".repeat(64));
+    env.intent(4, &unknown).await;
+    env.wait(4, "firmware-state", "failed:not-found").await;
 
     // Nothing else was lost: a good intent on the device that saw garbage installs.
-    cloud.delta(&ids[0], &good, None).await;
-    cloud
-        .wait_for(&ids[0], "firmware-state", "installed", T, &agent)
-        .await;
-    assert!(agent.devices[0].holds(&good_fw));
+    env.intent(0, &good).await;
+    env.wait(0, "firmware-state", "installed").await;
+    assert!(env.device(0).holds(&good_fw));
     // Each problem was logged once, however often edgecore repeats it.
     for _ in 0..5 {
-        cloud.delta(&ids[1], "fw blinky:1.0.0 latest", None).await;
-        cloud.delta("default/ghost", &good, None).await;
+        env.intent(1, "fw blinky:1.0.0 latest").await;
+        env.cloud.delta("default/ghost", &good, None).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let log = agent.log();
+    let log = env.agent.log();
     assert_eq!(
         log.matches("does not manage").count(),
         0,
@@ -140,74 +76,43 @@ async fn every_bad_input_gets_its_code_and_the_agent_keeps_working() {
         "one line per bad intent, not per repeat:\n{log}"
     );
     assert_eq!(
-        cloud.actual(&ids[1], "firmware-state").as_deref(),
+        env.actual(1, "firmware-state").as_deref(),
         Some("rejected:invalid-reference")
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lower_version_is_refused_unless_the_device_allows_downgrades() {
-    init();
-    let dir = tempfile::tempdir().unwrap();
-    let mqtt = Mosquitto::start().unwrap();
-    let registry = Registry::start().unwrap();
-    let v11 = push(
-        &registry,
-        dir.path(),
-        "fw/a:1.1.0",
-        &image(22, 5_000),
-        "1.1.0",
-        support::CHIP,
-    )
-    .await;
+    let env = Env::start(1, |s| s).await;
+    let v11 = env.push("a:1.1.0", &image(22, 5_000), "1.1.0").await;
     let v10_fw = image(23, 5_000);
-    let v10 = push(
-        &registry,
-        dir.path(),
-        "fw/a:1.0.0",
-        &v10_fw,
-        "1.0.0",
-        support::CHIP,
-    )
-    .await;
-    let cloud = Cloud::connect(&mqtt, "cloud").await;
-    let agent = Agent::start(AgentSpec::new(
-        dir.path(),
-        mqtt.port(),
-        vec![registry.host()],
-        1,
-    ));
-    let id = agent.devices[0].id.clone();
-    cloud
-        .wait_for(&id, "firmware-state", "idle", T, &agent)
-        .await;
-    cloud.delta(&id, &v11, None).await;
-    cloud.wait_for(&id, "firmware", &v11, T, &agent).await;
-    cloud.delta(&id, &v10, Some(&v11)).await;
-    cloud
-        .wait_for(
-            &id,
-            "firmware-state",
-            "rejected:downgrade-refused",
-            T,
-            &agent,
-        )
+    let v10 = env.push("a:1.0.0", &v10_fw, "1.0.0").await;
+    let id = env.device(0).id;
+    env.intent(0, &v11).await;
+    env.wait(0, "firmware", &v11).await;
+    env.cloud.delta(&id, &v10, Some(&v11)).await;
+    env.wait(0, "firmware-state", "rejected:downgrade-refused")
         .await;
     assert_eq!(
-        cloud.actual(&id, "firmware").as_deref(),
+        env.actual(0, "firmware").as_deref(),
         Some(v11.as_str()),
         "1.1.0 still runs"
     );
-    drop(agent);
 
+    // The same device (same id, fresh state) on an agent that allows downgrades.
+    drop(env.agent);
     let dir2 = tempfile::tempdir().unwrap();
     let agent = Agent::start(AgentSpec {
         extra_device_toml: "allow_downgrade = true\n",
-        ..AgentSpec::new(dir2.path(), mqtt.port(), vec![registry.host()], 1)
+        ..AgentSpec::new(dir2.path(), env.mqtt.port(), vec![env.registry.host()], 1)
     });
-    cloud.delta(&id, &v11, None).await;
-    cloud.wait_for(&id, "firmware", &v11, T, &agent).await;
-    cloud.delta(&id, &v10, Some(&v11)).await;
-    cloud.wait_for(&id, "firmware", &v10, T, &agent).await;
+    env.cloud.delta(&id, &v11, None).await;
+    env.cloud
+        .wait_for(&id, "firmware", &v11, WAIT, &agent)
+        .await;
+    env.cloud.delta(&id, &v10, Some(&v11)).await;
+    env.cloud
+        .wait_for(&id, "firmware", &v10, WAIT, &agent)
+        .await;
     assert!(agent.devices[0].holds(&v10_fw));
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use mqtt_schema::TopicLayout;
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
-use support::{Agent, AgentSpec, Cloud, image, init, push};
+use support::{Agent, AgentSpec, Cloud, Env, image, init, push};
 use twinflash_harness::{Mosquitto, MosquittoOptions, Registry, free_port, make_certs};
 
 const T: Duration = Duration::from_secs(30);
@@ -129,42 +129,24 @@ async fn the_legacy_topic_layout_works_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_never_cuts_a_flash_short_and_metrics_tell_the_state() {
-    init();
-    let dir = tempfile::tempdir().unwrap();
-    let mqtt = Mosquitto::start().unwrap();
-    let registry = Registry::start().unwrap();
-    let fw = image(32, 60_000);
-    let reference = push(
-        &registry,
-        dir.path(),
-        "fw/a:1.0.0",
-        &fw,
-        "1.0.0",
-        support::CHIP,
-    )
-    .await;
-    let cloud = Cloud::connect(&mqtt, "cloud").await;
     let port = free_port();
-    let mut agent = Agent::start(AgentSpec {
-        write_bytes_per_sec: Some(40_000), // about 1.5 s of flashing
+    let mut env = Env::start(1, |s| AgentSpec {
+        write_bytes_per_sec: Some(40_000), // 60 kB: about 1.5 s of flashing
         extra_sections: format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
-        ..AgentSpec::new(dir.path(), mqtt.port(), vec![registry.host()], 1)
-    });
-    let dev = agent.devices[0].clone();
-    cloud
-        .wait_for(&dev.id, "firmware-state", "idle", T, &agent)
-        .await;
+        ..s
+    })
+    .await;
+    let reference = env.push("a:1.0.0", &image(32, 60_000), "1.0.0").await;
+    let dev = env.device(0);
     assert_eq!(http_get(port, "/healthz").0, 200);
     assert_eq!(http_get(port, "/readyz").0, 200);
-    cloud.delta(&dev.id, &reference, None).await;
-    cloud
-        .wait_state_prefix(&dev.id, "flashing:", T, &agent)
-        .await;
-    let status = agent.terminate();
+    env.intent(0, &reference).await;
+    env.wait_state_prefix(0, "flashing:").await;
+    let status = env.agent.terminate();
     assert!(
         status.success(),
         "graceful exit: {status:?}\n{}",
-        agent.log()
+        env.agent.log()
     );
     assert_eq!(
         dev.completed(&reference),
@@ -172,10 +154,8 @@ async fn sigterm_never_cuts_a_flash_short_and_metrics_tell_the_state() {
         "the flash ran to its end before the exit"
     );
 
-    agent.spawn();
-    cloud
-        .wait_for(&dev.id, "firmware-state", "installed", T, &agent)
-        .await;
+    env.agent.spawn();
+    env.wait(0, "firmware-state", "installed").await;
     assert_eq!(dev.started(&reference), 1, "nothing was flashed twice");
     let (code, body) = http_get(port, "/metrics");
     assert_eq!(code, 200);

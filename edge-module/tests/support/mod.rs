@@ -531,3 +531,95 @@ impl Cloud {
         );
     }
 }
+
+/// The usual scene of an agent test: a broker, a registry, the observer playing the cloud, and an agent with
+/// `devices` simulated devices that have all reported `idle`.
+pub struct Env {
+    pub agent: Agent,
+    pub cloud: Cloud,
+    pub registry: Registry,
+    pub mqtt: Mosquitto,
+    pub dir: tempfile::TempDir,
+}
+
+/// Generous bound of every wait in the agent tests (a loaded CI machine; a passing run takes seconds).
+pub const WAIT: Duration = Duration::from_secs(40);
+
+impl Env {
+    pub async fn start(devices: usize, tweak: impl FnOnce(AgentSpec<'_>) -> AgentSpec<'_>) -> Env {
+        init();
+        let dir = tempfile::tempdir().unwrap();
+        let mqtt = Mosquitto::start().unwrap();
+        let registry = Registry::start().unwrap();
+        let cloud = Cloud::connect(&mqtt, "cloud").await;
+        let agent = Agent::start(tweak(AgentSpec::new(
+            dir.path(),
+            mqtt.port(),
+            vec![registry.host()],
+            devices,
+        )));
+        for d in &agent.devices {
+            cloud
+                .wait_for(&d.id, "firmware-state", "idle", WAIT, &agent)
+                .await;
+        }
+        Env {
+            agent,
+            cloud,
+            registry,
+            mqtt,
+            dir,
+        }
+    }
+
+    /// Pushes `bytes` for the test chip as `fw/<repo_tag>`.
+    pub async fn push(&self, repo_tag: &str, bytes: &[u8], version: &str) -> String {
+        self.push_for(repo_tag, bytes, version, CHIP).await
+    }
+
+    pub async fn push_for(
+        &self,
+        repo_tag: &str,
+        bytes: &[u8],
+        version: &str,
+        chip: &str,
+    ) -> String {
+        push(
+            &self.registry,
+            self.dir.path(),
+            &format!("fw/{repo_tag}"),
+            bytes,
+            version,
+            chip,
+        )
+        .await
+    }
+
+    pub fn device(&self, i: usize) -> SimDevice {
+        self.agent.devices[i].clone()
+    }
+
+    /// Waits until device `i` reports `twin` = `value`.
+    pub async fn wait(&self, i: usize, twin: &str, value: &str) {
+        self.cloud
+            .wait_for(&self.agent.devices[i].id, twin, value, WAIT, &self.agent)
+            .await;
+    }
+
+    pub async fn wait_state_prefix(&self, i: usize, prefix: &str) {
+        self.cloud
+            .wait_state_prefix(&self.agent.devices[i].id, prefix, WAIT, &self.agent)
+            .await;
+    }
+
+    /// Publishes a delta for device `i`.
+    pub async fn intent(&self, i: usize, reference: &str) {
+        self.cloud
+            .delta(&self.agent.devices[i].id, reference, None)
+            .await;
+    }
+
+    pub fn actual(&self, i: usize, twin: &str) -> Option<String> {
+        self.cloud.actual(&self.agent.devices[i].id, twin)
+    }
+}

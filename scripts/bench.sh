@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Runs every benchmark of twinflash (release builds, real services on loopback) and rewrites docs/benchmarks.md.
+#   scripts/bench.sh            everything (about 15 minutes on 2 cores, most of it release builds)
+#   scripts/bench.sh --quick    smaller sizes, for a smoke run (figures not comparable with the goals)
+# Speed and memory goals are proven here, never by timed assertions in tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/deps.sh
+source scripts/lib/deps.sh
+tf_need_rust
+tf_need_services
+[ -x /usr/bin/time ] || tf_need_apt /usr/bin/time:time
+
+quick=false
+[ "${1:-}" = "--quick" ] && quick=true
+if $quick; then fetch_mib=64; rss_mib=64; intents=50; else fetch_mib=512; rss_mib=512; intents=200; fi
+
+out=docs/benchmarks.md
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+tf_log "release builds"
+cargo build --release --locked -q -p twinflash-edge --bins --examples
+cargo build --release --locked -q -p twinflash-cloud --examples
+
+cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
+sha=$(lscpu | grep -qw sha_ni && echo "SHA-NI" || echo "no SHA-NI")
+machine="$(nproc) cores ($cpu, $sha), $(free -g | awk '/^Mem:/{print $2}') GiB RAM, $(uname -sr), $(rustc --version | cut -d' ' -f1-2), $(git rev-parse --short HEAD)$([ -n "$(git status --porcelain)" ] && echo '+dirty')"
+
+run() { # title command...
+    local title=$1; shift
+    tf_log "$title"
+    {
+        echo
+        echo "### $title"
+        echo
+        echo '```'
+        echo "$*"
+        echo '```'
+        echo
+        "$@" 2>"$tmp/err" || { echo "(failed: $(tail -n 3 "$tmp/err" | tr '\n' ' '))"; }
+    } >>"$tmp/body"
+}
+
+agent_table() {
+    echo "| benchmark | goal | figure | anchor measured in the same run |"
+    echo "|---|---|---|---|"
+    "$@"
+}
+
+: >"$tmp/body"
+run "Edge agent: latency (issue 5, B3)" agent_table target/release/examples/bench_agent latency "$intents"
+run "Edge agent: memory (issue 5)" agent_table target/release/examples/bench_agent rss "$rss_mib"
+run "Edge agent: 100 devices on one agent (issue 5)" agent_table target/release/examples/bench_agent fleet 100 1024
+run "Fleet: 1,000 devices across 10 agents on one broker (issue 8)" agent_table target/release/examples/bench_agent fleet-multi 10 100 64
+run "Fetcher: B1, B2, peak RSS (issue 3)" bash scripts/bench/fetch.sh "$fetch_mib"
+run "Rollout planner over 10,000 Devices in 4 waves (issue 7)" target/release/examples/bench_rollout
+if [ -f scripts/bench/controller.sh ]; then
+    run "Controller: 10,000 intents to mosquitto (issue 6)" bash scripts/bench/controller.sh
+fi
+run "twinflash-edge release binary, stripped (issue 4)" bash -c 'echo "| date | commit | with probe-rs (goal <= 12 MiB) | without probe-rs |"; echo "|---|---|---|---|"; bash scripts/bench/binary-size.sh'
+
+{
+    echo "# Benchmarks"
+    echo
+    echo "Every figure below was measured by \`scripts/bench.sh$($quick && echo ' --quick')\` in one run on: $machine,"
+    echo "on $(date -u +%Y-%m-%d). Each section shows the command that reproduces it; anchors (curl, openssl, skopeo, a"
+    echo "bare mosquitto round trip) are measured in the same run so the ratios hold across machines. Release builds."
+    echo "Goals come from the issues; a figure that misses its goal is shown as measured, not hidden."
+    cat "$tmp/body"
+} >"$out"
+tf_log "wrote $out"
