@@ -220,59 +220,6 @@ async fn rss(mib: usize) {
     );
 }
 
-/// `devices` simulated devices on one agent, one `kib` KiB firmware to all: time until all report installed.
-async fn fleet(devices: usize, kib: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let mqtt = Mosquitto::start().unwrap();
-    let registry = Registry::start().unwrap();
-    let reference = push(
-        &registry,
-        dir.path(),
-        "fw/fleet:1.0.0",
-        &image(4, kib * 1024),
-        "1.0.0",
-        support::CHIP,
-    )
-    .await;
-    let agent = Agent::start(AgentSpec {
-        flash_size: ((kib * 1024) as u64).next_power_of_two().max(64 * 1024),
-        ..AgentSpec::new(dir.path(), mqtt.port(), vec![registry.host()], devices)
-    });
-    let cloud = Cloud::connect(&mqtt, "cloud").await;
-    let ids: Vec<String> = agent.devices.iter().map(|d| d.id.clone()).collect();
-    for id in &ids {
-        cloud
-            .wait_for(
-                id,
-                "firmware-state",
-                "idle",
-                Duration::from_secs(60),
-                &agent,
-            )
-            .await;
-    }
-    let t0 = Instant::now();
-    for id in &ids {
-        cloud.delta(id, &reference, None).await;
-    }
-    for id in &ids {
-        cloud
-            .wait_for(
-                id,
-                "firmware-state",
-                "installed",
-                Duration::from_secs(300),
-                &agent,
-            )
-            .await;
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    println!(
-        "| {devices} simulated devices on one agent, {kib} KiB firmware to all, until all report installed | - | {secs:.2} s | {:.1} devices/s; one download shared by all |",
-        devices as f64 / secs
-    );
-}
-
 /// `agents` agent processes with `per_agent` devices each on one broker, one intent each: time until all installed.
 async fn fleet_multi(agents: usize, per_agent: usize, kib: usize) {
     let root = tempfile::tempdir().unwrap();
@@ -327,8 +274,13 @@ async fn fleet_multi(agents: usize, per_agent: usize, kib: usize) {
     }
     let secs = t0.elapsed().as_secs_f64();
     let n = agents * per_agent;
+    let across = if agents == 1 {
+        "on one agent".to_owned()
+    } else {
+        format!("across {agents} agent processes on one broker")
+    };
     println!(
-        "| Fleet: {n} simulated devices across {agents} agent processes on one broker, one {kib} KiB intent each, until all report installed | - | {secs:.2} s | {:.0} devices/s; each agent downloads once |",
+        "| {n} simulated devices {across}, one {kib} KiB intent each, until all report installed | - | {secs:.2} s | {:.0} devices/s; each agent downloads once |",
         n as f64 / secs
     );
 }
@@ -341,7 +293,7 @@ async fn main() {
     match args.first().map(String::as_str) {
         Some("latency") => latency(num(1, 200)).await,
         Some("rss") => rss(num(1, 512)).await,
-        Some("fleet") => fleet(num(1, 100), num(2, 1024)).await,
+        Some("fleet") => fleet_multi(1, num(1, 100), num(2, 1024)).await,
         Some("fleet-multi") => fleet_multi(num(1, 10), num(2, 100), num(3, 64)).await,
         _ => eprintln!(
             "usage: bench_agent latency [N] | rss [MiB] | fleet [devices] [KiB] | fleet-multi [agents] [devices each] [KiB]"
