@@ -130,18 +130,22 @@ impl Device {
 
     /// Queues `report` in the outbox and remembers it for re-reports. An outbox that cannot be written is logged:
     /// the journal still holds the truth, and the state is reported again after the next reconnect.
+    ///
+    /// Queueing and remembering happen under the device lock, as does [`Device::rereport`]: otherwise a re-report
+    /// after a reconnect could queue the previous report behind this one, and the cloud would end on a stale state.
     pub fn report(&self, reports: &ReportQueue, report: Report) {
+        let mut inner = self.lock();
         if let Err(e) = reports.put(self.id(), &self.names, &report) {
             tracing::error!(device = self.id(), code = %e.code(), error = %e, "cannot queue report");
         }
-        self.lock().last_report = Some(report);
+        inner.last_report = Some(report);
     }
 
     /// Queues the last report again (after a reconnect: edgecore does not queue edge-to-cloud syncs).
     pub fn rereport(&self, reports: &ReportQueue) {
-        let last = self.lock().last_report.clone();
-        if let Some(report) = last
-            && let Err(e) = reports.put(self.id(), &self.names, &report)
+        let inner = self.lock();
+        if let Some(report) = &inner.last_report
+            && let Err(e) = reports.put(self.id(), &self.names, report)
         {
             tracing::error!(device = self.id(), code = %e.code(), error = %e, "cannot queue report");
         }
