@@ -72,7 +72,7 @@ async fn latency(n: usize) {
 
     let mut opts = MqttOptions::new("bench", "127.0.0.1", mqtt.port());
     opts.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut events) = twinflash_edge::link::client(opts);
+    let (client, mut events) = twinflash_mqtt::client(opts);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, String, Vec<u8>)>();
     tokio::spawn(async move {
         while let Ok(ev) = events.poll().await {

@@ -40,7 +40,7 @@ pub enum StartError {
     Fetcher(#[from] twinflash_artifact::FetchError),
     /// The MQTT settings are wrong.
     #[error(transparent)]
-    Link(#[from] link::LinkError),
+    Mqtt(#[from] twinflash_mqtt::MqttError),
 }
 
 /// The fetcher settings from the `[registry]` section.
@@ -145,14 +145,16 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
     ));
     let link_stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let sub_opts = link::mqtt_options(&cfg.mqtt, &cfg.mqtt.client_id, true)?;
-    let (sub_client, sub_events) = link::client(sub_opts);
+    let endpoint = link::endpoint(&cfg.mqtt);
+    let sub_opts = twinflash_mqtt::options(&endpoint, &cfg.mqtt.client_id, true)?;
+    let (sub_client, sub_events) = twinflash_mqtt::client(sub_opts);
     tasks.spawn(
         link.clone()
             .run_subscriber(sub_client, sub_events, link_stop.clone()),
     );
-    let pub_opts = link::mqtt_options(&cfg.mqtt, &format!("{}-pub", cfg.mqtt.client_id), false)?;
-    let (pub_client, pub_events) = link::client(pub_opts);
+    let pub_opts =
+        twinflash_mqtt::options(&endpoint, &format!("{}-pub", cfg.mqtt.client_id), false)?;
+    let (pub_client, pub_events) = twinflash_mqtt::client(pub_opts);
     tasks.spawn(
         link.clone()
             .run_publisher(pub_client, pub_events, link_stop.clone()),

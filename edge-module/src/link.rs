@@ -7,16 +7,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use mqtt_schema::gojson::decode;
 use mqtt_schema::{
     BaseMessage, DeviceTopicKind, DeviceTwinDelta, DeviceTwinResult, DeviceTwinUpdate, MsgTwin,
     Topic, TopicLayout, TwinValue, TypeMetadata, to_go_json,
 };
-use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, TlsConfiguration,
-    Transport,
-};
+use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, Publish, QoS};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -26,125 +22,23 @@ use crate::metrics::Metrics;
 use crate::outbox::TwinValues;
 use crate::report::{Report, ReportQueue};
 
-/// Largest MQTT packet accepted or sent (a get result of a device with many twins is a few KiB).
-const MAX_PACKET: usize = 256 * 1024;
-
-/// The link could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum LinkError {
-    /// `mqtt.url` is not `mqtt://host[:port]` or `mqtts://host[:port]`.
-    #[error("mqtt.url {url:?}: {reason}")]
-    Url { url: String, reason: String },
-    /// A TLS file could not be read.
-    #[error("{key} {path}: {source}")]
-    TlsFile {
-        key: &'static str,
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-}
-
-impl LinkError {
-    /// The stable code of this error.
-    pub fn code(&self) -> mqtt_schema::ErrorCode {
-        mqtt_schema::ErrorCode::BrokerUnreachable
-    }
-}
-
-/// Builds the rumqttc options of one of the two connections.
-pub fn mqtt_options(
-    cfg: &MqttConfig,
-    client_id: &str,
-    persistent: bool,
-) -> Result<MqttOptions, LinkError> {
-    let bad = |reason: &str| LinkError::Url {
+/// The agent's MQTT endpoint from its `[mqtt]` settings.
+pub fn endpoint(cfg: &MqttConfig) -> twinflash_mqtt::Endpoint {
+    twinflash_mqtt::Endpoint {
         url: cfg.url.clone(),
-        reason: reason.to_owned(),
-    };
-    let (tls, rest) = if let Some(r) = cfg.url.strip_prefix("mqtts://") {
-        (true, r)
-    } else if let Some(r) = cfg.url.strip_prefix("mqtt://") {
-        (false, r)
-    } else {
-        return Err(bad("must start with mqtt:// or mqtts://"));
-    };
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            p.parse::<u16>()
-                .map_err(|_| bad("the port is not a number"))?,
-        ),
-        None => (rest, if tls { 8883 } else { 1883 }),
-    };
-    if host.is_empty() {
-        return Err(bad("no host"));
+        username: cfg.username.clone(),
+        password: cfg.password.clone(),
+        ca_file: cfg.ca_file.clone(),
+        cert_file: cfg.cert_file.clone(),
+        key_file: cfg.key_file.clone(),
+        keep_alive_secs: cfg.keep_alive_secs,
     }
-    let mut opts = MqttOptions::new(client_id, host, port);
-    opts.set_clean_session(!persistent)
-        .set_manual_acks(persistent)
-        .set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(5)))
-        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-        .set_request_channel_capacity(4096);
-    if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
-        opts.set_credentials(u.clone(), p.clone());
-    }
-    if tls {
-        let read = |key: &'static str, path: &std::path::Path| {
-            std::fs::read(path).map_err(|source| LinkError::TlsFile {
-                key,
-                path: path.to_owned(),
-                source,
-            })
-        };
-        let Some(ca_file) = &cfg.ca_file else {
-            return Err(bad(
-                "mqtts:// needs mqtt.ca_file (the CA that signs the broker's certificate)",
-            ));
-        };
-        let ca = read("mqtt.ca_file", ca_file)?;
-        let client_auth = match (&cfg.cert_file, &cfg.key_file) {
-            (Some(c), Some(k)) => Some((read("mqtt.cert_file", c)?, read("mqtt.key_file", k)?)),
-            (None, None) => None,
-            _ => {
-                return Err(bad(
-                    "mutual TLS needs both mqtt.cert_file and mqtt.key_file",
-                ));
-            }
-        };
-        opts.set_transport(Transport::Tls(TlsConfiguration::Simple {
-            ca,
-            alpn: None,
-            client_auth,
-        }));
-    }
-    Ok(opts)
-}
-
-/// A rumqttc client for `opts` with Nagle's algorithm off (a QoS 1 exchange otherwise waits ~40 ms for a delayed
-/// ACK on every report) and a bounded connect time.
-pub fn client(opts: MqttOptions) -> (AsyncClient, EventLoop) {
-    let (client, mut events) = AsyncClient::new(opts, 4096);
-    let mut net = rumqttc::NetworkOptions::new();
-    net.set_tcp_nodelay(true);
-    net.set_connection_timeout(10);
-    events.set_network_options(net);
-    (client, events)
 }
 
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn reconnect_backoff(max: Duration) -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(max)
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 /// Everything the two link tasks share.
@@ -315,7 +209,7 @@ impl Link {
         mut events: EventLoop,
         shutdown: CancellationToken,
     ) {
-        let mut backoff = reconnect_backoff(self.reconnect_max);
+        let mut backoff = twinflash_mqtt::reconnect_backoff(self.reconnect_max);
         let mut down_since: Option<std::time::Instant> = None;
         loop {
             let ev = tokio::select! {
@@ -324,7 +218,7 @@ impl Link {
             };
             match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    backoff = reconnect_backoff(self.reconnect_max);
+                    backoff = twinflash_mqtt::reconnect_backoff(self.reconnect_max);
                     self.metrics.set_broker_connected(true);
                     if let Some(t) = down_since.take() {
                         tracing::info!(node = %self.node, after_secs = t.elapsed().as_secs(), session_present = ack.session_present, "broker link back");
@@ -369,7 +263,7 @@ impl Link {
         mut events: EventLoop,
         shutdown: CancellationToken,
     ) {
-        let mut backoff = reconnect_backoff(self.reconnect_max);
+        let mut backoff = twinflash_mqtt::reconnect_backoff(self.reconnect_max);
         let mut connected = false;
         // Publishes handed to rumqttc on this connection, in order; each Outgoing::Publish event takes the front.
         let mut fifo: VecDeque<Sent> = VecDeque::new();
@@ -388,7 +282,7 @@ impl Link {
             };
             match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    backoff = reconnect_backoff(self.reconnect_max);
+                    backoff = twinflash_mqtt::reconnect_backoff(self.reconnect_max);
                     connected = true;
                     fifo.clear();
                     inflight.clear();

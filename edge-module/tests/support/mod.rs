@@ -303,7 +303,7 @@ impl Cloud {
     pub async fn connect_with(mut opts: MqttOptions, layout: TopicLayout) -> Cloud {
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut events) = twinflash_edge::link::client(opts);
+        let (client, mut events) = twinflash_mqtt::client(opts);
         let seen = Arc::new(Mutex::new(Seen::default()));
         let s = seen.clone();
         let c = client.clone();

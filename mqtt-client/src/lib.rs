@@ -1,0 +1,249 @@
+//! The MQTT connection of every twinflash program (agent, controller, CLI): one place that turns a broker URL, TLS
+//! files and credentials into rumqttc options, switches Nagle's algorithm off and paces reconnects.
+//!
+//! Written here because rumqttc leaves these to each caller; everything else (sessions, acks, what to publish)
+//! belongs to the program.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use rumqttc::{AsyncClient, EventLoop, MqttOptions, TlsConfiguration, Transport};
+use serde::{Deserialize, Serialize};
+
+/// Largest MQTT packet accepted or sent (a get result of a device with many twins is a few KiB).
+pub const MAX_PACKET: usize = 256 * 1024;
+
+/// Where and how to connect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]` (TLS, default port 8883).
+    pub url: String,
+    /// Username, if the broker wants one.
+    pub username: Option<String>,
+    /// Password, if the broker wants one.
+    pub password: Option<String>,
+    /// CA certificate (PEM) that signs the broker's certificate; required for `mqtts://`.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    pub key_file: Option<PathBuf>,
+    /// Keep-alive in seconds (at least 5).
+    pub keep_alive_secs: u64,
+}
+
+impl Endpoint {
+    /// A plain endpoint with defaults for everything but the URL.
+    pub fn new(url: impl Into<String>) -> Endpoint {
+        Endpoint {
+            url: url.into(),
+            username: None,
+            password: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            keep_alive_secs: 30,
+        }
+    }
+}
+
+/// The connection settings are wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    /// The URL is not `mqtt://host[:port]` or `mqtts://host[:port]`, or TLS settings are incomplete.
+    #[error("mqtt url {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    /// A TLS file could not be read.
+    #[error("{what} {path}: {source}")]
+    TlsFile {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl MqttError {
+    /// The stable code of this error.
+    pub fn code(&self) -> mqtt_schema::ErrorCode {
+        mqtt_schema::ErrorCode::BrokerUnreachable
+    }
+}
+
+/// The host, port and TLS flag of a broker URL.
+pub fn parse_url(url: &str) -> Result<(String, u16, bool), MqttError> {
+    let bad = |reason: &str| MqttError::Url {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("mqtt://") {
+        (false, r)
+    } else {
+        return Err(bad("must start with mqtt:// or mqtts://"));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| bad("the port is not a number"))?,
+        ),
+        None => (rest, if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err(bad("no host"));
+    }
+    Ok((host.to_owned(), port, tls))
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, MqttError> {
+    std::fs::read(path).map_err(|source| MqttError::TlsFile {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// rumqttc options for `endpoint`. `persistent`: a session the broker keeps (clean_session false) with manual acks;
+/// otherwise a clean session with automatic acks.
+pub fn options(
+    endpoint: &Endpoint,
+    client_id: &str,
+    persistent: bool,
+) -> Result<MqttOptions, MqttError> {
+    let (host, port, tls) = parse_url(&endpoint.url)?;
+    if client_id.is_empty() {
+        return Err(MqttError::Url {
+            url: endpoint.url.clone(),
+            reason: "the client id must not be empty".into(),
+        });
+    }
+    let mut opts = MqttOptions::new(client_id, host, port);
+    opts.set_clean_session(!persistent)
+        .set_manual_acks(persistent)
+        .set_keep_alive(Duration::from_secs(endpoint.keep_alive_secs.max(5)))
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        .set_request_channel_capacity(4096);
+    if let (Some(u), Some(p)) = (&endpoint.username, &endpoint.password) {
+        opts.set_credentials(u.clone(), p.clone());
+    }
+    if tls {
+        let Some(ca_file) = &endpoint.ca_file else {
+            return Err(MqttError::Url {
+                url: endpoint.url.clone(),
+                reason: "mqtts:// needs a CA file (the CA that signs the broker's certificate)"
+                    .into(),
+            });
+        };
+        let client_auth = match (&endpoint.cert_file, &endpoint.key_file) {
+            (Some(c), Some(k)) => Some((read("client certificate", c)?, read("client key", k)?)),
+            (None, None) => None,
+            _ => {
+                return Err(MqttError::Url {
+                    url: endpoint.url.clone(),
+                    reason: "mutual TLS needs both a client certificate and its key".into(),
+                });
+            }
+        };
+        opts.set_transport(Transport::Tls(TlsConfiguration::Simple {
+            ca: read("CA file", ca_file)?,
+            alpn: None,
+            client_auth,
+        }));
+    }
+    Ok(opts)
+}
+
+/// A rumqttc client for `opts` with Nagle's algorithm off (a QoS 1 exchange otherwise waits ~40 ms for a delayed
+/// ACK) and a bounded connect time.
+pub fn client(opts: MqttOptions) -> (AsyncClient, EventLoop) {
+    let (client, mut events) = AsyncClient::new(opts, 4096);
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(10);
+    events.set_network_options(net);
+    (client, events)
+}
+
+/// Delays between reconnect attempts: exponential from 100 ms, with jitter, capped at `max`, forever.
+pub fn reconnect_backoff(max: Duration) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_with_default_ports_and_bad_ones_say_why() {
+        assert_eq!(
+            parse_url("mqtt://127.0.0.1").unwrap(),
+            ("127.0.0.1".into(), 1883, false)
+        );
+        assert_eq!(
+            parse_url("mqtts://broker.local:8884/").unwrap(),
+            ("broker.local".into(), 8884, true)
+        );
+        for bad in [
+            "tcp://x:1",
+            "mqtt://:1883",
+            "mqtt://h:port",
+            "mqtt://h:99999",
+            "mqtt://a/b",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tls_needs_a_ca_and_both_halves_of_a_client_certificate() {
+        let mut e = Endpoint::new("mqtts://127.0.0.1:8883");
+        assert!(
+            options(&e, "c", false)
+                .unwrap_err()
+                .to_string()
+                .contains("CA file")
+        );
+        e.ca_file = Some("/nonexistent/ca.pem".into());
+        e.cert_file = Some("/nonexistent/c.pem".into());
+        assert!(
+            options(&e, "c", false)
+                .unwrap_err()
+                .to_string()
+                .contains("both")
+        );
+        e.key_file = Some("/nonexistent/c.key".into());
+        assert!(
+            options(&e, "c", false)
+                .unwrap_err()
+                .to_string()
+                .contains("/nonexistent")
+        );
+        assert!(
+            options(&Endpoint::new("mqtt://h"), "", true).is_err(),
+            "empty client id"
+        );
+    }
+
+    #[test]
+    fn persistent_sessions_ack_by_hand() {
+        let o = options(&Endpoint::new("mqtt://h:1"), "c", true).unwrap();
+        assert!(!o.clean_session() && o.manual_acks());
+        let o = options(&Endpoint::new("mqtt://h:1"), "c", false).unwrap();
+        assert!(o.clean_session() && !o.manual_acks());
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap() {
+        let d: Vec<Duration> = reconnect_backoff(Duration::from_secs(2)).take(12).collect();
+        assert!(d.iter().all(|x| *x <= Duration::from_secs(4)), "{d:?}"); // jitter may add up to the delay itself
+        assert!(d[11] >= Duration::from_secs(2), "{d:?}");
+    }
+}
