@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# README command one: show twinflash doing its job on this machine, with nothing but loopback services.
+# README command one: twinflash doing its job on this machine, with nothing but loopback services.
 #
-# Today (issues 2-4 built; the agent and the controller are not yet): builds release binaries, starts a real
-# docker-registry and mosquitto on free loopback ports, makes two firmware images, pushes them as OCI artifacts with
-# `twinflash push`, inspects them, pulls one back through the verified fetcher, flashes both onto a simulated device
-# and prints what the device holds. Everything it starts is stopped on exit; it exits non-zero on any failure.
+# Builds release binaries; starts a real docker-registry and mosquitto on free loopback ports; makes two firmware
+# images (Intel HEX and raw binary); pushes them as OCI artifacts with `twinflash push`; starts `twinflash-edge`
+# with three simulated devices (one in MCUboot-like A/B mode); sets the wanted firmware of each device through its
+# twin with `twinflash set` (direct mode: no cluster needed) and shows progress live; then upgrades all of them to
+# the second version; and ends with a table of every device's twin. Stops everything it started; exits non-zero if
+# a device did not converge.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/deps.sh
@@ -16,55 +18,111 @@ tf_need_rust
 tf_need_services
 
 work=$(mktemp -d -t twinflash-demo.XXXXXX)
-cleanup() { tf_stop_all; rm -rf "$work"; }
+cleanup() {
+    tf_stop_all
+    rm -rf "$work"
+}
 trap cleanup EXIT
 
-tf_log "building release binaries (first build takes a few minutes)"
-cargo build --release --locked -p twinflash-cli -p twinflash-edge -p twinflash-cloud -p twinflash-flasher --examples 2>&1 |
-    grep -E '^(error|warning: unused)|Finished' >&2 || true
-bin=target/release
-for b in twinflash twinflash-edge twinflash-cloud; do
-    [ -x "$bin/$b" ] || { echo "error: $bin/$b was not built" >&2; exit 1; }
-done
+tf_log "building release binaries (the first build takes several minutes)"
+cargo build --release --locked -q -p twinflash-cli -p twinflash-edge -p twinflash-cloud
+bin=$PWD/target/release
 start=$SECONDS
 
 tf_log "starting docker-registry and mosquitto on free loopback ports"
 tf_start_registry "$work/registry"
 tf_start_mosquitto "$work/mqtt"
-echo "registry: $TF_REGISTRY   mqtt: mqtt://127.0.0.1:$TF_MQTT_PORT" >&2
+mqtt="mqtt://127.0.0.1:$TF_MQTT_PORT"
+echo "  registry $TF_REGISTRY, broker $mqtt" >&2
 
-tf_log "making two firmware images (raw binaries for a device with flash at 0x08000000)"
+tf_log "making two firmware images for an STM32F411 (flash at 0x08000000)"
 python3 - "$work" <<'PY'
-import os, sys
+import sys
 w = sys.argv[1]
-for v in ("1.0.0", "1.1.0"):
-    body = (f"blinky {v} ".encode() * 4096)[:32768]
-    open(os.path.join(w, f"blinky-{v}.bin"), "wb").write(body)
+def body(version, size):
+    text = f"blinky {version} ".encode()
+    return (text * (size // len(text) + 1))[:size]
+# 1.0.0 as Intel HEX (records of 16 bytes with checksums, extended linear address 0x0800)
+data, base, lines = body("1.0.0", 24 * 1024), 0x08000000, [":020000040800F2"]
+for off in range(0, len(data), 16):
+    chunk = data[off:off + 16]
+    rec = [len(chunk), (off >> 8) & 0xFF, off & 0xFF, 0] + list(chunk)
+    rec.append((-sum(rec)) & 0xFF)
+    lines.append(":" + "".join(f"{b:02X}" for b in rec))
+lines.append(":00000001FF")
+open(f"{w}/blinky-1.0.0.hex", "w").write("\n".join(lines) + "\n")
+# 1.1.0 as a raw binary (needs --base-address)
+open(f"{w}/blinky-1.1.0.bin", "wb").write(body("1.1.0", 32 * 1024))
 PY
 
-refs=()
-for v in 1.0.0 1.1.0; do
-    tf_log "twinflash push $TF_REGISTRY/fw/blinky:$v (version $v, chip STM32F411RETx)"
-    ref=$("$bin/twinflash" push "$TF_REGISTRY/fw/blinky:$v" "$work/blinky-$v.bin" --version "$v" \
-        --chip STM32F411RETx --base-address 0x08000000 --plain-http | tail -n 1)
-    echo "  pinned: $ref" >&2
-    refs+=("$ref")
+tf_log "twinflash push (format detected from content; the digest-pinned reference is the last line)"
+ref1=$("$bin/twinflash" push "$TF_REGISTRY/fw/blinky:1.0.0" "$work/blinky-1.0.0.hex" \
+    --version 1.0.0 --chip STM32F411RETx --plain-http | tail -n 1)
+ref2=$("$bin/twinflash" push "$TF_REGISTRY/fw/blinky:1.1.0" "$work/blinky-1.1.0.bin" \
+    --version 1.1.0 --chip STM32F411RETx --base-address 0x08000000 --plain-http | tail -n 1)
+echo "  1.0.0 -> $ref1" >&2
+echo "  1.1.0 -> $ref2" >&2
+"$bin/twinflash" inspect "$ref2" --plain-http >&2
+
+tf_log "starting twinflash-edge with three simulated devices (blinky-03 in A/B mode)"
+devices=(default/blinky-01 default/blinky-02 default/blinky-03)
+{
+    cat <<TOML
+node = "demo-node"
+state_dir = "$work/edge"
+[mqtt]
+url = "$mqtt"
+client_id = "twinflash-edge-demo"
+[registry]
+plain_http = ["$TF_REGISTRY"]
+[log]
+level = "warn"
+TOML
+    for i in 1 2 3; do
+        ab=false
+        [ "$i" = 3 ] && ab=true
+        cat <<TOML
+[[devices]]
+id = "default/blinky-0$i"
+chip = "STM32F411RETx"
+[devices.flasher]
+kind = "simulated"
+dir = "$work/devices/blinky-0$i"
+size = 262144
+origin = 0x08000000
+ab = $ab
+write_bytes_per_sec = 65536
+TOML
+    done
+} >"$work/edge.toml"
+"$bin/twinflash-edge" --config "$work/edge.toml" --check-config >&2
+"$bin/twinflash-edge" --config "$work/edge.toml" 2>"$work/edge.log" &
+TF_PIDS+=($!)
+
+install() { # version tag
+    tf_log "twinflash set: every device wants fw/blinky:$1 (the tag is pinned to its digest first)"
+    for d in "${devices[@]}"; do
+        "$bin/twinflash" set "$d" "$TF_REGISTRY/fw/blinky:$1" --mqtt "$mqtt" --mode direct --plain-http >/dev/null
+    done
+    tf_log "progress, live (twinflash status --watch --until-installed)"
+    "$bin/twinflash" status "${devices[@]}" --mqtt "$mqtt" --watch --until-installed --wait 90 >"$work/table"
+}
+install 1.0.0
+install 1.1.0
+
+tf_log "every device's twin"
+cat "$work/table"
+echo
+for i in 1 2 3; do
+    echo "  blinky-0$i: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d)' "$work/devices/blinky-0$i/installed.json" 2>/dev/null | head -c 160)" >&2
 done
-
-tf_log "twinflash inspect ${refs[1]}"
-"$bin/twinflash" inspect "${refs[1]}" --plain-http
-
-tf_log "twinflash pull (resumable, sha256-verified) into $work/pulled.bin"
-"$bin/twinflash" pull "${refs[1]}" -o "$work/pulled.bin" --plain-http
-cmp "$work/pulled.bin" "$work/blinky-1.1.0.bin"
-echo "  pulled bytes are identical to what was pushed" >&2
-
-cat >&2 <<TXT
-
-What the demo does not show yet, because it is not built:
-- twinflash-edge (issue 5): taking the intent from the twin over MQTT, flashing and reporting back;
-- twinflash-cloud (issue 6) and FirmwareRollouts (issue 7);
-- 'twinflash set' / 'twinflash status' (issue 8 wires them into this demo).
-The broker on port $TF_MQTT_PORT was started to show the services the full demo uses.
-TXT
-echo "demo finished in $((SECONDS - start)) s after the build" >&2
+python3 - "$work" <<'PY' >&2
+import sys
+w = sys.argv[1]
+want = open(f"{w}/blinky-1.1.0.bin", "rb").read()
+for i in (1, 2):
+    flash = open(f"{w}/devices/blinky-0{i}/flash.bin", "rb").read()
+    assert flash[:len(want)] == want, f"blinky-0{i}: flash.bin does not hold 1.1.0"
+print("  flash.bin of the single-bank devices holds exactly the 1.1.0 image")
+PY
+echo "demo converged in $((SECONDS - start)) s after the build" >&2
