@@ -1,0 +1,181 @@
+//! The `[devices.flasher]` table of the edge config: `kind = "probe-rs" | "command" | "simulated"`
+//! plus the backend's keys (snake_case, unknown keys rejected).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::simulated::Faults;
+
+/// One device's flasher configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum FlasherConfig {
+    /// A debug probe driven by probe-rs.
+    ProbeRs(ProbeRsConfig),
+    /// An external flashing tool.
+    Command(CommandConfig),
+    /// The simulated microcontroller flash.
+    Simulated(SimulatedConfig),
+}
+
+/// `kind = "probe-rs"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeRsConfig {
+    /// `VID:PID[:serial]` in hex (e.g. `1366:1015:000683xxxxxx`); absent: the only connected probe.
+    #[serde(default)]
+    pub probe: Option<String>,
+    /// SWD/JTAG clock in kHz; absent: the probe's default.
+    #[serde(default)]
+    pub speed_khz: Option<u32>,
+    /// Hold reset while attaching (needed when the firmware disables the debug port or sleeps).
+    #[serde(default)]
+    pub connect_under_reset: bool,
+    /// `swd` or `jtag`; absent: the probe's default.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Read the flash first and skip a flash whose content already matches.
+    #[serde(default = "yes")]
+    pub preverify: bool,
+    /// Reset and run the target after a verified flash.
+    #[serde(default = "yes")]
+    pub reset_after: bool,
+}
+
+/// `kind = "command"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandConfig {
+    /// argv template, e.g. `["esptool.py", "--chip", "{chip}", "write_flash", "{base_address}", "{file}"]`.
+    /// Placeholders: `{file}`, `{chip}`, `{base_address}` (0x-hex), `{format}`. No shell is involved.
+    pub flash: Vec<String>,
+    /// Optional verify command with the same placeholders; exit 0 means verified.
+    #[serde(default)]
+    pub verify: Option<Vec<String>>,
+    /// Limit for each command in seconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// Working directory of the commands; absent: the agent's.
+    #[serde(default)]
+    pub workdir: Option<PathBuf>,
+}
+
+/// `kind = "simulated"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedConfig {
+    /// Directory holding `flash.bin`, `installed.json`, `counters.json` and an optional `faults.json`.
+    pub dir: PathBuf,
+    /// Flash size in bytes (both slots together in A/B mode).
+    pub size: u64,
+    /// Address of the first flash byte.
+    #[serde(default)]
+    pub origin: u64,
+    /// Erase granularity in bytes.
+    #[serde(default = "default_sector")]
+    pub sector_size: u64,
+    /// Programming granularity in bytes.
+    #[serde(default = "default_page")]
+    pub page_size: u64,
+    /// Programming speed; absent: as fast as the disk.
+    #[serde(default)]
+    pub write_bytes_per_sec: Option<u64>,
+    /// MCUboot-like A/B mode: slot A at `origin`, slot B at `origin + size/2`.
+    #[serde(default)]
+    pub ab: bool,
+    /// Faults armed from the configuration.
+    #[serde(default)]
+    pub faults: Faults,
+}
+
+impl SimulatedConfig {
+    /// A configuration with defaults for everything but `dir` and `size`.
+    pub fn new(dir: impl Into<PathBuf>, size: u64) -> Self {
+        SimulatedConfig {
+            dir: dir.into(),
+            size,
+            origin: 0,
+            sector_size: default_sector(),
+            page_size: default_page(),
+            write_bytes_per_sec: None,
+            ab: false,
+            faults: Faults::default(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_timeout() -> u64 {
+    600
+}
+
+fn default_sector() -> u64 {
+    4096
+}
+
+fn default_page() -> u64 {
+    256
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_kind_from_toml() {
+        let sim: FlasherConfig = toml::from_str(
+            r#"kind = "simulated"
+dir = "/tmp/x"
+size = 65536
+origin = 0x08000000
+ab = true
+faults = { power_cut_at_byte = 100 }
+"#,
+        )
+        .unwrap();
+        let FlasherConfig::Simulated(s) = sim else {
+            panic!("not simulated")
+        };
+        assert_eq!(
+            (s.size, s.origin, s.sector_size, s.page_size, s.ab),
+            (65536, 0x0800_0000, 4096, 256, true)
+        );
+        assert_eq!(s.faults.power_cut_at_byte, Some(100));
+
+        let cmd: FlasherConfig = toml::from_str(
+            "kind = \"command\"\nflash = [\"dfu-util\", \"-D\", \"{file}\"]\ntimeout_secs = 5\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            cmd,
+            FlasherConfig::Command(CommandConfig {
+                timeout_secs: 5,
+                ..
+            })
+        ));
+
+        let pr: FlasherConfig =
+            toml::from_str("kind = \"probe-rs\"\nprobe = \"1366:1015\"\nspeed_khz = 4000\n")
+                .unwrap();
+        let FlasherConfig::ProbeRs(p) = pr else {
+            panic!("not probe-rs")
+        };
+        assert!(p.preverify && p.reset_after && !p.connect_under_reset);
+    }
+
+    #[test]
+    fn unknown_keys_and_kinds_are_rejected() {
+        assert!(
+            toml::from_str::<FlasherConfig>(
+                "kind = \"simulated\"\ndir = \"/x\"\nsize = 1\nsise = 2\n"
+            )
+            .is_err()
+        );
+        assert!(toml::from_str::<FlasherConfig>("kind = \"jlink\"\n").is_err());
+        assert!(toml::from_str::<FlasherConfig>("kind = \"command\"\n").is_err());
+    }
+}
