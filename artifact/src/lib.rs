@@ -1,1 +1,23 @@
 //! The twinflash firmware artifact: format, push and a resumable, verified fetcher.
+//!
+//! One library defines the format (media types, annotations, validation) for every user of it:
+//! the operator CLI pushes with it, the edge agent and `twinflash pull` fetch with it.
+
+pub mod auth;
+pub mod error;
+pub mod fetch;
+pub mod format;
+pub mod inspect;
+pub mod manifest;
+pub mod push;
+pub mod registry;
+
+pub use auth::Credentials;
+pub use error::FetchError;
+pub use fetch::{FetchConfig, FetchEvent, Fetched, Fetcher, Mirror, RetryPolicy, parse_pinned};
+pub use format::{FirmwareFormat, FormatError};
+pub use inspect::{Inspected, inspect};
+pub use manifest::FirmwareArtifact;
+pub use oci_client::Reference;
+pub use push::{PushError, PushRequest, Pushed, push};
+pub use registry::TlsOptions;

@@ -1,4 +1,10 @@
-//! `twinflash`: the operator CLI.
+//! `twinflash`: the operator CLI. Pushes firmware as OCI artifacts, inspects and pulls them
+//! (verified, resumable, through the same fetcher as the edge agent).
+
+mod cmd;
+
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 
 /// twinflash: firmware updates for KubeEdge devices, from an OCI registry through the device twin.
@@ -11,15 +17,52 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Print the versions of the twinflash wire format and of this build.
-    Version,
+    /// Push a firmware file as a twinflash artifact; prints the digest-pinned reference last.
+    Push(cmd::push::Cmd),
+    /// Show version, chip, format, size, digest and creation time of an artifact.
+    Inspect(cmd::inspect::Cmd),
+    /// Fetch and verify an artifact (resumable) and write its firmware file.
+    Pull(cmd::pull::Cmd),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Version => {
-            println!("twinflash {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TWINFLASH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("twinflash: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Push(c) => cmd::push::run(c).await,
+            Command::Inspect(c) => cmd::inspect::run(c).await,
+            Command::Pull(c) => cmd::pull::run(c).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("twinflash: {}", one_line(&e));
+            ExitCode::FAILURE
         }
     }
+}
+
+/// The error chain on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
 }

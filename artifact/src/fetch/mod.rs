@@ -1,0 +1,466 @@
+//! The fetcher the edge agent and `twinflash pull` share: resolve a digest-pinned reference from
+//! mirrors then the origin, check the manifest digest and type, download the layer resumably into
+//! the content-addressed cache, verify, retry transient failures with backoff, report events.
+
+mod cache;
+mod download;
+mod resume;
+mod retry;
+mod source;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use oci_client::Reference;
+use oci_client::manifest::OciDescriptor;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+pub use cache::Cache;
+pub use resume::{Partial, Resume, partial_paths, read_state};
+pub use retry::RetryPolicy;
+pub use source::Mirror;
+
+use crate::auth::{Credentials, ResolvedCredentials};
+use crate::error::FetchError;
+use crate::manifest::{FirmwareArtifact, is_sha256_digest};
+use crate::registry::{TlsOptions, build_client};
+use download::{AttemptStats, DownloadOpts, Run, download};
+use source::Source;
+
+/// Everything the fetcher needs to know.
+#[derive(Debug, Clone)]
+pub struct FetchConfig {
+    /// Root of the cache (`blobs/sha256/<hex>` below it).
+    pub cache_dir: PathBuf,
+    /// Largest layer accepted, checked before downloading (`too-large`).
+    pub max_size: u64,
+    /// Cache size cap; least-recently-used unpinned blobs are evicted to stay under it.
+    pub cache_max_bytes: Option<u64>,
+    /// Download rate limit in bytes per second (metered links).
+    pub rate_limit_bps: Option<u64>,
+    /// Registries (`host[:port]`) reached over plain HTTP.
+    pub plain_http: Vec<String>,
+    /// Mirrors tried in order before the origin.
+    pub mirrors: Vec<Mirror>,
+    /// Registry credentials.
+    pub credentials: Credentials,
+    /// Extra CA certificates (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate for mutual TLS (PEM). Not supported by oci-client 0.18: refused.
+    pub client_cert: Option<PathBuf>,
+    /// Key of the client certificate (PEM).
+    pub client_key: Option<PathBuf>,
+    /// Retry policy for transient failures.
+    pub retry: RetryPolicy,
+    /// Bytes between durable checkpoints of a partial download.
+    pub checkpoint_every: u64,
+    /// Read timeout of registry connections (a stalled link fails after this long).
+    pub read_timeout: Duration,
+}
+
+impl FetchConfig {
+    /// A config with defaults: 1 GiB maximum, no cap, no limit, HTTPS everywhere, retry forever.
+    pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            cache_dir: cache_dir.into(),
+            max_size: 1 << 30,
+            cache_max_bytes: None,
+            rate_limit_bps: None,
+            plain_http: Vec::new(),
+            mirrors: Vec::new(),
+            credentials: Credentials::default(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            retry: RetryPolicy::default(),
+            checkpoint_every: 4 * 1024 * 1024,
+            read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the fetcher tells its caller while it works.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FetchEvent {
+    /// Bytes of the layer in the partial so far.
+    Progress {
+        /// Bytes done.
+        done: u64,
+        /// Layer size.
+        total: u64,
+    },
+    /// A transient failure; the fetcher retries after `retry_in` (`waiting:<code>`).
+    Waiting {
+        /// The code to report.
+        code: mqtt_schema::ErrorCode,
+        /// Consecutive failed attempts.
+        attempt: u32,
+        /// Delay before the next attempt.
+        retry_in: Duration,
+    },
+}
+
+/// A verified artifact in the cache.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The layer file in the cache.
+    pub path: PathBuf,
+    /// The digest-pinned reference fetched.
+    pub reference: String,
+    /// The manifest digest.
+    pub manifest_digest: String,
+    /// Version, chip, format, base address, size, layer digest, title.
+    pub artifact: FirmwareArtifact,
+    /// Which source served the manifest (`host:port` or `oci-layout:<dir>`, or `cache`).
+    pub source: String,
+    /// Layer bytes received over the network in this call.
+    pub bytes_received: u64,
+}
+
+/// The fetcher. Cheap to share behind an `Arc`; fetches of different digests run concurrently.
+pub struct Fetcher {
+    cfg: FetchConfig,
+    client: Arc<oci_client::Client>,
+    creds: Arc<ResolvedCredentials>,
+    cache: Cache,
+    pins: Mutex<HashSet<String>>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetcher").field("cfg", &self.cfg).finish()
+    }
+}
+
+/// A parsed digest-pinned reference.
+#[derive(Debug, Clone)]
+pub struct PinnedRef {
+    /// The parsed reference.
+    pub reference: Reference,
+    /// Its manifest digest.
+    pub digest: String,
+}
+
+/// Parses a digest-pinned reference (`host/repo[:tag]@sha256:<hex>`).
+pub fn parse_pinned(reference: &str) -> Result<PinnedRef, FetchError> {
+    let invalid = |reason: String| FetchError::InvalidReference {
+        reference: reference.to_owned(),
+        reason,
+    };
+    mqtt_schema::FirmwareRef::parse(reference).map_err(|e| invalid(e.to_string()))?;
+    let parsed: Reference = reference
+        .parse()
+        .map_err(|e: oci_client::ParseError| invalid(e.to_string()))?;
+    let Some(digest) = parsed.digest() else {
+        return Err(invalid("not pinned by digest (@sha256:<hex>)".to_owned()));
+    };
+    if !is_sha256_digest(digest) {
+        return Err(invalid(format!("digest {digest} is not sha256:<64 hex>")));
+    }
+    let digest = digest.to_owned();
+    Ok(PinnedRef {
+        reference: parsed,
+        digest,
+    })
+}
+
+fn sha256_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Of the errors of one round over all sources: a transient one if any (retrying may help),
+/// else the origin's (the last).
+fn pick_error(errors: Vec<FetchError>) -> FetchError {
+    let mut last = None;
+    for e in errors {
+        if e.is_transient() {
+            return e;
+        }
+        last = Some(e);
+    }
+    last.unwrap_or_else(|| FetchError::Config("no source configured".to_owned()))
+}
+
+impl Fetcher {
+    /// Builds the fetcher: reads credentials and CA, creates the cache directory.
+    pub fn new(cfg: FetchConfig) -> Result<Self, FetchError> {
+        let tls = TlsOptions {
+            plain_http: cfg.plain_http.clone(),
+            ca_file: cfg.ca_file.clone(),
+            client_cert: cfg.client_cert.clone(),
+            client_key: cfg.client_key.clone(),
+            connect_timeout: None,
+            read_timeout: Some(cfg.read_timeout),
+        };
+        let client = Arc::new(build_client(&tls)?);
+        let creds = Arc::new(cfg.credentials.resolve()?);
+        let cache = Cache::open(&cfg.cache_dir)?;
+        Ok(Self {
+            cfg,
+            client,
+            creds,
+            cache,
+            pins: Mutex::new(HashSet::new()),
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// Protects a firmware from eviction: a digest-pinned reference or a `sha256:` digest
+    /// (its layer is protected through the cached manifest).
+    pub fn pin(&self, reference_or_digest: &str) -> Result<(), FetchError> {
+        let digest = self.digest_of(reference_or_digest)?;
+        if let Ok(mut pins) = self.pins.lock() {
+            pins.insert(digest);
+        }
+        Ok(())
+    }
+
+    /// Removes a pin.
+    pub fn unpin(&self, reference_or_digest: &str) -> Result<(), FetchError> {
+        let digest = self.digest_of(reference_or_digest)?;
+        if let Ok(mut pins) = self.pins.lock() {
+            pins.remove(&digest);
+        }
+        Ok(())
+    }
+
+    fn digest_of(&self, reference_or_digest: &str) -> Result<String, FetchError> {
+        if is_sha256_digest(reference_or_digest) {
+            Ok(reference_or_digest.to_owned())
+        } else {
+            Ok(parse_pinned(reference_or_digest)?.digest)
+        }
+    }
+
+    fn pins_with(&self, extra: &str) -> HashSet<String> {
+        let mut pins = self.pins.lock().map(|p| p.clone()).unwrap_or_default();
+        pins.insert(extra.to_owned());
+        pins
+    }
+
+    fn sources(&self, pinned: &PinnedRef) -> Vec<Source> {
+        let mut out = Vec::new();
+        for mirror in &self.cfg.mirrors {
+            out.push(match mirror {
+                Mirror::Registry(host) => {
+                    let reference = Reference::with_digest(
+                        host.clone(),
+                        pinned.reference.repository().to_owned(),
+                        pinned.digest.clone(),
+                    );
+                    Source::Registry {
+                        client: self.client.clone(),
+                        reference,
+                        creds: self.creds.clone(),
+                    }
+                }
+                Mirror::Layout(dir) => Source::Layout(dir.clone()),
+            });
+        }
+        out.push(Source::Registry {
+            client: self.client.clone(),
+            reference: pinned.reference.clone(),
+            creds: self.creds.clone(),
+        });
+        out
+    }
+
+    /// Fetches and verifies a digest-pinned firmware reference into the cache. Transient
+    /// failures are retried per the policy and reported as [`FetchEvent::Waiting`].
+    pub async fn fetch(
+        &self,
+        reference: &str,
+        mut events: impl FnMut(FetchEvent) + Send,
+        cancel: &CancellationToken,
+    ) -> Result<Fetched, FetchError> {
+        let pinned = parse_pinned(reference)?;
+        let lock = self
+            .locks
+            .lock()
+            .map(|mut l| l.entry(pinned.digest.clone()).or_default().clone())
+            .map_err(|_| FetchError::Config("lock poisoned".to_owned()))?;
+        let _guard = lock.lock().await;
+        let sources = self.sources(&pinned);
+        let mut attempt = 0u32;
+        let mut received = 0u64;
+        // Highest durable offset reached: an attempt that passes it made progress.
+        let mut high_water = 0u64;
+        loop {
+            let mut stats = AttemptStats::default();
+            let result = self
+                .try_once(&pinned, &sources, &mut events, cancel, &mut stats)
+                .await;
+            received += stats.received;
+            match result {
+                Ok(mut fetched) => {
+                    fetched.bytes_received = received;
+                    return Ok(fetched);
+                }
+                Err(e) if e.is_transient() => {
+                    if stats.received > 0 && stats.kept > high_water {
+                        high_water = stats.kept;
+                        // The link works but drops: continue at once from the durable offset.
+                        attempt = 0;
+                        tracing::info!(error = %e, "transfer interrupted, resuming");
+                        continue;
+                    }
+                    attempt += 1;
+                    if !self.cfg.retry.allows(attempt) {
+                        return Err(e);
+                    }
+                    let retry_in = self.cfg.retry.delay(attempt);
+                    tracing::warn!(error = %e, attempt, ?retry_in, "fetch waiting");
+                    events(FetchEvent::Waiting {
+                        code: e.code(),
+                        attempt,
+                        retry_in,
+                    });
+                    tokio::select! {
+                        () = cancel.cancelled() => return Err(FetchError::Cancelled),
+                        () = tokio::time::sleep(retry_in) => {}
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// [`Fetcher::fetch`] for an already parsed twin reference.
+    pub async fn fetch_ref(
+        &self,
+        reference: &mqtt_schema::FirmwareRef,
+        events: impl FnMut(FetchEvent) + Send,
+        cancel: &CancellationToken,
+    ) -> Result<Fetched, FetchError> {
+        self.fetch(&reference.to_string(), events, cancel).await
+    }
+
+    /// The verified manifest: from the cache, else from the first source that has it.
+    async fn manifest(
+        &self,
+        pinned: &PinnedRef,
+        sources: &[Source],
+    ) -> Result<(Vec<u8>, String), FetchError> {
+        if let Some(bytes) = self.cache.manifest(&pinned.digest) {
+            return Ok((bytes, "cache".to_owned()));
+        }
+        let mut errors = Vec::new();
+        for source in sources {
+            match source.manifest(&pinned.digest).await {
+                Ok(bytes) => {
+                    let actual = sha256_of(&bytes);
+                    if actual == pinned.digest {
+                        return Ok((bytes, source.name()));
+                    }
+                    errors.push(FetchError::DigestMismatch {
+                        expected: pinned.digest.clone(),
+                        actual: format!("manifest from {} hashes to {actual}", source.name()),
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(source = %source.name(), error = %e, "manifest not available");
+                    errors.push(e);
+                }
+            }
+        }
+        Err(pick_error(errors))
+    }
+
+    async fn try_once(
+        &self,
+        pinned: &PinnedRef,
+        sources: &[Source],
+        events: &mut (dyn FnMut(FetchEvent) + Send),
+        cancel: &CancellationToken,
+        stats: &mut AttemptStats,
+    ) -> Result<Fetched, FetchError> {
+        let (manifest, source_name) = tokio::select! {
+            () = cancel.cancelled() => return Err(FetchError::Cancelled),
+            m = self.manifest(pinned, sources) => m?,
+        };
+        let artifact = FirmwareArtifact::from_manifest_bytes(&manifest)?;
+        if artifact.size > self.cfg.max_size {
+            return Err(FetchError::TooLarge {
+                size: artifact.size,
+                max: self.cfg.max_size,
+            });
+        }
+        let dest = self.cache.blob_path(&artifact.layer_digest);
+        let fetched = |source: String| Fetched {
+            path: dest.clone(),
+            reference: format!(
+                "{}/{}@{}",
+                pinned.reference.registry(),
+                pinned.reference.repository(),
+                pinned.digest
+            ),
+            manifest_digest: pinned.digest.clone(),
+            artifact: artifact.clone(),
+            source,
+            bytes_received: 0,
+        };
+        if self.cache.has_blob(&artifact.layer_digest, artifact.size) {
+            // The manifest enters the cache only beside a verified layer.
+            if source_name != "cache" {
+                self.cache.put_manifest(&pinned.digest, &manifest)?;
+            }
+            self.cache.touch(&pinned.digest);
+            self.cache.touch(&artifact.layer_digest);
+            return Ok(fetched(source_name));
+        }
+        let pins = self.pins_with(&pinned.digest);
+        if let Some(cap) = self.cfg.cache_max_bytes {
+            self.cache.evict(cap, artifact.size, &pins);
+        }
+        let layer = OciDescriptor {
+            media_type: artifact.format.media_type().to_owned(),
+            digest: artifact.layer_digest.clone(),
+            size: i64::try_from(artifact.size).unwrap_or(i64::MAX),
+            ..OciDescriptor::default()
+        };
+        let opts = DownloadOpts {
+            checkpoint_every: self.cfg.checkpoint_every.max(64 * 1024),
+            rate_limit_bps: self.cfg.rate_limit_bps,
+        };
+        let hex = cache::hex_of(&artifact.layer_digest).to_owned();
+        let mut errors = Vec::new();
+        for source in sources {
+            let mut partial = Some(Partial::open(self.cache.blob_dir(), &hex)?);
+            let mut run = Run {
+                opts,
+                events: &mut *events,
+                cancel,
+                stats: &mut *stats,
+            };
+            let result = download(source, &layer, &mut partial, &dest, &mut run).await;
+            match result {
+                Ok(()) => {
+                    self.cache.put_manifest(&pinned.digest, &manifest)?;
+                    if let Some(cap) = self.cfg.cache_max_bytes {
+                        self.cache.evict(cap, 0, &pins);
+                    }
+                    return Ok(fetched(source.name()));
+                }
+                Err(e @ (FetchError::Cancelled | FetchError::Io { .. })) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(source = %source.name(), error = %e, "layer not fetched");
+                    errors.push(e);
+                }
+            }
+        }
+        Err(pick_error(errors))
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

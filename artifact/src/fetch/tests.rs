@@ -1,0 +1,50 @@
+use super::*;
+
+fn unreachable() -> FetchError {
+    FetchError::Unreachable {
+        source_name: "m".into(),
+        detail: String::new(),
+    }
+}
+
+fn not_found(name: &str) -> FetchError {
+    FetchError::NotFound {
+        source_name: name.into(),
+        what: String::new(),
+    }
+}
+
+#[test]
+fn a_transient_error_wins_else_the_origins() {
+    let e = pick_error(vec![
+        not_found("mirror"),
+        unreachable(),
+        not_found("origin"),
+    ]);
+    assert!(e.is_transient());
+    let e = pick_error(vec![not_found("mirror"), not_found("origin")]);
+    assert!(matches!(e, FetchError::NotFound { source_name, .. } if source_name == "origin"));
+    assert!(!pick_error(Vec::new()).is_transient());
+}
+
+#[test]
+fn only_digest_pinned_references_are_fetched() {
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let ok = parse_pinned(&format!("reg.local:5000/fw/blinky:1.4.2@{digest}")).unwrap();
+    assert_eq!(ok.digest, digest);
+    assert_eq!(ok.reference.repository(), "fw/blinky");
+    for bad in [
+        "reg.local:5000/fw/blinky:1.4.2".to_owned(),
+        format!("reg.local:5000/fw/blinky@sha256:{}", "A".repeat(64)),
+        format!("reg.local:5000/fw/blinky@sha512:{}", "a".repeat(128)),
+        format!("reg.local:5000/fw/bl inky@{digest}"),
+        String::new(),
+    ] {
+        let err = parse_pinned(&bad).unwrap_err();
+        assert_eq!(
+            err.code(),
+            mqtt_schema::ErrorCode::InvalidReference,
+            "{bad}"
+        );
+    }
+}

@@ -1,0 +1,62 @@
+//! `twinflash inspect <ref> [--json]`: version, chip, format, size, digest, created.
+
+use serde_json::json;
+
+use crate::cmd::registry::{RegistryArgs, with_code};
+
+/// Show an artifact's metadata.
+#[derive(Debug, clap::Args)]
+pub struct Cmd {
+    /// The artifact: HOST:PORT/REPOSITORY:TAG or HOST:PORT/REPOSITORY@sha256:HEX.
+    pub reference: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// Runs `inspect`.
+pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
+    let tls = cmd.registry.tls(&cmd.reference);
+    let creds = cmd.registry.credentials()?;
+    let inspected = twinflash_artifact::inspect(&tls, &creds, &cmd.reference)
+        .await
+        .map_err(|e| with_code(&e, e.code()))?;
+    let a = &inspected.artifact;
+    let base_address = a
+        .base_address
+        .map(twinflash_artifact::format::format_base_address);
+    if cmd.json {
+        let out = json!({
+            "reference": inspected.pinned_reference,
+            "digest": inspected.manifest_digest,
+            "version": a.version,
+            "chip": a.chip,
+            "format": a.format.as_str(),
+            "base_address": base_address,
+            "size": a.size,
+            "layer_digest": a.layer_digest,
+            "title": a.title,
+            "created": a.created,
+            "annotations": a.annotations,
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    println!("reference     {}", inspected.pinned_reference);
+    println!("version       {}", a.version);
+    println!("chip          {}", a.chip);
+    println!("format        {}", a.format);
+    if let Some(base) = base_address {
+        println!("base-address  {base}");
+    }
+    println!("size          {}", a.size);
+    println!("digest        {}", inspected.manifest_digest);
+    println!("layer         {}", a.layer_digest);
+    if let Some(title) = &a.title {
+        println!("title         {title}");
+    }
+    println!("created       {}", a.created.as_deref().unwrap_or("-"));
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! One module per verb, each with its clap `Cmd` and `run()`; `registry` holds the shared
+//! connection and credential options.
+
+pub mod inspect;
+pub mod pull;
+pub mod push;
+pub mod registry;

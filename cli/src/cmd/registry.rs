@@ -1,0 +1,103 @@
+//! Options every registry-facing verb shares: plain HTTP, CA, credentials; and progress bars.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use twinflash_artifact::{Credentials, TlsOptions};
+
+/// How to reach and authenticate to registries.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistryArgs {
+    /// Use plain HTTP for the reference's registry (and `--insecure-host`s); HTTPS otherwise.
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Another registry HOST:PORT reached over plain HTTP (repeatable).
+    #[arg(long = "insecure-host", value_name = "HOST")]
+    pub insecure_hosts: Vec<String>,
+    /// Extra CA certificates (PEM) to trust.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Username for basic auth (with --password-file).
+    #[arg(long, env = "TWINFLASH_REGISTRY_USERNAME")]
+    pub username: Option<String>,
+    /// File holding the password (first line).
+    #[arg(long, value_name = "FILE", env = "TWINFLASH_REGISTRY_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Docker config.json with per-registry credentials [default: $DOCKER_CONFIG/config.json or
+    /// ~/.docker/config.json when present].
+    #[arg(long, value_name = "FILE")]
+    pub docker_config: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    /// TLS and plain-HTTP options for a reference.
+    pub fn tls(&self, reference: &str) -> TlsOptions {
+        let mut plain_http = self.insecure_hosts.clone();
+        if self.plain_http {
+            plain_http.push(registry_of(reference));
+        }
+        TlsOptions {
+            plain_http,
+            ca_file: self.ca_file.clone(),
+            ..TlsOptions::default()
+        }
+    }
+
+    /// Credentials from the flags, else from the default docker config when it exists.
+    pub fn credentials(&self) -> anyhow::Result<Credentials> {
+        if self.username.is_some() != self.password_file.is_some() {
+            anyhow::bail!("--username and --password-file go together [registry-auth]");
+        }
+        let docker_config = self.docker_config.clone().or_else(default_docker_config);
+        Ok(Credentials {
+            username: self.username.clone(),
+            password_file: self.password_file.clone(),
+            bearer_token: None,
+            docker_config,
+        })
+    }
+}
+
+fn default_docker_config() -> Option<PathBuf> {
+    let dir = std::env::var_os("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))?;
+    let path = dir.join("config.json");
+    path.is_file().then_some(path)
+}
+
+/// The registry part (`host[:port]`) of a reference, as oci-client resolves it.
+pub fn registry_of(reference: &str) -> String {
+    reference
+        .parse::<twinflash_artifact::Reference>()
+        .map(|r| r.resolve_registry().to_owned())
+        .unwrap_or_default()
+}
+
+/// A byte progress bar on stderr; indicatif hides it when stderr is not a terminal.
+pub fn progress_bar(total: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Adds the stable code to an error for the one-line message.
+pub fn with_code<E: std::fmt::Display>(e: E, code: mqtt_schema::ErrorCode) -> anyhow::Error {
+    anyhow::anyhow!("{e} [{code}]")
+}
+
+/// Reads `k=v` pairs.
+pub fn parse_annotation(s: &str) -> anyhow::Result<(String, String)> {
+    let (k, v) = s
+        .split_once('=')
+        .with_context(|| format!("annotation {s:?} is not key=value"))?;
+    if k.is_empty() {
+        anyhow::bail!("annotation {s:?} has an empty key");
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
