@@ -1,5 +1,5 @@
 //! `twinflash`: the operator CLI. Pushes firmware as OCI artifacts, inspects and pulls them
-//! (verified, resumable, through the same fetcher as the edge agent).
+//! (verified, resumable, through the same fetcher as the edge agent); sets and watches intents over MQTT.
 
 mod cmd;
 
@@ -23,6 +23,10 @@ enum Command {
     Inspect(cmd::inspect::Cmd),
     /// Fetch and verify an artifact (resumable) and write its firmware file.
     Pull(cmd::pull::Cmd),
+    /// Set the wanted firmware of a device through its twin, over MQTT (no cluster needed).
+    Set(cmd::set::Cmd),
+    /// Show what devices report through their twins: wanted and installed firmware, version, state.
+    Status(cmd::status::Cmd),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,8 @@ fn main() -> ExitCode {
             Command::Push(c) => cmd::push::run(c).await,
             Command::Inspect(c) => cmd::inspect::run(c).await,
             Command::Pull(c) => cmd::pull::run(c).await,
+            Command::Set(c) => cmd::set::run(c).await,
+            Command::Status(c) => cmd::status::run(c).await,
         }
     });
     match result {

@@ -2,6 +2,9 @@
 //! connection and credential options.
 
 pub mod inspect;
+pub mod mqtt;
 pub mod pull;
 pub mod push;
 pub mod registry;
+pub mod set;
+pub mod status;

@@ -38,7 +38,10 @@ impl MqttArgs {
     /// Parses a device id for the layout, with the reason when it does not fit.
     pub fn device(&self, id: &str) -> anyhow::Result<DeviceId> {
         DeviceId::parse(id, self.layout).with_context(|| {
-            format!("device {id:?} is not a Device id for the {} layout [invalid-reference]", self.layout)
+            format!(
+                "device {id:?} is not a Device id for the {} layout [invalid-reference]",
+                self.layout
+            )
         })
     }
 
@@ -54,7 +57,8 @@ impl MqttArgs {
             keep_alive_secs: 30,
         };
         let client_id = format!("twinflash-{who}-{}", std::process::id());
-        let opts = twinflash_mqtt::options(&endpoint, &client_id, false)?;
+        let opts = twinflash_mqtt::options(&endpoint, &client_id, false)
+            .map_err(|e| anyhow::anyhow!("{e} [{}]", e.code()))?;
         let (client, mut events) = twinflash_mqtt::client(opts);
         let connack = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
@@ -69,7 +73,10 @@ impl MqttArgs {
         match connack {
             Ok(Ok(())) => Ok((client, events)),
             Ok(Err(e)) => anyhow::bail!("cannot connect to {}: {e} [broker-unreachable]", self.url),
-            Err(_) => anyhow::bail!("no answer from {} within 10 s [broker-unreachable]", self.url),
+            Err(_) => anyhow::bail!(
+                "no answer from {} within 10 s [broker-unreachable]",
+                self.url
+            ),
         }
     }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mqtt_schema::{
-    BaseMessage, DeviceTopicKind, FirmwareRef, MsgTwin, Topic, TwinNames, TwinValue, TypeMetadata, ValueMetadata,
-    to_go_json,
+    BaseMessage, DeviceTopicKind, FirmwareRef, MsgTwin, Topic, TwinNames, TwinValue, TypeMetadata,
+    ValueMetadata, to_go_json,
 };
 use rumqttc::{Event, Packet, QoS};
 
@@ -26,7 +26,9 @@ pub enum Mode {
 
 /// Set the wanted firmware of a device through its twin (MQTT only, no cluster needed).
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  twinflash set default/blinky-01 registry.local:5000/fw/blinky:1.4.2 --mqtt mqtt://127.0.0.1:1883 --plain-http\n  twinflash set default/blinky-01 registry.local:5000/fw/blinky@sha256:<64 hex> --mqtt mqtt://127.0.0.1:1883 --mode direct")]
+#[command(
+    after_help = "Examples:\n  twinflash set default/blinky-01 registry.local:5000/fw/blinky:1.4.2 --mqtt mqtt://127.0.0.1:1883 --plain-http\n  twinflash set default/blinky-01 registry.local:5000/fw/blinky@sha256:<64 hex> --mqtt mqtt://127.0.0.1:1883 --mode direct"
+)]
 pub struct Cmd {
     /// The Device: `namespace/name` (`name` with --layout legacy).
     pub device: String,
@@ -137,7 +139,10 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
         });
         println!("{out}");
     } else {
-        eprintln!("{device}: wanted firmware set ({:?} mode, {topic})", cmd.mode);
+        eprintln!(
+            "{device}: wanted firmware set ({:?} mode, {topic})",
+            cmd.mode
+        );
         println!("{reference}");
     }
     Ok(())

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use mqtt_schema::gojson::decode;
 use mqtt_schema::{
-    BaseMessage, DeviceTopicKind, DeviceTwinDelta, DeviceTwinResult, DeviceTwinUpdate, Topic, TwinNames, to_go_json,
+    BaseMessage, DeviceTopicKind, DeviceTwinDelta, DeviceTwinResult, DeviceTwinUpdate, Topic,
+    TwinNames, to_go_json,
 };
 use rumqttc::{Event, Packet, QoS, SubscribeFilter};
 use serde::Serialize;
@@ -19,7 +20,9 @@ use super::mqtt::{MqttArgs, now_ms};
 
 /// Show what devices report: wanted firmware, installed firmware, version and state.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  twinflash status default/blinky-01 default/blinky-02 --mqtt mqtt://127.0.0.1:1883\n  twinflash status default/blinky-01 --mqtt mqtt://127.0.0.1:1883 --until-installed --wait 120")]
+#[command(
+    after_help = "Examples:\n  twinflash status default/blinky-01 default/blinky-02 --mqtt mqtt://127.0.0.1:1883\n  twinflash status default/blinky-01 --mqtt mqtt://127.0.0.1:1883 --until-installed --wait 120"
+)]
 pub struct Cmd {
     /// Devices: `namespace/name` (`name` with --layout legacy).
     #[arg(required = true)]
@@ -71,14 +74,35 @@ impl Row {
 }
 
 /// Applies one message to the rows.
-fn apply(rows: &mut BTreeMap<String, Row>, names: &TwinNames, kind: DeviceTopicKind, device: &str, payload: &[u8]) {
-    let Some(row) = rows.get_mut(device) else { return };
+fn apply(
+    rows: &mut BTreeMap<String, Row>,
+    names: &TwinNames,
+    kind: DeviceTopicKind,
+    device: &str,
+    payload: &[u8],
+) {
+    let Some(row) = rows.get_mut(device) else {
+        return;
+    };
     match kind {
         DeviceTopicKind::TwinUpdate => {
-            let Ok(u) = decode::<DeviceTwinUpdate>(payload) else { return };
+            let Ok(u) = decode::<DeviceTwinUpdate>(payload) else {
+                return;
+            };
             let twin = u.twin.unwrap_or_default();
-            let actual = |n: &str| twin.get(n).cloned().flatten().and_then(|t| t.actual).and_then(|a| a.value);
-            let expected = twin.get(&names.firmware).cloned().flatten().and_then(|t| t.expected).and_then(|e| e.value);
+            let actual = |n: &str| {
+                twin.get(n)
+                    .cloned()
+                    .flatten()
+                    .and_then(|t| t.actual)
+                    .and_then(|a| a.value)
+            };
+            let expected = twin
+                .get(&names.firmware)
+                .cloned()
+                .flatten()
+                .and_then(|t| t.expected)
+                .and_then(|e| e.value);
             if let Some(v) = actual(&names.firmware) {
                 row.reported = Some(v);
             }
@@ -100,17 +124,33 @@ fn apply(rows: &mut BTreeMap<String, Row>, names: &TwinNames, kind: DeviceTopicK
             }
         }
         DeviceTopicKind::TwinGetResult => {
-            let Ok(r) = decode::<DeviceTwinResult>(payload) else { return };
+            let Ok(r) = decode::<DeviceTwinResult>(payload) else {
+                return;
+            };
             let twin = r.twin.unwrap_or_default();
             let get = |n: &str| twin.get(n).cloned().flatten();
             if let Some(t) = get(&names.firmware) {
-                row.desired = t.expected.and_then(|e| e.value).filter(|v| !v.is_empty()).or(row.desired.take());
-                row.reported = t.actual.and_then(|a| a.value).filter(|v| !v.is_empty()).or(row.reported.take());
+                row.desired = t
+                    .expected
+                    .and_then(|e| e.value)
+                    .filter(|v| !v.is_empty())
+                    .or(row.desired.take());
+                row.reported = t
+                    .actual
+                    .and_then(|a| a.value)
+                    .filter(|v| !v.is_empty())
+                    .or(row.reported.take());
             }
-            if let Some(v) = get(&names.version).and_then(|t| t.actual).and_then(|a| a.value) {
+            if let Some(v) = get(&names.version)
+                .and_then(|t| t.actual)
+                .and_then(|a| a.value)
+            {
                 row.version = Some(v);
             }
-            if let Some(v) = get(&names.state).and_then(|t| t.actual).and_then(|a| a.value) {
+            if let Some(v) = get(&names.state)
+                .and_then(|t| t.actual)
+                .and_then(|a| a.value)
+            {
                 row.state = Some(v);
             }
         }
@@ -121,11 +161,25 @@ fn apply(rows: &mut BTreeMap<String, Row>, names: &TwinNames, kind: DeviceTopicK
 /// The rows as an aligned table.
 pub fn table(rows: &[Row]) -> String {
     let cell = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    let mut lines = vec![["DEVICE".to_owned(), "DESIRED".into(), "REPORTED".into(), "VERSION".into(), "STATE".into()]];
+    let mut lines = vec![[
+        "DEVICE".to_owned(),
+        "DESIRED".into(),
+        "REPORTED".into(),
+        "VERSION".into(),
+        "STATE".into(),
+    ]];
     for r in rows {
-        lines.push([r.device.clone(), cell(&r.desired), cell(&r.reported), cell(&r.version), cell(&r.state)]);
+        lines.push([
+            r.device.clone(),
+            cell(&r.desired),
+            cell(&r.reported),
+            cell(&r.version),
+            cell(&r.state),
+        ]);
     }
-    let widths: Vec<usize> = (0..5).map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..5)
+        .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
+        .collect();
     lines
         .iter()
         .map(|l| {
@@ -150,14 +204,26 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     }
     let mut rows: BTreeMap<String, Row> = ids
         .iter()
-        .map(|id| (id.to_string(), Row { device: id.to_string(), ..Row::default() }))
+        .map(|id| {
+            (
+                id.to_string(),
+                Row {
+                    device: id.to_string(),
+                    ..Row::default()
+                },
+            )
+        })
         .collect();
     let (client, mut events) = cmd.mqtt.connect("status").await?;
     let filters: Vec<SubscribeFilter> = ids
         .iter()
         .flat_map(|id| {
-            [DeviceTopicKind::TwinUpdate, DeviceTopicKind::TwinUpdateDelta, DeviceTopicKind::TwinGetResult]
-                .map(|k| SubscribeFilter::new(Topic::device(id, k).to_string(), QoS::AtLeastOnce))
+            [
+                DeviceTopicKind::TwinUpdate,
+                DeviceTopicKind::TwinUpdateDelta,
+                DeviceTopicKind::TwinGetResult,
+            ]
+            .map(|k| SubscribeFilter::new(Topic::device(id, k).to_string(), QoS::AtLeastOnce))
         })
         .collect();
     client.subscribe_many(filters).await?;
@@ -165,7 +231,9 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     let mut asked = false;
     let mut stderr = std::io::stderr();
     loop {
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            break;
+        };
         let ev = match tokio::time::timeout(left, events.poll()).await {
             Err(_) => break,
             Ok(Err(e)) => anyhow::bail!("lost the broker: {e} [broker-unreachable]"),
@@ -175,14 +243,26 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             Event::Incoming(Packet::SubAck(_)) if !asked => {
                 asked = true;
                 for id in &ids {
-                    let get = mqtt_schema::twin_get_request(format!("twinflash-status-{}", now_ms()), now_ms());
+                    let get = mqtt_schema::twin_get_request(
+                        format!("twinflash-status-{}", now_ms()),
+                        now_ms(),
+                    );
                     let topic = Topic::device(id, DeviceTopicKind::TwinGet).to_string();
-                    client.try_publish(topic, QoS::AtLeastOnce, false, to_go_json::<BaseMessage>(&get))?;
+                    client.try_publish(
+                        topic,
+                        QoS::AtLeastOnce,
+                        false,
+                        to_go_json::<BaseMessage>(&get),
+                    )?;
                 }
             }
             Event::Incoming(Packet::Publish(p)) => {
-                let Ok(topic) = Topic::parse(&p.topic, cmd.mqtt.layout) else { continue };
-                let Some((id, kind)) = topic.device_kind() else { continue };
+                let Ok(topic) = Topic::parse(&p.topic, cmd.mqtt.layout) else {
+                    continue;
+                };
+                let Some((id, kind)) = topic.device_kind() else {
+                    continue;
+                };
                 let key = id.to_string();
                 let before = rows.get(&key).cloned();
                 apply(&mut rows, &names, kind, &key, &p.payload);
@@ -212,7 +292,11 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
         println!("{}", table(&rows));
     }
     if cmd.until_installed {
-        let bad: Vec<&str> = rows.iter().filter(|r| !r.converged()).map(|r| r.device.as_str()).collect();
+        let bad: Vec<&str> = rows
+            .iter()
+            .filter(|r| !r.converged())
+            .map(|r| r.device.as_str())
+            .collect();
         if !bad.is_empty() {
             anyhow::bail!("not installed: {} [timeout]", bad.join(", "));
         }
@@ -228,17 +312,45 @@ mod tests {
     fn reports_deltas_and_get_results_fill_the_row() {
         let names = TwinNames::default();
         let mut rows = BTreeMap::new();
-        rows.insert("ns/d".to_owned(), Row { device: "ns/d".into(), ..Row::default() });
-        let delta = br#"{"event_id":"e","timestamp":1,"twin":{},"delta":{"firmware":"r@sha256:1"}}"#;
-        apply(&mut rows, &names, DeviceTopicKind::TwinUpdateDelta, "ns/d", delta);
+        rows.insert(
+            "ns/d".to_owned(),
+            Row {
+                device: "ns/d".into(),
+                ..Row::default()
+            },
+        );
+        let delta =
+            br#"{"event_id":"e","timestamp":1,"twin":{},"delta":{"firmware":"r@sha256:1"}}"#;
+        apply(
+            &mut rows,
+            &names,
+            DeviceTopicKind::TwinUpdateDelta,
+            "ns/d",
+            delta,
+        );
         let report = br#"{"event_id":"","timestamp":2,"twin":{"firmware":{"actual":{"value":"r@sha256:1"}},"firmware-version":{"actual":{"value":"1.0.0"}},"firmware-state":{"actual":{"value":"installed"}}}}"#;
-        apply(&mut rows, &names, DeviceTopicKind::TwinUpdate, "ns/d", report);
-        apply(&mut rows, &names, DeviceTopicKind::TwinUpdate, "ns/other", report);
+        apply(
+            &mut rows,
+            &names,
+            DeviceTopicKind::TwinUpdate,
+            "ns/d",
+            report,
+        );
+        apply(
+            &mut rows,
+            &names,
+            DeviceTopicKind::TwinUpdate,
+            "ns/other",
+            report,
+        );
         let row = &rows["ns/d"];
         assert!(row.converged());
         assert_eq!(row.version.as_deref(), Some("1.0.0"));
         let t = table(&[row.clone()]);
-        assert!(t.starts_with("DEVICE") && t.contains("r@sha256:1") && t.contains("installed"), "{t}");
+        assert!(
+            t.starts_with("DEVICE") && t.contains("r@sha256:1") && t.contains("installed"),
+            "{t}"
+        );
         let mut failed = row.clone();
         failed.state = Some("failed:verify-failed".into());
         assert!(failed.ended_badly() && !failed.converged());
