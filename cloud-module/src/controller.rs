@@ -301,6 +301,10 @@ pub async fn reconcile(device: Arc<Device>, ctx: Arc<Context>) -> Result<Action,
     }
     match decision {
         Decision::Nothing(Noop::AlreadyDone) => {
+            // A restarted controller: let the sink redeliver the intent after a reconnect.
+            if let Some(l) = last.as_ref().filter(|l| !l.pinned.is_empty()) {
+                ctx.sink.restore_intent(&key, &l.pinned);
+            }
             // The edge has the intent; make sure the status caught up (a previous patch may
             // have failed after the publish).
             if let Some(m) =

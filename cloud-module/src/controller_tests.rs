@@ -144,6 +144,8 @@ async fn publish_path_device_status_object_then_idempotent() {
     );
     reconcile(dev, Arc::new(restarted)).await.unwrap();
     assert_eq!(t.sink.published().len(), 1, "same intent published once");
+    // ...but the sink learns the intent, to redeliver it after a reconnect.
+    assert_eq!(t.sink.restored(), vec![(key(), p.clone())]);
     assert_eq!(t.resolver.calls(), vec![p]);
     assert_eq!(t.ctx.metrics.intents_published(), 1);
     drop(t.ctx);

@@ -6,9 +6,13 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod decide;
+pub mod direct;
 pub mod error;
+pub mod leader;
 pub mod metrics;
+pub mod mqtt;
 pub mod reference;
+pub mod resolver;
 pub mod rollout;
 pub mod seams;
 pub mod status;
@@ -22,5 +26,6 @@ pub use decide::{Decision, Input, Noop, Reason, Record, decide};
 pub use error::Error;
 pub use seams::{
     ArtifactResolver, DeviceKey, IntentSink, ResolveError, ResolvedArtifact, SinkError,
+    StatusError, StatusWriter,
 };
 pub use status::apply_actual_report;

@@ -1,16 +1,22 @@
-//! `twinflash-cloud`: the controller binary. Loads the configuration, serves metrics and runs the
-//! Device controller; `--check-config` only validates the configuration.
+//! `twinflash-cloud`: the controller binary. Loads the configuration, serves metrics and health,
+//! competes for the Lease and, while leading, runs the MQTT delivery and the Device controller.
+//! `--check-config` only validates the configuration. SIGTERM/SIGINT shut down gracefully.
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use twinflash_cloud::config::Config;
+use tracing::{error, info, warn};
+use twinflash_cloud::config::{Config, Mode};
 use twinflash_cloud::controller::{self, Context};
-use twinflash_cloud::metrics;
-use twinflash_cloud::seams::{ArtifactResolver, IntentSink};
+use twinflash_cloud::direct::KubeStatusWriter;
+use twinflash_cloud::mqtt::{self, MqttSink};
+use twinflash_cloud::resolver::RegistryResolver;
+use twinflash_cloud::seams::{ArtifactResolver, StatusWriter};
+use twinflash_cloud::{leader, metrics};
 
 /// The twinflash cloud controller (kube-rs).
 ///
@@ -69,41 +75,141 @@ fn main() -> ExitCode {
     }
 }
 
-/// The MQTT sink and the registry resolver.
-///
-/// INTEGRATION: the lead wires mqtt-schema's DeviceTwinUpdate over rumqttc (an `IntentSink`) and
-/// twinflash-artifact's registry client (an `ArtifactResolver`) here.
-fn build_seams(_cfg: &Config) -> anyhow::Result<(Arc<dyn IntentSink>, Arc<dyn ArtifactResolver>)> {
-    anyhow::bail!(
-        "the MQTT intent sink and the registry resolver are not wired yet (issue 6, next part); \
-         only --check-config is usable"
-    )
+/// Everything a leadership term shares with the next one.
+struct Shared {
+    cfg: Config,
+    client: kube::Client,
+    resolver: Arc<dyn ArtifactResolver>,
+    metrics: Arc<metrics::Metrics>,
+    instance: Option<String>,
+    /// Fired when a term cannot start (bad TLS files): the process exits.
+    root: CancellationToken,
+}
+
+/// One leadership term: the MQTT delivery and the controller, until `term` fires.
+async fn lead(shared: Arc<Shared>, term: CancellationToken) {
+    let cfg = &shared.cfg;
+    let status: Option<Arc<dyn StatusWriter>> = match cfg.mode {
+        Mode::Direct => Some(Arc::new(KubeStatusWriter::new(
+            shared.client.clone(),
+            cfg.status_location,
+        ))),
+        Mode::Edgecore => None,
+    };
+    let mqtt_cancel = CancellationToken::new();
+    let (sink, mqtt_task) = match MqttSink::start(
+        &cfg.mqtt,
+        cfg.mode,
+        cfg.resync_period(),
+        status,
+        mqtt_cancel.clone(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(code = %e.code(), error = %e, "cannot start the MQTT delivery");
+            shared.root.cancel();
+            return;
+        }
+    };
+    let mut ctx = Context::new(
+        shared.client.clone(),
+        Arc::new(sink),
+        shared.resolver.clone(),
+        cfg.status_location,
+        cfg.resync_period(),
+        shared.instance.clone(),
+    );
+    ctx.metrics = shared.metrics.clone();
+    let ctx = Arc::new(ctx);
+    tokio::select! {
+        () = controller::run(ctx, cfg.namespace(), cfg.watch.label_selector.as_deref()) => {
+            // The controller stops by itself on SIGTERM/SIGINT.
+            shared.root.cancel();
+        }
+        () = term.cancelled() => {}
+    }
+    // The controller is stopped (dropped): nothing publishes any more; close MQTT cleanly.
+    mqtt_cancel.cancel();
+    if let Err(e) = mqtt_task.await {
+        warn!(error = %e, "MQTT task ended abnormally");
+    }
+}
+
+/// The namespace of the Lease: `POD_NAMESPACE`, the service account's, else the client's default.
+fn own_namespace(client: &kube::Client) -> String {
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok()
+        })
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| client.default_namespace().to_owned())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
-    let (sink, resolver) = build_seams(&cfg)?;
+    // Fail fast on an unusable broker configuration (bad URL, unreadable TLS files).
+    mqtt::mqtt_options(&cfg.mqtt).context("MQTT configuration")?;
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes credentials (in-cluster or KUBECONFIG)")?;
-    let ctx = Arc::new(Context::new(
-        client,
-        sink,
-        resolver,
-        cfg.status_location,
-        cfg.resync_period(),
-        std::env::var("POD_NAME").ok(),
-    ));
+    let root = CancellationToken::new();
+    let signals = root.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("termination signal: shutting down");
+        signals.cancel();
+    });
+    let metrics = Arc::new(metrics::Metrics::default());
     let listener = metrics::bind(cfg.metrics.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.metrics.listen))?;
-    let cancel = CancellationToken::new();
-    let server = tokio::spawn(metrics::serve(
-        listener,
-        ctx.metrics.clone(),
-        cancel.clone(),
-    ));
-    controller::run(ctx, cfg.namespace(), cfg.watch.label_selector.as_deref()).await;
-    cancel.cancel();
+    let server = tokio::spawn(metrics::serve(listener, metrics.clone(), root.clone()));
+
+    let instance = std::env::var("POD_NAME").ok().filter(|s| !s.is_empty());
+    let identity = instance
+        .clone()
+        .unwrap_or_else(|| format!("twinflash-cloud-{}", std::process::id()));
+    let namespace = own_namespace(&client);
+    let (leader, lease_task) =
+        leader::watch_lease(client.clone(), &namespace, leader::LEASE_NAME, &identity)
+            .await
+            .context("leader election")?;
+    info!(%identity, lease = %format!("{namespace}/{}", leader::LEASE_NAME), mode = ?cfg.mode, "waiting for the lease");
+    let shared = Arc::new(Shared {
+        resolver: Arc::new(RegistryResolver::with_plain_http(
+            cfg.registry.plain_http.clone(),
+        )),
+        cfg,
+        client,
+        metrics,
+        instance,
+        root: root.clone(),
+    });
+    leader::run_as_leader(leader, root.clone(), |term| lead(shared.clone(), term)).await;
+    root.cancel();
+    // The lease task releases the lease once its channel is closed (dropped above).
+    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+        Ok(Ok(Err(e))) => warn!(error = %e, "lease not released cleanly"),
+        Ok(Err(e)) => warn!(error = %e, "lease task failed"),
+        Err(_) => warn!("lease release timed out"),
+        Ok(Ok(Ok(_))) => info!("lease released"),
+    }
     server.await.context("metrics server task")??;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The side effects the controller needs outside Kubernetes, each behind a small trait: the MQTT
-//! intent sink and the registry resolver. The lead wires the real implementations (mqtt-schema's
-//! DeviceTwinUpdate over rumqttc, twinflash-artifact's registry client); tests use the fakes here.
+//! intent sink, the registry resolver and (direct mode) the status writer. The real ones live in
+//! `mqtt.rs`, `resolver.rs` and `direct.rs`; tests use the in-memory fakes here.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,6 +35,11 @@ pub trait IntentSink: Send + Sync {
         device: &'a DeviceKey,
         reference: &'a str,
     ) -> BoxFuture<'a, Result<(), SinkError>>;
+
+    /// Tells the sink about an intent published by an earlier run (found in the status record),
+    /// so it can be delivered again after a reconnect. Never publishes by itself in `edgecore`
+    /// mode; in `direct` mode the relay re-establishes the retained delta. Default: nothing.
+    fn restore_intent(&self, _device: &DeviceKey, _reference: &str) {}
 }
 
 /// The sink could not deliver an intent.
@@ -133,10 +138,95 @@ impl ResolveError {
     }
 }
 
+/// Writes the edge's `actual` reports into the Device status, as cloudcore does (direct mode).
+pub trait StatusWriter: Send + Sync {
+    /// Records `actual` (twin name -> value) reported by the edge for `device` at `timestamp_ms`.
+    fn write_actual<'a>(
+        &'a self,
+        device: &'a DeviceKey,
+        actual: &'a BTreeMap<String, String>,
+        timestamp_ms: i64,
+    ) -> BoxFuture<'a, Result<(), StatusError>>;
+}
+
+/// A report could not be written into the status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatusError {
+    /// The Device (or its DeviceStatus) does not exist.
+    #[error("no Device or DeviceStatus {device} to write the report into")]
+    NotFound {
+        /// The device.
+        device: String,
+    },
+    /// The API server refused or failed the read or the patch.
+    #[error("cannot write the status of {device}: {detail}")]
+    Api {
+        /// The device.
+        device: String,
+        /// What the API server said.
+        detail: String,
+    },
+}
+
+impl StatusError {
+    /// The stable code of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StatusError::NotFound { .. } => ErrorCode::NotFound,
+            StatusError::Api { .. } => ErrorCode::Internal,
+        }
+    }
+}
+
+/// A status writer that keeps the latest reported value of every twin per device (tests).
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStatusWriter {
+    reported: Arc<Mutex<BTreeMap<DeviceKey, BTreeMap<String, String>>>>,
+    writes: Arc<Mutex<usize>>,
+}
+
+impl MemoryStatusWriter {
+    /// The latest reported values of `device`.
+    pub fn reported(&self, device: &DeviceKey) -> BTreeMap<String, String> {
+        self.reported
+            .lock()
+            .ok()
+            .and_then(|m| m.get(device).cloned())
+            .unwrap_or_default()
+    }
+
+    /// How many reports were written.
+    pub fn writes(&self) -> usize {
+        self.writes.lock().map(|n| *n).unwrap_or(0)
+    }
+}
+
+impl StatusWriter for MemoryStatusWriter {
+    fn write_actual<'a>(
+        &'a self,
+        device: &'a DeviceKey,
+        actual: &'a BTreeMap<String, String>,
+        _timestamp_ms: i64,
+    ) -> BoxFuture<'a, Result<(), StatusError>> {
+        Box::pin(async move {
+            if let Ok(mut m) = self.reported.lock() {
+                m.entry(device.clone())
+                    .or_default()
+                    .extend(actual.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            if let Ok(mut n) = self.writes.lock() {
+                *n += 1;
+            }
+            Ok(())
+        })
+    }
+}
+
 /// A sink that remembers what was published, in order (for tests and dry runs).
 #[derive(Debug, Clone, Default)]
 pub struct MemorySink {
     published: Arc<Mutex<Vec<(DeviceKey, String)>>>,
+    restored: Arc<Mutex<Vec<(DeviceKey, String)>>>,
     fail_with: Arc<Mutex<Option<SinkError>>>,
 }
 
@@ -144,6 +234,11 @@ impl MemorySink {
     /// Everything published so far.
     pub fn published(&self) -> Vec<(DeviceKey, String)> {
         self.published.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Every intent restored from a status record (never published by the sink itself).
+    pub fn restored(&self) -> Vec<(DeviceKey, String)> {
+        self.restored.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
     /// Makes every following publish fail with `err` (`None` heals it).
@@ -169,6 +264,12 @@ impl IntentSink for MemorySink {
             }
             Ok(())
         })
+    }
+
+    fn restore_intent(&self, device: &DeviceKey, reference: &str) {
+        if let Ok(mut r) = self.restored.lock() {
+            r.push((device.clone(), reference.to_owned()));
+        }
     }
 }
 

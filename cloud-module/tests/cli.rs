@@ -83,14 +83,37 @@ fn bad_config_is_one_clear_line_and_exit_2() {
 }
 
 #[test]
-fn running_without_wired_seams_fails_clearly_before_touching_the_network() {
+fn running_fails_clearly_without_usable_mqtt_files_or_cluster_credentials() {
     let out = run(
         &["--check-config"],
         &[("TWINFLASH_CLOUD__MQTT__URL", "mqtt://127.0.0.1:1")],
     );
     assert!(out.status.success());
-    let out = run(&[], &[("TWINFLASH_CLOUD__MQTT__URL", "mqtt://127.0.0.1:1")]);
+    // An unreadable CA file is reported before any network or cluster access.
+    let out = run(
+        &[],
+        &[
+            ("TWINFLASH_CLOUD__MQTT__URL", "mqtts://127.0.0.1:1"),
+            ("TWINFLASH_CLOUD__MQTT__CA_FILE", "/nonexistent/ca.pem"),
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("not wired yet"), "{err}");
+    assert!(
+        err.contains("MQTT configuration") && err.contains("mqtt.ca_file"),
+        "{err}"
+    );
+    // No cluster: one clear error, no hang.
+    let home = tempfile::tempdir().unwrap();
+    let out = run(
+        &[],
+        &[
+            ("TWINFLASH_CLOUD__MQTT__URL", "mqtt://127.0.0.1:1"),
+            ("KUBECONFIG", "/nonexistent/kubeconfig"),
+            ("HOME", home.path().to_str().unwrap()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("no Kubernetes credentials"), "{err}");
 }

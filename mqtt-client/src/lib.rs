@@ -17,7 +17,8 @@ pub const MAX_PACKET: usize = 256 * 1024;
 /// Where and how to connect.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
-    /// `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]` (TLS, default port 8883).
+    /// `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]` (TLS, default port 8883); `tcp://` and
+    /// `ssl://` are accepted as their aliases.
     pub url: String,
     /// Username, if the broker wants one.
     pub username: Option<String>,
@@ -54,12 +55,13 @@ pub enum MqttError {
     /// The URL is not `mqtt://host[:port]` or `mqtts://host[:port]`, or TLS settings are incomplete.
     #[error("mqtt url {url:?}: {reason}")]
     Url { url: String, reason: String },
-    /// A TLS file could not be read.
-    #[error("{what} {path}: {source}")]
+    /// A TLS file could not be read (`what` is its configuration key, e.g. `mqtt.ca_file`). The cause is part of
+    /// the message, not a separate source, so a chained report prints it once.
+    #[error("{what} {}: {cause}", path.display())]
     TlsFile {
         what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -76,12 +78,14 @@ pub fn parse_url(url: &str) -> Result<(String, u16, bool), MqttError> {
         url: url.to_owned(),
         reason: reason.to_owned(),
     };
-    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
-        (true, r)
-    } else if let Some(r) = url.strip_prefix("mqtt://") {
-        (false, r)
-    } else {
-        return Err(bad("must start with mqtt:// or mqtts://"));
+    let (tls, rest) = match url.split_once("://") {
+        Some(("mqtts" | "ssl", r)) => (true, r),
+        Some(("mqtt" | "tcp", r)) => (false, r),
+        _ => {
+            return Err(bad(
+                "must start with mqtt:// or mqtts:// (also tcp:// or ssl://)",
+            ));
+        }
     };
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
@@ -99,10 +103,10 @@ pub fn parse_url(url: &str) -> Result<(String, u16, bool), MqttError> {
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, MqttError> {
-    std::fs::read(path).map_err(|source| MqttError::TlsFile {
+    std::fs::read(path).map_err(|cause| MqttError::TlsFile {
         what,
         path: path.to_owned(),
-        source,
+        cause,
     })
 }
 
@@ -133,22 +137,22 @@ pub fn options(
         let Some(ca_file) = &endpoint.ca_file else {
             return Err(MqttError::Url {
                 url: endpoint.url.clone(),
-                reason: "mqtts:// needs a CA file (the CA that signs the broker's certificate)"
+                reason: "mqtts:// needs mqtt.ca_file (the CA that signs the broker's certificate)"
                     .into(),
             });
         };
         let client_auth = match (&endpoint.cert_file, &endpoint.key_file) {
-            (Some(c), Some(k)) => Some((read("client certificate", c)?, read("client key", k)?)),
+            (Some(c), Some(k)) => Some((read("mqtt.cert_file", c)?, read("mqtt.key_file", k)?)),
             (None, None) => None,
             _ => {
                 return Err(MqttError::Url {
                     url: endpoint.url.clone(),
-                    reason: "mutual TLS needs both a client certificate and its key".into(),
+                    reason: "mutual TLS needs both mqtt.cert_file and mqtt.key_file".into(),
                 });
             }
         };
         opts.set_transport(Transport::Tls(TlsConfiguration::Simple {
-            ca: read("CA file", ca_file)?,
+            ca: read("mqtt.ca_file", ca_file)?,
             alpn: None,
             client_auth,
         }));
@@ -191,8 +195,10 @@ mod tests {
             parse_url("mqtts://broker.local:8884/").unwrap(),
             ("broker.local".into(), 8884, true)
         );
+        assert_eq!(parse_url("tcp://b").unwrap(), ("b".into(), 1883, false));
+        assert_eq!(parse_url("ssl://b").unwrap(), ("b".into(), 8883, true));
         for bad in [
-            "tcp://x:1",
+            "http://x:1",
             "mqtt://:1883",
             "mqtt://h:port",
             "mqtt://h:99999",
@@ -209,7 +215,7 @@ mod tests {
             options(&e, "c", false)
                 .unwrap_err()
                 .to_string()
-                .contains("CA file")
+                .contains("mqtt.ca_file")
         );
         e.ca_file = Some("/nonexistent/ca.pem".into());
         e.cert_file = Some("/nonexistent/c.pem".into());

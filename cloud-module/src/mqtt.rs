@@ -1,0 +1,443 @@
+//! The real [`IntentSink`]: one rumqttc connection (QoS 1, TCP_NODELAY, optional TLS, jittered
+//! reconnect backoff). It keeps the latest intent per device and republishes all of them after
+//! every CONNACK; in `direct` mode it also runs the [`Relay`] (deltas, `twin/get`, reports).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use mqtt_schema::{
+    BaseMessage, DeviceTopicKind, ErrorCode, FirmwareRef, Topic, TopicLayout, TwinNames, to_go_json,
+};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{self, Mode, MqttConfig};
+use crate::direct::{Action, Relay, device_id};
+use crate::seams::{DeviceKey, IntentSink, SinkError, StatusWriter};
+
+/// Longest pause between two reconnect attempts.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+/// The MQTT connection cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    /// `mqtt.url` cannot be used.
+    #[error("mqtt.url {url:?}: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The URL or the TLS settings cannot be used.
+    #[error(transparent)]
+    Connection(twinflash_mqtt::MqttError),
+    /// A TLS or password file could not be read.
+    #[error("{key} {}: {source}", path.display())]
+    File {
+        /// The configuration key.
+        key: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl MqttError {
+    /// The stable code of this error.
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::Internal
+    }
+}
+
+/// The topic layout of the configuration in mqtt-schema's terms.
+pub fn layout(cfg: &MqttConfig) -> TopicLayout {
+    match cfg.topic_layout {
+        config::TopicLayout::Namespaced => TopicLayout::Namespaced,
+        config::TopicLayout::Legacy => TopicLayout::Legacy,
+    }
+}
+
+/// The rumqttc options for `cfg` (clean session: every intent is republished at each CONNACK). The connection
+/// setup itself (URL, TLS, mutual TLS) is the shared `twinflash-mqtt`'s; this adds the password file.
+pub fn mqtt_options(cfg: &MqttConfig) -> Result<MqttOptions, MqttError> {
+    let password = match (&cfg.username, &cfg.password_file) {
+        (Some(_), Some(p)) => Some(
+            String::from_utf8_lossy(&std::fs::read(p).map_err(|source| MqttError::File {
+                key: "mqtt.password_file",
+                path: p.clone(),
+                source,
+            })?)
+            .trim_end_matches(['\r', '\n'])
+            .to_owned(),
+        ),
+        (Some(_), None) => Some(String::new()),
+        _ => None,
+    };
+    let endpoint = twinflash_mqtt::Endpoint {
+        url: cfg.url.clone(),
+        username: cfg.username.clone(),
+        password,
+        ca_file: cfg.ca_file.clone(),
+        cert_file: cfg.cert_file.clone(),
+        key_file: cfg.key_file.clone(),
+        keep_alive_secs: 15,
+    };
+    twinflash_mqtt::options(&endpoint, &cfg.client_id, false).map_err(MqttError::Connection)
+}
+
+/// A rumqttc client with Nagle's algorithm off and a bounded connect time.
+pub fn client(opts: MqttOptions) -> (AsyncClient, EventLoop) {
+    twinflash_mqtt::client(opts)
+}
+
+/// The `edgecore` intent: topic `.../twin/update` and the DeviceTwinUpdate bytes with `expected`.
+pub fn intent_message(
+    key: &DeviceKey,
+    reference: &str,
+    layout: TopicLayout,
+    names: &TwinNames,
+    base: BaseMessage,
+) -> Result<(String, Vec<u8>), SinkError> {
+    let encode = |detail: String| SinkError::Encode {
+        device: key.to_string(),
+        detail,
+    };
+    let id = device_id(key, layout).map_err(|e| encode(e.to_string()))?;
+    let reference = FirmwareRef::parse(reference).map_err(|e| encode(e.to_string()))?;
+    let update = mqtt_schema::intent(base, names, &reference);
+    Ok((
+        Topic::device(&id, DeviceTopicKind::TwinUpdate).to_string(),
+        to_go_json(&update),
+    ))
+}
+
+enum Book {
+    Edgecore(BTreeMap<DeviceKey, String>),
+    Direct(Relay),
+}
+
+struct Shared {
+    client: AsyncClient,
+    layout: TopicLayout,
+    names: TwinNames,
+    connected: AtomicBool,
+    book: Mutex<Book>,
+    seq: std::sync::atomic::AtomicU64,
+    reports: Option<mpsc::UnboundedSender<Action>>,
+}
+
+impl Shared {
+    fn base(&self) -> BaseMessage {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let now = now_ms();
+        BaseMessage::new(format!("twinflash-cloud-{now}-{n}"), now)
+    }
+
+    /// Queues the relay's actions (publishes in order; status writes to the writer task).
+    fn run(&self, actions: Vec<Action>) -> Result<(), rumqttc::ClientError> {
+        let mut result = Ok(());
+        for a in actions {
+            match a {
+                Action::Publish {
+                    topic,
+                    payload,
+                    retain,
+                } => {
+                    if let Err(e) =
+                        self.client
+                            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+                    {
+                        result = Err(e);
+                    }
+                }
+                w @ Action::WriteStatus { .. } => {
+                    if let Some(tx) = &self.reports {
+                        let _ = tx.send(w);
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    /// At every CONNACK (`subscribe`) and every resync: republish every pending intent.
+    fn republish(&self, subscribe: bool) {
+        let Ok(mut book) = self.book.lock() else {
+            return;
+        };
+        match &mut *book {
+            Book::Edgecore(intents) => {
+                for (key, reference) in intents.iter() {
+                    match intent_message(key, reference, self.layout, &self.names, self.base()) {
+                        Ok((topic, payload)) => {
+                            let _ =
+                                self.client
+                                    .try_publish(topic, QoS::AtLeastOnce, false, payload);
+                        }
+                        Err(e) => warn!(device = %key, error = %e, "intent not republished"),
+                    }
+                }
+                info!(
+                    intents = intents.len(),
+                    subscribe, "pending intents republished"
+                );
+            }
+            Book::Direct(relay) => {
+                if subscribe {
+                    for filter in relay.filters() {
+                        let _ = self.client.try_subscribe(filter, QoS::AtLeastOnce);
+                    }
+                }
+                let actions = relay.on_connect(now_ms());
+                info!(
+                    deltas = actions.len(),
+                    subscribe, "pending retained deltas republished"
+                );
+                let _ = self.run(actions);
+            }
+        }
+    }
+
+    fn on_publish(&self, topic: &str, payload: &[u8]) {
+        let Ok(mut book) = self.book.lock() else {
+            return;
+        };
+        if let Book::Direct(relay) = &mut *book {
+            let actions = relay.on_message(topic, payload, now_ms());
+            if actions.is_empty() {
+                debug!(topic, "message ignored (unreadable or nothing to do)");
+            }
+            let _ = self.run(actions);
+        }
+    }
+}
+
+/// The MQTT intent sink (both modes). Cheap to clone.
+#[derive(Clone)]
+pub struct MqttSink {
+    shared: Arc<Shared>,
+}
+
+impl MqttSink {
+    /// Connects to the broker of `cfg` and spawns the connection task (and, in `direct` mode, the
+    /// status writer task fed by the agents' reports). Pending intents are republished after
+    /// every CONNACK and every `resync`. Both tasks end when `cancel` fires.
+    pub fn start(
+        cfg: &MqttConfig,
+        mode: Mode,
+        resync: Duration,
+        status: Option<Arc<dyn StatusWriter>>,
+        cancel: CancellationToken,
+    ) -> Result<(MqttSink, JoinHandle<()>), MqttError> {
+        let (client, events) = client(mqtt_options(cfg)?);
+        let layout = layout(cfg);
+        let names = TwinNames::default();
+        let (reports, writer) = match (mode, status) {
+            (Mode::Direct, Some(w)) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                (Some(tx), Some(tokio::spawn(write_reports(rx, w))))
+            }
+            _ => (None, None),
+        };
+        let book = match mode {
+            Mode::Edgecore => Book::Edgecore(BTreeMap::new()),
+            Mode::Direct => Book::Direct(Relay::new(layout, names.clone())),
+        };
+        let shared = Arc::new(Shared {
+            client,
+            layout,
+            names,
+            connected: AtomicBool::new(false),
+            book: Mutex::new(book),
+            seq: std::sync::atomic::AtomicU64::new(0),
+            reports,
+        });
+        let task = tokio::spawn(connection(shared.clone(), events, resync, cancel, writer));
+        Ok((MqttSink { shared }, task))
+    }
+
+    /// Whether the broker connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Acquire)
+    }
+
+    fn store_and_send(
+        &self,
+        key: &DeviceKey,
+        reference: &str,
+        restore: bool,
+    ) -> Result<(), SinkError> {
+        let unreachable = |detail: String| SinkError::BrokerUnreachable {
+            device: key.to_string(),
+            detail,
+        };
+        let s = &self.shared;
+        let mut book = s
+            .book
+            .lock()
+            .map_err(|_| unreachable("sink state poisoned".to_owned()))?;
+        let connected = s.connected.load(Ordering::Acquire);
+        let sent = match &mut *book {
+            Book::Edgecore(intents) => {
+                // Encode first: a reference that cannot be encoded is never stored.
+                let (topic, payload) =
+                    intent_message(key, reference, s.layout, &s.names, s.base())?;
+                if restore {
+                    intents
+                        .entry(key.clone())
+                        .or_insert_with(|| reference.to_owned());
+                    return Ok(());
+                }
+                intents.insert(key.clone(), reference.to_owned());
+                s.client
+                    .try_publish(topic, QoS::AtLeastOnce, false, payload)
+                    .map_err(|e| unreachable(e.to_string()))
+            }
+            Book::Direct(relay) => {
+                let encode = |e: mqtt_schema::TopicError| SinkError::Encode {
+                    device: key.to_string(),
+                    detail: e.to_string(),
+                };
+                let actions = if restore {
+                    relay
+                        .restore_intent(key, reference, now_ms())
+                        .map_err(encode)?
+                } else {
+                    relay.set_intent(key, reference, now_ms()).map_err(encode)?
+                };
+                s.run(actions).map_err(|e| unreachable(e.to_string()))
+            }
+        };
+        sent?;
+        if connected {
+            Ok(())
+        } else {
+            Err(unreachable(
+                "not connected; the intent is kept and published at the next connection".into(),
+            ))
+        }
+    }
+}
+
+impl IntentSink for MqttSink {
+    fn publish_intent<'a>(
+        &'a self,
+        device: &'a DeviceKey,
+        reference: &'a str,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move { self.store_and_send(device, reference, false) })
+    }
+
+    fn restore_intent(&self, device: &DeviceKey, reference: &str) {
+        if let Err(e) = self.store_and_send(device, reference, true) {
+            debug!(device = %device, error = %e, "intent restored while disconnected");
+        }
+    }
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    mut events: EventLoop,
+    resync: Duration,
+    cancel: CancellationToken,
+    writer: Option<JoinHandle<()>>,
+) {
+    let backoff = || twinflash_mqtt::reconnect_backoff(RECONNECT_MAX);
+    let mut delays = backoff();
+    let mut ticks = tokio::time::interval_at(
+        tokio::time::Instant::now() + resync,
+        resync.max(Duration::from_millis(10)),
+    );
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let event = tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = ticks.tick() => {
+                if shared.connected.load(Ordering::Acquire) {
+                    shared.republish(false);
+                }
+                continue;
+            }
+            e = events.poll() => e,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                shared.connected.store(true, Ordering::Release);
+                delays = backoff();
+                shared.republish(true);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => shared.on_publish(&p.topic, &p.payload),
+            Ok(_) => {}
+            Err(e) => {
+                if shared.connected.swap(false, Ordering::AcqRel) {
+                    warn!(error = %e, "MQTT connection lost");
+                } else {
+                    debug!(error = %e, "MQTT connect failed");
+                }
+                let delay = delays.next().unwrap_or(RECONNECT_MAX);
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    // Graceful: flush what is queued and say goodbye, within a bound.
+    if shared.connected.load(Ordering::Acquire) {
+        let _ = shared.client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            while events.poll().await.is_ok() {}
+        })
+        .await;
+    }
+    shared.connected.store(false, Ordering::Release);
+    if let Some(w) = writer {
+        w.abort();
+    }
+}
+
+async fn write_reports(mut rx: mpsc::UnboundedReceiver<Action>, writer: Arc<dyn StatusWriter>) {
+    while let Some(action) = rx.recv().await {
+        let Action::WriteStatus {
+            device,
+            actual,
+            timestamp_ms,
+        } = action
+        else {
+            continue;
+        };
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match writer.write_actual(&device, &actual, timestamp_ms).await {
+                Ok(()) => break,
+                Err(e) if attempt < 3 => {
+                    debug!(device = %device, error = %e, attempt, "status write failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    warn!(device = %device, code = %e.code(), error = %e, "report not written into the status");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+#[path = "mqtt_tests.rs"]
+mod tests;
