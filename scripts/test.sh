@@ -9,6 +9,7 @@ source scripts/lib/deps.sh
 
 tf_need_rust
 tf_need_services
+tf_need_oras
 
 tf_log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -193,8 +193,7 @@ async fn an_artifact_pushed_by_python_oras_is_fetched_and_verified() {
         .args(["-c", "import oras.client"])
         .output()
         .is_ok_and(|o| o.status.success());
-    if !has_oras {
-        eprintln!("SKIPPED: the Python oras package is not installed (pip install oras)");
+    if !twinflash_harness::needs(has_oras, "the Python oras package") {
         return;
     }
     let registry = Registry::start().unwrap();

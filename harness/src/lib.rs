@@ -33,6 +33,21 @@ pub use process::tool_available;
 pub use proxy::{Fault, FaultProxy};
 pub use registry::{Registry, RegistryOptions};
 
+/// Whether a test that needs an optional tool (`what`, e.g. "the Python oras package") may run. `available` false:
+/// on a developer machine the test prints SKIPPED and should return; in CI (`CI` set) it fails instead, because
+/// scripts/test.sh installs every tool and a skipped interop test would prove nothing.
+pub fn needs(available: bool, what: &str) -> bool {
+    if available {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{what} is missing in CI: scripts/test.sh installs it"
+    );
+    eprintln!("SKIPPED: {what} is not installed (scripts/test.sh installs it)");
+    false
+}
+
 /// A port that was free a moment ago on 127.0.0.1: binds `127.0.0.1:0`, reads the port, drops the
 /// socket. Another process may take it before you bind it; the `start` functions retry.
 /// Returns 0 (let the OS choose at bind time) if even binding port 0 fails.

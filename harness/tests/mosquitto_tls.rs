@@ -34,8 +34,10 @@ fn mosquitto_pub(broker: &Mosquitto, extra: &[&str]) -> bool {
 
 #[test]
 fn tls_listener_accepts_clients_that_trust_the_ca() {
-    if !tool_available("openssl") || !tool_available("mosquitto_pub") {
-        eprintln!("SKIPPED: openssl or mosquitto_pub not installed");
+    if !twinflash_harness::needs(
+        tool_available("openssl") && tool_available("mosquitto_pub"),
+        "openssl or mosquitto_pub",
+    ) {
         return;
     }
     let certs_dir = tempfile::tempdir().unwrap();

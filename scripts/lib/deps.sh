@@ -24,7 +24,14 @@ tf_need_apt() {
 
 tf_need_services() {
     tf_need_apt mosquitto:mosquitto mosquitto_pub:mosquitto-clients docker-registry:docker-registry \
-        skopeo:skopeo htpasswd:apache2-utils curl:curl openssl:openssl
+        skopeo:skopeo htpasswd:apache2-utils curl:curl openssl:openssl python3:python3
+}
+
+# The Python `oras` package (PyPI): an artifact written by another tool, for the interop tests.
+tf_need_oras() {
+    python3 -c 'import oras' 2>/dev/null && return 0
+    tf_log "installing the Python oras package (interop tests)"
+    python3 -m pip install -q oras 2>/dev/null || python3 -m pip install -q --break-system-packages oras
 }
 
 tf_need_rust() {
