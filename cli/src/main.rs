@@ -27,6 +27,10 @@ enum Command {
     Set(cmd::set::Cmd),
     /// Show what devices report through their twins: wanted and installed firmware, version, state.
     Status(cmd::status::Cmd),
+    /// Staged FirmwareRollouts: create, status, pause, resume, abort (needs a cluster, except create --dry-run).
+    Rollout(cmd::rollout::Cmd),
+    /// Print the CustomResourceDefinitions twinflash owns (`twinflash crd | kubectl apply -f -`).
+    Crd(cmd::crd::Cmd),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +61,8 @@ fn main() -> ExitCode {
             Command::Pull(c) => cmd::pull::run(c).await,
             Command::Set(c) => cmd::set::run(c).await,
             Command::Status(c) => cmd::status::run(c).await,
+            Command::Rollout(c) => cmd::rollout::run(c).await,
+            Command::Crd(c) => cmd::crd::run(c).await,
         }
     });
     match result {
