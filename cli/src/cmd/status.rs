@@ -230,10 +230,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(cmd.wait);
     let mut asked = false;
     let mut stderr = std::io::stderr();
-    loop {
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-            break;
-        };
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         let ev = match tokio::time::timeout(left, events.poll()).await {
             Err(_) => break,
             Ok(Err(e)) => anyhow::bail!("lost the broker: {e} [broker-unreachable]"),
@@ -346,7 +343,7 @@ mod tests {
         let row = &rows["ns/d"];
         assert!(row.converged());
         assert_eq!(row.version.as_deref(), Some("1.0.0"));
-        let t = table(&[row.clone()]);
+        let t = table(std::slice::from_ref(row));
         assert!(
             t.starts_with("DEVICE") && t.contains("r@sha256:1") && t.contains("installed"),
             "{t}"
