@@ -55,9 +55,7 @@ run "Edge agent: 100 devices on one agent (issue 5)" agent_table target/release/
 run "Fleet: 1,000 devices across 10 agents on one broker (issue 8)" agent_table target/release/examples/bench_agent fleet-multi 10 100 64
 run "Fetcher: B1, B2, peak RSS (issue 3)" bash scripts/bench/fetch.sh "$fetch_mib"
 run "Rollout planner over 10,000 Devices in 4 waves (issue 7)" target/release/examples/bench_rollout
-if [ -f scripts/bench/controller.sh ]; then
-    run "Controller: 10,000 intents to mosquitto (issue 6)" bash scripts/bench/controller.sh
-fi
+run "Controller: 10,000 Devices to MQTT intents (issue 6)" agent_table target/release/examples/bench_controller 10000
 run "twinflash-edge release binary, stripped (issue 4)" bash -c 'echo "| date | commit | with probe-rs (goal <= 12 MiB) | without probe-rs |"; echo "|---|---|---|---|"; bash scripts/bench/binary-size.sh'
 
 {
