@@ -44,6 +44,24 @@ pub(crate) struct Inner {
     pub download_cancel: Option<CancellationToken>,
     /// The last report made, re-queued after every reconnect.
     pub last_report: Option<Report>,
+    /// When a twin/get last made this device report again.
+    pub last_asked: Option<std::time::Instant>,
+    /// A coalesced report for twin/get requests is scheduled.
+    pub ask_pending: bool,
+}
+
+/// Requests for the twin within this window are answered by one report.
+pub const ASK_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What to do about a twin/get request (see [`Device::ask`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    /// Report again now.
+    Now,
+    /// Report again after this long.
+    Later(std::time::Duration),
+    /// A report is already scheduled.
+    AlreadyScheduled,
 }
 
 impl Device {
@@ -149,6 +167,38 @@ impl Device {
         {
             tracing::error!(device = self.id(), code = %e.code(), error = %e, "cannot queue report");
         }
+    }
+
+    /// Someone asked for the twin: says whether to report again now, or after how long (requests within a second
+    /// are coalesced into one report at the end of that second, so every watcher is answered and a flood of requests
+    /// costs at most two reports a second), or that a report is already scheduled.
+    pub fn ask(&self) -> Ask {
+        let mut inner = self.lock();
+        let now = std::time::Instant::now();
+        match inner.last_asked {
+            Some(t) if now.duration_since(t) < ASK_WINDOW => {
+                if inner.ask_pending {
+                    Ask::AlreadyScheduled
+                } else {
+                    inner.ask_pending = true;
+                    Ask::Later(ASK_WINDOW - now.duration_since(t))
+                }
+            }
+            _ => {
+                inner.last_asked = Some(now);
+                Ask::Now
+            }
+        }
+    }
+
+    /// The scheduled report of [`Device::ask`] is due: report again.
+    pub fn answer_scheduled(&self, reports: &ReportQueue) {
+        {
+            let mut inner = self.lock();
+            inner.ask_pending = false;
+            inner.last_asked = Some(std::time::Instant::now());
+        }
+        self.rereport(reports);
     }
 
     /// Asks the job to look at its state again (a re-report after a reconnect, a new intent).

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MqttConfig;
-use crate::device::Device;
+use crate::device::{Ask, Device};
 use crate::metrics::Metrics;
 use crate::outbox::TwinValues;
 use crate::report::{Report, ReportQueue};
@@ -104,6 +104,7 @@ impl Link {
             for kind in [
                 DeviceTopicKind::TwinUpdateDelta,
                 DeviceTopicKind::TwinGetResult,
+                DeviceTopicKind::TwinGet,
             ] {
                 out.push(rumqttc::SubscribeFilter::new(
                     Topic::device(&id, kind).to_string(),
@@ -112,6 +113,11 @@ impl Link {
             }
         }
         out
+    }
+
+    /// The event id prefix of this agent's own twin/get requests.
+    fn get_prefix(&self) -> String {
+        format!("twinflash-{}-", self.node)
     }
 
     fn owe_gets(&self) {
@@ -158,6 +164,27 @@ impl Link {
                 "ignoring a message for a device this agent does not manage",
             );
         };
+        if kind == DeviceTopicKind::TwinGet {
+            // Someone asks for the twin (a watcher such as `twinflash status`, edgecore's clients): besides
+            // whatever twin store answers, say what this device is doing now. Our own requests are not answered.
+            let ours = mqtt_schema::gojson::decode::<mqtt_schema::TwinGetRequest>(&p.payload)
+                .is_ok_and(|g| g.event_id.starts_with(&self.get_prefix()));
+            tracing::debug!(device = %key, ours, "twin/get seen");
+            if !ours {
+                match device.ask() {
+                    Ask::Now => device.rereport(&self.reports),
+                    Ask::Later(delay) => {
+                        let (dev, reports) = (device.clone(), self.reports.clone());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            dev.answer_scheduled(&reports);
+                        });
+                    }
+                    Ask::AlreadyScheduled => {}
+                }
+            }
+            return;
+        }
         let wanted = match kind {
             DeviceTopicKind::TwinUpdateDelta => decode::<DeviceTwinDelta>(&p.payload)
                 .map(|d| d.wanted(&device.names.firmware).map(str::to_owned)),
@@ -388,7 +415,7 @@ impl Link {
             };
             *counter += 1;
             let payload = to_go_json(&mqtt_schema::twin_get_request(
-                format!("twinflash-{}-{counter}", self.node),
+                format!("{}{counter}", self.get_prefix()),
                 now_ms(),
             ));
             match client.try_publish(

@@ -196,3 +196,47 @@ async fn a_power_cut_mid_flash_is_retried_and_a_bad_verify_fails_for_good() {
         "nothing unverified is reported installed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twin_get_from_a_watcher_makes_the_device_report_its_state_again() {
+    use mqtt_schema::{DeviceTopicKind, to_go_json, twin_get_request};
+    let env = Env::start(1, |s| s).await;
+    let reference = env.push("a:1.0.0", &image(15, 4_000), "1.0.0").await;
+    env.intent(0, &reference).await;
+    env.wait(0, "firmware-state", "installed").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = env.device(0).id;
+    let reports = || env.cloud.seen.lock().unwrap().reports;
+
+    // The agent's own request (after each reconnect) is not answered.
+    let before = reports();
+    let own = to_go_json(&twin_get_request("twinflash-node-a-99", 1));
+    env.cloud.raw(&id, DeviceTopicKind::TwinGet, own).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(reports(), before, "own twin/get answered");
+
+    // A watcher's requests are answered, coalesced: at most two reports a second however many arrive.
+    for _ in 0..5 {
+        env.cloud
+            .raw(
+                &id,
+                DeviceTopicKind::TwinGet,
+                to_go_json(&twin_get_request("watcher", 1)),
+            )
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(
+        reports(),
+        before + 2,
+        "a burst of requests is answered at once and once more at the end of the second"
+    );
+    assert_eq!(
+        env.actual(0, "firmware").as_deref(),
+        Some(reference.as_str())
+    );
+    assert_eq!(
+        env.actual(0, "firmware-state").as_deref(),
+        Some("installed")
+    );
+}
