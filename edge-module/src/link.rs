@@ -383,17 +383,16 @@ impl Link {
                 BaseMessage::new("", now_ms()),
                 &pending.twins,
             ));
-            match client.try_publish(
-                Topic::device(&id, DeviceTopicKind::TwinUpdate).to_string(),
-                QoS::AtLeastOnce,
-                false,
+            if !send(
+                client,
+                fifo,
+                sent,
+                tag,
+                &id,
+                DeviceTopicKind::TwinUpdate,
                 payload,
             ) {
-                Ok(()) => {
-                    fifo.push_back(tag.clone());
-                    sent.insert(tag);
-                }
-                Err(_) => return, // the request channel is full: the rest goes on the next turn
+                return; // the request channel is full: the rest goes on the next turn
             }
         }
         let owed: Vec<String> = self
@@ -418,20 +417,42 @@ impl Link {
                 format!("{}{counter}", self.get_prefix()),
                 now_ms(),
             ));
-            match client.try_publish(
-                Topic::device(&id, DeviceTopicKind::TwinGet).to_string(),
-                QoS::AtLeastOnce,
-                false,
+            if !send(
+                client,
+                fifo,
+                sent,
+                tag,
+                &id,
+                DeviceTopicKind::TwinGet,
                 payload,
             ) {
-                Ok(()) => {
-                    fifo.push_back(tag.clone());
-                    sent.insert(tag);
-                }
-                Err(_) => return,
+                return;
             }
         }
     }
+}
+
+/// Hands one QoS 1 publish to rumqttc and records what it carries, in order, for its PUBACK. False when the request
+/// channel is full.
+fn send(
+    client: &AsyncClient,
+    fifo: &mut VecDeque<Sent>,
+    sent: &mut HashSet<Sent>,
+    tag: Sent,
+    id: &mqtt_schema::DeviceId,
+    kind: DeviceTopicKind,
+    payload: Vec<u8>,
+) -> bool {
+    let topic = Topic::device(id, kind).to_string();
+    if client
+        .try_publish(topic, QoS::AtLeastOnce, false, payload)
+        .is_err()
+    {
+        return false;
+    }
+    fifo.push_back(tag.clone());
+    sent.insert(tag);
+    true
 }
 
 /// What a publish on the report connection carried.
