@@ -333,7 +333,21 @@ impl IntentSink for MqttSink {
         device: &'a DeviceKey,
         reference: &'a str,
     ) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(async move { self.store_and_send(device, reference, false) })
+        Box::pin(async move {
+            // While connected, a failed hand-over means rumqttc's request channel is full (a burst of thousands of
+            // intents): wait for the event loop to drain it instead of reporting a broker outage.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                match self.store_and_send(device, reference, false) {
+                    Err(SinkError::BrokerUnreachable { .. })
+                        if self.is_connected() && tokio::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    other => return other,
+                }
+            }
+        })
     }
 
     fn restore_intent(&self, device: &DeviceKey, reference: &str) {
