@@ -121,9 +121,23 @@ async fn lead(shared: Arc<Shared>, term: CancellationToken) {
     );
     ctx.metrics = shared.metrics.clone();
     let ctx = Arc::new(ctx);
+    // FirmwareRollouts change Devices' desired values; the Device controller above delivers them.
+    let rollouts = Arc::new(twinflash_cloud::rollout::RolloutContext::new(
+        shared.client.clone(),
+        shared.resolver.clone(),
+        cfg.status_location,
+        cfg.resync_period(),
+        shared.instance.clone(),
+    ));
+    let controllers = async {
+        tokio::join!(
+            controller::run(ctx, cfg.namespace(), cfg.watch.label_selector.as_deref()),
+            twinflash_cloud::rollout::run(rollouts, cfg.namespace()),
+        );
+    };
     tokio::select! {
-        () = controller::run(ctx, cfg.namespace(), cfg.watch.label_selector.as_deref()) => {
-            // The controller stops by itself on SIGTERM/SIGINT.
+        () = controllers => {
+            // The controllers stop by themselves on SIGTERM/SIGINT.
             shared.root.cancel();
         }
         () = term.cancelled() => {}
