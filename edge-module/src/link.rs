@@ -9,8 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mqtt_schema::gojson::decode;
 use mqtt_schema::{
-    BaseMessage, DeviceTopicKind, DeviceTwinDelta, DeviceTwinResult, DeviceTwinUpdate, MsgTwin,
-    Topic, TopicLayout, TwinValue, TypeMetadata, to_go_json,
+    BaseMessage, DeviceTopicKind, DeviceTwinDelta, DeviceTwinResult, Topic, TopicLayout, to_go_json,
 };
 use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, Publish, QoS};
 use tokio::sync::Notify;
@@ -19,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::MqttConfig;
 use crate::device::{Ask, Device};
 use crate::metrics::Metrics;
-use crate::outbox::TwinValues;
 use crate::report::{Report, ReportQueue};
 
 /// The agent's MQTT endpoint from its `[mqtt]` settings.
@@ -379,9 +377,9 @@ impl Link {
             let Ok(id) = mqtt_schema::DeviceId::parse(&device, self.layout) else {
                 continue;
             };
-            let payload = to_go_json(&actual_update(
+            let payload = to_go_json(&mqtt_schema::actual_update(
                 BaseMessage::new("", now_ms()),
-                &pending.twins,
+                pending.twins.iter().map(|(n, v)| (n.as_str(), v.as_str())),
             ));
             if !send(
                 client,
@@ -460,25 +458,4 @@ fn send(
 enum Sent {
     Report { device: String, seq: u64 },
     Get { device: String },
-}
-
-/// A `twin/update` with these `actual` values (metadata type `string`), as the mapper SDKs send it.
-pub fn actual_update(base: BaseMessage, values: &TwinValues) -> DeviceTwinUpdate {
-    let twin = values
-        .iter()
-        .map(|(name, value)| {
-            (
-                name.clone(),
-                Some(MsgTwin {
-                    actual: Some(TwinValue::new(value.clone())),
-                    metadata: Some(TypeMetadata::new(mqtt_schema::firmware::TWIN_TYPE_STRING)),
-                    ..MsgTwin::default()
-                }),
-            )
-        })
-        .collect();
-    DeviceTwinUpdate {
-        base,
-        twin: Some(twin),
-    }
 }

@@ -38,24 +38,30 @@ pub fn report(
     names: &TwinNames,
     report: &FirmwareReport<'_>,
 ) -> DeviceTwinUpdate {
-    let mut twin = TwinMap::new();
-    if let Some(reference) = report.installed {
-        twin.insert(
-            names.firmware.clone(),
-            string_twin(None, Some(reference.to_string())),
-        );
-    }
-    if let Some(version) = report
+    let reference = report.installed.map(ToString::to_string);
+    let version = report
         .version
         .map(version_to_twin)
-        .filter(|v| !v.is_empty())
-    {
-        twin.insert(names.version.clone(), string_twin(None, Some(version)));
-    }
-    twin.insert(
-        names.state.clone(),
-        string_twin(None, Some(report.state.to_string())),
-    );
+        .filter(|v| !v.is_empty());
+    let state = report.state.to_string();
+    let values = [
+        (names.firmware.as_str(), reference.as_deref()),
+        (names.version.as_str(), version.as_deref()),
+        (names.state.as_str(), Some(state.as_str())),
+    ];
+    actual_update(base, values.into_iter().filter_map(|(n, v)| Some((n, v?))))
+}
+
+/// A `twin/update` with these `actual` values, each with metadata type `string`, as the mapper SDKs report. The
+/// general form of [`report`], for callers that keep reports as twin name to value (the agent's outbox).
+pub fn actual_update<'a>(
+    base: BaseMessage,
+    values: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> DeviceTwinUpdate {
+    let twin = values
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), string_twin(None, Some(value.to_owned()))))
+        .collect();
     DeviceTwinUpdate {
         base,
         twin: Some(twin),

@@ -13,8 +13,8 @@ mod types;
 pub mod validate;
 
 pub use builders::{
-    FirmwareReport, build_device_twin_delta, build_twin_get_result, device_twin_delta, intent,
-    report, twin_get_request,
+    FirmwareReport, actual_update, build_device_twin_delta, build_twin_get_result,
+    device_twin_delta, intent, report, twin_get_request,
 };
 pub use code::{ErrorCode, UnknownErrorCode};
 pub use firmware::{
