@@ -200,10 +200,30 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("twinflash-cloud-{}", std::process::id()));
     let namespace = own_namespace(&client);
-    let (leader, lease_task) =
+    let (manager, lease_task) =
         leader::watch_lease(client.clone(), &namespace, leader::LEASE_NAME, &identity)
             .await
             .context("leader election")?;
+    // The manager alone keeps saying "leader" when renewals fail; the watchdog does not.
+    let (leader, watchdog) = leader::watchdog::guard(
+        manager,
+        kube::Api::namespaced(client.clone(), &namespace),
+        leader::LEASE_NAME.to_owned(),
+        identity.clone(),
+        leader::TIMING,
+        root.clone(),
+    );
+    let gauge = metrics.clone();
+    let mut follow = leader.clone();
+    tokio::spawn(async move {
+        loop {
+            gauge.set_leading(*follow.borrow_and_update());
+            if follow.changed().await.is_err() {
+                gauge.set_leading(false);
+                break;
+            }
+        }
+    });
     info!(%identity, lease = %format!("{namespace}/{}", leader::LEASE_NAME), mode = ?cfg.mode, "waiting for the lease");
     let shared = Arc::new(Shared {
         resolver: Arc::new(RegistryResolver::with_plain_http(
@@ -217,6 +237,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     });
     leader::run_as_leader(leader, root.clone(), |term| lead(shared.clone(), term)).await;
     root.cancel();
+    // The watchdog ends with `root` and drops the manager's channel, which makes the manager
+    // release the lease.
+    if let Err(e) = watchdog.await {
+        warn!(error = %e, "lease watchdog failed");
+    }
     // The lease task releases the lease once its channel is closed (dropped above).
     match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
         Ok(Ok(Err(e))) => warn!(error = %e, "lease not released cleanly"),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use mqtt_schema::ErrorCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,6 +20,7 @@ use crate::decide::Reason;
 pub struct Metrics {
     reconciles: AtomicU64,
     intents_published: AtomicU64,
+    leading: AtomicBool,
     failures: Mutex<BTreeMap<&'static str, u64>>,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -47,6 +48,16 @@ impl Metrics {
         if let Ok(mut m) = self.rejections.lock() {
             *m.entry(reason.as_str()).or_default() += 1;
         }
+    }
+
+    /// Whether this replica leads (holds a valid lease) now.
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.store(leading, Ordering::Relaxed);
+    }
+
+    /// Whether this replica leads now.
+    pub fn leading(&self) -> bool {
+        self.leading.load(Ordering::Relaxed)
     }
 
     /// Reconciles so far.
@@ -109,6 +120,12 @@ impl Metrics {
             "twinflash_cloud_intents_published_total {}",
             self.intents_published()
         );
+        let _ = writeln!(
+            out,
+            "# HELP twinflash_cloud_leader 1 while this replica holds a valid lease and runs the controller."
+        );
+        let _ = writeln!(out, "# TYPE twinflash_cloud_leader gauge");
+        let _ = writeln!(out, "twinflash_cloud_leader {}", u8::from(self.leading()));
         let _ = writeln!(
             out,
             "# HELP twinflash_cloud_intents_rejected_total Intents rejected, by reason."
@@ -195,6 +212,9 @@ mod tests {
         );
         assert_eq!(m.failures(ErrorCode::BrokerUnreachable), 2);
         assert_eq!(m.failures(ErrorCode::Timeout), 0);
+        assert!(text.contains("twinflash_cloud_leader 0\n"), "{text}");
+        m.set_leading(true);
+        assert!(m.render().contains("twinflash_cloud_leader 1\n"));
     }
 
     #[tokio::test]

@@ -1,6 +1,9 @@
-//! Leader election: a Kubernetes Lease held through kube-lease-manager, and [`run_as_leader`],
-//! which runs the work (controller + MQTT delivery) only while this replica holds the lease and
-//! cancels it as soon as the lease is lost, so two replicas never publish at once.
+//! Leader election: a Kubernetes Lease held through kube-lease-manager, guarded by a
+//! [`watchdog`] that reads the Lease itself, and [`run_as_leader`], which runs the work
+//! (controller + MQTT delivery) only while this replica holds the lease and cancels it as soon as
+//! the lease is lost or cannot be renewed in time, so two replicas never publish at once.
+
+pub mod watchdog;
 
 use std::future::Future;
 
@@ -15,8 +18,18 @@ use tracing::{info, warn};
 pub const LEASE_NAME: &str = "twinflash-cloud";
 /// Validity of the lock after its last renewal, seconds.
 pub const LEASE_DURATION_SECS: u64 = 15;
-/// The holder renews this long before expiry, seconds (also the tolerated clock skew).
+/// The holder renews this long before expiry, seconds.
 pub const LEASE_GRACE_SECS: u64 = 5;
+/// The clock skew between replicas that is tolerated, seconds: a holder that cannot renew stops
+/// leading this long before its lease expires (below the grace, so renewals never interrupt).
+pub const LEASE_SKEW_SECS: u64 = 2;
+
+/// The lease timing the watchdog enforces.
+pub const TIMING: watchdog::LeaseTiming = watchdog::LeaseTiming {
+    duration: std::time::Duration::from_secs(LEASE_DURATION_SECS),
+    skew: std::time::Duration::from_secs(LEASE_SKEW_SECS),
+    poll: std::time::Duration::from_secs(1),
+};
 
 /// The lease could not be set up.
 #[derive(Debug, thiserror::Error)]
