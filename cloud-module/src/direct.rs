@@ -145,7 +145,14 @@ impl Relay {
             return Vec::new();
         };
         let actual = dev.actual.get(&self.names.firmware).cloned();
-        if actual.as_ref().is_some_and(|(a, _)| *a == expected) {
+        // An agent that settled on a failure or rejection of another intent still reports the
+        // firmware it had before (or nothing, when the failed flash destroyed it: the last value
+        // then is stale). Going back to that value (a rollout's rollback) is a new intent for it.
+        let settled_elsewhere = dev
+            .actual
+            .get(&self.names.state)
+            .is_some_and(|(s, _)| s.starts_with("failed:") || s.starts_with("rejected:"));
+        if !settled_elsewhere && actual.as_ref().is_some_and(|(a, _)| *a == expected) {
             if !dev.delta_retained {
                 return Vec::new();
             }
@@ -160,7 +167,11 @@ impl Relay {
         }
         let twin = MsgTwin {
             expected: Some(value(expected, expected_ts)),
-            actual: actual.map(|(a, ts)| value(a, ts)),
+            // After a failure the reported firmware is not what the agent settled on: leave it
+            // out, so the delta names the expected value even when it equals that report.
+            actual: actual
+                .filter(|_| !settled_elsewhere)
+                .map(|(a, ts)| value(a, ts)),
             optional: Some(false),
             metadata: Some(TypeMetadata::new("string")),
             ..MsgTwin::default()

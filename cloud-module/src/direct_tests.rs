@@ -91,6 +91,51 @@ fn an_intent_becomes_a_retained_delta_that_is_cleared_once_installed() {
 }
 
 #[test]
+fn going_back_to_the_reported_firmware_after_a_failure_is_delivered() {
+    // Found end to end (tests/rollout_e2e.rs): the agent had REF_A, a rollout set REF_B, the
+    // flash failed and destroyed REF_A (the agent reports only `failed:flash-failed`, nothing
+    // verified is installed). The rollback sets REF_A again: the agent must get it, although
+    // the last `firmware` it reported is REF_A.
+    let mut r = relay();
+    r.set_intent(&key(), REF_A, 1).unwrap();
+    let acts = r.on_message(
+        UPDATE,
+        &report(&[("firmware", REF_A), ("firmware-state", "installed")]),
+        2,
+    );
+    assert_eq!(publishes(&acts), vec![(DELTA, &b""[..], true)]);
+    assert_eq!(publishes(&r.set_intent(&key(), REF_B, 3).unwrap()).len(), 1);
+    r.on_message(
+        UPDATE,
+        &report(&[("firmware-state", "failed:flash-failed")]),
+        4,
+    );
+    let acts = r.set_intent(&key(), REF_A, 5).unwrap();
+    let p = publishes(&acts);
+    assert_eq!(p.len(), 1, "the rollback is delivered");
+    let delta: DeviceTwinDelta = decode(p[0].1).unwrap();
+    assert_eq!(delta.wanted("firmware"), Some(REF_A));
+    // Once the agent installed it again, the delta is cleared as usual.
+    let acts = r.on_message(
+        UPDATE,
+        &report(&[("firmware", REF_A), ("firmware-state", "installed")]),
+        6,
+    );
+    assert_eq!(publishes(&acts), vec![(DELTA, &b""[..], true)]);
+    // The same after a rejection (the old firmware really is still there).
+    r.set_intent(&key(), REF_B, 7).unwrap();
+    r.on_message(
+        UPDATE,
+        &report(&[
+            ("firmware", REF_A),
+            ("firmware-state", "rejected:chip-mismatch"),
+        ]),
+        8,
+    );
+    assert_eq!(publishes(&r.set_intent(&key(), REF_A, 9).unwrap()).len(), 1);
+}
+
+#[test]
 fn reconnect_republishes_pending_deltas_and_newer_intents_win() {
     let mut r = relay();
     r.set_intent(&key(), REF_A, 10).unwrap();

@@ -68,6 +68,16 @@ pub enum HarnessError {
         /// Exit status and stderr.
         detail: String,
     },
+    /// The fake Kubernetes API server refused a write of the test API.
+    #[error("fake API server refused: {code} {reason}: {message}")]
+    KubeApi {
+        /// HTTP status code.
+        code: u16,
+        /// The `Status` reason (`NotFound`, `Conflict`, ...).
+        reason: String,
+        /// Details.
+        message: String,
+    },
     /// A file the caller gave (TLS material) does not exist.
     #[error("missing file {path}")]
     MissingFile {
@@ -91,6 +101,7 @@ impl HarnessError {
             | HarnessError::Spawn { .. }
             | HarnessError::Io { .. }
             | HarnessError::Htpasswd { .. }
+            | HarnessError::KubeApi { .. }
             | HarnessError::MissingFile { .. } => ErrorCode::Internal,
         }
     }

@@ -1,6 +1,7 @@
-//! Dev-only test harness: real mosquitto and docker-registry on free loopback ports, and a TCP
-//! fault proxy. Synchronous (std processes, sockets and threads), so it works from plain `#[test]`
-//! and `#[tokio::test]` alike; every process dies with its handle or with the test process.
+//! Dev-only test harness: real mosquitto and docker-registry on free loopback ports, a TCP
+//! fault proxy and a minimal in-memory Kubernetes API server ([`kubeapi`]). Synchronous handles
+//! (std processes, sockets and threads), so they work from plain `#[test]` and `#[tokio::test]`
+//! alike; every process dies with its handle or with the test process.
 //!
 //! ```no_run
 //! use twinflash_harness::{Fault, FaultProxy, Mosquitto, Registry};
@@ -19,6 +20,7 @@
 mod certs;
 mod error;
 pub mod http;
+pub mod kubeapi;
 mod mosquitto;
 mod process;
 mod proxy;
@@ -28,6 +30,7 @@ use std::net::{Ipv4Addr, TcpListener};
 
 pub use certs::{Certs, make_certs};
 pub use error::HarnessError;
+pub use kubeapi::FakeApi;
 pub use mosquitto::{Mosquitto, MosquittoOptions, TlsFiles};
 pub use process::tool_available;
 pub use proxy::{Fault, FaultProxy};
@@ -68,6 +71,7 @@ mod tests {
         assert_send_sync::<Mosquitto>();
         assert_send_sync::<Registry>();
         assert_send_sync::<FaultProxy>();
+        assert_send_sync::<FakeApi>();
         assert_send_sync::<HarnessError>();
     }
 

@@ -122,22 +122,56 @@ pub struct Agent {
     log: PathBuf,
 }
 
+/// How an [`Agent`] is configured beyond the broker and the registry.
+#[derive(Clone, Debug)]
+pub struct AgentSpec {
+    /// MQTT client id (unique per agent on one broker).
+    pub client_id: String,
+    /// Edge node name.
+    pub node: String,
+    /// Device numbers: `default/sim-NN` for each.
+    pub devices: std::ops::Range<usize>,
+    /// `allow_downgrade` of every device (a rollback to an older version needs it).
+    pub allow_downgrade: bool,
+    /// `[limits] flash_attempts`.
+    pub flash_attempts: u32,
+}
+
 impl Agent {
+    /// One agent (`agent-e2e`, node `node-a`) with devices `sim-00..` (`devices` of them).
     pub fn start(dir: &Path, mqtt_port: u16, registry_host: &str, devices: usize) -> Agent {
+        let spec = AgentSpec {
+            client_id: "agent-e2e".into(),
+            node: "node-a".into(),
+            devices: 0..devices,
+            allow_downgrade: false,
+            flash_attempts: 3,
+        };
+        Agent::start_with(dir, mqtt_port, registry_host, &spec)
+    }
+
+    /// An agent as `spec` says; its state, devices and log live under `dir`.
+    pub fn start_with(dir: &Path, mqtt_port: u16, registry_host: &str, spec: &AgentSpec) -> Agent {
+        std::fs::create_dir_all(dir).unwrap();
         let state_dir = dir.join("state");
         let mut toml = format!(
-            "node = \"node-a\"\nstate_dir = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\n\
-             client_id = \"agent-e2e\"\n[registry]\nplain_http = [\"{registry_host}\"]\n\
-             [limits]\nflash_attempts = 3\n[log]\nlevel = \"info,twinflash_edge=debug\"\n",
+            "node = \"{}\"\nstate_dir = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\n\
+             client_id = \"{}\"\n[registry]\nplain_http = [\"{registry_host}\"]\n\
+             [limits]\nflash_attempts = {}\n[log]\nlevel = \"info,twinflash_edge=debug\"\n",
+            spec.node,
             state_dir.display(),
+            spec.client_id,
+            spec.flash_attempts,
         );
         let mut sims = Vec::new();
-        for i in 0..devices {
+        for i in spec.devices.clone() {
             let id = format!("default/sim-{i:02}");
             let dir = dir.join(format!("sim-{i:02}"));
             toml.push_str(&format!(
-                "[[devices]]\nid = \"{id}\"\nchip = \"{CHIP}\"\n[devices.flasher]\nkind = \"simulated\"\n\
+                "[[devices]]\nid = \"{id}\"\nchip = \"{CHIP}\"\nallow_downgrade = {}\n\
+                 [devices.flasher]\nkind = \"simulated\"\n\
                  dir = \"{}\"\nsize = {FLASH_SIZE}\norigin = {ORIGIN}\n",
+                spec.allow_downgrade,
                 dir.display(),
             ));
             sims.push(SimDevice { id, dir });

@@ -1,0 +1,442 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// The fake Kubernetes API server, driven by a real kube::Client: CRUD, patches, status, watch, events.
+
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use serde_json::json;
+use twinflash_harness::{FakeApi, FaultProxy};
+
+async fn client_for(api: &FakeApi, dir: &std::path::Path) -> Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let path = api.kubeconfig(dir).unwrap();
+    let kc = Kubeconfig::read_from(path).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(cfg.default_namespace, "default");
+    Client::try_from(cfg).unwrap()
+}
+
+fn cm(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": name,
+            "labels": labels.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        },
+        "data": {"k": "v"},
+    }))
+    .unwrap()
+}
+
+fn api_code(e: kube::Error) -> u16 {
+    match e {
+        kube::Error::Api(s) => s.code,
+        other => panic!("not an API error: {other}"),
+    }
+}
+
+fn widgets() -> ApiResource {
+    ApiResource {
+        group: "example.io".into(),
+        version: "v1".into(),
+        api_version: "example.io/v1".into(),
+        kind: "Widget".into(),
+        plural: "widgets".into(),
+    }
+}
+
+#[tokio::test]
+async fn crud_conflicts_patches_and_label_selectors() {
+    let api = FakeApi::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let client = client_for(&api, dir.path()).await;
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let pp = PostParams::default();
+
+    let a = cms
+        .create(&pp, &cm("a", &[("ring", "canary")]))
+        .await
+        .unwrap();
+    assert_eq!(a.metadata.namespace.as_deref(), Some("default"));
+    assert!(a.metadata.uid.is_some() && a.metadata.creation_timestamp.is_some());
+    cms.create(&pp, &cm("b", &[("ring", "stable")]))
+        .await
+        .unwrap();
+    cms.create(&pp, &cm("c", &[])).await.unwrap();
+    assert_eq!(
+        api_code(cms.create(&pp, &cm("a", &[])).await.unwrap_err()),
+        409
+    );
+
+    let names = |l: kube::core::ObjectList<ConfigMap>| -> Vec<String> {
+        l.items
+            .into_iter()
+            .map(|c| c.metadata.name.unwrap())
+            .collect()
+    };
+    let all = cms.list(&ListParams::default()).await.unwrap();
+    assert!(all.metadata.resource_version.is_some());
+    assert_eq!(names(all), ["a", "b", "c"]);
+    let sel = |s: &str| ListParams::default().labels(s);
+    assert_eq!(names(cms.list(&sel("ring=canary")).await.unwrap()), ["a"]);
+    assert_eq!(
+        names(cms.list(&sel("ring in (canary,stable)")).await.unwrap()),
+        ["a", "b"]
+    );
+    assert_eq!(
+        names(cms.list(&sel("ring notin (canary)")).await.unwrap()),
+        ["b", "c"]
+    );
+    assert_eq!(names(cms.list(&sel("!ring")).await.unwrap()), ["c"]);
+    let everywhere: Api<ConfigMap> = Api::all(client.clone());
+    assert_eq!(everywhere.list(&sel("ring")).await.unwrap().items.len(), 2);
+
+    // Replace with a stale resourceVersion: 409; with the current one: accepted.
+    let mut stale = a.clone();
+    cms.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"k": "2"}})),
+    )
+    .await
+    .unwrap();
+    stale.data = Some([("k".to_owned(), "3".to_owned())].into());
+    assert_eq!(
+        api_code(cms.replace("a", &pp, &stale).await.unwrap_err()),
+        409
+    );
+    let mut fresh = cms.get("a").await.unwrap();
+    fresh.data = Some([("k".to_owned(), "4".to_owned())].into());
+    let replaced = cms.replace("a", &pp, &fresh).await.unwrap();
+    assert_eq!(replaced.data.unwrap()["k"], "4");
+
+    // JSON patch: a failing test op is refused (422) and changes nothing.
+    let p: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/data/k", "value": "nope"},
+        {"op": "replace", "path": "/data/k", "value": "5"}
+    ]))
+    .unwrap();
+    let refused = cms
+        .patch("a", &PatchParams::default(), &Patch::<()>::Json(p))
+        .await;
+    assert_eq!(api_code(refused.unwrap_err()), 422);
+    let p: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/data/k", "value": "4"},
+        {"op": "add", "path": "/data/j", "value": "6"}
+    ]))
+    .unwrap();
+    let patched = cms
+        .patch("a", &PatchParams::default(), &Patch::<()>::Json(p))
+        .await
+        .unwrap();
+    assert_eq!(patched.data.unwrap()["j"], "6");
+
+    // Server-side apply (approximated as a merge) creates a missing object.
+    let applied = cms
+        .patch("d", &PatchParams::apply("test"), &Patch::Apply(json!({
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "d"}, "data": {"x": "1"}
+        })))
+        .await
+        .unwrap();
+    assert_eq!(applied.data.unwrap()["x"], "1");
+
+    cms.delete("b", &DeleteParams::default()).await.unwrap();
+    assert_eq!(api_code(cms.get("b").await.unwrap_err()), 404);
+    assert_eq!(
+        api_code(cms.delete("b", &DeleteParams::default()).await.unwrap_err()),
+        404
+    );
+    assert!(
+        api.unknown_requests().is_empty(),
+        "{:?}",
+        api.unknown_requests()
+    );
+    assert!(
+        api.requests()
+            .iter()
+            .any(|r| r.method == "PATCH" && r.content_type == "application/json-patch+json")
+    );
+}
+
+#[tokio::test]
+async fn status_subresource_and_generation() {
+    let api = FakeApi::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let client = client_for(&api, dir.path()).await;
+    let w: Api<DynamicObject> = Api::namespaced_with(client, "default", &widgets());
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "example.io/v1", "kind": "Widget",
+        "metadata": {"name": "w"}, "spec": {"size": 1}, "status": {"ready": true}
+    }))
+    .unwrap();
+    let created = w.create(&PostParams::default(), &obj).await.unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+    assert!(
+        created.data.get("status").is_none(),
+        "create ignores status"
+    );
+
+    let pp = PatchParams::default();
+    let st = w
+        .patch_status(
+            "w",
+            &pp,
+            &Patch::Merge(json!({"spec": {"size": 9}, "status": {"ready": true}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.data["status"]["ready"], true);
+    assert_eq!(
+        st.data["spec"]["size"], 1,
+        "a status patch never changes the spec"
+    );
+    assert_eq!(st.metadata.generation, Some(1));
+
+    let main = w
+        .patch(
+            "w",
+            &pp,
+            &Patch::Merge(json!({"spec": {"size": 2}, "status": {"ready": false}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        main.data["status"]["ready"], true,
+        "a main patch never changes the status"
+    );
+    assert_eq!(main.metadata.generation, Some(2));
+
+    // A merge patch carrying an old resourceVersion conflicts, on the status as on the main resource.
+    let stale = json!({"metadata": {"resourceVersion": created.metadata.resource_version}, "status": {"ready": false}});
+    assert_eq!(
+        api_code(
+            w.patch_status("w", &pp, &Patch::Merge(stale))
+                .await
+                .unwrap_err()
+        ),
+        409
+    );
+    let got = api
+        .get("example.io", "v1", "widgets", "default", "w")
+        .unwrap();
+    assert_eq!(got["status"]["ready"], true);
+    assert_eq!(got["spec"]["size"], 2);
+
+    // The test API acts as an operator; the status stays.
+    let after = api
+        .patch_spec(
+            "example.io",
+            "v1",
+            "widgets",
+            "default",
+            "w",
+            &json!({"spec": {"size": 3}}),
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            after["spec"]["size"].clone(),
+            after["status"]["ready"].clone()
+        ),
+        (json!(3), json!(true))
+    );
+    assert_eq!(after["metadata"]["generation"], 3);
+}
+
+async fn watch_sees_changes(config: watcher::Config) {
+    let api = FakeApi::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let client = client_for(&api, dir.path()).await;
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    cms.create(&PostParams::default(), &cm("before", &[("app", "x")]))
+        .await
+        .unwrap();
+    cms.create(&PostParams::default(), &cm("other", &[("app", "y")]))
+        .await
+        .unwrap();
+
+    let stream = watcher(Api::<ConfigMap>::all(client), config.labels("app=x"));
+    let mut stream = Box::pin(stream);
+    let mut seen = Vec::new();
+    let listed = tokio::sync::Notify::new();
+    let writer = async {
+        listed.notified().await;
+        let pp = PostParams::default();
+        cms.create(&pp, &cm("after", &[("app", "x")]))
+            .await
+            .unwrap();
+        cms.create(&pp, &cm("ignored", &[("app", "y")]))
+            .await
+            .unwrap();
+        cms.patch(
+            "after",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"k": "2"}})),
+        )
+        .await
+        .unwrap();
+        cms.delete("before", &DeleteParams::default())
+            .await
+            .unwrap();
+    };
+    let reader = async {
+        while let Some(ev) = stream.try_next().await.unwrap() {
+            let entry = match ev {
+                watcher::Event::InitApply(o) => format!("init {}", o.metadata.name.unwrap()),
+                watcher::Event::Apply(o) => format!(
+                    "apply {} {}",
+                    o.metadata.name.unwrap(),
+                    o.data.unwrap_or_default()["k"]
+                ),
+                watcher::Event::Delete(o) => format!("delete {}", o.metadata.name.unwrap()),
+                watcher::Event::InitDone => {
+                    listed.notify_one();
+                    continue;
+                }
+                watcher::Event::Init => continue,
+            };
+            seen.push(entry);
+            if seen.last().is_some_and(|e| e == "delete before") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(writer, reader)
+    })
+    .await
+    .expect("watch events in time");
+    assert_eq!(
+        seen,
+        [
+            "init before",
+            "apply after v",
+            "apply after 2",
+            "delete before"
+        ]
+    );
+    assert!(
+        api.unknown_requests().is_empty(),
+        "{:?}",
+        api.unknown_requests()
+    );
+    assert!(
+        api.requests()
+            .iter()
+            .any(|r| r.query.contains("watch=true"))
+    );
+}
+
+#[tokio::test]
+async fn watcher_list_then_watch() {
+    watch_sees_changes(watcher::Config::default()).await;
+}
+
+#[tokio::test]
+async fn watcher_streaming_list() {
+    watch_sees_changes(watcher::Config::default().streaming_lists()).await;
+}
+
+#[tokio::test]
+async fn recorder_events_and_unknown_requests_are_recorded() {
+    let api = FakeApi::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let client = client_for(&api, dir.path()).await;
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let obj = cms
+        .create(&PostParams::default(), &cm("a", &[]))
+        .await
+        .unwrap();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "test".into(),
+            instance: None,
+        },
+    );
+    let ev = Event {
+        type_: EventType::Normal,
+        reason: "Tested".into(),
+        note: Some("once".into()),
+        action: "Test".into(),
+        secondary: None,
+    };
+    recorder.publish(&ev, &obj.object_ref(&())).await.unwrap();
+    recorder.publish(&ev, &obj.object_ref(&())).await.unwrap(); // a series: a merge patch
+    let events = api.list("events.k8s.io", "v1", "events", Some("default"));
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["reason"], "Tested");
+    assert_eq!(events[0]["series"]["count"], 2);
+    assert!(api.unknown_requests().is_empty());
+
+    // Discovery is not served: answered 404 and recorded as unknown.
+    let err = client.apiserver_version().await.unwrap_err();
+    assert_eq!(api_code(err), 404);
+    let unknown = api.unknown_requests();
+    assert_eq!(unknown.len(), 1);
+    assert_eq!(
+        (unknown[0].path.as_str(), unknown[0].status),
+        ("/version", 404)
+    );
+}
+
+#[tokio::test]
+async fn works_behind_the_fault_proxy() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let api = FakeApi::start().unwrap();
+    let proxy = FaultProxy::start(api.addr()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = api
+        .kubeconfig_for(dir.path(), &format!("http://{}", proxy.addr()))
+        .unwrap();
+    let kc = Kubeconfig::read_from(path).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    let cms: Api<ConfigMap> = Api::default_namespaced(Client::try_from(cfg).unwrap());
+    cms.create(&PostParams::default(), &cm("via-proxy", &[]))
+        .await
+        .unwrap();
+    assert!(
+        api.get("", "v1", "configmaps", "default", "via-proxy")
+            .is_some()
+    );
+    proxy.set(twinflash_harness::Fault::Refuse);
+    assert!(cms.get("via-proxy").await.is_err(), "cut off");
+    proxy.set(twinflash_harness::Fault::Pass);
+    assert!(cms.get("via-proxy").await.is_ok());
+}
+
+#[test]
+fn the_store_is_readable_without_a_runtime() {
+    let api = FakeApi::start().unwrap();
+    let obj = api
+        .put(json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": "l", "namespace": "ns"}, "spec": {"holderIdentity": "me"}}))
+        .unwrap();
+    assert_eq!(obj["metadata"]["resourceVersion"], "2");
+    let again = api
+        .put(json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": "l", "namespace": "ns"}, "spec": {"holderIdentity": "you"}}))
+        .unwrap();
+    assert_eq!(again["metadata"]["generation"], 2);
+    assert_eq!(
+        api.list("coordination.k8s.io", "v1", "leases", None).len(),
+        1
+    );
+    let kinds: Vec<&str> = api
+        .history("coordination.k8s.io", "v1", "leases")
+        .iter()
+        .map(|r| r.kind.as_str())
+        .collect();
+    assert_eq!(kinds, ["ADDED", "MODIFIED"]);
+}
