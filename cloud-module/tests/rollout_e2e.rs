@@ -71,6 +71,40 @@ fn device(api: &FakeApi, i: usize) -> Value {
     api.get(g, v, p, NS, &name(i)).unwrap()
 }
 
+/// Where the controller keeps `status.twins` (its `status_location`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Location {
+    /// `Device.status` (KubeEdge < 1.23).
+    Device,
+    /// A `DeviceStatus` object of the same name (KubeEdge >= 1.23), created by cloudcore.
+    DeviceStatus,
+}
+
+impl Location {
+    fn config(self) -> &'static str {
+        match self {
+            Location::Device => "device",
+            Location::DeviceStatus => "device-status",
+        }
+    }
+
+    /// The object whose `.status.twins` holds the reports of Device `i`.
+    fn twins(self, api: &FakeApi, i: usize) -> Value {
+        match self {
+            Location::Device => device(api, i),
+            Location::DeviceStatus => api
+                .get(
+                    "devices.kubeedge.io",
+                    "v1beta1",
+                    "devicestatuses",
+                    NS,
+                    &name(i),
+                )
+                .unwrap(),
+        }
+    }
+}
+
 fn firmware_desired(dev: &Value) -> Value {
     dev["spec"]["properties"]
         .as_array()
@@ -116,15 +150,24 @@ struct Cloud {
 }
 
 impl Cloud {
-    fn start(dir: &Path, kubeconfig: &Path, mqtt_port: u16, registry_host: &str) -> Cloud {
+    /// The controller with the default resync period (300 s): a rollout must progress on watch
+    /// events alone within the test's deadlines.
+    fn start(
+        dir: &Path,
+        kubeconfig: &Path,
+        mqtt_port: u16,
+        registry_host: &str,
+        location: Location,
+    ) -> Cloud {
         let config = dir.join("cloud.toml");
         std::fs::write(
             &config,
             format!(
-                "mode = \"direct\"\nstatus_location = \"device\"\nresync_period_secs = 5\n\
+                "mode = \"direct\"\nstatus_location = \"{}\"\n\
                  [mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nclient_id = \"twinflash-cloud-e2e\"\n\
                  [registry]\nplain_http = [\"{registry_host}\"]\n\
                  [metrics]\nlisten = \"127.0.0.1:{}\"\n",
+                location.config(),
                 free_port()
             ),
         )
@@ -189,7 +232,16 @@ fn rollout(firmware: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rollout_aborts_at_the_threshold_and_rolls_back_through_the_real_binaries() {
+async fn rollout_aborts_at_the_threshold_and_rolls_back_with_status_in_the_device() {
+    scenario(Location::Device).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_aborts_at_the_threshold_and_rolls_back_with_device_status_objects() {
+    scenario(Location::DeviceStatus).await;
+}
+
+async fn scenario(location: Location) {
     init();
     let dir = tempfile::tempdir().unwrap();
     let mqtt = Mosquitto::start().unwrap();
@@ -219,6 +271,15 @@ async fn rollout_aborts_at_the_threshold_and_rolls_back_through_the_real_binarie
     .await;
     for i in 0..DEVICES {
         api.put(device_json(i, &r1)).unwrap();
+        if location == Location::DeviceStatus {
+            // cloudcore creates the DeviceStatus of every Device.
+            api.put(json!({
+                "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "DeviceStatus",
+                "metadata": {"name": name(i), "namespace": NS},
+                "spec": {"deviceRef": name(i)},
+            }))
+            .unwrap();
+        }
     }
 
     // Three agents, ten devices each. A rollback installs an older version: allow_downgrade.
@@ -240,7 +301,13 @@ async fn rollout_aborts_at_the_threshold_and_rolls_back_through_the_real_binarie
         })
         .collect();
     let sims: Vec<&support::SimDevice> = agents.iter().flat_map(|a| a.devices.iter()).collect();
-    let cloud = Cloud::start(dir.path(), &kubeconfig, mqtt.port(), &registry.host());
+    let cloud = Cloud::start(
+        dir.path(),
+        &kubeconfig,
+        mqtt.port(),
+        &registry.host(),
+        location,
+    );
     let logs = || {
         let agent_logs: String = agents
             .iter()
@@ -253,10 +320,10 @@ async fn rollout_aborts_at_the_threshold_and_rolls_back_through_the_real_binarie
     // 1. Everything converges on v1: the controller publishes, the agents install, the relay
     //    writes the reports into Device.status of the fake API server.
     wait_until(
-        || (0..DEVICES).all(|i| installed(&device(&api, i), &r1)),
+        || (0..DEVICES).all(|i| installed(&location.twins(&api, i), &r1)),
         || {
             let missing: Vec<String> = (0..DEVICES)
-                .filter(|i| !installed(&device(&api, *i), &r1))
+                .filter(|i| !installed(&location.twins(&api, *i), &r1))
                 .map(name)
                 .collect();
             format!("not installed with v1: {missing:?}\n{}", logs())
@@ -266,7 +333,7 @@ async fn rollout_aborts_at_the_threshold_and_rolls_back_through_the_real_binarie
     for (i, sim) in sims.iter().enumerate() {
         assert!(sim.holds(&fw1), "{} holds v1", name(i));
         assert_eq!(
-            reported(&device(&api, i), "firmware-version").as_deref(),
+            reported(&location.twins(&api, i), "firmware-version").as_deref(),
             Some("1.0.0")
         );
     }
@@ -427,12 +494,12 @@ async fn rollout_aborts_at_the_threshold_and_rolls_back_through_the_real_binarie
         || {
             started
                 .iter()
-                .all(|i| installed(&device(&api, *i), &r1) && sims[*i].holds(&fw1))
+                .all(|i| installed(&location.twins(&api, *i), &r1) && sims[*i].holds(&fw1))
         },
         || {
             let waiting: Vec<String> = started
                 .iter()
-                .filter(|i| !(installed(&device(&api, **i), &r1) && sims[**i].holds(&fw1)))
+                .filter(|i| !(installed(&location.twins(&api, **i), &r1) && sims[**i].holds(&fw1)))
                 .map(|i| name(*i))
                 .collect();
             format!("not back on v1: {waiting:?}\n{}", logs())
@@ -454,7 +521,7 @@ async fn rollout_aborts_at_the_threshold_and_rolls_back_through_the_real_binarie
             "{} never flashed v2",
             name(i)
         );
-        assert!(sims[i].holds(&fw1) && installed(&d, &r1));
+        assert!(sims[i].holds(&fw1) && installed(&location.twins(&api, i), &r1));
     }
 
     // 8. Events on the rollout: the phase changes and the wave starts.
