@@ -133,11 +133,12 @@ fn rollout_status(api: &FakeApi) -> Option<FirmwareRolloutStatus> {
     serde_json::from_value(obj.get("status")?.clone()).ok()
 }
 
-/// The references a simulated device started flashing (its `counters.json`).
-fn flashes_started(dir: &Path) -> BTreeSet<String> {
+/// The references a simulated device started (`which` = "started") or verified ("completed")
+/// flashing, from its `counters.json`.
+fn flashes(dir: &Path, which: &str) -> BTreeSet<String> {
     let text = std::fs::read_to_string(dir.join("counters.json")).unwrap_or_default();
     let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    v["started"]
+    v[which]
         .as_object()
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default()
@@ -466,11 +467,17 @@ async fn scenario(location: Location) {
         assert_eq!((code.as_str(), *wave), ("flash-failed", 2), "{device}");
     }
     assert!(failed_names.contains("sim-01") && failed_names.contains("sim-02"));
+    // The canary installed v2 (a verified flash) before wave 2 started.
+    assert!(!failed_names.contains("sim-00"));
+    assert!(
+        flashes(&sims[0].dir, "completed").contains(&r2),
+        "the canary installed v2"
+    );
     // Every started Device that is not armed installed v2, or was in flight at the abort.
     for i in started.iter().filter(|i| !FAILING.contains(i)) {
         let ok = in_flight.contains(&name(*i))
             || sims[*i].holds(&fw2)
-            || flashes_started(&sims[*i].dir).contains(&r2);
+            || flashes(&sims[*i].dir, "started").contains(&r2);
         assert!(
             ok,
             "{} was started and neither installed v2 nor in flight",
@@ -517,7 +524,7 @@ async fn scenario(location: Location) {
             json!({"value": r1, "metadata": {"type": "string"}})
         );
         assert!(
-            !flashes_started(&sims[i].dir).contains(&r2),
+            !flashes(&sims[i].dir, "started").contains(&r2),
             "{} never flashed v2",
             name(i)
         );
