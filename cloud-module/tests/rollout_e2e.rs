@@ -338,6 +338,15 @@ async fn scenario(location: Location) {
             Some("1.0.0")
         );
     }
+    // Every Device got its IntentPublished Event, although the relay writes reports into the same
+    // status concurrently (a conflicting status patch must not lose the Event).
+    let published: BTreeSet<String> = api
+        .list("events.k8s.io", "v1", "events", Some(NS))
+        .iter()
+        .filter(|e| e["regarding"]["kind"] == "Device" && e["reason"] == "IntentPublished")
+        .filter_map(|e| e["regarding"]["name"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(published, (0..DEVICES).map(name).collect::<BTreeSet<_>>());
     let (lg, lv, lp) = ("coordination.k8s.io", "v1", "leases");
     let lease = api
         .get(lg, lv, lp, NS, "twinflash-cloud")
