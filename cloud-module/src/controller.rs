@@ -248,6 +248,53 @@ async fn write_status(
     })
 }
 
+/// Attempts of a status patch that meets a concurrent writer (in direct mode the relay writes the
+/// agent's reports into the same status): each conflict reads the status again and re-applies.
+pub const STATUS_CONFLICT_ATTEMPTS: usize = 3;
+
+/// The stored status read again from the API server (the cached Device may be stale).
+async fn reload_status(device: &Device, key: &DeviceKey, ctx: &Context) -> Result<Stored, Error> {
+    match ctx.status_location {
+        StatusLocation::Device => {
+            let fresh = Api::<Device>::namespaced(ctx.client.clone(), &key.namespace)
+                .get(&key.name)
+                .await
+                .map_err(|source| Error::Kube {
+                    op: "get device",
+                    object: key.to_string(),
+                    source,
+                })?;
+            load_status(&fresh, key, ctx).await
+        }
+        StatusLocation::DeviceStatus => load_status(device, key, ctx).await,
+    }
+}
+
+/// [`write_status`], reading the status again after a 409 Conflict: a concurrent report must not
+/// turn a published intent into a failed reconcile (which would retry later and lose the Event).
+async fn write_status_fresh(
+    device: &Device,
+    key: &DeviceKey,
+    stored: Stored,
+    record: &Record,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let mut stored = stored;
+    let mut attempt = 1;
+    loop {
+        match write_status(key, &stored, record, ctx).await {
+            Err(Error::Kube {
+                source: kube::Error::Api(s),
+                ..
+            }) if s.code == 409 && attempt < STATUS_CONFLICT_ATTEMPTS => {
+                attempt += 1;
+                stored = reload_status(device, key, ctx).await?;
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn publish_event(device: &Device, record: &Record, ctx: &Context) -> Result<(), Error> {
     let (type_, action) = match record.reason.code() {
         None => (EventType::Normal, "PublishIntent"),
@@ -310,7 +357,7 @@ pub async fn reconcile(device: Arc<Device>, ctx: Arc<Context>) -> Result<Action,
             if let Some(m) =
                 memory.filter(|m| record_from_status(stored.status.as_ref()).as_ref() != Some(m))
             {
-                write_status(&key, &stored, &m, &ctx).await?;
+                write_status_fresh(&device, &key, stored, &m, &ctx).await?;
             }
         }
         Decision::Nothing(_) => {}
@@ -326,7 +373,7 @@ pub async fn reconcile(device: Arc<Device>, ctx: Arc<Context>) -> Result<Action,
             ctx.remember(&key, &record);
             ctx.metrics.published();
             info!(device = %key, reference = %record.pinned, generation = record.generation, "intent published");
-            write_status(&key, &stored, &record, &ctx).await?;
+            write_status_fresh(&device, &key, stored, &record, &ctx).await?;
             publish_event(&device, &record, &ctx).await?;
         }
         Decision::Reject(record) if last.as_ref() == Some(&record) => {
@@ -337,7 +384,7 @@ pub async fn reconcile(device: Arc<Device>, ctx: Arc<Context>) -> Result<Action,
             ctx.remember(&key, &record);
             ctx.metrics.rejected(record.reason);
             warn!(device = %key, reason = record.reason.as_str(), message = %record.message, "intent rejected");
-            write_status(&key, &stored, &record, &ctx).await?;
+            write_status_fresh(&device, &key, stored, &record, &ctx).await?;
             publish_event(&device, &record, &ctx).await?;
         }
         Decision::Retry { code, message } => {

@@ -318,12 +318,12 @@ async fn failed_status_patch_is_retried_without_republishing_and_stale_cache_is_
     let mut d = device(&p, 3);
     d.spec.device_model_ref = None;
     let dev = Arc::new(d);
-    let conflict = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                          "reason": "Conflict", "message": "the object has been modified", "code": 409});
+    let unavailable = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                             "reason": "ServiceUnavailable", "message": "etcd is away", "code": 503});
     let p1 = p.clone();
     let server = t.verifier.run(vec![
         Expect {
-            respond: Some((StatusCode::CONFLICT, conflict)),
+            respond: Some((StatusCode::SERVICE_UNAVAILABLE, unavailable)),
             ..Expect::patch_status(devices_path(&format!("devices/{NAME}/status")), |_| {})
         },
         // Retry: status catch-up only, no second publish, no event.
@@ -354,6 +354,55 @@ async fn failed_status_patch_is_retried_without_republishing_and_stale_cache_is_
     reconcile(stale, t.ctx.clone()).await.unwrap();
     assert_eq!(t.sink.published().len(), 1);
     assert_eq!(t.resolver.calls().len(), 1);
+    drop(t.ctx);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_conflicting_status_patch_is_read_again_and_the_event_still_emitted() {
+    // Found end to end (tests/rollout_e2e.rs): in direct mode the relay writes the agent's reports
+    // into the same status; the record patch carrying the cached resourceVersion then conflicts.
+    // It used to fail the reconcile, and the retry took the "already done" path: no Event.
+    let t = Context::test(StatusLocation::Device);
+    let p = pinned();
+    t.resolver.insert(&p, artifact(&p, None));
+    let mut d = device(&p, 3);
+    d.spec.device_model_ref = None;
+    let dev = Arc::new(d);
+    let conflict = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                          "reason": "Conflict", "message": "the object has been modified", "code": 409});
+    // What the API server holds now: a report arrived (resourceVersion 101).
+    let mut fresh = device_json(&dev);
+    fresh["metadata"]["resourceVersion"] = json!("101");
+    fresh["status"] = json!({"twins": [{"propertyName": "firmware-state",
+                                        "reported": {"value": "idle"}, "observedDesired": {}}]});
+    let p1 = p.clone();
+    let server = t.verifier.run(vec![
+        Expect {
+            respond: Some((StatusCode::CONFLICT, conflict)),
+            ..Expect::patch_status(devices_path(&format!("devices/{NAME}/status")), |_| {})
+        },
+        Expect::get(
+            devices_path(&format!("devices/{NAME}")),
+            StatusCode::OK,
+            fresh,
+        ),
+        Expect {
+            respond: Some((StatusCode::OK, device_json(&dev))),
+            ..Expect::patch_status(devices_path(&format!("devices/{NAME}/status")), move |b| {
+                assert_record(b, "101", &p1, &p1, "3", Reason::IntentPublished);
+                let twins = b["status"]["twins"].as_array().unwrap();
+                assert!(
+                    twins.iter().any(|t| t["propertyName"] == "firmware-state"
+                        && t["reported"]["value"] == "idle"),
+                    "the concurrent report is kept: {b}"
+                );
+            })
+        },
+        Expect::event(|ev| assert_event(ev, "Normal", Reason::IntentPublished)),
+    ]);
+    reconcile(dev, t.ctx.clone()).await.unwrap();
+    assert_eq!(t.sink.published().len(), 1);
     drop(t.ctx);
     server.await.unwrap();
 }

@@ -71,6 +71,40 @@ fn device(api: &FakeApi, i: usize) -> Value {
     api.get(g, v, p, NS, &name(i)).unwrap()
 }
 
+/// Where the controller keeps `status.twins` (its `status_location`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Location {
+    /// `Device.status` (KubeEdge < 1.23).
+    Device,
+    /// A `DeviceStatus` object of the same name (KubeEdge >= 1.23), created by cloudcore.
+    DeviceStatus,
+}
+
+impl Location {
+    fn config(self) -> &'static str {
+        match self {
+            Location::Device => "device",
+            Location::DeviceStatus => "device-status",
+        }
+    }
+
+    /// The object whose `.status.twins` holds the reports of Device `i`.
+    fn twins(self, api: &FakeApi, i: usize) -> Value {
+        match self {
+            Location::Device => device(api, i),
+            Location::DeviceStatus => api
+                .get(
+                    "devices.kubeedge.io",
+                    "v1beta1",
+                    "devicestatuses",
+                    NS,
+                    &name(i),
+                )
+                .unwrap(),
+        }
+    }
+}
+
 fn firmware_desired(dev: &Value) -> Value {
     dev["spec"]["properties"]
         .as_array()
@@ -99,11 +133,12 @@ fn rollout_status(api: &FakeApi) -> Option<FirmwareRolloutStatus> {
     serde_json::from_value(obj.get("status")?.clone()).ok()
 }
 
-/// The references a simulated device started flashing (its `counters.json`).
-fn flashes_started(dir: &Path) -> BTreeSet<String> {
+/// The references a simulated device started (`which` = "started") or verified ("completed")
+/// flashing, from its `counters.json`.
+fn flashes(dir: &Path, which: &str) -> BTreeSet<String> {
     let text = std::fs::read_to_string(dir.join("counters.json")).unwrap_or_default();
     let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    v["started"]
+    v[which]
         .as_object()
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default()
@@ -116,15 +151,24 @@ struct Cloud {
 }
 
 impl Cloud {
-    fn start(dir: &Path, kubeconfig: &Path, mqtt_port: u16, registry_host: &str) -> Cloud {
+    /// The controller with the default resync period (300 s): a rollout must progress on watch
+    /// events alone within the test's deadlines.
+    fn start(
+        dir: &Path,
+        kubeconfig: &Path,
+        mqtt_port: u16,
+        registry_host: &str,
+        location: Location,
+    ) -> Cloud {
         let config = dir.join("cloud.toml");
         std::fs::write(
             &config,
             format!(
-                "mode = \"direct\"\nstatus_location = \"device\"\nresync_period_secs = 5\n\
+                "mode = \"direct\"\nstatus_location = \"{}\"\n\
                  [mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nclient_id = \"twinflash-cloud-e2e\"\n\
                  [registry]\nplain_http = [\"{registry_host}\"]\n\
                  [metrics]\nlisten = \"127.0.0.1:{}\"\n",
+                location.config(),
                 free_port()
             ),
         )
@@ -189,7 +233,16 @@ fn rollout(firmware: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rollout_aborts_at_the_threshold_and_rolls_back_through_the_real_binaries() {
+async fn rollout_aborts_at_the_threshold_and_rolls_back_with_status_in_the_device() {
+    scenario(Location::Device).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_aborts_at_the_threshold_and_rolls_back_with_device_status_objects() {
+    scenario(Location::DeviceStatus).await;
+}
+
+async fn scenario(location: Location) {
     init();
     let dir = tempfile::tempdir().unwrap();
     let mqtt = Mosquitto::start().unwrap();
@@ -219,6 +272,15 @@ async fn rollout_aborts_at_the_threshold_and_rolls_back_through_the_real_binarie
     .await;
     for i in 0..DEVICES {
         api.put(device_json(i, &r1)).unwrap();
+        if location == Location::DeviceStatus {
+            // cloudcore creates the DeviceStatus of every Device.
+            api.put(json!({
+                "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "DeviceStatus",
+                "metadata": {"name": name(i), "namespace": NS},
+                "spec": {"deviceRef": name(i)},
+            }))
+            .unwrap();
+        }
     }
 
     // Three agents, ten devices each. A rollback installs an older version: allow_downgrade.
@@ -240,7 +302,13 @@ async fn rollout_aborts_at_the_threshold_and_rolls_back_through_the_real_binarie
         })
         .collect();
     let sims: Vec<&support::SimDevice> = agents.iter().flat_map(|a| a.devices.iter()).collect();
-    let cloud = Cloud::start(dir.path(), &kubeconfig, mqtt.port(), &registry.host());
+    let cloud = Cloud::start(
+        dir.path(),
+        &kubeconfig,
+        mqtt.port(),
+        &registry.host(),
+        location,
+    );
     let logs = || {
         let agent_logs: String = agents
             .iter()
@@ -253,10 +321,10 @@ async fn rollout_aborts_at_the_threshold_and_rolls_back_through_the_real_binarie
     // 1. Everything converges on v1: the controller publishes, the agents install, the relay
     //    writes the reports into Device.status of the fake API server.
     wait_until(
-        || (0..DEVICES).all(|i| installed(&device(&api, i), &r1)),
+        || (0..DEVICES).all(|i| installed(&location.twins(&api, i), &r1)),
         || {
             let missing: Vec<String> = (0..DEVICES)
-                .filter(|i| !installed(&device(&api, *i), &r1))
+                .filter(|i| !installed(&location.twins(&api, *i), &r1))
                 .map(name)
                 .collect();
             format!("not installed with v1: {missing:?}\n{}", logs())
@@ -266,10 +334,19 @@ async fn rollout_aborts_at_the_threshold_and_rolls_back_through_the_real_binarie
     for (i, sim) in sims.iter().enumerate() {
         assert!(sim.holds(&fw1), "{} holds v1", name(i));
         assert_eq!(
-            reported(&device(&api, i), "firmware-version").as_deref(),
+            reported(&location.twins(&api, i), "firmware-version").as_deref(),
             Some("1.0.0")
         );
     }
+    // Every Device got its IntentPublished Event, although the relay writes reports into the same
+    // status concurrently (a conflicting status patch must not lose the Event).
+    let published: BTreeSet<String> = api
+        .list("events.k8s.io", "v1", "events", Some(NS))
+        .iter()
+        .filter(|e| e["regarding"]["kind"] == "Device" && e["reason"] == "IntentPublished")
+        .filter_map(|e| e["regarding"]["name"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(published, (0..DEVICES).map(name).collect::<BTreeSet<_>>());
     let (lg, lv, lp) = ("coordination.k8s.io", "v1", "leases");
     let lease = api
         .get(lg, lv, lp, NS, "twinflash-cloud")
@@ -399,11 +476,17 @@ async fn rollout_aborts_at_the_threshold_and_rolls_back_through_the_real_binarie
         assert_eq!((code.as_str(), *wave), ("flash-failed", 2), "{device}");
     }
     assert!(failed_names.contains("sim-01") && failed_names.contains("sim-02"));
+    // The canary installed v2 (a verified flash) before wave 2 started.
+    assert!(!failed_names.contains("sim-00"));
+    assert!(
+        flashes(&sims[0].dir, "completed").contains(&r2),
+        "the canary installed v2"
+    );
     // Every started Device that is not armed installed v2, or was in flight at the abort.
     for i in started.iter().filter(|i| !FAILING.contains(i)) {
         let ok = in_flight.contains(&name(*i))
             || sims[*i].holds(&fw2)
-            || flashes_started(&sims[*i].dir).contains(&r2);
+            || flashes(&sims[*i].dir, "started").contains(&r2);
         assert!(
             ok,
             "{} was started and neither installed v2 nor in flight",
@@ -427,12 +510,12 @@ async fn rollout_aborts_at_the_threshold_and_rolls_back_through_the_real_binarie
         || {
             started
                 .iter()
-                .all(|i| installed(&device(&api, *i), &r1) && sims[*i].holds(&fw1))
+                .all(|i| installed(&location.twins(&api, *i), &r1) && sims[*i].holds(&fw1))
         },
         || {
             let waiting: Vec<String> = started
                 .iter()
-                .filter(|i| !(installed(&device(&api, **i), &r1) && sims[**i].holds(&fw1)))
+                .filter(|i| !(installed(&location.twins(&api, **i), &r1) && sims[**i].holds(&fw1)))
                 .map(|i| name(*i))
                 .collect();
             format!("not back on v1: {waiting:?}\n{}", logs())
@@ -450,11 +533,11 @@ async fn rollout_aborts_at_the_threshold_and_rolls_back_through_the_real_binarie
             json!({"value": r1, "metadata": {"type": "string"}})
         );
         assert!(
-            !flashes_started(&sims[i].dir).contains(&r2),
+            !flashes(&sims[i].dir, "started").contains(&r2),
             "{} never flashed v2",
             name(i)
         );
-        assert!(sims[i].holds(&fw1) && installed(&d, &r1));
+        assert!(sims[i].holds(&fw1) && installed(&location.twins(&api, i), &r1));
     }
 
     // 8. Events on the rollout: the phase changes and the wave starts.

@@ -440,3 +440,67 @@ fn the_store_is_readable_without_a_runtime() {
         .collect();
     assert_eq!(kinds, ["ADDED", "MODIFIED"]);
 }
+
+#[tokio::test]
+async fn core_events_and_a_lease_manager_work() {
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    let api = FakeApi::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let client = client_for(&api, dir.path()).await;
+
+    let events: Api<CoreEvent> = Api::default_namespaced(client.clone());
+    let ev: CoreEvent = serde_json::from_value(json!({
+        "metadata": {"generateName": "x."},
+        "involvedObject": {"kind": "ConfigMap", "name": "a", "namespace": "default"},
+        "reason": "Core", "message": "core v1 event", "type": "Normal"
+    }))
+    .unwrap();
+    let created = events.create(&PostParams::default(), &ev).await.unwrap();
+    assert!(created.metadata.name.unwrap().starts_with("x."));
+    assert_eq!(api.list("", "v1", "events", Some("default")).len(), 1);
+
+    // kube-lease-manager: get, create, strategic-merge and apply patches on a Lease.
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client, "leader")
+        .with_namespace("default")
+        .with_identity("replica-a")
+        .with_duration(5)
+        .with_grace(2)
+        .build()
+        .await
+        .unwrap();
+    let (mut leading, task) = manager.watch().await;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !*leading.borrow_and_update() {
+            leading.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the lease is acquired");
+    let lease = api
+        .get("coordination.k8s.io", "v1", "leases", "default", "leader")
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-a");
+    drop(leading);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the lease task ends once its channel is dropped")
+        .unwrap()
+        .unwrap();
+    let released = api
+        .get("coordination.k8s.io", "v1", "leases", "default", "leader")
+        .unwrap();
+    assert!(
+        released["spec"].get("holderIdentity").is_none(),
+        "{released}"
+    );
+    assert!(
+        api.unknown_requests().is_empty(),
+        "{:?}",
+        api.unknown_requests()
+    );
+    assert!(api.requests().iter().any(|r| {
+        r.method == "PATCH"
+            && r.content_type
+                .starts_with("application/strategic-merge-patch+json")
+    }));
+}

@@ -42,7 +42,7 @@ pub const ROLLOUT_API_ACCESS: &[(&str, &str, &[&str])] = &[
         "devices",
         &["get", "list", "watch", "patch"],
     ),
-    ("devices.kubeedge.io", "devicestatuses", &["list"]),
+    ("devices.kubeedge.io", "devicestatuses", &["list", "watch"]),
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
 
@@ -381,32 +381,69 @@ pub fn error_policy(
     Action::requeue(ctx.resync)
 }
 
-/// Runs the rollout controller until a termination signal: FirmwareRollouts, and every Device
-/// change mapped to the rollouts whose selector picks it.
+/// The active rollouts of `namespace` in `rollouts` (the controller's cache): what a change of a
+/// `DeviceStatus` there may concern. A DeviceStatus carries no labels, so it cannot be matched
+/// against selectors; every active rollout of its namespace looks again (a reconcile is idempotent).
+pub fn active_in_namespace(
+    rollouts: &[Arc<FirmwareRollout>],
+    namespace: Option<&str>,
+) -> Vec<ObjectRef<FirmwareRollout>> {
+    rollouts
+        .iter()
+        .filter(|r| r.namespace().as_deref() == namespace)
+        .filter(|r| {
+            r.status.as_ref().is_none_or(|s| {
+                !s.phase.is_terminal() || (s.phase == Phase::Aborted && r.spec.rollback_on_abort)
+            })
+        })
+        .map(|r| ObjectRef::from_obj(&**r))
+        .collect()
+}
+
+/// Runs the rollout controller until a termination signal: FirmwareRollouts, every Device change
+/// mapped to the rollouts whose selector picks it and, when the twins live in `DeviceStatus`
+/// objects (KubeEdge >= 1.23), every report there mapped to the active rollouts of its namespace
+/// (without it, reports would only be seen at the resync period).
 pub async fn run(ctx: Arc<RolloutContext>, namespace: Option<&str>) {
-    let (rollouts, devices): (Api<FirmwareRollout>, Api<Device>) = match namespace {
-        Some(ns) => (
-            Api::namespaced(ctx.client.clone(), ns),
-            Api::namespaced(ctx.client.clone(), ns),
-        ),
-        None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
-    };
+    let (rollouts, devices, statuses): (Api<FirmwareRollout>, Api<Device>, Api<DeviceStatus>) =
+        match namespace {
+            Some(ns) => (
+                Api::namespaced(ctx.client.clone(), ns),
+                Api::namespaced(ctx.client.clone(), ns),
+                Api::namespaced(ctx.client.clone(), ns),
+            ),
+            None => (
+                Api::all(ctx.client.clone()),
+                Api::all(ctx.client.clone()),
+                Api::all(ctx.client.clone()),
+            ),
+        };
     let controller = Controller::new(rollouts, watcher::Config::default());
     let store = controller.store();
-    controller
-        .watches(
-            devices,
+    let by_status = store.clone();
+    let mut controller = controller.watches(
+        devices,
+        watcher::Config::default(),
+        move |device: Device| {
+            let ns = device.namespace();
+            store
+                .state()
+                .into_iter()
+                .filter(|r| r.namespace() == ns && r.spec.selector.matches(device.labels()))
+                .map(|r| ObjectRef::from_obj(&*r))
+                .collect::<Vec<_>>()
+        },
+    );
+    if ctx.status_location == StatusLocation::DeviceStatus {
+        controller = controller.watches(
+            statuses,
             watcher::Config::default(),
-            move |device: Device| {
-                let ns = device.namespace();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|r| r.namespace() == ns && r.spec.selector.matches(device.labels()))
-                    .map(|r| ObjectRef::from_obj(&*r))
-                    .collect::<Vec<_>>()
+            move |ds: DeviceStatus| {
+                active_in_namespace(&by_status.state(), ds.namespace().as_deref())
             },
-        )
+        );
+    }
+    controller
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {

@@ -566,3 +566,41 @@ fn status_patch_nulls_emptied_fields() {
     }
     assert_eq!(p["status"]["phase"], "Pending");
 }
+
+#[test]
+fn a_device_status_change_concerns_the_active_rollouts_of_its_namespace() {
+    // Found end to end (tests/rollout_e2e.rs, status_location = device-status): reports land in
+    // DeviceStatus objects, which the controller did not watch, so a rollout only saw them at the
+    // resync period (300 s by default) and stalled for minutes per step.
+    let parse = |v: Value| Arc::new(serde_json::from_value::<FirmwareRollout>(v).unwrap());
+    let with_ns = |mut v: Value, ns: &str| {
+        v["metadata"]["namespace"] = json!(ns);
+        v
+    };
+    let rollouts = vec![
+        parse(rollout("active", "2026-01-01T00:00:00Z", None, json!({}))),
+        parse(rollout(
+            "done",
+            "2026-01-01T00:00:00Z",
+            Some(json!({"phase": "Completed"})),
+            json!({}),
+        )),
+        parse(rollout(
+            "to-roll-back",
+            "2026-01-01T00:00:00Z",
+            Some(json!({"phase": "Aborted"})),
+            json!({"rollbackOnAbort": true}),
+        )),
+        parse(with_ns(
+            rollout("elsewhere", "2026-01-01T00:00:00Z", None, json!({})),
+            "other",
+        )),
+    ];
+    let ns = rollouts[0].namespace();
+    let names: Vec<String> = active_in_namespace(&rollouts, ns.as_deref())
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["active", "to-roll-back"]);
+    assert!(active_in_namespace(&rollouts, Some("nowhere")).is_empty());
+}

@@ -9,6 +9,10 @@
 //! JSON) and strategic merge are applied as JSON merge patches (no field managers, no apply
 //! conflicts, lists replaced whole); `limit`/`continue` are ignored (one page, no continue token);
 //! a watch whose label selector stops matching a modified object does not turn it into DELETED.
+//! As the real server: a write that changes nothing gets no new resourceVersion and no event; a
+//! watch from a version older than the kept history ([`HISTORY`] writes) gets one `ERROR` event
+//! carrying a 410 `Expired` Status; `sendInitialEvents=true` ends the initial ADDED events with a
+//! BOOKMARK annotated `k8s.io/initial-events-end`.
 //!
 //! ```no_run
 //! use twinflash_harness::FakeApi;
