@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
@@ -22,6 +22,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::seams::{ArtifactResolver, DeviceKey, IntentSink};
 use crate::status::{newest, record_from_status, with_record};
+use crate::status_route::StatusRoute;
 
 /// The field manager / reporting controller name.
 pub const MANAGER: &str = "twinflash-cloud";
@@ -34,13 +35,18 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// `manifests/cloud/rbac.yaml` grants exactly this (checked by `tests/manifests.rs`); leases are
 /// for the leader election (namespaced Role), events for the [`Recorder`].
 pub const API_ACCESS: &[(&str, &str, &[&str])] = &[
-    ("devices.kubeedge.io", "devices", &["get", "list", "watch"]),
+    // `patch`: status lives in the main resource where the CRD has no status subresource.
+    (
+        "devices.kubeedge.io",
+        "devices",
+        &["get", "list", "watch", "patch"],
+    ),
     (
         "devices.kubeedge.io",
         "devicemodels",
         &["get", "list", "watch"],
     ),
-    ("devices.kubeedge.io", "devicestatuses", &["get"]),
+    ("devices.kubeedge.io", "devicestatuses", &["get", "patch"]),
     ("devices.kubeedge.io", "devices/status", &["patch"]),
     ("devices.kubeedge.io", "devicestatuses/status", &["patch"]),
     ("events.k8s.io", "events", &["create", "patch"]),
@@ -64,6 +70,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Where `status.twins` lives.
     pub status_location: StatusLocation,
+    /// How status patches reach it (learnt on the first write).
+    pub status_route: Arc<StatusRoute>,
     /// Requeue period of a healthy Device.
     pub resync: Duration,
     /// Newest record per Device, so a stale cache or a lagging status never redoes an intent.
@@ -93,6 +101,7 @@ impl Context {
             resolver,
             metrics: Arc::new(Metrics::default()),
             status_location,
+            status_route: Arc::new(StatusRoute::default()),
             resync,
             records: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
@@ -228,17 +237,15 @@ async fn write_status(
     if let Some(rv) = &stored.resource_version {
         patch["metadata"] = json!({ "resourceVersion": rv });
     }
-    let params = PatchParams::default();
+    let route = &ctx.status_route;
     let result = match ctx.status_location {
-        StatusLocation::Device => Api::<Device>::namespaced(ctx.client.clone(), &key.namespace)
-            .patch_status(&key.name, &params, &Patch::Merge(&patch))
-            .await
-            .map(|_| ()),
+        StatusLocation::Device => {
+            let api = Api::<Device>::namespaced(ctx.client.clone(), &key.namespace);
+            route.patch(&api, &key.name, &patch).await.map(|_| ())
+        }
         StatusLocation::DeviceStatus => {
-            Api::<DeviceStatus>::namespaced(ctx.client.clone(), &key.namespace)
-                .patch_status(&key.name, &params, &Patch::Merge(&patch))
-                .await
-                .map(|_| ())
+            let api = Api::<DeviceStatus>::namespaced(ctx.client.clone(), &key.namespace);
+            route.patch(&api, &key.name, &patch).await.map(|_| ())
         }
     };
     result.map_err(|source| Error::Kube {

@@ -3,9 +3,10 @@
 //! publish and what to write into the status; [`KubeStatusWriter`] writes reports as cloudcore.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::{Client, ResourceExt};
 use mqtt_schema::{
     BaseMessage, DeviceId, DeviceTopicKind, MsgTwin, Topic, TopicLayout, TwinMap, TwinNames,
@@ -17,6 +18,7 @@ use crate::config::StatusLocation;
 use crate::crd::{Device, DeviceStatus};
 use crate::seams::{DeviceKey, StatusError, StatusWriter};
 use crate::status::apply_actual_report;
+use crate::status_route::StatusRoute;
 
 /// Something the relay wants done.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,11 +285,13 @@ fn value(v: String, timestamp: i64) -> TwinValue {
 }
 
 /// Writes reports into `Device.status` or the `DeviceStatus` object, as cloudcore does: a merge
-/// patch on the status subresource carrying the resourceVersion (a conflict is retried).
+/// patch carrying the resourceVersion (a conflict is retried), on the main resource or the status
+/// subresource, whichever the CRD has ([`StatusRoute`]).
 #[derive(Clone)]
 pub struct KubeStatusWriter {
     client: Client,
     location: StatusLocation,
+    route: Arc<StatusRoute>,
 }
 
 /// Attempts of a read-modify-patch cycle that meets a concurrent change (409).
@@ -296,7 +300,17 @@ const CONFLICT_ATTEMPTS: usize = 5;
 impl KubeStatusWriter {
     /// A writer for the given status location.
     pub fn new(client: Client, location: StatusLocation) -> KubeStatusWriter {
-        KubeStatusWriter { client, location }
+        KubeStatusWriter {
+            client,
+            location,
+            route: Arc::new(StatusRoute::default()),
+        }
+    }
+
+    /// Shares `route` (what is known of the status subresource) with other writers.
+    pub fn with_route(mut self, route: Arc<StatusRoute>) -> KubeStatusWriter {
+        self.route = route;
+        self
     }
 
     async fn write_once(
@@ -307,7 +321,6 @@ impl KubeStatusWriter {
     ) -> Result<(), kube::Error> {
         let devices: Api<Device> = Api::namespaced(self.client.clone(), &key.namespace);
         let device = devices.get(&key.name).await?;
-        let params = PatchParams::default();
         match self.location {
             StatusLocation::Device => {
                 let status = apply_actual_report(
@@ -320,9 +333,7 @@ impl KubeStatusWriter {
                     "metadata": { "resourceVersion": device.resource_version() },
                     "status": { "twins": status.twins },
                 });
-                devices
-                    .patch_status(&key.name, &params, &Patch::Merge(&patch))
-                    .await?;
+                self.route.patch(&devices, &key.name, &patch).await?;
             }
             StatusLocation::DeviceStatus => {
                 let api: Api<DeviceStatus> = Api::namespaced(self.client.clone(), &key.namespace);
@@ -337,8 +348,7 @@ impl KubeStatusWriter {
                     "metadata": { "resourceVersion": ds.resource_version() },
                     "status": { "twins": status.twins },
                 });
-                api.patch_status(&key.name, &params, &Patch::Merge(&patch))
-                    .await?;
+                self.route.patch(&api, &key.name, &patch).await?;
             }
         }
         Ok(())

@@ -14,7 +14,8 @@ use crate::fixtures::*;
 fn writer(location: StatusLocation) -> (KubeStatusWriter, ApiServerVerifier) {
     let tc = crate::controller::Context::test(location);
     (
-        KubeStatusWriter::new(tc.ctx.client.clone(), location),
+        KubeStatusWriter::new(tc.ctx.client.clone(), location)
+            .with_route(tc.ctx.status_route.clone()),
         tc.verifier,
     )
 }

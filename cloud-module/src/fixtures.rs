@@ -18,6 +18,7 @@ use crate::crd::{
 };
 use crate::decide::{FIRMWARE, FIRMWARE_STATE, FIRMWARE_VERSION};
 use crate::seams::{MemoryResolver, MemorySink};
+use crate::status_route::{Route, StatusRoute};
 
 pub const NS: &str = "testns";
 pub const NAME: &str = "blinky-1";
@@ -177,6 +178,9 @@ impl Context {
             Duration::from_secs(300),
             Some("test-pod".into()),
         );
+        // These tests are about reconciles, not about finding the status route (status_route_tests.rs).
+        let mut ctx = ctx;
+        ctx.status_route = Arc::new(StatusRoute::known(Route::Subresource));
         TestContext {
             ctx: Arc::new(ctx),
             verifier: ApiServerVerifier(handle),

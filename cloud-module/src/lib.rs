@@ -16,6 +16,7 @@ pub mod resolver;
 pub mod rollout;
 pub mod seams;
 pub mod status;
+pub mod status_route;
 
 #[cfg(test)]
 mod fixtures;

@@ -16,6 +16,7 @@ use twinflash_cloud::direct::KubeStatusWriter;
 use twinflash_cloud::mqtt::{self, MqttSink};
 use twinflash_cloud::resolver::RegistryResolver;
 use twinflash_cloud::seams::{ArtifactResolver, StatusWriter};
+use twinflash_cloud::status_route::StatusRoute;
 use twinflash_cloud::{leader, metrics};
 
 /// The twinflash cloud controller (kube-rs).
@@ -89,11 +90,13 @@ struct Shared {
 /// One leadership term: the MQTT delivery and the controller, until `term` fires.
 async fn lead(shared: Arc<Shared>, term: CancellationToken) {
     let cfg = &shared.cfg;
+    // One learnt status route for the controller's records and the relay's reports.
+    let route = Arc::new(StatusRoute::default());
     let status: Option<Arc<dyn StatusWriter>> = match cfg.mode {
-        Mode::Direct => Some(Arc::new(KubeStatusWriter::new(
-            shared.client.clone(),
-            cfg.status_location,
-        ))),
+        Mode::Direct => Some(Arc::new(
+            KubeStatusWriter::new(shared.client.clone(), cfg.status_location)
+                .with_route(route.clone()),
+        )),
         Mode::Edgecore => None,
     };
     let mqtt_cancel = CancellationToken::new();
@@ -120,6 +123,7 @@ async fn lead(shared: Arc<Shared>, term: CancellationToken) {
         shared.instance.clone(),
     );
     ctx.metrics = shared.metrics.clone();
+    ctx.status_route = route;
     let ctx = Arc::new(ctx);
     // FirmwareRollouts change Devices' desired values; the Device controller above delivers them.
     let rollouts = Arc::new(twinflash_cloud::rollout::RolloutContext::new(

@@ -248,6 +248,9 @@ async fn scenario(location: Location) {
     let mqtt = Mosquitto::start().unwrap();
     let registry = Registry::start().unwrap();
     let api = FakeApi::start().unwrap();
+    // KubeEdge's Device CRD declares no status subresource (build/crds/devices); the DeviceStatus
+    // objects keep the fake's default (a subresource), so both routes of the status writer run.
+    api.without_status_subresource(DEV_GROUP.0, DEV_GROUP.1, DEV_GROUP.2);
     let kubeconfig = api.kubeconfig(dir.path()).unwrap();
 
     let fw1 = image(1, 4096);

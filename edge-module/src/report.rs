@@ -21,14 +21,20 @@ pub struct Report {
 }
 
 impl Report {
-    /// The twin values of this report.
+    /// The twin values of this report. With nothing installed and verified (a fresh device, or a failed flash that
+    /// erased the old image) `firmware` and `firmware-version` are reported empty, which KubeEdge accepts: the twin
+    /// must not keep naming an image that is gone, or a rollback to it would look done and never be delivered.
     pub fn values(&self, names: &TwinNames) -> TwinValues {
         let mut v = TwinValues::new();
         v.insert(names.state.clone(), self.state.clone());
-        if let Some((reference, version)) = &self.installed {
-            v.insert(names.firmware.clone(), reference.clone());
-            v.insert(names.version.clone(), mqtt_schema::version_to_twin(version));
-        }
+        let (reference, version) = match &self.installed {
+            Some((reference, version)) => {
+                (reference.clone(), mqtt_schema::version_to_twin(version))
+            }
+            None => (String::new(), String::new()),
+        };
+        v.insert(names.firmware.clone(), reference);
+        v.insert(names.version.clone(), version);
         v
     }
 }
@@ -90,5 +96,39 @@ impl ReportQueue {
     /// Waits until something is queued.
     pub async fn changed(&self) {
         self.changed.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_installed_is_reported_as_empty_values_not_left_out() {
+        let names = TwinNames::default();
+        let failed = Report {
+            state: "failed:flash-failed".into(),
+            installed: None,
+            terminal: true,
+        };
+        let v = failed.values(&names);
+        assert_eq!(v.get(&names.firmware).map(String::as_str), Some(""));
+        assert_eq!(v.get(&names.version).map(String::as_str), Some(""));
+        assert_eq!(
+            v.get(&names.state).map(String::as_str),
+            Some("failed:flash-failed")
+        );
+
+        let installed = Report {
+            state: "installed".into(),
+            installed: Some(("r@sha256:0".into(), "1.4.2+b7".into())),
+            terminal: true,
+        };
+        let v = installed.values(&names);
+        assert_eq!(
+            v.get(&names.firmware).map(String::as_str),
+            Some("r@sha256:0")
+        );
+        assert_eq!(v.get(&names.version).map(String::as_str), Some("1.4.2_b7"));
     }
 }

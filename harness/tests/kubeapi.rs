@@ -504,3 +504,40 @@ async fn core_events_and_a_lease_manager_work() {
                 .starts_with("application/strategic-merge-patch+json")
     }));
 }
+
+#[tokio::test]
+async fn a_resource_without_status_subresource_keeps_status_with_the_object() {
+    // As KubeEdge's Device CRD: no `subresources: {status: {}}`.
+    let api = FakeApi::start().unwrap();
+    api.without_status_subresource("example.io", "v1", "widgets");
+    let dir = tempfile::tempdir().unwrap();
+    let client = client_for(&api, dir.path()).await;
+    let w: Api<DynamicObject> = Api::namespaced_with(client, "default", &widgets());
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "example.io/v1", "kind": "Widget",
+        "metadata": {"name": "w"}, "spec": {"size": 1}, "status": {"ready": true}
+    }))
+    .unwrap();
+    let created = w.create(&PostParams::default(), &obj).await.unwrap();
+    assert_eq!(created.data["status"]["ready"], true, "create keeps status");
+    let pp = PatchParams::default();
+    let main = w
+        .patch("w", &pp, &Patch::Merge(json!({"status": {"ready": false}})))
+        .await
+        .unwrap();
+    assert_eq!(
+        main.data["status"]["ready"], false,
+        "a main patch writes status"
+    );
+    assert_eq!(
+        main.metadata.generation,
+        Some(1),
+        "status is no spec change"
+    );
+    let err = w
+        .patch_status("w", &pp, &Patch::Merge(json!({"status": {"ready": true}})))
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(err), 404, "/status is not served");
+    assert!(api.unknown_requests().is_empty());
+}

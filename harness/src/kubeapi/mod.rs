@@ -179,6 +179,16 @@ impl FakeApi {
         Ok(path)
     }
 
+    /// Serves `group/version/plural` as a CRD without a status subresource, as KubeEdge's Device
+    /// CRD is: `.status` is written by writes of the object itself, and `/status` answers 404.
+    pub fn without_status_subresource(&self, group: &str, version: &str, plural: &str) {
+        self.shared
+            .plain_status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(Gvr::new(group, version, plural));
+    }
+
     /// Creates or replaces `obj` as given, status included (the test acting as the cluster admin
     /// or as cloudcore). The resource comes from `apiVersion` and `kind` ([`plural_of`]).
     pub fn put(&self, obj: Value) -> Result<Value, HarnessError> {

@@ -40,6 +40,9 @@ pub struct Shared {
     pub store: Mutex<Store>,
     /// Every request, in arrival order.
     pub requests: Mutex<Vec<RequestRecord>>,
+    /// Resources whose CRD declares no status subresource: `.status` is written with the rest of
+    /// the object and `/status` is not served (KubeEdge's Device CRD is one).
+    pub plain_status: Mutex<std::collections::BTreeSet<Gvr>>,
 }
 
 impl Shared {
@@ -280,7 +283,25 @@ fn route(
     body: &[u8],
 ) -> (Option<Response>, bool) {
     let pairs = query_pairs(query);
-    let part = if t.status { Part::Status } else { Part::Main };
+    let plain = shared
+        .plain_status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .contains(&t.gvr);
+    if plain && t.status {
+        // As for a CRD without `subresources: {status: {}}`.
+        let e = ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
+        return (Some(error_response(&e)), true);
+    }
+    let part = match (t.status, plain) {
+        (true, _) => Part::Status,
+        (false, true) => Part::Whole,
+        (false, false) => Part::Main,
+    };
     let result = match (method.as_str(), &t.name) {
         ("GET", None) if param(&pairs, "watch").is_some_and(|w| w == "true" || w == "1") => {
             return (Some(watch(shared, t, &pairs)), true);
@@ -288,7 +309,7 @@ fn route(
         ("GET", None) if !t.status => list(shared, t, &pairs),
         ("POST", None) if !t.status => serde_json::from_slice::<Value>(body)
             .map_err(|e| ApiError::new(400, "BadRequest", format!("body is not JSON: {e}")))
-            .and_then(|obj| shared.store().create(&t.gvr, ns_key(t), obj, Part::Main))
+            .and_then(|obj| shared.store().create(&t.gvr, ns_key(t), obj, part))
             .map(|o| (201, o)),
         ("GET", Some(name)) => shared
             .store()
