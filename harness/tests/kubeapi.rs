@@ -44,6 +44,15 @@ fn api_code(e: kube::Error) -> u16 {
     }
 }
 
+/// Widget `w` with a spec and a status.
+fn widget() -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "example.io/v1", "kind": "Widget",
+        "metadata": {"name": "w"}, "spec": {"size": 1}, "status": {"ready": true}
+    }))
+    .unwrap()
+}
+
 fn widgets() -> ApiResource {
     ApiResource {
         group: "example.io".into(),
@@ -173,11 +182,7 @@ async fn status_subresource_and_generation() {
     let dir = tempfile::tempdir().unwrap();
     let client = client_for(&api, dir.path()).await;
     let w: Api<DynamicObject> = Api::namespaced_with(client, "default", &widgets());
-    let obj: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "example.io/v1", "kind": "Widget",
-        "metadata": {"name": "w"}, "spec": {"size": 1}, "status": {"ready": true}
-    }))
-    .unwrap();
+    let obj = widget();
     let created = w.create(&PostParams::default(), &obj).await.unwrap();
     assert_eq!(created.metadata.generation, Some(1));
     assert!(
@@ -513,11 +518,7 @@ async fn a_resource_without_status_subresource_keeps_status_with_the_object() {
     let dir = tempfile::tempdir().unwrap();
     let client = client_for(&api, dir.path()).await;
     let w: Api<DynamicObject> = Api::namespaced_with(client, "default", &widgets());
-    let obj: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "example.io/v1", "kind": "Widget",
-        "metadata": {"name": "w"}, "spec": {"size": 1}, "status": {"ready": true}
-    }))
-    .unwrap();
+    let obj = widget();
     let created = w.create(&PostParams::default(), &obj).await.unwrap();
     assert_eq!(created.data["status"]["ready"], true, "create keeps status");
     let pp = PatchParams::default();

@@ -127,6 +127,22 @@ fn api() -> (Api<Lease>, Arc<Mutex<Serve>>, Arc<Mutex<usize>>) {
     )
 }
 
+/// The watchdog under test on `leases`, with a 2 s lease and 500 ms skew allowance.
+fn start(
+    leases: Api<Lease>,
+    manager: watch::Receiver<bool>,
+    cancel: CancellationToken,
+) -> (watch::Receiver<bool>, JoinHandle<()>) {
+    guard(
+        manager,
+        leases,
+        "twinflash-cloud".into(),
+        ME.into(),
+        timing(2_000, 500),
+        cancel,
+    )
+}
+
 async fn wait_for(rx: &mut watch::Receiver<bool>, want: bool) {
     tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|v| *v == want))
         .await
@@ -141,15 +157,7 @@ async fn leads_while_renewed_and_stops_before_the_lease_expires_when_cut_off() {
     let (leases, serve, _) = api();
     let (manager_tx, manager_rx) = watch::channel(true);
     let cancel = CancellationToken::new();
-    let t = timing(2_000, 500);
-    let (mut rx, task) = guard(
-        manager_rx,
-        leases,
-        "twinflash-cloud".into(),
-        ME.into(),
-        t,
-        cancel.clone(),
-    );
+    let (mut rx, task) = start(leases, manager_rx, cancel.clone());
     wait_for(&mut rx, true).await;
 
     // Renewals keep it leading over several lease durations: no flapping.
@@ -197,14 +205,7 @@ async fn never_leads_on_a_lease_held_by_another_replica_or_never_read() {
     *serve.lock().unwrap() = Serve::Renewed("replica-b");
     let (_manager_tx, manager_rx) = watch::channel(true);
     let cancel = CancellationToken::new();
-    let (mut rx, task) = guard(
-        manager_rx,
-        leases,
-        "twinflash-cloud".into(),
-        ME.into(),
-        timing(2_000, 500),
-        cancel.clone(),
-    );
+    let (mut rx, task) = start(leases, manager_rx, cancel.clone());
     // Several readings, all naming the other replica.
     while *reads.lock().unwrap() < 3 {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -226,14 +227,7 @@ async fn follows_the_manager_and_closes_when_the_manager_is_gone() {
     let (leases, _, _) = api();
     let (manager_tx, manager_rx) = watch::channel(false);
     let cancel = CancellationToken::new();
-    let (mut rx, task) = guard(
-        manager_rx,
-        leases,
-        "twinflash-cloud".into(),
-        ME.into(),
-        timing(2_000, 500),
-        cancel,
-    );
+    let (mut rx, task) = start(leases, manager_rx, cancel);
     manager_tx.send(true).unwrap();
     wait_for(&mut rx, true).await;
     manager_tx.send(false).unwrap();
