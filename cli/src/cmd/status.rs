@@ -103,11 +103,13 @@ fn apply(
                 .flatten()
                 .and_then(|t| t.expected)
                 .and_then(|e| e.value);
+            // An empty firmware or version means nothing verified is installed (the agent's report after a failed
+            // flash that erased the old image): shown as absent.
             if let Some(v) = actual(&names.firmware) {
-                row.reported = Some(v);
+                row.reported = Some(v).filter(|v| !v.is_empty());
             }
             if let Some(v) = actual(&names.version) {
-                row.version = Some(v);
+                row.version = Some(v).filter(|v| !v.is_empty());
             }
             if let Some(v) = actual(&names.state) {
                 row.state = Some(v);
@@ -135,17 +137,16 @@ fn apply(
                     .and_then(|e| e.value)
                     .filter(|v| !v.is_empty())
                     .or(row.desired.take());
-                row.reported = t
-                    .actual
-                    .and_then(|a| a.value)
-                    .filter(|v| !v.is_empty())
-                    .or(row.reported.take());
+                // Present but empty: nothing verified is installed.
+                if let Some(v) = t.actual.and_then(|a| a.value) {
+                    row.reported = Some(v).filter(|v| !v.is_empty());
+                }
             }
             if let Some(v) = get(&names.version)
                 .and_then(|t| t.actual)
                 .and_then(|a| a.value)
             {
-                row.version = Some(v);
+                row.version = Some(v).filter(|v| !v.is_empty());
             }
             if let Some(v) = get(&names.state)
                 .and_then(|t| t.actual)
@@ -351,5 +352,21 @@ mod tests {
         let mut failed = row.clone();
         failed.state = Some("failed:verify-failed".into());
         assert!(failed.ended_badly() && !failed.converged());
+
+        // A failed flash that erased the image: the agent reports empty values, and the row forgets the old image.
+        let erased = br#"{"event_id":"","timestamp":3,"twin":{"firmware":{"actual":{"value":""}},"firmware-version":{"actual":{"value":""}},"firmware-state":{"actual":{"value":"failed:flash-failed"}}}}"#;
+        apply(
+            &mut rows,
+            &names,
+            DeviceTopicKind::TwinUpdate,
+            "ns/d",
+            erased,
+        );
+        let row = &rows["ns/d"];
+        assert_eq!(
+            (row.reported.as_deref(), row.version.as_deref()),
+            (None, None)
+        );
+        assert!(row.ended_badly());
     }
 }
