@@ -47,17 +47,29 @@ async fn real_cluster_lease_is_acquired_and_released() {
         .expect("KUBECONFIG is set but unusable");
     let ns = client.default_namespace().to_owned();
     let name = format!("twinflash-cloud-test-{}", std::process::id());
-    let (mut leading, task) =
-        twinflash_cloud::leader::watch_lease(client, &ns, &name, "cluster-test")
+    let (manager, task) =
+        twinflash_cloud::leader::watch_lease(client.clone(), &ns, &name, "cluster-test")
             .await
             .expect("create the Lease (RBAC for leases?)");
+    // Through the watchdog, as twinflash-cloud runs it: it must read the real Lease as ours.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (mut leading, watchdog) = twinflash_cloud::leader::watchdog::guard(
+        manager,
+        Api::namespaced(client, &ns),
+        name.clone(),
+        "cluster-test".into(),
+        twinflash_cloud::leader::TIMING,
+        cancel.clone(),
+    );
     tokio::time::timeout(std::time::Duration::from_secs(60), async {
         while !*leading.borrow_and_update() {
             leading.changed().await.expect("lease task alive");
         }
     })
     .await
-    .expect("a free lease is acquired");
+    .expect("a free lease is acquired and the watchdog reads it as ours");
+    cancel.cancel();
+    watchdog.await.unwrap();
     drop(leading);
     task.await.unwrap().expect("lease released");
     eprintln!("lease {ns}/{name} acquired and released (the Lease object is left behind)");
