@@ -6,6 +6,7 @@ mod cache;
 mod download;
 mod resume;
 mod retry;
+mod sink;
 mod source;
 
 use std::collections::{HashMap, HashSet};
