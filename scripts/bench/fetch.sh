@@ -2,7 +2,8 @@
 # Benchmarks B1, B2 and peak RSS of the firmware fetcher (issue 3). Prints markdown rows for
 # docs/benchmarks.md. Usage: scripts/bench/fetch.sh [size in MiB, default 512]
 #  B1: fetch + verify an artifact from a local registry with `twinflash pull`, against
-#      `curl -o` of the blob alone, `curl && openssl dgst -sha256`, and `skopeo copy` to an OCI layout.
+#      `curl -o` of the blob alone, `curl -o && sync -d` (the same bytes made durable, as the fetcher
+#      does), `curl && openssl dgst -sha256`, and `skopeo copy` to an OCI layout.
 #  B2: bytes transferred over artifact size with the harness fault proxy cutting every 4 MiB.
 #  RSS: peak resident set of `twinflash pull` (/usr/bin/time -v).
 set -euo pipefail
@@ -85,6 +86,7 @@ timeit() { # name command...: the best of $RUNS runs
 mbps() { echo "scale=0; $BYTES / ${SECS[$1]} / 1000000" | bc -l; }
 
 curl_only() { curl -sf -o "$WORK/out/curl.out" "$URL"; }
+curl_sync() { curl -sf -o "$WORK/out/curl.out" "$URL" && sync -d "$WORK/out/curl.out"; }
 curl_sha() { curl -sf -o "$WORK/out/curl.out" "$URL" && openssl dgst -sha256 "$WORK/out/curl.out"; }
 skopeo_copy() {
     skopeo copy -q --src-tls-verify=false --preserve-digests "docker://$HOST/bench/fw@${REF##*@}" "oci:$WORK/out/layout:fw"
@@ -96,6 +98,7 @@ pull() {
 tf_log "B1: timing (best of $RUNS runs each, warm page cache)"
 mkdir -p "$WORK/out"; curl_only  # warm the registry's file in the page cache
 timeit curl curl_only
+timeit curl_sync curl_sync
 timeit curl_sha curl_sha
 timeit skopeo skopeo_copy
 timeit pull pull
@@ -115,11 +118,12 @@ echo "Command: scripts/bench/fetch.sh $SIZE_MIB   (best of $RUNS, $(nproc) cores
 echo
 echo "| B1: ${SIZE_MIB} MiB from a local registry | seconds | MB/s | time / fetcher time |"
 echo "|---|---|---|---|"
-for k in fetch pull curl curl_sha skopeo; do
+for k in fetch pull curl curl_sync curl_sha skopeo; do
     case $k in
         fetch) label='twinflash fetcher: download, verify, fsync, rename into cache';;
         pull) label='`twinflash pull -o file` (the above + process start + copy out)';;
         curl) label='`curl -o file <blob url>`';;
+        curl_sync) label='`curl -o file && sync -d file` (durable, like the fetcher)';;
         curl_sha) label='`curl && openssl dgst -sha256`';;
         skopeo) label='`skopeo copy` into an OCI layout';;
     esac
