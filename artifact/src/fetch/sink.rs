@@ -1,7 +1,6 @@
-//! The download pipeline behind the network: a writer thread appends each chunk to the partial,
-//! then hands it to a hasher thread that hashes it and starts checkpoints. Receive, write and hash
-//! overlap on separate cores; bounded queues keep memory flat. A checkpoint names only bytes that
-//! were hashed, and the hasher only sees bytes already written, so fsync-then-state stays exact.
+//! The pipeline behind the network: a writer thread appends each chunk to the partial, then hands
+//! it to a hasher thread that hashes it and starts checkpoints (bounded queues). The hasher sees only
+//! written bytes, so a checkpoint (fsync, then offset + hash state) never names unwritten ones.
 
 use std::io::Write;
 use std::sync::mpsc as std_mpsc;
