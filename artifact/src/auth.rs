@@ -1,5 +1,6 @@
 //! Registry credentials: anonymous, basic (explicit username + password file, or a docker
-//! `config.json`), and bearer tokens. oci-client performs the token exchange itself.
+//! `config.json`), and bearer tokens. The registry token exchange (401 + Bearer challenge) is done
+//! by the pull client (`crate::http`) and, for push, by oci-client.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -140,7 +141,7 @@ pub(crate) fn parse_docker_config(
     let config: DockerConfig = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
     let mut out = BTreeMap::new();
     for (key, entry) in config.auths {
-        // `identitytoken` is an OAuth2 refresh token that oci-client cannot exchange: ignored.
+        // `identitytoken` is an OAuth2 refresh token (the OAuth2 POST flow, not supported): ignored.
         let auth = if let Some(token) = entry.registrytoken {
             RegistryAuth::Bearer(token)
         } else if let (Some(u), Some(p)) = (entry.username, entry.password) {

@@ -1,14 +1,17 @@
 //! `inspect`: read and validate the manifest of a reference (tag or digest) from its registry,
 //! and resolve a tag to the digest-pinned reference the fetcher wants.
 
+use std::sync::Arc;
+
 use oci_client::Reference;
 use sha2::{Digest, Sha256};
 
 use crate::auth::Credentials;
 use crate::error::FetchError;
 use crate::format::MANIFEST_MEDIA_TYPE;
+use crate::http::{RegistryClient, Repo};
 use crate::manifest::FirmwareArtifact;
-use crate::registry::{TlsOptions, build_client};
+use crate::registry::TlsOptions;
 
 /// A validated artifact as the registry describes it.
 #[derive(Debug, Clone)]
@@ -24,7 +27,7 @@ pub struct Inspected {
 }
 
 /// Reads the manifest of `reference` from its registry and validates it. A digest in the
-/// reference is checked against the bytes.
+/// reference is checked against the bytes. A client certificate in `tls` is presented.
 pub async fn inspect(
     tls: &TlsOptions,
     credentials: &Credentials,
@@ -37,13 +40,17 @@ pub async fn inspect(
                 reference: reference.to_owned(),
                 reason: e.to_string(),
             })?;
-    let client = build_client(tls)?;
-    let registry = parsed.resolve_registry().to_owned();
-    let auth = credentials.resolve()?.for_registry(&registry);
-    let (bytes, _) = client
-        .pull_manifest_raw(&parsed, &auth, &[MANIFEST_MEDIA_TYPE])
-        .await
-        .map_err(|e| FetchError::from_oci(&registry, e))?;
+    let client = RegistryClient::new(tls, Arc::new(credentials.resolve()?))?;
+    let repo = Repo {
+        registry: parsed.resolve_registry(),
+        repository: parsed.repository(),
+    };
+    let target = parsed
+        .digest()
+        .or(parsed.tag())
+        .unwrap_or("latest")
+        .to_owned();
+    let bytes = client.manifest(repo, &target, MANIFEST_MEDIA_TYPE).await?;
     let manifest_digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
     if let Some(expected) = parsed.digest()
         && expected != manifest_digest
@@ -65,6 +72,6 @@ pub async fn inspect(
         pinned_reference,
         manifest_digest,
         artifact,
-        manifest: bytes.to_vec(),
+        manifest: bytes,
     })
 }

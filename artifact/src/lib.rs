@@ -7,6 +7,7 @@ pub mod auth;
 pub mod error;
 pub mod fetch;
 pub mod format;
+mod http;
 pub mod inspect;
 pub mod manifest;
 pub mod push;

@@ -1,5 +1,6 @@
-//! Building the oci-client `Client` shared by push and fetch: plain HTTP only for listed hosts,
-//! an extra CA, timeouts. (oci-client 0.18 has no client-certificate option; see `TlsOptions`.)
+//! How to reach registries (`TlsOptions`), and the oci-client `Client` that `push` uses: plain
+//! HTTP only for listed hosts, an extra CA, timeouts. Pulls (fetch, inspect) use the crate's own
+//! client, which also presents a client certificate; oci-client 0.18 cannot, so push refuses one.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,8 +16,9 @@ pub struct TlsOptions {
     pub plain_http: Vec<String>,
     /// A PEM file of extra CA certificates to trust.
     pub ca_file: Option<PathBuf>,
-    /// A PEM client certificate for mutual TLS. Not supported by oci-client 0.18: setting it
-    /// makes [`build_client`] fail with a configuration error rather than silently ignore it.
+    /// A PEM client certificate for mutual TLS, presented by fetch and inspect. `push` goes
+    /// through oci-client 0.18, which has no client identity: [`build_client`] refuses it
+    /// rather than silently ignore it.
     pub client_cert: Option<PathBuf>,
     /// The PEM key of [`TlsOptions::client_cert`].
     pub client_key: Option<PathBuf>,
@@ -26,12 +28,13 @@ pub struct TlsOptions {
     pub read_timeout: Option<Duration>,
 }
 
-/// Builds an oci-client `Client` for these options.
+/// Builds the oci-client `Client` of `push` for these options.
 pub fn build_client(opts: &TlsOptions) -> Result<oci_client::Client, FetchError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     if opts.client_cert.is_some() || opts.client_key.is_some() {
         return Err(FetchError::Config(
-            "client certificates are not supported (oci-client 0.18 has no client identity)"
+            "push does not support client certificates (oci-client 0.18 has no client \
+             identity); push to a registry that does not require one"
                 .to_owned(),
         ));
     }

@@ -213,6 +213,7 @@ async fn push_foreign_manifest(
 async fn credentials_are_checked() {
     let registry = Registry::start_with(RegistryOptions {
         basic_auth: Some(("flasher".into(), "s3cret".into())),
+        ..RegistryOptions::default()
     })
     .unwrap();
     let host = registry.host();

@@ -65,8 +65,18 @@ async fn a_cancelled_fetch_resumes_from_its_checkpoint() {
         .path()
         .join("blobs/sha256")
         .join(format!("{hex}.state"));
-    let (durable, _) = twinflash_artifact::fetch::read_state(&state).unwrap();
+    let (durable, hasher) = twinflash_artifact::fetch::read_state(&state).unwrap();
     assert!((3 * MIB..8 * MIB).contains(&durable), "durable {durable}");
+    // The checkpoint names bytes that were both written and hashed: the partial holds them and
+    // the saved hash state is the hash of exactly them.
+    let source = std::fs::read(&file).unwrap();
+    let partial = std::fs::read(state.with_extension("partial")).unwrap();
+    assert!(partial.len() as u64 >= durable);
+    assert!(partial[..durable as usize] == source[..durable as usize]);
+    assert_eq!(
+        hex::encode(hasher.finalize()),
+        hex::encode(Sha256::digest(&source[..durable as usize]))
+    );
 
     proxy.set(Fault::Pass);
     let (result, _) = fetch(config(cache.path(), &proxy_host), &reference).await;

@@ -1,173 +1,162 @@
-//! HTTPS with an extra CA: a docker-registry serving a certificate from a test CA is trusted only
-//! when `ca_file` names that CA.
+//! HTTPS against a real docker-registry: an extra CA is trusted only when configured, and a
+//! registry that requires client certificates (mutual TLS) serves only a fetcher that has one.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: panics are the failure report
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use common::*;
+use mqtt_schema::ErrorCode;
 use twinflash_artifact::{Credentials, TlsOptions};
+use twinflash_harness::{Certs, Registry, RegistryOptions, RegistryTls, make_certs};
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+fn https(certs: &Certs, client_cas: Vec<std::path::PathBuf>) -> RegistryOptions {
+    RegistryOptions {
+        tls: Some(RegistryTls {
+            cert_file: certs.server_cert.clone(),
+            key_file: certs.server_key.clone(),
+            client_cas,
+        }),
+        ..RegistryOptions::default()
     }
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// A fetcher config for an HTTPS registry trusting `ca`.
+fn https_config(cache: &std::path::Path, ca: &std::path::Path) -> twinflash_artifact::FetchConfig {
+    let mut cfg = config(cache, "none");
+    cfg.plain_http.clear();
+    cfg.ca_file = Some(ca.to_owned());
+    cfg.retry.max_attempts = Some(1);
+    cfg
 }
 
-fn make_certs(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=twinflash test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
+/// An HTTPS registry holding `blinky.hex` pushed as `fw/tls:1`, and its pinned reference.
+async fn registry_with_push(certs: &Certs) -> (Registry, String) {
+    let registry = Registry::start_with(https(certs, Vec::new())).unwrap();
+    let tls = TlsOptions {
+        ca_file: Some(certs.ca.clone()),
+        ..TlsOptions::default()
+    };
+    let req = request(
+        &format!("{}/fw/tls:1", registry.host()),
+        &fixture("blinky.hex"),
+        None,
     );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
-}
-
-fn start_tls_registry(dir: &Path) -> (Killed, String) {
-    let port = twinflash_harness::free_port();
-    let host = format!("127.0.0.1:{port}");
-    let config = format!(
-        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {root}\n\
-         http:\n  addr: {host}\n  secret: test\n  tls:\n    certificate: {cert}\n    key: {key}\n",
-        root = dir.join("storage").display(),
-        cert = dir.join("server.pem").display(),
-        key = dir.join("server.key").display(),
-    );
-    std::fs::write(dir.join("config.yml"), config).unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(dir.join("config.yml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    let pushed = twinflash_artifact::push(&tls, &Credentials::default(), &req, |_, _| {})
+        .await
         .unwrap();
-    let guard = Killed(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(&host).is_err() {
-        assert!(Instant::now() < deadline, "the TLS registry did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (guard, host)
+    (registry, pushed.pinned_reference)
 }
 
 #[tokio::test]
 async fn https_with_an_extra_ca_is_trusted_and_without_it_is_not() {
     let dir = tempfile::tempdir().unwrap();
-    make_certs(dir.path());
-    let (_registry, host) = start_tls_registry(dir.path());
-    let ca = dir.path().join("ca.pem");
-    let tls = TlsOptions {
-        ca_file: Some(ca.clone()),
-        ..TlsOptions::default()
-    };
-    let req = request(&format!("{host}/fw/tls:1"), &fixture("blinky.hex"), None);
-    let pushed = twinflash_artifact::push(&tls, &Credentials::default(), &req, |_, _| {})
-        .await
-        .unwrap();
+    let certs = make_certs(dir.path()).unwrap();
+    let (_registry, reference) = registry_with_push(&certs).await;
 
     let cache = tempfile::tempdir().unwrap();
-    let mut cfg = config(cache.path(), "none");
-    cfg.plain_http.clear();
-    cfg.ca_file = Some(ca);
-    let fetched = fetch(cfg.clone(), &pushed.pinned_reference)
-        .await
-        .0
-        .unwrap();
+    let cfg = https_config(cache.path(), &certs.ca);
+    let fetched = fetch(cfg.clone(), &reference).await.0.unwrap();
     assert_eq!(
         sha256_file(&fetched.path),
         sha256_file(&fixture("blinky.hex"))
     );
 
     let cache = tempfile::tempdir().unwrap();
-    cfg.cache_dir = cache.path().to_owned();
+    let mut cfg = https_config(cache.path(), &certs.ca);
     cfg.ca_file = None;
-    cfg.retry.max_attempts = Some(1);
-    let err = fetch(cfg.clone(), &pushed.pinned_reference)
-        .await
-        .0
-        .unwrap_err();
+    let err = fetch(cfg, &reference).await.0.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::RegistryUnreachable, "{err}");
+}
+
+#[tokio::test]
+async fn a_registry_requiring_client_certificates_serves_only_a_trusted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path()).unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let stranger = make_certs(other_dir.path()).unwrap();
+    let (mut registry, reference) = registry_with_push(&certs).await;
+    registry
+        .restart_with(https(&certs, vec![certs.ca.clone()]))
+        .unwrap();
+
+    // With the client certificate: fetched and verified.
+    let cache = tempfile::tempdir().unwrap();
+    let mut cfg = https_config(cache.path(), &certs.ca);
+    cfg.client_cert = Some(certs.client_cert.clone());
+    cfg.client_key = Some(certs.client_key.clone());
+    let fetched = fetch(cfg.clone(), &reference).await.0.unwrap();
     assert_eq!(
-        err.code(),
-        mqtt_schema::ErrorCode::RegistryUnreachable,
+        sha256_file(&fetched.path),
+        sha256_file(&fixture("blinky.hex"))
+    );
+    assert!(half_written(cache.path()).is_empty());
+
+    // Without one, or with one from another CA: registry-auth at once, nothing written.
+    for (name, cert) in [
+        ("no client certificate", None),
+        ("a certificate from another CA", Some(&stranger)),
+    ] {
+        let cache = tempfile::tempdir().unwrap();
+        let mut cfg = https_config(cache.path(), &certs.ca);
+        cfg.retry.max_attempts = Some(5);
+        cfg.client_cert = cert.map(|c| c.client_cert.clone());
+        cfg.client_key = cert.map(|c| c.client_key.clone());
+        let (result, events) = fetch(cfg, &reference).await;
+        let err = result.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::RegistryAuth, "{name}: {err}");
+        assert!(
+            err.to_string().contains("client certificate"),
+            "{name}: {err}"
+        );
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, twinflash_artifact::FetchEvent::Waiting { .. })),
+            "{name}: not retried: {events:?}"
+        );
+        assert_eq!(
+            files_under(&cache.path().join("blobs/sha256")),
+            Vec::<String>::new(),
+            "{name}"
+        );
+    }
+
+    // inspect resolves a tag over mutual TLS; push cannot present a certificate and says so.
+    let tls = TlsOptions {
+        ca_file: Some(certs.ca.clone()),
+        client_cert: Some(certs.client_cert.clone()),
+        client_key: Some(certs.client_key.clone()),
+        ..TlsOptions::default()
+    };
+    let tag = format!("{}/fw/tls:1", registry.host());
+    let inspected = twinflash_artifact::inspect(&tls, &Credentials::default(), &tag)
+        .await
+        .unwrap();
+    assert_eq!(inspected.pinned_reference, reference);
+    let req = request(&tag, &fixture("blinky.hex"), None);
+    let err = twinflash_artifact::push(&tls, &Credentials::default(), &req, |_, _| {})
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("push does not support client certificates"),
         "{err}"
     );
+}
 
-    cfg.client_cert = Some(dir.path().join("server.pem"));
+#[tokio::test]
+async fn a_certificate_without_its_key_or_an_unreadable_one_fails_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path()).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mut cfg = https_config(cache.path(), &certs.ca);
+    cfg.client_cert = Some(certs.client_cert.clone());
+    let err = twinflash_artifact::Fetcher::new(cfg.clone()).unwrap_err();
+    assert!(err.to_string().contains("needs its key"), "{err}");
+    cfg.client_key = Some(certs.ca.clone()); // a certificate where the key should be
+    let err = twinflash_artifact::Fetcher::new(cfg.clone()).unwrap_err();
+    assert!(err.to_string().contains("client certificate"), "{err}");
+    cfg.client_key = Some(dir.path().join("missing.key"));
     let err = twinflash_artifact::Fetcher::new(cfg).unwrap_err();
-    assert!(err.to_string().contains("client certificates"), "{err}");
+    assert_eq!(err.code(), ErrorCode::Internal, "{err}");
 }

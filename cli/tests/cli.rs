@@ -271,3 +271,86 @@ fn a_pull_killed_mid_download_resumes_from_its_durable_offset() {
         "re-downloaded durable bytes: {second} transferred for {remaining} remaining"
     );
 }
+
+#[test]
+fn pull_and_inspect_present_a_client_certificate_to_a_registry_that_requires_one() {
+    use twinflash_harness::{RegistryOptions, RegistryTls, make_certs};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path()).unwrap();
+    let https = |client_cas: Vec<PathBuf>| RegistryOptions {
+        tls: Some(RegistryTls {
+            cert_file: certs.server_cert.clone(),
+            key_file: certs.server_key.clone(),
+            client_cas,
+        }),
+        ..RegistryOptions::default()
+    };
+    let mut registry = Registry::start_with(https(Vec::new())).unwrap();
+    let tag = format!("{}/fw/mtls:1.0.0", registry.host());
+    let ca = certs.ca.display().to_string();
+    let pinned = ok(twinflash()
+        .args(["push", &tag])
+        .arg(fixture("blinky.elf"))
+        .args([
+            "--version",
+            "1.0.0",
+            "--chip",
+            "nRF52840_xxAA",
+            "--ca-file",
+            &ca,
+        ])
+        .output()
+        .unwrap());
+    let pinned = pinned.trim().to_owned();
+    registry
+        .restart_with(https(vec![certs.ca.clone()]))
+        .unwrap();
+    let cert = certs.client_cert.display().to_string();
+    let key = certs.client_key.display().to_string();
+
+    let json = ok(twinflash()
+        .args([
+            "inspect",
+            &tag,
+            "--json",
+            "--ca-file",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+        ])
+        .output()
+        .unwrap());
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["reference"], pinned.as_str());
+
+    let out = dir.path().join("out.elf");
+    let pull = |extra: &[&str]| {
+        twinflash()
+            .args(["pull", &pinned, "--ca-file", &ca, "--retries", "1", "-o"])
+            .arg(&out)
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let line = one_line_error(pull(&[]));
+    assert!(line.contains("[registry-auth]"), "{line}");
+    ok(pull(&["--cert", &cert, "--key", &key]));
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(fixture("blinky.elf")).unwrap()
+    );
+    let out = twinflash()
+        .args(["pull", &pinned, "--cert", &cert, "-o", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--key"),
+        "a certificate needs its key: {stderr}"
+    );
+}

@@ -100,7 +100,7 @@ pub struct RegistryConfig {
     /// Extra CA certificate (PEM) for registries.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// Client certificate and key (PEM) for registries that want mutual TLS.
+    /// Client certificate (PEM) presented to registries that want mutual TLS (with `key_file`).
     #[serde(default)]
     pub cert_file: Option<PathBuf>,
     /// Client key (PEM).
@@ -310,6 +310,12 @@ impl EdgeConfig {
             return Err(invalid(
                 "mqtt.client_id".into(),
                 "must not be empty (a persistent session needs a stable id)",
+            ));
+        }
+        if self.registry.cert_file.is_some() != self.registry.key_file.is_some() {
+            return Err(invalid(
+                "registry.cert_file".into(),
+                "cert_file and key_file go together (a client certificate needs its key)",
             ));
         }
         if self.registry.checkpoint_bytes < 4096 {

@@ -89,6 +89,28 @@ fn ids_must_fit_the_topic_layout_and_be_unique() {
 }
 
 #[test]
+fn a_registry_client_certificate_needs_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = MINIMAL.replace(
+        "[[devices]]",
+        "[registry]\ncert_file = \"/etc/tf/reg.pem\"\n[[devices]]",
+    );
+    let err = EdgeConfig::load(&write(dir.path(), &text))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("registry.cert_file"), "{err}");
+    let both = text.replace(
+        "cert_file = \"/etc/tf/reg.pem\"",
+        "cert_file = \"/etc/tf/reg.pem\"\nkey_file = \"/etc/tf/reg.key\"",
+    );
+    let cfg = EdgeConfig::load(&write(dir.path(), &both)).unwrap();
+    assert_eq!(
+        cfg.registry.key_file,
+        Some(PathBuf::from("/etc/tf/reg.key"))
+    );
+}
+
+#[test]
 fn a_missing_file_names_the_file() {
     let err = EdgeConfig::load(Path::new("/nonexistent/edge.toml"))
         .unwrap_err()

@@ -1,4 +1,4 @@
-//! Operating the agent: TLS with client certificates and passwords, the legacy topic layout, graceful shutdown,
+//! Operating the agent: TLS with client certificates (broker and registry) and passwords, the legacy topic layout, graceful shutdown,
 //! metrics and health endpoints, configuration checks.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
@@ -11,7 +11,9 @@ use std::time::Duration;
 use mqtt_schema::TopicLayout;
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use support::{Agent, AgentSpec, Cloud, Env, image, init, push};
-use twinflash_harness::{Mosquitto, MosquittoOptions, Registry, free_port, make_certs};
+use twinflash_harness::{
+    Mosquitto, MosquittoOptions, Registry, RegistryOptions, RegistryTls, free_port, make_certs,
+};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -47,17 +49,39 @@ async fn mutual_tls_and_a_password_carry_the_whole_exchange() {
         ..MosquittoOptions::default()
     })
     .unwrap();
-    let registry = Registry::start().unwrap();
+    // The registry wants client certificates too: push over plain TLS, then require them.
+    let https = |client_cas: Vec<std::path::PathBuf>| RegistryOptions {
+        tls: Some(RegistryTls {
+            cert_file: certs.server_cert.clone(),
+            key_file: certs.server_key.clone(),
+            client_cas,
+        }),
+        ..RegistryOptions::default()
+    };
+    let mut registry = Registry::start_with(https(Vec::new())).unwrap();
     let fw = image(30, 6_000);
-    let reference = push(
-        &registry,
-        dir.path(),
-        "fw/a:1.0.0",
-        &fw,
-        "1.0.0",
-        support::CHIP,
-    )
-    .await;
+    let file = dir.path().join("fw.bin");
+    std::fs::write(&file, &fw).unwrap();
+    let tls = twinflash_artifact::TlsOptions {
+        ca_file: Some(certs.ca.clone()),
+        ..Default::default()
+    };
+    let req = twinflash_artifact::PushRequest {
+        reference: format!("{}/fw/a:1.0.0", registry.host()),
+        file,
+        version: "1.0.0".into(),
+        chip: support::CHIP.into(),
+        format: None,
+        base_address: Some(support::ORIGIN),
+        annotations: Default::default(),
+    };
+    let reference = twinflash_artifact::push(&tls, &Default::default(), &req, |_, _| {})
+        .await
+        .unwrap()
+        .pinned_reference;
+    registry
+        .restart_with(https(vec![certs.ca.clone()]))
+        .unwrap();
 
     let read = |p: &std::path::Path| std::fs::read(p).unwrap();
     let mut opts = MqttOptions::new("cloud", "127.0.0.1", mqtt.port());
@@ -76,7 +100,13 @@ async fn mutual_tls_and_a_password_carry_the_whole_exchange() {
             certs.client_cert.display(),
             certs.client_key.display()
         ),
-        ..AgentSpec::new(dir.path(), mqtt.port(), vec![registry.host()], 1)
+        registry_extra: format!(
+            "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            certs.ca.display(),
+            certs.client_cert.display(),
+            certs.client_key.display()
+        ),
+        ..AgentSpec::new(dir.path(), mqtt.port(), Vec::new(), 1)
     });
     let id = agent.devices[0].id.clone();
     cloud

@@ -34,7 +34,7 @@ pub use kubeapi::FakeApi;
 pub use mosquitto::{Mosquitto, MosquittoOptions, TlsFiles};
 pub use process::tool_available;
 pub use proxy::{Fault, FaultProxy};
-pub use registry::{Registry, RegistryOptions};
+pub use registry::{Registry, RegistryOptions, RegistryTls};
 
 /// Whether a test that needs an optional tool (`what`, e.g. "the Python oras package") may run. `available` false:
 /// on a developer machine the test prints SKIPPED and should return; in CI (`CI` set) it fails instead, because

@@ -1,5 +1,6 @@
 //! A real docker-registry (CNCF distribution 2.8) on a free loopback port with filesystem storage
-//! in a temp dir, optionally behind htpasswd basic auth; stop and start again on the same storage.
+//! in a temp dir, optionally behind htpasswd basic auth and HTTPS (with required client certificates);
+//! stop and start again on the same storage, with the same or other options.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -28,11 +29,25 @@ const OUTPUT_FILE: &str = "registry.log";
 const HTPASSWD_FILE: &str = "htpasswd";
 const STORAGE_DIR: &str = "storage";
 
-/// How to run the registry. `Default` is anonymous access.
+/// How to run the registry. `Default` is anonymous access over plain HTTP.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RegistryOptions {
     /// `(user, password)`: require HTTP basic auth (htpasswd file, bcrypt via `htpasswd -Bbn`).
     pub basic_auth: Option<(String, String)>,
+    /// Serve HTTPS (`http.tls`) instead of plain HTTP.
+    pub tls: Option<RegistryTls>,
+}
+
+/// HTTPS for the registry: its certificate and key, and the CAs whose client certificates it
+/// requires (`http.tls.clientcas`; empty: no client certificate asked for).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryTls {
+    /// Server certificate (PEM) valid for 127.0.0.1.
+    pub cert_file: PathBuf,
+    /// Server key (PEM).
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) of accepted client certificates; non-empty makes one required.
+    pub client_cas: Vec<PathBuf>,
 }
 
 /// A docker-registry process on `127.0.0.1:<free port>`. Dropping it SIGKILLs the registry and
@@ -43,7 +58,7 @@ pub struct Registry {
     proc: Option<ServiceProcess>,
     port: u16,
     binary: PathBuf,
-    auth: bool,
+    opts: RegistryOptions,
     root: PathBuf,
     dir: TempDir,
 }
@@ -71,7 +86,7 @@ impl Registry {
             proc: None,
             port: 0,
             binary,
-            auth: opts.basic_auth.is_some(),
+            opts,
             root,
             dir,
         };
@@ -104,9 +119,14 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`, or `https://` when it serves TLS.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.opts.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The storage root (`storage.filesystem.rootdirectory`); kept across [`Registry::stop`].
@@ -148,6 +168,16 @@ impl Registry {
         }
     }
 
+    /// Restarts it on the same port and storage with other options (e.g. push over plain TLS,
+    /// then require client certificates). The htpasswd file is written again if needed.
+    pub fn restart_with(&mut self, opts: RegistryOptions) -> Result<(), HarnessError> {
+        if let Some((user, password)) = &opts.basic_auth {
+            write_htpasswd(&self.dir.path().join(HTPASSWD_FILE), user, password)?;
+        }
+        self.opts = opts;
+        self.start_again()
+    }
+
     /// Whether the registry process is alive.
     pub fn is_running(&self) -> bool {
         self.proc.as_ref().is_some_and(ServiceProcess::is_running)
@@ -170,7 +200,20 @@ impl Registry {
             root = self.root.display(),
             port = self.port,
         );
-        if self.auth {
+        if let Some(tls) = &self.opts.tls {
+            conf.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                tls.cert_file.display(),
+                tls.key_file.display()
+            ));
+            if !tls.client_cas.is_empty() {
+                conf.push_str("    clientcas:\n");
+                for ca in &tls.client_cas {
+                    conf.push_str(&format!("      - {}\n", ca.display()));
+                }
+            }
+        }
+        if self.opts.basic_auth.is_some() {
             conf.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: twinflash-harness\n    path: {}\n",
                 self.dir.path().join(HTPASSWD_FILE).display()
@@ -190,8 +233,17 @@ impl Registry {
         self.proc = None;
         let proc = ServiceProcess::spawn(BINARY, cmd, &output)?;
         let addr = self.addr();
-        let expected = if self.auth { 401 } else { 200 };
+        let expected = if self.opts.basic_auth.is_some() {
+            401
+        } else {
+            200
+        };
+        let tls = self.opts.tls.is_some();
         let result = process::wait_ready(&proc, self.port, READY_TIMEOUT, &[&output], || {
+            if tls {
+                // The plain-HTTP probe cannot speak TLS: a listening socket is enough.
+                return std::net::TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).is_ok();
+            }
             http::get_within(addr, "/v2/", None, PROBE_TIMEOUT).is_ok_and(|head| {
                 head.status == expected
                     && head

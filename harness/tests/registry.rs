@@ -32,6 +32,7 @@ fn answers_v2_anonymously() {
 fn basic_auth_requires_the_right_password() {
     let registry = Registry::start_with(RegistryOptions {
         basic_auth: Some(("alice".into(), "s3cret".into())),
+        ..RegistryOptions::default()
     })
     .unwrap();
     let anonymous = http::get(registry.addr(), "/v2/", None).unwrap();

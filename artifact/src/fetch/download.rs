@@ -1,5 +1,6 @@
 //! One download attempt of a layer from one source into the partial: Range from the durable
-//! offset, restart on a 200, rate limit, periodic checkpoints, verify and rename at the end.
+//! offset, restart on a 200, rate limit, periodic checkpoints (written and hashed on other threads,
+//! see `sink`), verify and rename at the end.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::FetchError;
 use crate::fetch::FetchEvent;
 use crate::fetch::resume::Partial;
+use crate::fetch::sink::Sink;
 use crate::fetch::source::{BlobBody, Source};
 
 /// Progress events are sent at most every this many bytes (and at the end).
@@ -122,54 +124,6 @@ async fn transfer(
         None => result,
     }
 }
-
-/// The partial on its own thread: it writes, hashes and starts checkpoints while the async side
-/// receives the next bytes, so download and hashing use two cores.
-struct Sink {
-    tx: tokio::sync::mpsc::Sender<Bytes>,
-    done: tokio::sync::oneshot::Receiver<(Partial, Option<FetchError>)>,
-}
-
-impl Sink {
-    fn spawn(mut p: Partial, checkpoint_every: u64) -> Result<Self, FetchError> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(SINK_QUEUE);
-        let (done_tx, done) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("twinflash-sink".to_owned())
-            .spawn(move || {
-                let mut error = None;
-                let mut since_checkpoint = 0u64;
-                while let Some(chunk) = rx.blocking_recv() {
-                    if error.is_some() {
-                        continue;
-                    }
-                    since_checkpoint += chunk.len() as u64;
-                    let step = p.write(&chunk).and_then(|()| {
-                        if since_checkpoint >= checkpoint_every && p.checkpoint_in_background()? {
-                            since_checkpoint = 0;
-                        }
-                        Ok(())
-                    });
-                    error = step.err();
-                }
-                let _ = done_tx.send((p, error));
-            })
-            .map_err(|e| FetchError::Config(format!("cannot start the download thread: {e}")))?;
-        Ok(Self { tx, done })
-    }
-
-    /// Waits until every queued byte is written and takes the partial back.
-    async fn stop(self) -> Result<(Partial, Option<FetchError>), FetchError> {
-        drop(self.tx);
-        self.done
-            .await
-            .map_err(|_| FetchError::Config("the download thread died".to_owned()))
-    }
-}
-
-/// Chunks queued between the network and the sink thread (hyper reads up to ~400 KiB a chunk;
-/// a short queue keeps the peak RSS low).
-const SINK_QUEUE: usize = 4;
 
 /// Receives the body and queues it to the sink from `first` to the layer size.
 async fn pump(

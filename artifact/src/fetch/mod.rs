@@ -6,6 +6,7 @@ mod cache;
 mod download;
 mod resume;
 mod retry;
+mod sink;
 mod source;
 
 use std::collections::{HashMap, HashSet};
@@ -23,10 +24,11 @@ pub use resume::{Partial, Resume, partial_paths, read_state};
 pub use retry::RetryPolicy;
 pub use source::Mirror;
 
-use crate::auth::{Credentials, ResolvedCredentials};
+use crate::auth::Credentials;
 use crate::error::FetchError;
+use crate::http::RegistryClient;
 use crate::manifest::{FirmwareArtifact, is_sha256_digest};
-use crate::registry::{TlsOptions, build_client};
+use crate::registry::TlsOptions;
 use download::{AttemptStats, DownloadOpts, Run, download};
 use source::Source;
 
@@ -49,9 +51,9 @@ pub struct FetchConfig {
     pub credentials: Credentials,
     /// Extra CA certificates (PEM).
     pub ca_file: Option<PathBuf>,
-    /// Client certificate for mutual TLS (PEM). Not supported by oci-client 0.18: refused.
+    /// Client certificate for mutual TLS (PEM), presented to every registry (origin and mirrors).
     pub client_cert: Option<PathBuf>,
-    /// Key of the client certificate (PEM).
+    /// Key of the client certificate (PEM); required with `client_cert`.
     pub client_key: Option<PathBuf>,
     /// Retry policy for transient failures.
     pub retry: RetryPolicy,
@@ -123,8 +125,7 @@ pub struct Fetched {
 /// The fetcher. Cheap to share behind an `Arc`; fetches of different digests run concurrently.
 pub struct Fetcher {
     cfg: FetchConfig,
-    client: Arc<oci_client::Client>,
-    creds: Arc<ResolvedCredentials>,
+    client: Arc<RegistryClient>,
     cache: Cache,
     pins: Mutex<HashSet<String>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -186,7 +187,8 @@ fn pick_error(errors: Vec<FetchError>) -> FetchError {
 }
 
 impl Fetcher {
-    /// Builds the fetcher: reads credentials and CA, creates the cache directory.
+    /// Builds the fetcher: reads credentials, CA and client certificate, creates the cache
+    /// directory.
     pub fn new(cfg: FetchConfig) -> Result<Self, FetchError> {
         let tls = TlsOptions {
             plain_http: cfg.plain_http.clone(),
@@ -196,13 +198,12 @@ impl Fetcher {
             connect_timeout: None,
             read_timeout: Some(cfg.read_timeout),
         };
-        let client = Arc::new(build_client(&tls)?);
         let creds = Arc::new(cfg.credentials.resolve()?);
+        let client = Arc::new(RegistryClient::new(&tls, creds)?);
         let cache = Cache::open(&cfg.cache_dir)?;
         Ok(Self {
             cfg,
             client,
-            creds,
             cache,
             pins: Mutex::new(HashSet::new()),
             locks: Mutex::new(HashMap::new()),
@@ -260,7 +261,6 @@ impl Fetcher {
                     Source::Registry {
                         client: self.client.clone(),
                         reference,
-                        creds: self.creds.clone(),
                     }
                 }
                 Mirror::Layout(dir) => Source::Layout(dir.clone()),
@@ -269,7 +269,6 @@ impl Fetcher {
         out.push(Source::Registry {
             client: self.client.clone(),
             reference: pinned.reference.clone(),
-            creds: self.creds.clone(),
         });
         out
     }

@@ -149,9 +149,28 @@ impl Partial {
             let path = self.partial_path();
             FetchError::io("write partial", path, e)
         })?;
+        self.advance(data);
+        Ok(())
+    }
+
+    /// A second descriptor of the partial file sharing its position, for a writer thread that
+    /// appends while this side hashes. Bytes written through it are given to
+    /// [`Partial::advance`] only once written, so a checkpoint never names unwritten bytes.
+    pub fn writer(&self) -> Result<File, FetchError> {
+        self.file
+            .try_clone()
+            .map_err(|e| FetchError::io("dup partial", self.partial_path(), e))
+    }
+
+    /// Hashes and counts bytes a [`Partial::writer`] has already appended to the file.
+    pub fn advance(&mut self, data: &[u8]) {
         self.hasher.update(data);
         self.offset += data.len() as u64;
-        Ok(())
+    }
+
+    /// The partial file's path.
+    pub fn path(&self) -> PathBuf {
+        self.partial_path()
     }
 
     /// Makes the bytes written so far durable and records offset and hash state atomically.
@@ -331,6 +350,26 @@ mod tests {
             h.update(b"0123456789");
             format!("sha256:{}", hex::encode(h.finalize()))
         });
+    }
+
+    #[test]
+    fn bytes_appended_through_the_writer_then_advanced_resume_like_written_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Partial::open(dir.path(), "dd").unwrap();
+        p.write(b"0123").unwrap();
+        let mut w = p.writer().unwrap();
+        w.write_all(b"4567").unwrap();
+        p.advance(b"4567");
+        w.write_all(b"89").unwrap(); // written, not yet hashed: not in the checkpoint
+        p.checkpoint().unwrap();
+        drop((p, w));
+        let p = Partial::open(dir.path(), "dd").unwrap();
+        assert_eq!(p.resume(), Resume::PartialContent(8));
+        assert_eq!(
+            std::fs::read(dir.path().join("dd.partial")).unwrap(),
+            b"01234567"
+        );
+        assert_eq!(p.digest(), sha(b"01234567"));
     }
 
     #[test]

@@ -5,18 +5,16 @@ use std::io::SeekFrom;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
-use futures_util::stream::BoxStream;
 use oci_client::Reference;
-use oci_client::client::BlobResponse;
 use oci_client::manifest::OciDescriptor;
 use tokio::io::AsyncSeekExt;
 
-use crate::auth::ResolvedCredentials;
 use crate::error::FetchError;
 use crate::fetch::cache::hex_of;
 use crate::format::MANIFEST_MEDIA_TYPE;
+pub(crate) use crate::http::BlobBody;
+use crate::http::{RegistryClient, Repo};
 
 /// A mirror, tried in order before the origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,20 +29,17 @@ pub enum Mirror {
 #[derive(Clone)]
 pub(crate) enum Source {
     Registry {
-        client: Arc<oci_client::Client>,
+        client: Arc<RegistryClient>,
         reference: Reference,
-        creds: Arc<ResolvedCredentials>,
     },
     Layout(PathBuf),
 }
 
-/// A blob body from some offset.
-pub(crate) struct BlobBody {
-    /// The source ignored the offset and sends from byte 0.
-    pub from_start: bool,
-    /// Bytes the source says it will send, if it says.
-    pub content_length: Option<u64>,
-    pub stream: BoxStream<'static, Result<Bytes, std::io::Error>>,
+fn repo(reference: &Reference) -> Repo<'_> {
+    Repo {
+        registry: reference.resolve_registry(),
+        repository: reference.repository(),
+    }
 }
 
 impl Source {
@@ -55,37 +50,13 @@ impl Source {
         }
     }
 
-    async fn authorize(&self) {
-        if let Self::Registry {
-            client,
-            reference,
-            creds,
-        } = self
-        {
-            let registry = reference.resolve_registry();
-            client
-                .store_auth_if_needed(registry, &creds.for_registry(registry))
-                .await;
-        }
-    }
-
     /// The raw manifest bytes for `digest` (not yet verified).
     pub async fn manifest(&self, digest: &str) -> Result<Vec<u8>, FetchError> {
         match self {
-            Self::Registry {
-                client, reference, ..
-            } => {
-                self.authorize().await;
-                let pinned = reference.clone_with_digest(digest.to_owned());
-                let (bytes, _) = client
-                    .pull_manifest_raw(
-                        &pinned,
-                        &oci_client::secrets::RegistryAuth::Anonymous,
-                        &[MANIFEST_MEDIA_TYPE],
-                    )
+            Self::Registry { client, reference } => {
+                client
+                    .manifest(repo(reference), digest, MANIFEST_MEDIA_TYPE)
                     .await
-                    .map_err(|e| FetchError::from_oci(&self.name(), e))?;
-                Ok(bytes.to_vec())
             }
             Self::Layout(dir) => {
                 let path = dir.join("blobs").join("sha256").join(hex_of(digest));
@@ -110,23 +81,8 @@ impl Source {
     /// The layer body from `offset`.
     pub async fn blob(&self, layer: &OciDescriptor, offset: u64) -> Result<BlobBody, FetchError> {
         match self {
-            Self::Registry {
-                client, reference, ..
-            } => {
-                self.authorize().await;
-                let response = client
-                    .pull_blob_stream_partial(reference, layer, offset, None)
-                    .await
-                    .map_err(|e| FetchError::from_oci(&self.name(), e))?;
-                let (from_start, sized) = match response {
-                    BlobResponse::Full(s) => (true, s),
-                    BlobResponse::Partial(s) => (false, s),
-                };
-                Ok(BlobBody {
-                    from_start,
-                    content_length: sized.content_length,
-                    stream: sized.stream,
-                })
+            Self::Registry { client, reference } => {
+                client.blob(repo(reference), &layer.digest, offset).await
             }
             Self::Layout(dir) => {
                 let path = dir.join("blobs").join("sha256").join(hex_of(&layer.digest));

@@ -87,6 +87,8 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     cfg.mirrors = mirrors;
     cfg.credentials = creds;
     cfg.ca_file = cmd.registry.ca_file.clone();
+    cfg.client_cert = cmd.registry.cert.clone();
+    cfg.client_key = cmd.registry.key.clone();
     cfg.checkpoint_every = cmd.checkpoint_every;
     cfg.retry = RetryPolicy {
         max_attempts: (cmd.retries > 0).then_some(cmd.retries),

@@ -1,4 +1,5 @@
-//! Options every registry-facing verb shares: plain HTTP, CA, credentials; and progress bars.
+//! Options every registry-facing verb shares: plain HTTP, CA, client certificate, credentials;
+//! and progress bars.
 
 use std::path::PathBuf;
 
@@ -18,6 +19,13 @@ pub struct RegistryArgs {
     /// Extra CA certificates (PEM) to trust.
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for registries that require mutual TLS (with --key). Used by
+    /// pull, inspect and set; push cannot present one and refuses it.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Key (PEM) of the --cert client certificate.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
     /// Username for basic auth (with --password-file).
     #[arg(long, env = "TWINFLASH_REGISTRY_USERNAME")]
     pub username: Option<String>,
@@ -40,6 +48,8 @@ impl RegistryArgs {
         TlsOptions {
             plain_http,
             ca_file: self.ca_file.clone(),
+            client_cert: self.cert.clone(),
+            client_key: self.key.clone(),
             ..TlsOptions::default()
         }
     }

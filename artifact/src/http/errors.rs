@@ -1,0 +1,106 @@
+//! Transport errors of the registry client to fetch errors. A TLS alert from the registry about
+//! our client certificate (none sent, unknown CA, expired, ...) is `registry-auth`: the registry
+//! refused our credentials, and retrying cannot help. Every other transport error is transient.
+
+use std::error::Error as StdError;
+
+use rustls::AlertDescription;
+
+use crate::error::FetchError;
+
+/// Maps a reqwest error from `source_name`.
+pub(crate) fn from_reqwest(source_name: &str, err: &reqwest::Error) -> FetchError {
+    let detail = chain(err);
+    if let Some(alert) = client_cert_refusal(err) {
+        return FetchError::Auth {
+            source_name: source_name.to_owned(),
+            detail: format!(
+                "TLS handshake refused ({alert:?}): the registry wants a client certificate it \
+                 trusts (registry cert_file/key_file): {detail}"
+            ),
+        };
+    }
+    FetchError::Unreachable {
+        source_name: source_name.to_owned(),
+        detail,
+    }
+}
+
+/// The error and its causes on one line.
+fn chain(err: &(dyn StdError + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(e) = next {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        next = e.source();
+    }
+    out
+}
+
+/// The alert, if somewhere in the chain the registry refused our client certificate.
+fn client_cert_refusal(err: &(dyn StdError + 'static)) -> Option<AlertDescription> {
+    let mut next: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = next {
+        if let Some(alert) = e.downcast_ref::<rustls::Error>().and_then(refusal_alert) {
+            return Some(alert);
+        }
+        // io::Error::source() skips the error it wraps: look inside explicitly.
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(alert) = inner
+                .downcast_ref::<rustls::Error>()
+                .and_then(refusal_alert)
+            {
+                return Some(alert);
+            }
+            next = inner.source();
+            continue;
+        }
+        next = e.source();
+    }
+    None
+}
+
+fn refusal_alert(err: &rustls::Error) -> Option<AlertDescription> {
+    match err {
+        rustls::Error::AlertReceived(
+            alert @ (AlertDescription::CertificateRequired
+            | AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::CertificateExpired
+            | AlertDescription::CertificateRevoked
+            | AlertDescription::AccessDenied),
+        ) => Some(*alert),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_alerts_are_found_inside_io_errors() {
+        let io = std::io::Error::other(rustls::Error::AlertReceived(
+            AlertDescription::CertificateRequired,
+        ));
+        assert_eq!(
+            client_cert_refusal(&io),
+            Some(AlertDescription::CertificateRequired)
+        );
+        let other = std::io::Error::other(rustls::Error::AlertReceived(
+            AlertDescription::HandshakeFailure,
+        ));
+        assert_eq!(client_cert_refusal(&other), None);
+        let plain = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(client_cert_refusal(&plain), None);
+    }
+}

@@ -1,0 +1,378 @@
+//! The fetcher's own registry client on reqwest (rustls): manifest GET, blob GET with `Range`,
+//! extra CA, optional client certificate (mutual TLS), plain HTTP only for listed hosts, and
+//! anonymous, basic and bearer-token auth. Why it is hand-written: docs/decisions/0003-registry-http.md.
+
+mod bearer;
+mod errors;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use oci_client::secrets::RegistryAuth;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_RANGE, RANGE, WWW_AUTHENTICATE};
+use reqwest::{Response, StatusCode};
+
+use crate::auth::ResolvedCredentials;
+use crate::error::FetchError;
+use crate::registry::TlsOptions;
+use bearer::{Challenge, TokenCache};
+pub(crate) use errors::from_reqwest;
+
+/// Largest manifest accepted (a firmware manifest is about 1 KiB).
+const MAX_MANIFEST: usize = 4 * 1024 * 1024;
+/// Largest token-service answer accepted.
+const MAX_TOKEN_ANSWER: usize = 1024 * 1024;
+
+/// A blob body from some offset.
+pub(crate) struct BlobBody {
+    /// The source ignored the offset and sends from byte 0.
+    pub from_start: bool,
+    /// Bytes the source says it will send, if it says.
+    pub content_length: Option<u64>,
+    pub stream: BoxStream<'static, Result<Bytes, std::io::Error>>,
+}
+
+/// Where a request goes: registry (`host[:port]`) and repository.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Repo<'a> {
+    pub registry: &'a str,
+    pub repository: &'a str,
+}
+
+/// A registry client for pulls, shared by every source of a fetcher.
+#[derive(Debug)]
+pub(crate) struct RegistryClient {
+    http: reqwest::Client,
+    plain_http: Vec<String>,
+    creds: Arc<ResolvedCredentials>,
+    tokens: TokenCache,
+}
+
+impl RegistryClient {
+    /// Builds the client: reads CA, client certificate and key now, so a bad file fails at start.
+    pub fn new(opts: &TlsOptions, creds: Arc<ResolvedCredentials>) -> Result<Self, FetchError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("twinflash/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(opts.connect_timeout.unwrap_or(Duration::from_secs(10)))
+            .read_timeout(opts.read_timeout.unwrap_or(Duration::from_secs(30)))
+            .no_proxy();
+        if let Some(path) = &opts.ca_file {
+            let pem = std::fs::read(path).map_err(|e| FetchError::io("read CA file", path, e))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| FetchError::Config(format!("CA file {}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(FetchError::Config(format!(
+                    "CA file {} holds no certificate",
+                    path.display()
+                )));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        match (&opts.client_cert, &opts.client_key) {
+            (Some(cert), Some(key)) => {
+                let mut pem =
+                    std::fs::read(cert).map_err(|e| FetchError::io("read client cert", cert, e))?;
+                pem.push(b'\n');
+                pem.extend(
+                    std::fs::read(key).map_err(|e| FetchError::io("read client key", key, e))?,
+                );
+                let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                    FetchError::Config(format!(
+                        "client certificate {} / key {}: {e}",
+                        cert.display(),
+                        key.display()
+                    ))
+                })?;
+                builder = builder.identity(identity);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(FetchError::Config(
+                    "a client certificate needs its key and a key needs its certificate".to_owned(),
+                ));
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| FetchError::Config(format!("registry HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            plain_http: opts.plain_http.clone(),
+            creds,
+            tokens: TokenCache::default(),
+        })
+    }
+
+    fn base(&self, registry: &str) -> String {
+        let scheme = if self.plain_http.iter().any(|h| h == registry) {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{registry}/v2")
+    }
+
+    /// `GET /v2/<repo>/manifests/<reference>` (a tag or a digest): the raw bytes, unverified.
+    pub async fn manifest(
+        &self,
+        repo: Repo<'_>,
+        reference: &str,
+        accept: &str,
+    ) -> Result<Vec<u8>, FetchError> {
+        let url = format!(
+            "{}/{}/manifests/{reference}",
+            self.base(repo.registry),
+            repo.repository
+        );
+        let response = self
+            .send(repo, |r| r.get(&url).header(ACCEPT, accept))
+            .await?;
+        read_limited(repo, response, MAX_MANIFEST, "manifest").await
+    }
+
+    /// `GET /v2/<repo>/blobs/<digest>` from `offset` (a `Range` request when `offset > 0`).
+    pub async fn blob(
+        &self,
+        repo: Repo<'_>,
+        digest: &str,
+        offset: u64,
+    ) -> Result<BlobBody, FetchError> {
+        let url = format!(
+            "{}/{}/blobs/{digest}",
+            self.base(repo.registry),
+            repo.repository
+        );
+        let response = self
+            .send(repo, |r| {
+                let r = r.get(&url);
+                if offset > 0 {
+                    r.header(RANGE, format!("bytes={offset}-"))
+                } else {
+                    r
+                }
+            })
+            .await?;
+        let from_start = response.status() != StatusCode::PARTIAL_CONTENT;
+        if !from_start {
+            let start = response
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(content_range_start);
+            if start != Some(offset) {
+                return Err(rejected(
+                    repo,
+                    format!("206 answer does not start at byte {offset} (Content-Range {start:?})"),
+                ));
+            }
+        }
+        let content_length = response.content_length();
+        let stream = response
+            .bytes_stream()
+            .map(|r| r.map_err(std::io::Error::other))
+            .boxed();
+        Ok(BlobBody {
+            from_start,
+            content_length,
+            stream,
+        })
+    }
+
+    /// Sends a request with the registry's credentials; on a Bearer challenge gets a token (once),
+    /// caches it for the repository and sends again. Any non-2xx answer becomes its error.
+    async fn send(
+        &self,
+        repo: Repo<'_>,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<Response, FetchError> {
+        let auth = self.creds.for_registry(repo.registry);
+        let mut header = match self.tokens.get(repo.registry, repo.repository) {
+            Some(token) => Some(format!("Bearer {token}")),
+            None => auth_header(&auth),
+        };
+        let mut exchanged = false;
+        loop {
+            let mut request = build(&self.http);
+            if let Some(h) = &header {
+                request = request.header(AUTHORIZATION, h);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| from_reqwest(repo.registry, &e))?;
+            let status = response.status();
+            if status.is_success() {
+                return Ok(response);
+            }
+            if status == StatusCode::UNAUTHORIZED && !exchanged {
+                let challenge = response
+                    .headers()
+                    .get_all(WWW_AUTHENTICATE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .find_map(Challenge::parse_bearer);
+                if let Some(challenge) = challenge {
+                    exchanged = true;
+                    let token = self.token(repo, &challenge, &auth).await?;
+                    header = Some(format!("Bearer {token}"));
+                    continue;
+                }
+            }
+            return Err(status_error(repo, response).await);
+        }
+    }
+
+    /// The registry token flow: `GET <realm>?service=..&scope=..` with basic credentials if any.
+    async fn token(
+        &self,
+        repo: Repo<'_>,
+        challenge: &Challenge,
+        auth: &RegistryAuth,
+    ) -> Result<String, FetchError> {
+        let scope = challenge
+            .scope
+            .clone()
+            .unwrap_or_else(|| format!("repository:{}:pull", repo.repository));
+        let mut query = vec![("scope", scope)];
+        if let Some(service) = &challenge.service {
+            query.push(("service", service.clone()));
+        }
+        let mut request = self.http.get(&challenge.realm).query(&query);
+        if let RegistryAuth::Basic(user, password) = auth {
+            request = request.basic_auth(user, Some(password));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| from_reqwest(repo.registry, &e))?;
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            let detail = format!(
+                "token service {}: {}",
+                challenge.realm,
+                excerpt(response).await
+            );
+            return Err(FetchError::from_status(
+                repo.registry.to_owned(),
+                status,
+                detail,
+            ));
+        }
+        let body = read_limited(repo, response, MAX_TOKEN_ANSWER, "token answer").await?;
+        let (token, ttl) =
+            bearer::parse_token_response(&body).map_err(|detail| FetchError::Auth {
+                source_name: repo.registry.to_owned(),
+                detail: format!("token service {}: {detail}", challenge.realm),
+            })?;
+        self.tokens
+            .put(repo.registry, repo.repository, token.clone(), ttl);
+        Ok(token)
+    }
+}
+
+/// The whole body, refused (`Rejected`) beyond `max` bytes.
+async fn read_limited(
+    repo: Repo<'_>,
+    mut response: Response,
+    max: usize,
+    what: &str,
+) -> Result<Vec<u8>, FetchError> {
+    if let Some(len) = response.content_length()
+        && len > max as u64
+    {
+        return Err(rejected(
+            repo,
+            format!("{what} of {len} bytes (at most {max})"),
+        ));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| from_reqwest(repo.registry, &e))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(rejected(repo, format!("{what} larger than {max} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn auth_header(auth: &RegistryAuth) -> Option<String> {
+    use base64::Engine;
+    match auth {
+        RegistryAuth::Anonymous => None,
+        RegistryAuth::Basic(user, password) => Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        )),
+        RegistryAuth::Bearer(token) => Some(format!("Bearer {token}")),
+    }
+}
+
+fn rejected(repo: Repo<'_>, detail: String) -> FetchError {
+    FetchError::Rejected {
+        source_name: repo.registry.to_owned(),
+        detail,
+    }
+}
+
+/// `bytes <start>-<end>/<size>` -> start.
+fn content_range_start(value: &str) -> Option<u64> {
+    let range = value.trim().strip_prefix("bytes ")?;
+    range.split('-').next()?.trim().parse().ok()
+}
+
+/// The start of an error body, for the message (registries answer with a JSON envelope).
+/// Reads at most a few KiB of it: an error body is not trusted to be small.
+async fn excerpt(mut response: Response) -> String {
+    const MAX: usize = 300;
+    let status = response.status();
+    let mut body = Vec::new();
+    while body.len() < MAX {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&body[..body.len().min(MAX)]);
+    format!("{status} {}", text.trim())
+}
+
+async fn status_error(repo: Repo<'_>, response: Response) -> FetchError {
+    let status = response.status().as_u16();
+    let url = response.url().path().to_owned();
+    let detail = format!("GET {url}: {}", excerpt(response).await);
+    FetchError::from_status(repo.registry.to_owned(), status, detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_starts_are_read() {
+        assert_eq!(content_range_start("bytes 100-199/200"), Some(100));
+        assert_eq!(content_range_start("bytes 0-0/1"), Some(0));
+        assert_eq!(content_range_start("bytes */200"), None);
+        assert_eq!(content_range_start("items 1-2/3"), None);
+    }
+
+    #[test]
+    fn credentials_become_headers() {
+        assert_eq!(auth_header(&RegistryAuth::Anonymous), None);
+        assert_eq!(
+            auth_header(&RegistryAuth::Basic("u".into(), "p".into())).as_deref(),
+            Some("Basic dTpw")
+        );
+        assert_eq!(
+            auth_header(&RegistryAuth::Bearer("t".into())).as_deref(),
+            Some("Bearer t")
+        );
+    }
+}
