@@ -1,6 +1,8 @@
 //! `twinflash`: the operator CLI. Pushes firmware as OCI artifacts, inspects and pulls them
 //! (verified, resumable, through the same fetcher as the edge agent); sets and watches intents over MQTT.
 
+#[macro_use]
+mod out;
 mod cmd;
 
 use std::process::ExitCode;

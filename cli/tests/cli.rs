@@ -354,3 +354,19 @@ fn pull_and_inspect_present_a_client_certificate_to_a_registry_that_requires_one
         "a certificate needs its key: {stderr}"
     );
 }
+
+#[test]
+fn a_closed_stdout_ends_the_command_quietly_without_a_panic() {
+    // `twinflash crd | head -1`, with the reader gone before the first write: EPIPE at once.
+    let mut child = twinflash()
+        .arg("crd")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "status {:?}: {stderr}", out.status);
+}

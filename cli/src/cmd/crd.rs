@@ -9,6 +9,6 @@ pub struct Cmd {}
 pub async fn run(_cmd: Cmd) -> anyhow::Result<()> {
     let yaml = twinflash_cloud::rollout::crd_yaml()
         .map_err(|e| anyhow::anyhow!("cannot render the CRDs: {e} [internal]"))?;
-    print!("{yaml}");
+    out!("{yaml}");
     Ok(())
 }

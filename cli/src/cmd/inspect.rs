@@ -41,22 +41,22 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             "created": a.created,
             "annotations": a.annotations,
         });
-        println!("{out}");
+        outln!("{out}");
         return Ok(());
     }
-    println!("reference     {}", inspected.pinned_reference);
-    println!("version       {}", a.version);
-    println!("chip          {}", a.chip);
-    println!("format        {}", a.format);
+    outln!("reference     {}", inspected.pinned_reference);
+    outln!("version       {}", a.version);
+    outln!("chip          {}", a.chip);
+    outln!("format        {}", a.format);
     if let Some(base) = base_address {
-        println!("base-address  {base}");
+        outln!("base-address  {base}");
     }
-    println!("size          {}", a.size);
-    println!("digest        {}", inspected.manifest_digest);
-    println!("layer         {}", a.layer_digest);
+    outln!("size          {}", a.size);
+    outln!("digest        {}", inspected.manifest_digest);
+    outln!("layer         {}", a.layer_digest);
     if let Some(title) = &a.title {
-        println!("title         {title}");
+        outln!("title         {title}");
     }
-    println!("created       {}", a.created.as_deref().unwrap_or("-"));
+    outln!("created       {}", a.created.as_deref().unwrap_or("-"));
     Ok(())
 }

@@ -132,7 +132,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     copy_out(&fetched.path, &cmd.output)?;
     if cmd.json {
         let a = &fetched.artifact;
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "reference": fetched.reference,
@@ -151,7 +151,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             fetched.artifact.size,
             fetched.source
         );
-        println!("{}", cmd.output.display());
+        outln!("{}", cmd.output.display());
     }
     Ok(())
 }

@@ -83,6 +83,6 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
         "pushed {} {} for {} ({} bytes)",
         pushed.artifact.format, pushed.artifact.version, pushed.artifact.chip, pushed.artifact.size
     );
-    println!("{}", pushed.pinned_reference);
+    outln!("{}", pushed.pinned_reference);
     Ok(())
 }

@@ -125,7 +125,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             let rollout = rc::rollout_from_flags(&flags)
                 .map_err(|e| anyhow::anyhow!("{e} [invalid-reference]"))?;
             if c.dry_run {
-                print!(
+                out!(
                     "{}",
                     serde_yaml::to_string(&rollout)
                         .context("cannot render the rollout [internal]")?
@@ -135,7 +135,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             let created = rc::create(client().await?, &rollout)
                 .await
                 .context("cannot create the rollout")?;
-            println!("{}", rc::status_table(&[created]));
+            outln!("{}", rc::status_table(&[created]));
         }
         Action::Status {
             name,
@@ -146,12 +146,12 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 .await
                 .context("cannot read rollouts")?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&rc::status_json(&rollouts))?
                 );
             } else {
-                println!("{}", rc::status_table(&rollouts));
+                outln!("{}", rc::status_table(&rollouts));
             }
         }
         Action::Pause(t) => patch(t, rc::pause_patch(true)).await?,
@@ -166,12 +166,12 @@ async fn patch(t: Target, patch: serde_json::Value) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot patch rollout {}/{}", t.namespace, t.name))?;
     if t.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&rc::status_json(std::slice::from_ref(&r)))?
         );
     } else {
-        println!("{}", rc::status_table(&[r]));
+        outln!("{}", rc::status_table(&[r]));
     }
     Ok(())
 }

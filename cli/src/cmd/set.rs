@@ -137,13 +137,13 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             "topic": topic,
             "retained": retain,
         });
-        println!("{out}");
+        outln!("{out}");
     } else {
         eprintln!(
             "{device}: wanted firmware set ({:?} mode, {topic})",
             cmd.mode
         );
-        println!("{reference}");
+        outln!("{reference}");
     }
     Ok(())
 }

@@ -285,9 +285,9 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     let _ = client.disconnect().await;
     let rows: Vec<Row> = rows.into_values().collect();
     if cmd.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("{}", table(&rows));
+        outln!("{}", table(&rows));
     }
     if cmd.until_installed {
         let bad: Vec<&str> = rows
