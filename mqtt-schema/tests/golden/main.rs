@@ -220,7 +220,9 @@ fn docs_list_every_deviation_and_panic() {
 
 #[test]
 fn docs_examples_are_what_we_encode() {
-    use mqtt_schema::{FirmwareRef, FirmwareReport, FirmwareState, TwinNames, intent, report};
+    use mqtt_schema::{
+        FirmwareRef, FirmwareReport, FirmwareState, TwinNames, actual_update, intent, report,
+    };
     let doc = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../docs/mqtt-topics.md"
@@ -253,7 +255,16 @@ fn docs_examples_are_what_we_encode() {
             state: &downloading,
         },
     );
-    for msg in [i.encode(), rep.encode(), partial.encode()] {
+    // The agent's report after a failed flash erased the image: empty values, not left out.
+    let erased = actual_update(
+        mqtt_schema::BaseMessage::new("r-19", 1_700_000_102_000),
+        [
+            (names.firmware.as_str(), ""),
+            (names.state.as_str(), "failed:flash-failed"),
+            (names.version.as_str(), ""),
+        ],
+    );
+    for msg in [i.encode(), rep.encode(), partial.encode(), erased.encode()] {
         let text = String::from_utf8(msg).unwrap();
         assert!(
             doc.contains(&text),
