@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::Api;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -30,6 +30,11 @@ pub const MANAGER: &str = "twinflash-cloud";
 pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// Longest retry delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Reconciles running at once. kube-runtime's default is unbounded: 10,000 Devices changed at
+/// once started 10,000 reconciles together, each with its own registry and API server
+/// connections, which starved the lease watchdog and the MQTT keep-alive (`bench_controller_api`).
+pub const CONCURRENCY: u16 = 32;
 
 /// Every Kubernetes API access of the controller: (API group, resource, verbs). The RBAC in
 /// `manifests/cloud/rbac.yaml` grants exactly this (checked by `tests/manifests.rs`); leases are
@@ -428,6 +433,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>, label_selector: Opt
         wc = wc.labels(sel);
     }
     Controller::new(devices, wc)
+        .with_config(ControllerConfig::default().concurrency(CONCURRENCY))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
