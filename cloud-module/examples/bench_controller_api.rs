@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use api_bench::{
-    Cloud, DEV, Intents, NS, World, device_count, device_json, digest_of, image, kind_of, name,
-    properties, push, summary, wait_until,
+    Cloud, DEV, Intents, NS, World, cpu_secs, device_count, device_json, digest_of, image, kind_of,
+    name, properties, push, summary, wait_until,
 };
 use serde_json::json;
 use twinflash_harness::kubeapi::RequestRecord;
@@ -120,6 +120,8 @@ async fn main() -> anyhow::Result<()> {
     let m0 = cloud.metrics();
     let messages0 = intents.messages();
 
+    let rss_cold = cloud.peak_rss_mib().unwrap_or(0.0);
+    let (cpu0, own0) = (cloud.cpu_secs(), cpu_secs("/proc/self/stat"));
     // The change: every desired value to v2 at once, through the fake's Rust API.
     let t0 = Instant::now();
     let patch = json!({"spec": {"properties": properties(&v2)}});
@@ -146,6 +148,10 @@ async fn main() -> anyhow::Result<()> {
     .map_err(|e| fail(&cloud, e))?;
     let all_done = t0.elapsed();
     let rss = cloud.peak_rss_mib().unwrap_or(0.0);
+    let cpu = cloud.cpu_secs().zip(cpu0).map_or(0.0, |(b, a)| b - a);
+    let own = cpu_secs("/proc/self/stat")
+        .zip(own0)
+        .map_or(0.0, |(b, a)| b - a);
     let m1 = cloud.metrics();
     let messages = intents.messages() - messages0;
     let reqs = api.requests();
@@ -170,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|---|");
     println!(
-        "| {n} Devices all given a new desired firmware at once: watch event, decide, resolve in the registry, publish, until all {n} new intents reached a subscriber on local mosquitto | < 5 s; RSS < 150 MiB | **{}** ({:.0} intents/s); every status record and Event written after {} | {rss:.1} MiB | {} during the change ({}) |",
+        "| {n} Devices all given a new desired firmware at once: watch event, decide, resolve in the registry, publish, until all {n} new intents reached a subscriber on local mosquitto | < 5 s; RSS < 150 MiB | **{}** ({:.0} intents/s); every status record and Event written after {} | {rss:.1} MiB ({rss_cold:.1} MiB after the cold start) | {} during the change ({}) |",
         ms(all_intents),
         n as f64 / all_intents.as_secs_f64().max(1e-9),
         ms(all_done),
@@ -186,13 +192,15 @@ async fn main() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "During the change: {reconciles:.0} reconciles and {published:.0} intents published (controller metrics), {messages} intent messages at the subscriber, {conflicts} requests answered 409, reconcile failures: {}; unknown requests: {unknown}. The driver's {n} spec patches took {} of the figure.",
+        "During the change: {reconciles:.0} reconciles and {published:.0} intents published (controller metrics), {messages} intent messages at the subscriber, {conflicts} requests answered 409, reconcile failures: {}; unknown requests: {unknown}. The driver's {n} spec patches took {} of the figure. CPU time from the change until every status record was seen: twinflash-cloud {cpu:.2} s, this driver (API server, subscriber, polling) {own:.2} s, over {} of wall time on {} cores.",
         if failures.is_empty() {
             "none".to_owned()
         } else {
             failures.join(", ")
         },
         ms(patched),
+        ms(all_done),
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
     );
     println!(
         "Caveats: the API server is the harness's in-process, in-memory stand-in (`FakeApi`, plain HTTP, no etcd, no admission), \

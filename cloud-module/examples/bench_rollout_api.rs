@@ -20,13 +20,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use api_bench::{
-    Cloud, FWR, Intents, NS, Seen, World, device_count, device_json, digest_of, image, kind_of,
-    mix, name, parse_path, properties, push, summary, wait_until,
+    Cloud, DEV, FWR, Intents, NS, Seen, World, device_count, device_json, digest_of, image,
+    kind_of, mix, name, parse_path, properties, push, summary, wait_until,
 };
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 use twinflash_cloud::crd::{Device, DeviceProperty};
+use twinflash_cloud::rollout::observe::META_WAVE;
 use twinflash_cloud::rollout::{
     DeviceSelector, FailureThreshold, FirmwareRollout, FirmwareRolloutSpec, FirmwareRolloutStatus,
     Phase, Strategy,
@@ -330,12 +331,22 @@ async fn main() -> anyhow::Result<()> {
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
     let rollout_failures = cloud.log_count("rollout reconcile failed");
+    // The wave each Device was started in, from the rollout's marker on its desired value.
+    let mut per_wave: BTreeMap<u32, usize> = BTreeMap::new();
+    for d in api.list(DEV.0, DEV.1, DEV.2, Some(NS)) {
+        if let Some(w) = d["spec"]["properties"][0]["desired"]["metadata"][META_WAVE]
+            .as_str()
+            .and_then(|w| w.parse().ok())
+        {
+            *per_wave.entry(w).or_default() += 1;
+        }
+    }
     drop(cloud);
 
     println!(
-        "| wave | devices started | wall time | rollout reconciles | wall time / reconcile | rollout status patches | Device reconciles | intents published | API requests (all clients) | installed / failed at wave end |"
+        "| wave (from `currentWave` = k to the next) | Devices of the wave | wall time | rollout reconciles | wall time / reconcile | rollout status patches | Device patches by the rollout | Device reconciles | intents published | API requests (all clients) | installed / failed at the end |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for pair in marks.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
         let window = &reqs[a.requests.min(b.requests)..b.requests.min(reqs.len())];
@@ -347,8 +358,12 @@ async fn main() -> anyhow::Result<()> {
             a.wave.to_string()
         };
         println!(
-            "| {label} | {} | {:.2} s | {reconciles} | {} | {} | {:.0} | {:.0} | {} | {} |",
-            count(window, is_device_start),
+            "| {label} | {} | {:.2} s | {reconciles} | {} | {} | {} | {:.0} | {:.0} | {} | {} |",
+            if a.wave == 0 {
+                "-".to_owned()
+            } else {
+                per_wave.get(&a.wave).copied().unwrap_or(0).to_string()
+            },
             took.as_secs_f64(),
             if reconciles == 0 {
                 "-".to_owned()
@@ -356,6 +371,7 @@ async fn main() -> anyhow::Result<()> {
                 format!("{:.0} ms", took.as_secs_f64() * 1e3 / reconciles as f64)
             },
             count(window, is_rollout_status_patch),
+            count(window, is_device_start),
             b.device_reconciles - a.device_reconciles,
             b.published - a.published,
             window.len(),
@@ -397,7 +413,7 @@ async fn main() -> anyhow::Result<()> {
         api.unknown_requests().len(),
     );
     println!(
-        "What is measured: wall time between the driver seeing `status.currentWave` change (polled every 25 ms); rollout reconciles = GETs of the rollout \
+        "What is measured: wall time between the driver seeing `status.currentWave` change (polled every 25 ms; the reconcile that starts wave k+1 patches its first Devices just before it writes the status, so those patches count in the row of wave k); rollout reconciles = GETs of the rollout \
          (each reconcile reads it fresh first); wall time / reconcile is an upper bound of the mean reconcile time (equal to it only while reconciles run back to back; \
          the controller exposes no reconcile duration). Each reconcile lists all selected Devices from the API server. A Device starts when the rollout patches its \
          desired value; the Device controller then resolves v2 in the registry, publishes the intent, records it in the status and emits an Event; the simulated device \

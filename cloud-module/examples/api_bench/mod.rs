@@ -233,6 +233,11 @@ impl Cloud {
         Some(kib / 1024.0)
     }
 
+    /// CPU seconds (user + system) the child used so far.
+    pub fn cpu_secs(&self) -> Option<f64> {
+        cpu_secs(&format!("/proc/{}/stat", self.child.id()))
+    }
+
     /// Whether the child is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -269,6 +274,16 @@ impl Drop for Cloud {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// CPU seconds (user + system) of the process whose `stat` file is `path` (USER_HZ = 100).
+pub fn cpu_secs(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 /// One intent seen on the broker: the device (`{ns}/{name}` from the topic) and which of the
