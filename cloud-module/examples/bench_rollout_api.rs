@@ -287,6 +287,7 @@ async fn main() -> anyhow::Result<()> {
     .map_err(|e| fail(&cloud, e))?;
     let first_pass = cloud.spawned.elapsed();
     let republished = cloud.metric("twinflash_cloud_intents_published_total");
+    let rss_before = cloud.peak_rss_mib().unwrap_or(0.0);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let mark = |wave: u32, status: Option<FirmwareRolloutStatus>, cloud: &Cloud| Mark {
@@ -390,7 +391,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {n} | 4 | 500 | {} | {} | {} | **{:.2} s** | {} | **{rss:.1} MiB** | {} | {:.2} s after spawn, {republished:.0} intents republished |",
+        "| {n} | 4 | 500 | {} | {} | {} | **{:.2} s** | {} | **{rss:.1} MiB** ({rss_before:.1} MiB before the rollout) | {} | {:.2} s after spawn, {republished:.0} intents republished |",
         end.phase.as_str(),
         end.installed,
         end.failed,
