@@ -13,7 +13,7 @@ tf_need_services
 
 quick=false
 [ "${1:-}" = "--quick" ] && quick=true
-if $quick; then fetch_mib=64; rss_mib=64; intents=50; else fetch_mib=512; rss_mib=512; intents=200; fi
+if $quick; then fetch_mib=64; rss_mib=64; intents=50; api_devices=1000; else fetch_mib=512; rss_mib=512; intents=200; api_devices=10000; fi
 
 out=docs/benchmarks.md
 tmp=$(mktemp -d)
@@ -21,7 +21,7 @@ trap 'rm -rf "$tmp"' EXIT
 
 tf_log "release builds"
 cargo build --release --locked -q -p twinflash-edge --bins --examples
-cargo build --release --locked -q -p twinflash-cloud --examples
+cargo build --release --locked -q -p twinflash-cloud --bins --examples
 
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
 sha=$(lscpu | grep -qw sha_ni && echo "SHA-NI" || echo "no SHA-NI")
@@ -55,7 +55,9 @@ run "Edge agent: 100 devices on one agent (issue 5)" agent_table target/release/
 run "Fleet: 1,000 devices across 10 agents on one broker (issue 8)" agent_table target/release/examples/bench_agent fleet-multi 10 100 64
 run "Fetcher: B1, B2, peak RSS (issue 3)" bash scripts/bench/fetch.sh "$fetch_mib"
 run "Rollout planner over 10,000 Devices in 4 waves (issue 7)" target/release/examples/bench_rollout
+run "Rollout through the API server: twinflash-cloud, FakeApi, registry, mosquitto, simulated fleet (issue 7, full path)" target/release/examples/bench_rollout_api "$api_devices"
 run "Controller: 10,000 Devices to MQTT intents (issue 6)" agent_table target/release/examples/bench_controller 10000
+run "Controller through the API server: twinflash-cloud, FakeApi, registry, mosquitto (issue 6, full path)" target/release/examples/bench_controller_api "$api_devices"
 run "twinflash-edge release binary, stripped (issue 4)" bash -c 'echo "| date | commit | with probe-rs (goal <= 12 MiB) | without probe-rs |"; echo "|---|---|---|---|"; bash scripts/bench/binary-size.sh'
 
 {

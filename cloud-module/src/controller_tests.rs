@@ -189,6 +189,52 @@ async fn pin_path_tag_is_resolved_and_the_digest_published_device_status_in_devi
 }
 
 #[tokio::test]
+async fn each_new_intent_on_a_device_gets_its_own_event_with_its_own_note() {
+    let t = Context::test(StatusLocation::Device);
+    let v1 = pinned();
+    let v2 = format!("registry.local:5000/fw/blinky@sha256:{}", "b".repeat(64));
+    for p in [&v1, &v2] {
+        t.resolver.insert(p, artifact(p, Some("nRF52840_xxAA")));
+    }
+    let with_chip = |desired: &str, generation| {
+        let mut d = device(desired, generation);
+        d.meta_mut()
+            .annotations
+            .get_or_insert_default()
+            .insert("twinflash.io/chip".into(), "nRF52840_xxAA".into());
+        Arc::new(d)
+    };
+    let (d1, d2) = (with_chip(&v1, 1), with_chip(&v2, 2));
+    let status_path = devices_path(&format!("devices/{NAME}/status"));
+    let (n1, n2) = (v1.clone(), v2.clone());
+    let server = t.verifier.run(vec![
+        Expect {
+            respond: Some((StatusCode::OK, device_json(&d1))),
+            ..Expect::patch_status(status_path.clone(), |_| {})
+        },
+        Expect::event(move |ev| {
+            assert_event(ev, "Normal", Reason::IntentPublished);
+            assert!(ev["note"].as_str().unwrap().contains(&n1), "{ev}");
+        }),
+        Expect {
+            respond: Some((StatusCode::OK, device_json(&d2))),
+            ..Expect::patch_status(status_path, |_| {})
+        },
+        // A new Event (POST), not a series patch of the first one that would keep its note.
+        Expect::event(move |ev| {
+            assert_event(ev, "Normal", Reason::IntentPublished);
+            assert!(ev["note"].as_str().unwrap().contains(&n2), "{ev}");
+            assert!(ev["series"].is_null(), "{ev}");
+        }),
+    ]);
+    reconcile(d1, t.ctx.clone()).await.unwrap();
+    reconcile(d2, t.ctx.clone()).await.unwrap();
+    assert_eq!(t.sink.published(), vec![(key(), v1), (key(), v2)]);
+    drop(t.ctx);
+    assert_eq!(server.await.unwrap().len(), 4);
+}
+
+#[tokio::test]
 async fn invalid_reference_gets_condition_and_warning_event_without_publish() {
     let t = Context::test(StatusLocation::Device);
     let bad = "registry.local:5000/fw/blinky:1.4.2+b7";

@@ -14,7 +14,7 @@ use twinflash_cloud::config::{Config, Mode};
 use twinflash_cloud::controller::{self, Context};
 use twinflash_cloud::direct::KubeStatusWriter;
 use twinflash_cloud::mqtt::{self, MqttSink};
-use twinflash_cloud::resolver::RegistryResolver;
+use twinflash_cloud::resolver::{PinnedCache, RegistryResolver};
 use twinflash_cloud::seams::{ArtifactResolver, StatusWriter};
 use twinflash_cloud::status_route::StatusRoute;
 use twinflash_cloud::{leader, metrics};
@@ -230,9 +230,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     });
     info!(%identity, lease = %format!("{namespace}/{}", leader::LEASE_NAME), mode = ?cfg.mode, "waiting for the lease");
     let shared = Arc::new(Shared {
-        resolver: Arc::new(RegistryResolver::with_plain_http(
+        resolver: Arc::new(PinnedCache::new(RegistryResolver::with_plain_http(
             cfg.registry.plain_http.clone(),
-        )),
+        ))),
         cfg,
         client,
         metrics,
