@@ -25,7 +25,7 @@ cargo build --release --locked -q -p twinflash-cloud --bins --examples
 
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
 sha=$(lscpu | grep -qw sha_ni && echo "SHA-NI" || echo "no SHA-NI")
-machine="$(nproc) cores ($cpu, $sha), $(free -g | awk '/^Mem:/{print $2}') GiB RAM, $(uname -sr), $(rustc --version | cut -d' ' -f1-2), $(git rev-parse --short HEAD)$([ -n "$(git status --porcelain)" ] && echo '+dirty')"
+machine="$(nproc) cores ($cpu, $sha), $(free -g | awk '/^Mem:/{print $2}') GiB RAM, $(uname -sr), $(rustc --version | cut -d' ' -f1-2), $(git rev-parse --short HEAD)$([ -z "$(git status --porcelain)" ] || echo '+dirty')"
 
 run() { # title command...
     local title=$1; shift
