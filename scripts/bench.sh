@@ -39,6 +39,8 @@ run() { # title command...
         echo '```'
         echo
         "$@" 2>"$tmp/err" || { echo "(failed: $(tail -n 3 "$tmp/err" | tr '\n' ' '))"; }
+        # Hand-written analysis that belongs under this section (NOTES=file run ...).
+        if [ -n "${NOTES:-}" ]; then echo; cat "$NOTES"; fi
     } >>"$tmp/body"
 }
 
@@ -50,10 +52,10 @@ agent_table() {
 
 : >"$tmp/body"
 run "Edge agent: latency (issue 5, B3)" agent_table target/release/examples/bench_agent latency "$intents"
-run "Edge agent: memory (issue 5)" agent_table target/release/examples/bench_agent rss "$rss_mib"
+NOTES=scripts/bench/notes/agent-memory.md run "Edge agent: memory (issue 5)" agent_table target/release/examples/bench_agent rss "$rss_mib"
 run "Edge agent: 100 devices on one agent (issue 5)" agent_table target/release/examples/bench_agent fleet 100 1024
 run "Fleet: 1,000 devices across 10 agents on one broker (issue 8)" agent_table target/release/examples/bench_agent fleet-multi 10 100 64
-run "Fetcher: B1, B2, peak RSS (issue 3)" bash scripts/bench/fetch.sh "$fetch_mib"
+NOTES=scripts/bench/notes/fetch.md run "Fetcher: B1, B2, peak RSS (issue 3)" bash scripts/bench/fetch.sh "$fetch_mib"
 run "Rollout planner over 10,000 Devices in 4 waves (issue 7)" target/release/examples/bench_rollout
 run "Rollout through the API server: twinflash-cloud, FakeApi, registry, mosquitto, simulated fleet (issue 7, full path)" target/release/examples/bench_rollout_api "$api_devices"
 run "Controller: 10,000 Devices to MQTT intents (issue 6)" agent_table target/release/examples/bench_controller 10000
