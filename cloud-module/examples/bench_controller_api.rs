@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use api_bench::{
-    Cloud, DEV, Intents, NS, World, cpu_secs, device_count, device_json, digest_of, image, kind_of,
-    name, properties, push, summary, wait_until,
+    Cloud, DEV, Intents, NS, World, cpu_secs, device_count, device_json, digest_of, kind_of, name,
+    properties, summary, wait_until,
 };
 use serde_json::json;
 use twinflash_harness::kubeapi::RequestRecord;
@@ -55,22 +55,7 @@ async fn main() -> anyhow::Result<()> {
     let mqtt = Mosquitto::start()?;
     let world = World::start()?;
     let api = &world.api;
-    let v1 = push(
-        &world.registry,
-        world.dir.path(),
-        "fw/blinky:1.0.0",
-        &image(1, 4096),
-        "1.0.0",
-    )
-    .await?;
-    let v2 = push(
-        &world.registry,
-        world.dir.path(),
-        "fw/blinky:2.0.0",
-        &image(2, 4096),
-        "2.0.0",
-    )
-    .await?;
+    let (v1, v2) = world.push_v1_v2().await?;
     let intents = Intents::start(mqtt.port(), vec![digest_of(&v1)?, digest_of(&v2)?], None).await?;
     for i in 0..n {
         api.put(device_json(i, &v1))?;

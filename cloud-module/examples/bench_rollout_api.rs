@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use api_bench::{
-    Cloud, DEV, FWR, Intents, NS, Seen, World, device_count, device_json, digest_of, image,
-    kind_of, mix, name, parse_path, properties, push, summary, wait_until,
+    Cloud, DEV, FWR, Intents, NS, Seen, World, device_count, device_json, digest_of, kind_of, mix,
+    name, parse_path, properties, summary, wait_until,
 };
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
@@ -228,22 +228,7 @@ async fn main() -> anyhow::Result<()> {
     let mqtt = Mosquitto::start()?;
     let world = World::start()?;
     let api = &world.api;
-    let v1 = push(
-        &world.registry,
-        world.dir.path(),
-        "fw/blinky:1.0.0",
-        &image(1, 4096),
-        "1.0.0",
-    )
-    .await?;
-    let v2 = push(
-        &world.registry,
-        world.dir.path(),
-        "fw/blinky:2.0.0",
-        &image(2, 4096),
-        "2.0.0",
-    )
-    .await?;
+    let (v1, v2) = world.push_v1_v2().await?;
     for i in 0..n {
         api.put(converged_device(i, &v1)?)?;
     }

@@ -480,6 +480,28 @@ pub struct World {
 }
 
 impl World {
+    /// Pushes the two firmware versions every benchmark uses (`fw/blinky` 1.0.0 and 2.0.0, 4 KiB);
+    /// returns their digest-pinned references.
+    pub async fn push_v1_v2(&self) -> anyhow::Result<(String, String)> {
+        let v1 = push(
+            &self.registry,
+            self.dir.path(),
+            "fw/blinky:1.0.0",
+            &image(1, 4096),
+            "1.0.0",
+        )
+        .await?;
+        let v2 = push(
+            &self.registry,
+            self.dir.path(),
+            "fw/blinky:2.0.0",
+            &image(2, 4096),
+            "2.0.0",
+        )
+        .await?;
+        Ok((v1, v2))
+    }
+
     /// Starts the registry and the API server.
     pub fn start() -> anyhow::Result<World> {
         let dir = tempfile::tempdir()?;
