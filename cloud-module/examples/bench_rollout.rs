@@ -9,10 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use twinflash_cloud::rollout::sim::{Behaviour, Fleet};
-use twinflash_cloud::rollout::{
-    FailureThreshold, FirmwareRolloutSpec, Phase, Pin, PlanInput, Strategy, plan,
-};
+use twinflash_cloud::rollout::sim::{Behaviour, Fleet, bench_strategy};
+use twinflash_cloud::rollout::{FirmwareRolloutSpec, Phase, Pin, PlanInput, plan};
 
 const OLD: &str = "registry.local:5000/fw/blinky:1.0.0@sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const PIN: &str = "registry.local:5000/fw/blinky:2.0.0@sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -62,17 +60,7 @@ fn main() {
     let spec = FirmwareRolloutSpec {
         selector: Default::default(),
         firmware: PIN.into(),
-        strategy: Strategy {
-            waves: vec!["1%".into(), "10%".into(), "40%".into(), "100%".into()],
-            max_in_flight: 500,
-            failure_threshold: FailureThreshold {
-                max_failure_percent: Some(5),
-                min_sample: 100,
-                max_failures: None,
-            },
-            device_timeout_seconds: 900,
-            pause_between_waves_seconds: 0,
-        },
+        strategy: bench_strategy(),
         paused: false,
         abort: false,
         rollback_on_abort: true,

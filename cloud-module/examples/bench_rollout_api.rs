@@ -28,9 +28,9 @@ use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 use twinflash_cloud::crd::{Device, DeviceProperty};
 use twinflash_cloud::rollout::observe::META_WAVE;
+use twinflash_cloud::rollout::sim::bench_strategy;
 use twinflash_cloud::rollout::{
-    DeviceSelector, FailureThreshold, FirmwareRollout, FirmwareRolloutSpec, FirmwareRolloutStatus,
-    Phase, Strategy,
+    DeviceSelector, FirmwareRollout, FirmwareRolloutSpec, FirmwareRolloutStatus, Phase,
 };
 use twinflash_cloud::status::{apply_actual_report, with_record};
 use twinflash_cloud::{Reason, Record};
@@ -89,17 +89,7 @@ fn rollout(firmware: &str) -> anyhow::Result<serde_json::Value> {
             match_expressions: Vec::new(),
         },
         firmware: firmware.to_owned(),
-        strategy: Strategy {
-            waves: vec!["1%".into(), "10%".into(), "40%".into(), "100%".into()],
-            max_in_flight: 500,
-            failure_threshold: FailureThreshold {
-                max_failure_percent: Some(5),
-                min_sample: 100,
-                max_failures: None,
-            },
-            device_timeout_seconds: 900,
-            pause_between_waves_seconds: 0,
-        },
+        strategy: bench_strategy(),
         paused: false,
         abort: false,
         rollback_on_abort: true,

@@ -6,8 +6,25 @@ use std::collections::BTreeMap;
 
 use super::observe::{META_ROLLOUT, ObservedDevice};
 use super::plan::{DesiredPatch, Pin, Plan, PlanInput, plan};
-use super::types::{FirmwareRolloutSpec, FirmwareRolloutStatus};
+use super::types::{FailureThreshold, FirmwareRolloutSpec, FirmwareRolloutStatus, Strategy};
 use crate::crd::TwinProperty;
+
+/// The strategy of the rollout benchmarks (`bench_rollout`, `bench_rollout_api`): waves of 1 %,
+/// 10 %, 40 % and the rest, 500 in flight, abort above 5 % failures once 100 finished, 900 s per
+/// Device.
+pub fn bench_strategy() -> Strategy {
+    Strategy {
+        waves: vec!["1%".into(), "10%".into(), "40%".into(), "100%".into()],
+        max_in_flight: 500,
+        failure_threshold: FailureThreshold {
+            max_failure_percent: Some(5),
+            min_sample: 100,
+            max_failures: None,
+        },
+        device_timeout_seconds: 900,
+        pause_between_waves_seconds: 0,
+    }
+}
 
 /// What a simulated Device does once its desired value is the rollout's.
 #[derive(Debug, Clone, PartialEq, Eq)]
