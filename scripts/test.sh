@@ -6,10 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/deps.sh
 source scripts/lib/deps.sh
+# shellcheck source=scripts/lib/standalone.sh
+source scripts/lib/standalone.sh
 
 tf_need_rust
 tf_need_services
 tf_need_oras
+
+tf_log "the repository stands alone (nothing points beside the checkout)"
+tf_standalone_check
 
 tf_log "cargo fmt --check"
 cargo fmt --all -- --check
@@ -21,4 +26,4 @@ tf_log "cargo clippy, command-only agent (no probe-rs)"
 cargo clippy --locked -p twinflash-flasher -p twinflash-edge --no-default-features --all-targets -- -D warnings
 
 tf_log "cargo test (every test, real mosquitto and registry started by the harness)"
-cargo test --locked --workspace --no-fail-fast
+tf_standalone_run cargo test --locked --workspace --no-fail-fast

@@ -1,4 +1,4 @@
-//! The twinflash firmware artifact format (twinflash.md section 2): media types, annotation keys,
+//! The twinflash firmware artifact format (docs/contract.md section 2): media types, annotation keys,
 //! and detection plus validation of firmware files from their content (ELF, Intel HEX, UF2, raw binary).
 
 use std::fmt;

@@ -43,7 +43,7 @@ fn default_resync() -> u64 {
     300
 }
 
-/// Delivery mode (twinflash.md section 4).
+/// Delivery mode (docs/contract.md section 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -77,7 +77,7 @@ pub struct WatchConfig {
     pub label_selector: Option<String>,
 }
 
-/// Topic layout of the device id (kubeedge-twin.md section 1).
+/// Topic layout of the device id (docs/kubeedge.md section 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TopicLayout {

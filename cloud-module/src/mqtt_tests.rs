@@ -5,7 +5,7 @@ const REF: &str = "registry.local:5000/fw/blinky@sha256:98c66134049792d306ac83ce
 
 fn golden(name: &str) -> serde_json::Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/golden/kubeedge")
+        .join("../mqtt-schema/tests/data/kubeedge")
         .join(name);
     serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
 }

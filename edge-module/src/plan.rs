@@ -1,4 +1,4 @@
-//! Pure decisions of a device's firmware job (../shared/spec/twinflash.md section 3).
+//! Pure decisions of a device's firmware job (docs/contract.md section 3).
 //!
 //! The job is level-triggered like a Kubernetes controller: the journal holds what is wanted and what is installed,
 //! and [`next_step`] says what to do about the difference. Repeated deltas therefore change nothing, and a restart

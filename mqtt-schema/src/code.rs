@@ -1,4 +1,4 @@
-//! The stable error codes of twinflash (../shared/spec/twinflash.md section 3).
+//! The stable error codes of twinflash (docs/contract.md section 3).
 //!
 //! The same strings appear in logs, metric labels and the `firmware-state` twin. Add codes when
 //! needed; never change one.

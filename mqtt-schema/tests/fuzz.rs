@@ -18,9 +18,9 @@ use proptest::prelude::*;
 fn golden_payloads() -> &'static Vec<Vec<u8>> {
     static PAYLOADS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
     PAYLOADS.get_or_init(|| {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/golden/kubeedge");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kubeedge");
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(dir).expect("golden vectors beside the checkout") {
+        for entry in std::fs::read_dir(dir).expect("golden vectors in tests/data/kubeedge") {
             let path = entry.unwrap().path();
             if path.extension().is_none_or(|e| e != "json") {
                 continue;

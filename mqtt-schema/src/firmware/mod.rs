@@ -1,4 +1,4 @@
-//! twinflash's firmware twin conventions (../shared/spec/twinflash.md sections 1 and 3): the
+//! twinflash's firmware twin conventions (docs/contract.md sections 1 and 3): the
 //! three twin names, digest-pinned OCI references, version strings and the `firmware-state` values.
 
 mod reference;

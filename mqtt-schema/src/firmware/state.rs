@@ -1,4 +1,4 @@
-//! The `firmware-state` twin values: `state` or `state:detail` (twinflash.md section 3).
+//! The `firmware-state` twin values: `state` or `state:detail` (docs/contract.md section 3).
 
 use std::fmt;
 use std::str::FromStr;

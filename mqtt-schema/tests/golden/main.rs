@@ -1,4 +1,4 @@
-//! Every golden vector of ../shared/golden/kubeedge is exercised here; a vector of an unknown kind,
+//! Every golden vector of tests/data/kubeedge is exercised here; a vector of an unknown kind,
 //! or an encode vector without a hand-built counterpart, fails the run.
 // Test code: unwrap/expect on fixture data is the point (a bad fixture must fail loudly).
 #![allow(clippy::unwrap_used, clippy::expect_used)]

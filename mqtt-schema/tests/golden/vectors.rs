@@ -18,13 +18,10 @@ pub struct Vector {
 }
 
 pub fn golden_dir() -> PathBuf {
-    let dir = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/golden/kubeedge"
-    ));
+    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kubeedge"));
     assert!(
         dir.is_dir(),
-        "golden vectors not found at {}: the shared/ directory must sit beside the checkout",
+        "golden vectors not found at {}: they are part of the repository",
         dir.display()
     );
     dir.to_path_buf()
