@@ -181,6 +181,17 @@ pub struct Limits {
     /// Flash attempts of one intent before it is `failed:flash-failed`.
     #[serde(default = "default_attempts")]
     pub flash_attempts: u32,
+    /// Largest inbound MQTT message handled, in bytes; a larger one is acknowledged and dropped unread (one log line,
+    /// `twinflash_edge_mqtt_dropped_messages_total{reason="oversized"}`). At most the transport's cap (16 MiB).
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    /// Reports of one device that may leave at once (an install's few states go out as they happen).
+    #[serde(default = "default_report_burst")]
+    pub report_burst: u32,
+    /// Past the burst, one report of a device per this many milliseconds; reports made meanwhile merge (the latest
+    /// value of each twin wins), so a storm of intents costs bounded messages.
+    #[serde(default = "default_report_interval")]
+    pub report_interval_ms: u64,
 }
 
 impl Default for Limits {
@@ -189,6 +200,9 @@ impl Default for Limits {
             downloads: default_downloads(),
             flashes: default_flashes(),
             flash_attempts: default_attempts(),
+            max_message_bytes: default_max_message(),
+            report_burst: default_report_burst(),
+            report_interval_ms: default_report_interval(),
         }
     }
 }
@@ -217,12 +231,25 @@ pub enum LogFormat {
 }
 
 /// `[metrics]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// `host:port` for `/metrics`, `/healthz` and `/readyz`; absent: no listener.
     #[serde(default)]
     pub listen: Option<String>,
+    /// `/readyz` answers 503 once the broker link has been down longer than this many seconds (0: never for that
+    /// reason).
+    #[serde(default = "default_unready_after")]
+    pub unready_after_broker_down_secs: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: None,
+            unready_after_broker_down_secs: default_unready_after(),
+        }
+    }
 }
 
 /// `[[devices]]`.
@@ -263,6 +290,18 @@ fn default_flashes() -> usize {
 }
 fn default_attempts() -> u32 {
     3
+}
+fn default_max_message() -> usize {
+    twinflash_mqtt::DEFAULT_MAX_MESSAGE
+}
+fn default_report_burst() -> u32 {
+    10
+}
+fn default_report_interval() -> u64 {
+    500
+}
+fn default_unready_after() -> u64 {
+    60
 }
 
 /// The configuration could not be read or is wrong. The message names the file or the key.
@@ -329,6 +368,15 @@ impl EdgeConfig {
             return Err(invalid(
                 "limits".into(),
                 "downloads, flashes and flash_attempts must be at least 1",
+            ));
+        }
+        if !(1024..=twinflash_mqtt::MAX_INCOMING_PACKET).contains(&self.limits.max_message_bytes) {
+            return Err(invalid(
+                "limits.max_message_bytes".into(),
+                &format!(
+                    "must be between 1024 and the transport's cap of {} bytes",
+                    twinflash_mqtt::MAX_INCOMING_PACKET
+                ),
             ));
         }
         if self.devices.is_empty() {

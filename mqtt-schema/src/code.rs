@@ -96,6 +96,21 @@ impl ErrorCode {
     }
 }
 
+impl ErrorCode {
+    /// True for codes that say the intent itself is unacceptable (`rejected:<code>`): never retried until the intent
+    /// changes (docs/contract.md section 3).
+    pub const fn is_rejection(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::InvalidReference
+                | ErrorCode::UnsupportedArtifact
+                | ErrorCode::ChipMismatch
+                | ErrorCode::DowngradeRefused
+                | ErrorCode::TooLarge
+        )
+    }
+}
+
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
