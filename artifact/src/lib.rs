@@ -21,4 +21,4 @@ pub use inspect::{Inspected, inspect};
 pub use manifest::FirmwareArtifact;
 pub use oci_client::Reference;
 pub use push::{PushError, PushRequest, Pushed, push};
-pub use registry::TlsOptions;
+pub use registry::{Timeouts, TlsOptions};

@@ -74,6 +74,7 @@ pub fn fetch_config(cfg: &EdgeConfig) -> FetchConfig {
     fc.ca_file = r.ca_file.clone();
     fc.client_cert = r.cert_file.clone();
     fc.client_key = r.key_file.clone();
+    fc.timeouts = r.timeouts();
     fc
 }
 

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use twinflash_artifact::Timeouts;
 use twinflash_flasher::FlasherConfig;
 
 /// Prefix of the environment overrides: `TWINFLASH_EDGE__MQTT__URL=mqtt://...` sets `mqtt.url`.
@@ -131,6 +132,36 @@ pub struct RegistryConfig {
     /// fetched again after a crash.
     #[serde(default = "default_checkpoint")]
     pub checkpoint_bytes: u64,
+    /// Seconds to connect to a registry or token service.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Idle timeout in seconds: a request that receives no byte for this long fails.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Total deadline of one manifest request in seconds (`waiting:registry-unreachable` when hit).
+    #[serde(default = "default_manifest_timeout")]
+    pub manifest_timeout_secs: u64,
+    /// Total deadline of one token-service request in seconds (`waiting:registry-unreachable` when hit).
+    #[serde(default = "default_token_timeout")]
+    pub token_timeout_secs: u64,
+    /// Total deadline of one blob request in seconds; the download then resumes with Range at once, so a slow
+    /// download that makes progress still completes.
+    #[serde(default = "default_blob_request_timeout")]
+    pub blob_request_timeout_secs: u64,
+}
+
+impl RegistryConfig {
+    /// The fetcher's timeouts from the `*_secs` keys.
+    pub fn timeouts(&self) -> Timeouts {
+        let secs = std::time::Duration::from_secs;
+        Timeouts {
+            connect: secs(self.connect_timeout_secs),
+            idle: secs(self.idle_timeout_secs),
+            manifest: secs(self.manifest_timeout_secs),
+            token: secs(self.token_timeout_secs),
+            blob_request: secs(self.blob_request_timeout_secs),
+        }
+    }
 }
 
 impl Default for RegistryConfig {
@@ -148,6 +179,11 @@ impl Default for RegistryConfig {
             cache_max_bytes: None,
             rate_limit_bytes_per_sec: None,
             checkpoint_bytes: default_checkpoint(),
+            connect_timeout_secs: default_connect_timeout(),
+            idle_timeout_secs: default_idle_timeout(),
+            manifest_timeout_secs: default_manifest_timeout(),
+            token_timeout_secs: default_token_timeout(),
+            blob_request_timeout_secs: default_blob_request_timeout(),
         }
     }
 }
@@ -282,6 +318,21 @@ fn default_max_artifact() -> u64 {
 fn default_checkpoint() -> u64 {
     1024 * 1024
 }
+fn default_connect_timeout() -> u64 {
+    Timeouts::default().connect.as_secs()
+}
+fn default_idle_timeout() -> u64 {
+    Timeouts::default().idle.as_secs()
+}
+fn default_manifest_timeout() -> u64 {
+    Timeouts::default().manifest.as_secs()
+}
+fn default_token_timeout() -> u64 {
+    Timeouts::default().token.as_secs()
+}
+fn default_blob_request_timeout() -> u64 {
+    Timeouts::default().blob_request.as_secs()
+}
 fn default_downloads() -> usize {
     4
 }
@@ -362,6 +413,18 @@ impl EdgeConfig {
                 "registry.checkpoint_bytes".into(),
                 "must be at least 4096",
             ));
+        }
+        let r = &self.registry;
+        for (key, secs) in [
+            ("connect_timeout_secs", r.connect_timeout_secs),
+            ("idle_timeout_secs", r.idle_timeout_secs),
+            ("manifest_timeout_secs", r.manifest_timeout_secs),
+            ("token_timeout_secs", r.token_timeout_secs),
+            ("blob_request_timeout_secs", r.blob_request_timeout_secs),
+        ] {
+            if secs == 0 {
+                return Err(invalid(format!("registry.{key}"), "must be at least 1"));
+            }
         }
         if self.limits.downloads == 0 || self.limits.flashes == 0 || self.limits.flash_attempts == 0
         {
