@@ -259,18 +259,9 @@ async fn install(device: &Arc<Device>, ctx: &JobContext, reference: &str, attemp
         settle(device, reference, failed(e.code()));
         return;
     }
-    let Ok(format) = art
-        .format
-        .to_string()
-        .parse::<twinflash_flasher::FirmwareFormat>()
-    else {
-        device.lock().flashing = false;
-        settle(device, reference, rejected(ErrorCode::UnsupportedArtifact));
-        return;
-    };
     let req = FlashRequest {
         image: fetched.path.clone(),
-        format,
+        format: art.format,
         base_address: art.base_address,
         chip: art.chip.clone(),
         reference: reference.to_owned(),
