@@ -230,16 +230,9 @@ async fn flash(
     reference: &str,
 ) -> FlashResult {
     let art = &fetched.artifact;
-    let Ok(format) = art
-        .format
-        .to_string()
-        .parse::<twinflash_flasher::FirmwareFormat>()
-    else {
-        return flash_error(ErrorCode::UnsupportedArtifact, Verdict::Reject);
-    };
     let req = FlashRequest {
         image: fetched.path.clone(),
-        format,
+        format: art.format,
         base_address: art.base_address,
         chip: art.chip.clone(),
         reference: reference.to_owned(),
@@ -292,14 +285,6 @@ async fn flash(
                 read_back,
             }
         }
-    }
-}
-
-fn flash_error(code: ErrorCode, verdict: Verdict) -> FlashResult {
-    FlashResult::Error {
-        code,
-        verdict,
-        read_back: None,
     }
 }
 
