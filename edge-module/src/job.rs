@@ -161,11 +161,14 @@ fn is_rejection(code: ErrorCode) -> bool {
 
 async fn install(device: &Arc<Device>, ctx: &JobContext, reference: &str, attempt: u32) {
     let id = device.id().to_owned();
-    if let Err(e) = mqtt_schema::FirmwareRef::parse(reference) {
-        tracing::warn!(device = %id, reference, error = %e, "intent is not a digest-pinned reference");
-        settle(device, reference, rejected(ErrorCode::InvalidReference));
-        return;
-    }
+    let firmware = match mqtt_schema::FirmwareRef::parse(reference) {
+        Ok(firmware) => firmware,
+        Err(e) => {
+            tracing::warn!(device = %id, reference, error = %e, "intent is not a digest-pinned reference");
+            settle(device, reference, rejected(ErrorCode::InvalidReference));
+            return;
+        }
+    };
     progress(device, ctx, "pending".into());
 
     // Fetch: cancelled by a newer intent or by shutdown (the partial stays and is resumed later).
@@ -186,7 +189,7 @@ async fn install(device: &Arc<Device>, ctx: &JobContext, reference: &str, attemp
     let fetched = ctx
         .fetcher
         .fetch(
-            reference,
+            &firmware,
             |ev| match ev {
                 FetchEvent::Progress { done, total } => {
                     let pct = percent(done, total);

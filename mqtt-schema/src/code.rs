@@ -94,6 +94,19 @@ impl ErrorCode {
             ErrorCode::InvalidMessage => "invalid-message",
         }
     }
+
+    /// Whether the code says the intent itself is unacceptable, so that it is reported as
+    /// `rejected:<code>` and never retried until the intent changes (docs/contract.md section 3).
+    pub const fn is_rejection(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::InvalidReference
+                | ErrorCode::UnsupportedArtifact
+                | ErrorCode::ChipMismatch
+                | ErrorCode::DowngradeRefused
+                | ErrorCode::TooLarge
+        )
+    }
 }
 
 impl fmt::Display for ErrorCode {
@@ -133,5 +146,23 @@ mod tests {
             );
         }
         assert!("nope".parse::<ErrorCode>().is_err());
+    }
+
+    #[test]
+    fn rejections_are_the_codes_about_the_intent() {
+        let rejections: Vec<_> = ErrorCode::ALL
+            .into_iter()
+            .filter(|c| c.is_rejection())
+            .collect();
+        assert_eq!(
+            rejections,
+            [
+                ErrorCode::InvalidReference,
+                ErrorCode::UnsupportedArtifact,
+                ErrorCode::ChipMismatch,
+                ErrorCode::DowngradeRefused,
+                ErrorCode::TooLarge,
+            ]
+        );
     }
 }

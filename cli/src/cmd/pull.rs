@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use mqtt_schema::{FirmwareRef, FirmwareRefError, RefKind};
 use tokio_util::sync::CancellationToken;
 use twinflash_artifact::{FetchConfig, FetchEvent, Fetcher, Mirror, RetryPolicy};
 
@@ -62,13 +63,15 @@ fn parse_mirror(s: &str) -> Mirror {
 pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     let tls = cmd.registry.tls(&cmd.reference);
     let creds = cmd.registry.credentials()?;
-    let reference = if cmd.reference.contains('@') {
-        cmd.reference.clone()
-    } else {
-        twinflash_artifact::inspect(&tls, &creds, &cmd.reference)
+    let invalid = |e: FirmwareRefError| with_code(&e, e.code());
+    let reference = match FirmwareRef::classify(&cmd.reference).map_err(invalid)? {
+        RefKind::Pinned(r) => r,
+        RefKind::Tag => twinflash_artifact::inspect(&tls, &creds, &cmd.reference)
             .await
             .map_err(|e| with_code(&e, e.code()))?
             .pinned_reference
+            .parse()
+            .map_err(invalid)?,
     };
     let mirrors: Vec<Mirror> = cmd.mirrors.iter().map(|m| parse_mirror(m)).collect();
     let mut plain_http = tls.plain_http.clone();
@@ -78,7 +81,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 plain_http.push(host.clone());
             }
         }
-        plain_http.push(registry_of(&reference));
+        plain_http.push(registry_of(reference.as_str()));
     }
     let mut cfg = FetchConfig::new(cmd.cache_dir.clone().unwrap_or_else(default_cache_dir));
     cfg.max_size = cmd.max_size;
