@@ -46,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
     let reference = pushed.pinned_reference.replacen(&host, &proxy_host, 1);
     let started = Instant::now();
     let fetched = fetcher
-        .fetch(&reference, |_| {}, &CancellationToken::new())
+        .fetch(&reference.parse()?, |_| {}, &CancellationToken::new())
         .await?;
     let secs = started.elapsed().as_secs_f64();
     let size = fetched.artifact.size;

@@ -89,7 +89,7 @@ async fn fetch_ends(cfg: twinflash_artifact::FetchConfig, reference: &str) -> (F
     let result = tokio::time::timeout(
         Duration::from_secs(60),
         fetcher.fetch(
-            reference,
+            &reference.parse().unwrap(),
             |e| {
                 if let FetchEvent::Waiting { code, .. } = e {
                     waiting.push(code);

@@ -133,14 +133,8 @@ async fn oversized_foreign_unknown_and_down_each_have_their_code() {
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::NotFound, "{err}");
 
-    // Not digest-pinned.
-    let err = fetch(
-        config(cache.path(), &host),
-        &format!("{host}/fw/codes:1.4.2"),
-    )
-    .await
-    .0
-    .unwrap_err();
+    // Not digest-pinned: no `FirmwareRef`, so nothing the fetcher takes.
+    let err = twinflash_artifact::parse_pinned(&format!("{host}/fw/codes:1.4.2")).unwrap_err();
     assert_eq!(err.code(), ErrorCode::InvalidReference, "{err}");
 
     assert_eq!(
@@ -282,7 +276,8 @@ async fn a_stalled_link_waits_then_completes_when_it_recovers() {
     let fetcher = twinflash_artifact::Fetcher::new(cfg).unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let reference = via(&pushed.pinned_reference, &proxy_host);
+    let reference: mqtt_schema::FirmwareRef =
+        via(&pushed.pinned_reference, &proxy_host).parse().unwrap();
     let task = tokio::spawn(async move {
         fetcher
             .fetch(

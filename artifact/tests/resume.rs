@@ -41,7 +41,7 @@ async fn a_cancelled_fetch_resumes_from_its_checkpoint() {
         tokio::spawn(async move {
             fetcher
                 .fetch(
-                    &reference,
+                    &reference.parse().unwrap(),
                     move |e| {
                         let _ = tx.send(e);
                     },

@@ -82,17 +82,17 @@ async fn the_cache_evicts_least_recently_used_but_never_pinned() {
     // fw0 is "installed": pinned. fw1 then fw2 are fetched; fw2 needs room, fw1 is older
     // than fw0 in use but fw0 is pinned, so fw1 goes.
     fetcher
-        .fetch(&refs[0].pinned_reference, |_| {}, &cancel)
+        .fetch(&refs[0].pinned_reference.parse().unwrap(), |_| {}, &cancel)
         .await
         .unwrap();
     fetcher.pin(&refs[0].pinned_reference).unwrap();
     fetcher
-        .fetch(&refs[1].pinned_reference, |_| {}, &cancel)
+        .fetch(&refs[1].pinned_reference.parse().unwrap(), |_| {}, &cancel)
         .await
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));
     let f2 = fetcher
-        .fetch(&refs[2].pinned_reference, |_| {}, &cancel)
+        .fetch(&refs[2].pinned_reference.parse().unwrap(), |_| {}, &cancel)
         .await
         .unwrap();
     let cache_has = |p: &twinflash_artifact::Pushed| {

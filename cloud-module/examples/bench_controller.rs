@@ -13,12 +13,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use mqtt_schema::DeviceId;
 use rumqttc::{Event, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 use twinflash_cloud::config::{Config, Mode};
 use twinflash_cloud::decide::{Decision, Input, decide};
 use twinflash_cloud::mqtt::MqttSink;
-use twinflash_cloud::seams::{DeviceKey, IntentSink, ResolveError, ResolvedArtifact};
+use twinflash_cloud::seams::{IntentSink, ResolveError, ResolvedArtifact};
 use twinflash_harness::Mosquitto;
 
 fn peak_rss_mib() -> f64 {
@@ -80,13 +81,10 @@ async fn main() {
     }
 
     // The cache: n Devices, each with a new digest-pinned desired firmware.
-    let devices: Vec<(DeviceKey, String)> = (0..n)
+    let devices: Vec<(DeviceId, String)> = (0..n)
         .map(|i| {
             (
-                DeviceKey {
-                    namespace: format!("site-{}", i % 20),
-                    name: format!("dev-{i:05}"),
-                },
+                DeviceId::namespaced(format!("site-{}", i % 20), format!("dev-{i:05}")).unwrap(),
                 format!(
                     "registry.local:5000/fw/blinky:2.0.0@sha256:{:064x}",
                     0xbeef_u64 + (i as u64 % 4)

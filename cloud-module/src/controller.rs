@@ -17,12 +17,15 @@ use tracing::{info, warn};
 
 use crate::config::StatusLocation;
 use crate::crd::{Device, DeviceModel, DeviceStatus, DeviceTwinStatus};
-use crate::decide::{CHIP_ANNOTATION, Decision, FIRMWARE, Input, Noop, Record, decide};
+use mqtt_schema::firmware::TWIN_FIRMWARE as FIRMWARE;
+
+use crate::decide::{CHIP_ANNOTATION, Decision, Input, Noop, Record, decide};
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::seams::{ArtifactResolver, DeviceKey, IntentSink};
+use crate::seams::{ArtifactResolver, IntentSink, namespace_of};
 use crate::status::{newest, record_from_status, with_record};
 use crate::status_route::StatusRoute;
+use mqtt_schema::DeviceId;
 
 /// The field manager / reporting controller name.
 pub const MANAGER: &str = "twinflash-cloud";
@@ -80,9 +83,9 @@ pub struct Context {
     /// Requeue period of a healthy Device.
     pub resync: Duration,
     /// Newest record per Device, so a stale cache or a lagging status never redoes an intent.
-    records: Mutex<HashMap<DeviceKey, Record>>,
+    records: Mutex<HashMap<DeviceId, Record>>,
     /// Consecutive failures per Device (backoff).
-    failures: Mutex<HashMap<DeviceKey, u32>>,
+    failures: Mutex<HashMap<DeviceId, u32>>,
 }
 
 impl Context {
@@ -113,18 +116,18 @@ impl Context {
         }
     }
 
-    fn memory_record(&self, key: &DeviceKey) -> Option<Record> {
+    fn memory_record(&self, key: &DeviceId) -> Option<Record> {
         self.records.lock().ok().and_then(|m| m.get(key).cloned())
     }
 
-    fn remember(&self, key: &DeviceKey, record: &Record) {
+    fn remember(&self, key: &DeviceId, record: &Record) {
         if let Ok(mut m) = self.records.lock() {
             m.insert(key.clone(), record.clone());
         }
     }
 
     /// The delay before retrying `key` after one more failure.
-    pub fn next_backoff(&self, key: &DeviceKey) -> Duration {
+    pub fn next_backoff(&self, key: &DeviceId) -> Duration {
         let n = self
             .failures
             .lock()
@@ -140,23 +143,24 @@ impl Context {
         BACKOFF_BASE.saturating_mul(factor).min(BACKOFF_MAX)
     }
 
-    fn reset_backoff(&self, key: &DeviceKey) {
+    fn reset_backoff(&self, key: &DeviceId) {
         if let Ok(mut m) = self.failures.lock() {
             m.remove(key);
         }
     }
 }
 
-fn key_of(device: &Device) -> Result<DeviceKey, Error> {
-    Ok(DeviceKey {
-        namespace: device
-            .namespace()
-            .ok_or(Error::MalformedObject { what: "namespace" })?,
-        name: device
-            .meta()
-            .name
-            .clone()
-            .ok_or(Error::MalformedObject { what: "name" })?,
+fn key_of(device: &Device) -> Result<DeviceId, Error> {
+    let namespace = device
+        .namespace()
+        .ok_or(Error::MalformedObject { what: "namespace" })?;
+    let name = device
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MalformedObject { what: "name" })?;
+    DeviceId::namespaced(namespace, name).map_err(|_| Error::MalformedObject {
+        what: "namespace or name usable in a topic",
     })
 }
 
@@ -168,7 +172,7 @@ struct Stored {
     exists: bool,
 }
 
-async fn load_status(device: &Device, key: &DeviceKey, ctx: &Context) -> Result<Stored, Error> {
+async fn load_status(device: &Device, key: &DeviceId, ctx: &Context) -> Result<Stored, Error> {
     match ctx.status_location {
         StatusLocation::Device => Ok(Stored {
             status: device.status.clone(),
@@ -176,12 +180,15 @@ async fn load_status(device: &Device, key: &DeviceKey, ctx: &Context) -> Result<
             exists: true,
         }),
         StatusLocation::DeviceStatus => {
-            let api: Api<DeviceStatus> = Api::namespaced(ctx.client.clone(), &key.namespace);
-            let found = api.get_opt(&key.name).await.map_err(|source| Error::Kube {
-                op: "get devicestatus",
-                object: key.to_string(),
-                source,
-            })?;
+            let api: Api<DeviceStatus> = Api::namespaced(ctx.client.clone(), namespace_of(key));
+            let found = api
+                .get_opt(key.name())
+                .await
+                .map_err(|source| Error::Kube {
+                    op: "get devicestatus",
+                    object: key.to_string(),
+                    source,
+                })?;
             Ok(match found {
                 Some(ds) => Stored {
                     resource_version: ds.resource_version(),
@@ -201,7 +208,7 @@ async fn load_status(device: &Device, key: &DeviceKey, ctx: &Context) -> Result<
 /// The chip the Device declares: its `twinflash.io/chip` annotation, else its DeviceModel's.
 async fn device_chip(
     device: &Device,
-    key: &DeviceKey,
+    key: &DeviceId,
     ctx: &Context,
 ) -> Result<Option<String>, Error> {
     if let Some(chip) = device.annotations().get(CHIP_ANNOTATION) {
@@ -215,20 +222,20 @@ async fn device_chip(
     else {
         return Ok(None);
     };
-    let api: Api<DeviceModel> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let api: Api<DeviceModel> = Api::namespaced(ctx.client.clone(), namespace_of(key));
     let found = api
         .get_opt(&model.name)
         .await
         .map_err(|source| Error::Kube {
             op: "get devicemodel",
-            object: format!("{}/{}", key.namespace, model.name),
+            object: format!("{}/{}", namespace_of(key), model.name),
             source,
         })?;
     Ok(found.and_then(|m| m.annotations().get(CHIP_ANNOTATION).cloned()))
 }
 
 async fn write_status(
-    key: &DeviceKey,
+    key: &DeviceId,
     stored: &Stored,
     record: &Record,
     ctx: &Context,
@@ -245,12 +252,12 @@ async fn write_status(
     let route = &ctx.status_route;
     let result = match ctx.status_location {
         StatusLocation::Device => {
-            let api = Api::<Device>::namespaced(ctx.client.clone(), &key.namespace);
-            route.patch(&api, &key.name, &patch).await.map(|_| ())
+            let api = Api::<Device>::namespaced(ctx.client.clone(), namespace_of(key));
+            route.patch(&api, key.name(), &patch).await.map(|_| ())
         }
         StatusLocation::DeviceStatus => {
-            let api = Api::<DeviceStatus>::namespaced(ctx.client.clone(), &key.namespace);
-            route.patch(&api, &key.name, &patch).await.map(|_| ())
+            let api = Api::<DeviceStatus>::namespaced(ctx.client.clone(), namespace_of(key));
+            route.patch(&api, key.name(), &patch).await.map(|_| ())
         }
     };
     result.map_err(|source| Error::Kube {
@@ -265,11 +272,11 @@ async fn write_status(
 pub const STATUS_CONFLICT_ATTEMPTS: usize = 3;
 
 /// The stored status read again from the API server (the cached Device may be stale).
-async fn reload_status(device: &Device, key: &DeviceKey, ctx: &Context) -> Result<Stored, Error> {
+async fn reload_status(device: &Device, key: &DeviceId, ctx: &Context) -> Result<Stored, Error> {
     match ctx.status_location {
         StatusLocation::Device => {
-            let fresh = Api::<Device>::namespaced(ctx.client.clone(), &key.namespace)
-                .get(&key.name)
+            let fresh = Api::<Device>::namespaced(ctx.client.clone(), namespace_of(key))
+                .get(key.name())
                 .await
                 .map_err(|source| Error::Kube {
                     op: "get device",
@@ -286,7 +293,7 @@ async fn reload_status(device: &Device, key: &DeviceKey, ctx: &Context) -> Resul
 /// turn a published intent into a failed reconcile (which would retry later and lose the Event).
 async fn write_status_fresh(
     device: &Device,
-    key: &DeviceKey,
+    key: &DeviceId,
     stored: Stored,
     record: &Record,
     ctx: &Context,

@@ -15,11 +15,8 @@ use crate::fixtures::*;
 use crate::seams::{ResolveError, ResolvedArtifact, SinkError};
 use crate::status::{META_DESIRED, META_GENERATION, META_REASON, with_record};
 
-fn key() -> DeviceKey {
-    DeviceKey {
-        namespace: NS.into(),
-        name: NAME.into(),
-    }
+fn key() -> DeviceId {
+    DeviceId::namespaced(NS, NAME).unwrap()
 }
 
 fn artifact(digest_ref: &str, chip: Option<&str>) -> Result<ResolvedArtifact, ResolveError> {

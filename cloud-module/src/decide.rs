@@ -2,17 +2,10 @@
 //! (in a second step) what the registry said, publish an intent, reject it, resolve it first,
 //! retry later or do nothing. No I/O here; `controller.rs` gathers the input and applies the result.
 
-use mqtt_schema::ErrorCode;
+use mqtt_schema::{ErrorCode, FirmwareRef, RefKind};
 
-use crate::reference::{self, RefKind};
 use crate::seams::{ResolveError, ResolvedArtifact};
 
-/// The twin that carries the intent.
-pub const FIRMWARE: &str = "firmware";
-/// The twin the edge reports the installed version on.
-pub const FIRMWARE_VERSION: &str = "firmware-version";
-/// The twin the edge reports its state machine on.
-pub const FIRMWARE_STATE: &str = "firmware-state";
 /// Where a device declares its chip: this annotation on the Device, else on its DeviceModel.
 pub const CHIP_ANNOTATION: &str = "twinflash.io/chip";
 
@@ -169,15 +162,12 @@ pub fn decide(input: Input<'_>) -> Decision {
             message,
         })
     };
-    let kind = match reference::classify(desired) {
+    let kind = match FirmwareRef::classify(desired) {
         Ok(kind) => kind,
         Err(e) => {
             return reject(
                 Reason::InvalidReference,
-                format!(
-                    "firmware {desired:?} is not a digest-pinnable OCI reference: {}",
-                    e.0
-                ),
+                format!("firmware {desired:?} is not a digest-pinnable OCI reference: {e}"),
             );
         }
     };
@@ -202,10 +192,10 @@ pub fn decide(input: Input<'_>) -> Decision {
         }
     };
     let pinned = match kind {
-        RefKind::Pinned => desired.to_owned(),
+        RefKind::Pinned(_) => desired.to_owned(),
         RefKind::Tag => artifact.digest_ref.clone(),
     };
-    if reference::classify(&pinned) != Ok(RefKind::Pinned) {
+    if FirmwareRef::parse(&pinned).is_err() {
         return Decision::Retry {
             code: ErrorCode::Internal,
             message: format!(

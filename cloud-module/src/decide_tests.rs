@@ -182,6 +182,14 @@ fn decision_table() {
                 pinned: String::new(),
             },
         ),
+        row(
+            "sha512 pin: invalid, the edge takes sha256 only (never resolved nor published)",
+            Some(format!("registry.local:5000/fw/blinky@sha512:{HEX}{HEX2}")),
+            Want::Reject {
+                reason: Reason::InvalidReference,
+                pinned: String::new(),
+            },
+        ),
         Row {
             last: Some(record(1, &tag(), &tag_pinned(), Reason::IntentPublished)),
             ..row(
@@ -393,8 +401,7 @@ mod properties {
             });
             match &d {
                 Decision::Publish(r) => {
-                    prop_assert_eq!(crate::reference::classify(&r.pinned), Ok(RefKind::Pinned));
-                    prop_assert!(crate::reference::is_valid_twin_value(&r.pinned));
+                    prop_assert!(mqtt_schema::FirmwareRef::parse(&r.pinned).is_ok());
                     prop_assert_eq!(r.generation, generation);
                     prop_assert!(resolution.as_ref().is_some_and(Result::is_ok), "publish only after a resolution");
                     if let (Some(want), Ok(a)) = (chip.as_deref(), resolution.as_ref().unwrap()) {

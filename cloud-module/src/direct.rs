@@ -9,14 +9,14 @@ use futures::future::BoxFuture;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 use mqtt_schema::{
-    BaseMessage, DeviceId, DeviceTopicKind, MsgTwin, Topic, TopicLayout, TwinMap, TwinNames,
-    TwinValue, TypeMetadata, ValueMetadata, to_go_json, unmarshal_device_twin_update,
+    BaseMessage, DeviceId, DeviceTopicKind, FirmwareState, MsgTwin, Topic, TopicLayout, TwinMap,
+    TwinNames, TwinValue, TypeMetadata, ValueMetadata, to_go_json, unmarshal_device_twin_update,
 };
 use serde_json::json;
 
 use crate::config::StatusLocation;
 use crate::crd::{Device, DeviceStatus};
-use crate::seams::{DeviceKey, StatusError, StatusWriter};
+use crate::seams::{StatusError, StatusWriter, namespace_of};
 use crate::status::apply_actual_report;
 use crate::status_route::StatusRoute;
 
@@ -36,7 +36,7 @@ pub enum Action {
     /// Write the agent's `actual` values into the status of `device`.
     WriteStatus {
         /// The Device.
-        device: DeviceKey,
+        device: DeviceId,
         /// Twin name -> reported value.
         actual: BTreeMap<String, String>,
         /// When the report arrived (ms since the epoch).
@@ -46,7 +46,7 @@ pub enum Action {
 
 #[derive(Debug, Clone, Default)]
 struct RelayDevice {
-    key: Option<DeviceKey>,
+    key: Option<DeviceId>,
     expected: Option<(String, i64)>,
     actual: BTreeMap<String, (String, i64)>,
     delta_retained: bool,
@@ -62,13 +62,13 @@ pub struct Relay {
 }
 
 /// The device id of `key` in `layout` (`{namespace}/{name}` or `{name}`).
-pub fn device_id(
-    key: &DeviceKey,
-    layout: TopicLayout,
-) -> Result<DeviceId, mqtt_schema::TopicError> {
-    match layout {
-        TopicLayout::Namespaced => DeviceId::namespaced(&key.namespace, &key.name),
-        TopicLayout::Legacy => DeviceId::legacy(&key.name),
+pub fn device_id(key: &DeviceId, layout: TopicLayout) -> Result<DeviceId, mqtt_schema::TopicError> {
+    match (layout, key.namespace()) {
+        (TopicLayout::Namespaced, Some(_)) | (TopicLayout::Legacy, None) => Ok(key.clone()),
+        (TopicLayout::Legacy, Some(_)) => DeviceId::legacy(key.name()),
+        (TopicLayout::Namespaced, None) => Err(mqtt_schema::TopicError::InvalidSegment {
+            segment: key.to_string(),
+        }),
     }
 }
 
@@ -99,7 +99,7 @@ impl Relay {
     /// A new intent for `key`: the retained delta if the agent does not have it yet.
     pub fn set_intent(
         &mut self,
-        key: &DeviceKey,
+        key: &DeviceId,
         reference: &str,
         now_ms: i64,
     ) -> Result<Vec<Action>, mqtt_schema::TopicError> {
@@ -113,7 +113,7 @@ impl Relay {
     /// An intent from an earlier run: taken only when nothing newer is known for `key`.
     pub fn restore_intent(
         &mut self,
-        key: &DeviceKey,
+        key: &DeviceId,
         reference: &str,
         now_ms: i64,
     ) -> Result<Vec<Action>, mqtt_schema::TopicError> {
@@ -133,7 +133,7 @@ impl Relay {
     }
 
     /// The expected value of `key`'s firmware twin, if any.
-    pub fn expected(&self, key: &DeviceKey) -> Option<&str> {
+    pub fn expected(&self, key: &DeviceId) -> Option<&str> {
         let id = device_id(key, self.layout).ok()?;
         Some(self.devices.get(&id)?.expected.as_ref()?.0.as_str())
     }
@@ -153,7 +153,8 @@ impl Relay {
         let settled_elsewhere = dev
             .actual
             .get(&self.names.state)
-            .is_some_and(|(s, _)| s.starts_with("failed:") || s.starts_with("rejected:"));
+            .and_then(|(s, _)| s.parse::<FirmwareState>().ok())
+            .is_some_and(|s| s.failure().is_some());
         if !settled_elsewhere && actual.as_ref().is_some_and(|(a, _)| *a == expected) {
             if !dev.delta_retained {
                 return Vec::new();
@@ -227,12 +228,10 @@ impl Relay {
         for (name, v) in &actual {
             dev.actual.insert(name.clone(), (v.clone(), now_ms));
         }
-        let key = dev.key.clone().or_else(|| {
-            id.namespace().map(|ns| DeviceKey {
-                namespace: ns.to_owned(),
-                name: id.name().to_owned(),
-            })
-        });
+        let key = dev
+            .key
+            .clone()
+            .or_else(|| id.namespace().map(|_| id.clone()));
         let mut actions = Vec::new();
         if actual.contains_key(&self.names.firmware) {
             actions.extend(self.delta_actions(id, now_ms));
@@ -315,12 +314,12 @@ impl KubeStatusWriter {
 
     async fn write_once(
         &self,
-        key: &DeviceKey,
+        key: &DeviceId,
         actual: &BTreeMap<String, String>,
         timestamp_ms: i64,
     ) -> Result<(), kube::Error> {
-        let devices: Api<Device> = Api::namespaced(self.client.clone(), &key.namespace);
-        let device = devices.get(&key.name).await?;
+        let devices: Api<Device> = Api::namespaced(self.client.clone(), namespace_of(key));
+        let device = devices.get(key.name()).await?;
         match self.location {
             StatusLocation::Device => {
                 let status = apply_actual_report(
@@ -333,11 +332,12 @@ impl KubeStatusWriter {
                     "metadata": { "resourceVersion": device.resource_version() },
                     "status": { "twins": status.twins },
                 });
-                self.route.patch(&devices, &key.name, &patch).await?;
+                self.route.patch(&devices, key.name(), &patch).await?;
             }
             StatusLocation::DeviceStatus => {
-                let api: Api<DeviceStatus> = Api::namespaced(self.client.clone(), &key.namespace);
-                let ds = api.get(&key.name).await?;
+                let api: Api<DeviceStatus> =
+                    Api::namespaced(self.client.clone(), namespace_of(key));
+                let ds = api.get(key.name()).await?;
                 let status = apply_actual_report(
                     &device.spec.properties,
                     ds.status.as_ref(),
@@ -348,7 +348,7 @@ impl KubeStatusWriter {
                     "metadata": { "resourceVersion": ds.resource_version() },
                     "status": { "twins": status.twins },
                 });
-                self.route.patch(&api, &key.name, &patch).await?;
+                self.route.patch(&api, key.name(), &patch).await?;
             }
         }
         Ok(())
@@ -358,7 +358,7 @@ impl KubeStatusWriter {
 impl StatusWriter for KubeStatusWriter {
     fn write_actual<'a>(
         &'a self,
-        device: &'a DeviceKey,
+        device: &'a DeviceId,
         actual: &'a BTreeMap<String, String>,
         timestamp_ms: i64,
     ) -> BoxFuture<'a, Result<(), StatusError>> {

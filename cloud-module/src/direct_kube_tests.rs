@@ -20,11 +20,8 @@ fn writer(location: StatusLocation) -> (KubeStatusWriter, ApiServerVerifier) {
     )
 }
 
-fn key() -> DeviceKey {
-    DeviceKey {
-        namespace: NS.into(),
-        name: NAME.into(),
-    }
+fn key() -> DeviceId {
+    DeviceId::namespaced(NS, NAME).unwrap()
 }
 
 fn actual() -> BTreeMap<String, String> {

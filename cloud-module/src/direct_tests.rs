@@ -7,11 +7,8 @@ const REF_A: &str =
 const REF_B: &str =
     "r.local:5000/fw/b@sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
-fn key() -> DeviceKey {
-    DeviceKey {
-        namespace: "default".into(),
-        name: "sim-00".into(),
-    }
+fn key() -> DeviceId {
+    DeviceId::namespaced("default", "sim-00").unwrap()
 }
 
 fn relay() -> Relay {

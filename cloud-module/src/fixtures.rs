@@ -16,9 +16,12 @@ use crate::controller::Context;
 use crate::crd::{
     Device, DeviceProperty, DeviceSpec, DeviceTwinStatus, LocalObjectRef, TwinProperty,
 };
-use crate::decide::{FIRMWARE, FIRMWARE_STATE, FIRMWARE_VERSION};
 use crate::seams::{MemoryResolver, MemorySink};
 use crate::status_route::{Route, StatusRoute};
+use mqtt_schema::firmware::{
+    TWIN_FIRMWARE as FIRMWARE, TWIN_FIRMWARE_STATE as FIRMWARE_STATE,
+    TWIN_FIRMWARE_VERSION as FIRMWARE_VERSION,
+};
 
 pub const NS: &str = "testns";
 pub const NAME: &str = "blinky-1";

@@ -11,7 +11,6 @@ pub mod error;
 pub mod leader;
 pub mod metrics;
 pub mod mqtt;
-pub mod reference;
 pub mod resolver;
 pub mod rollout;
 pub mod seams;
@@ -26,7 +25,7 @@ pub use controller::{Context, error_policy, reconcile, run};
 pub use decide::{Decision, Input, Noop, Reason, Record, decide};
 pub use error::Error;
 pub use seams::{
-    ArtifactResolver, DeviceKey, IntentSink, ResolveError, ResolvedArtifact, SinkError,
-    StatusError, StatusWriter,
+    ArtifactResolver, IntentSink, ResolveError, ResolvedArtifact, SinkError, StatusError,
+    StatusWriter,
 };
 pub use status::apply_actual_report;

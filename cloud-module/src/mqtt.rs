@@ -19,7 +19,8 @@ use tracing::{debug, info, warn};
 
 use crate::config::{self, Mode, MqttConfig};
 use crate::direct::{Action, Relay, device_id};
-use crate::seams::{DeviceKey, IntentSink, SinkError, StatusWriter};
+use crate::seams::{IntentSink, SinkError, StatusWriter};
+use mqtt_schema::DeviceId;
 
 /// Longest pause between two reconnect attempts.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
@@ -100,7 +101,7 @@ pub fn client(opts: MqttOptions) -> (AsyncClient, EventLoop) {
 
 /// The `edgecore` intent: topic `.../twin/update` and the DeviceTwinUpdate bytes with `expected`.
 pub fn intent_message(
-    key: &DeviceKey,
+    key: &DeviceId,
     reference: &str,
     layout: TopicLayout,
     names: &TwinNames,
@@ -120,7 +121,7 @@ pub fn intent_message(
 }
 
 enum Book {
-    Edgecore(BTreeMap<DeviceKey, String>),
+    Edgecore(BTreeMap<DeviceId, String>),
     Direct(Relay),
 }
 
@@ -271,7 +272,7 @@ impl MqttSink {
 
     fn store_and_send(
         &self,
-        key: &DeviceKey,
+        key: &DeviceId,
         reference: &str,
         restore: bool,
     ) -> Result<(), SinkError> {
@@ -330,7 +331,7 @@ impl MqttSink {
 impl IntentSink for MqttSink {
     fn publish_intent<'a>(
         &'a self,
-        device: &'a DeviceKey,
+        device: &'a DeviceId,
         reference: &'a str,
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
@@ -350,7 +351,7 @@ impl IntentSink for MqttSink {
         })
     }
 
-    fn restore_intent(&self, device: &DeviceKey, reference: &str) {
+    fn restore_intent(&self, device: &DeviceId, reference: &str) {
         if let Err(e) = self.store_and_send(device, reference, true) {
             debug!(device = %device, error = %e, "intent restored while disconnected");
         }

@@ -12,10 +12,7 @@ fn golden(name: &str) -> serde_json::Value {
 
 #[test]
 fn edgecore_intent_is_the_golden_update_plus_the_type_metadata() {
-    let key = DeviceKey {
-        namespace: "default".into(),
-        name: "blinky-01".into(),
-    };
+    let key = DeviceId::namespaced("default", "blinky-01").unwrap();
     let (topic, bytes) = intent_message(
         &key,
         REF,
@@ -42,10 +39,7 @@ fn edgecore_intent_is_the_golden_update_plus_the_type_metadata() {
 
 #[test]
 fn a_reference_that_is_not_pinned_is_never_encoded() {
-    let key = DeviceKey {
-        namespace: "default".into(),
-        name: "b".into(),
-    };
+    let key = DeviceId::namespaced("default", "b").unwrap();
     let err = intent_message(
         &key,
         "registry.local/fw/b:1.0",
@@ -55,20 +49,8 @@ fn a_reference_that_is_not_pinned_is_never_encoded() {
     )
     .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Internal);
-    let bad_name = DeviceKey {
-        namespace: "a/b".into(),
-        name: "c".into(),
-    };
-    assert!(
-        intent_message(
-            &bad_name,
-            REF,
-            TopicLayout::Namespaced,
-            &TwinNames::default(),
-            BaseMessage::default()
-        )
-        .is_err()
-    );
+    // A namespace with a topic separator cannot even make an id.
+    assert!(DeviceId::namespaced("a/b", "c").is_err());
 }
 
 fn mqtt_cfg(url: &str) -> MqttConfig {

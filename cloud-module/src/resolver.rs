@@ -9,8 +9,8 @@ use futures::future::BoxFuture;
 use twinflash_artifact::error::FetchError;
 use twinflash_artifact::{Credentials, TlsOptions};
 
-use crate::reference::{RefKind, classify};
 use crate::seams::{ArtifactResolver, ResolveError, ResolvedArtifact};
+use mqtt_schema::FirmwareRef;
 
 /// The manifest annotation holding the firmware version.
 const VERSION_ANNOTATION: &str = "org.opencontainers.image.version";
@@ -132,7 +132,7 @@ impl<R: ArtifactResolver> ArtifactResolver for PinnedCache<R> {
         reference: &'a str,
     ) -> BoxFuture<'a, Result<ResolvedArtifact, ResolveError>> {
         Box::pin(async move {
-            let pinned = classify(reference) == Ok(RefKind::Pinned);
+            let pinned = FirmwareRef::parse(reference).is_ok();
             if pinned && let Some(answer) = self.cached(reference) {
                 return Ok(answer);
             }

@@ -3,25 +3,15 @@
 //! `mqtt.rs`, `resolver.rs` and `direct.rs`; tests use the in-memory fakes here.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
-use mqtt_schema::ErrorCode;
+use mqtt_schema::{DeviceId, ErrorCode};
 
-/// A Device's identity on the twin topics: `$hw/events/device/{namespace}/{name}/...`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeviceKey {
-    /// Kubernetes namespace of the Device.
-    pub namespace: String,
-    /// Name of the Device.
-    pub name: String,
-}
-
-impl fmt::Display for DeviceKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
+/// The Kubernetes namespace of a Device's id. The controller builds namespaced ids only (from
+/// the Device's metadata); a legacy id, which has none, gives `""`.
+pub fn namespace_of(id: &DeviceId) -> &str {
+    id.namespace().unwrap_or_default()
 }
 
 /// Delivers an intent (a digest-pinned reference for the `firmware` twin) to the edge.
@@ -32,14 +22,14 @@ pub trait IntentSink: Send + Sync {
     /// Publishes `reference` as the `expected` value of the `firmware` twin of `device`.
     fn publish_intent<'a>(
         &'a self,
-        device: &'a DeviceKey,
+        device: &'a DeviceId,
         reference: &'a str,
     ) -> BoxFuture<'a, Result<(), SinkError>>;
 
     /// Tells the sink about an intent published by an earlier run (found in the status record),
     /// so it can be delivered again after a reconnect. Never publishes by itself in `edgecore`
     /// mode; in `direct` mode the relay re-establishes the retained delta. Default: nothing.
-    fn restore_intent(&self, _device: &DeviceKey, _reference: &str) {}
+    fn restore_intent(&self, _device: &DeviceId, _reference: &str) {}
 }
 
 /// The sink could not deliver an intent.
@@ -143,7 +133,7 @@ pub trait StatusWriter: Send + Sync {
     /// Records `actual` (twin name -> value) reported by the edge for `device` at `timestamp_ms`.
     fn write_actual<'a>(
         &'a self,
-        device: &'a DeviceKey,
+        device: &'a DeviceId,
         actual: &'a BTreeMap<String, String>,
         timestamp_ms: i64,
     ) -> BoxFuture<'a, Result<(), StatusError>>;
@@ -181,13 +171,13 @@ impl StatusError {
 /// A status writer that keeps the latest reported value of every twin per device (tests).
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStatusWriter {
-    reported: Arc<Mutex<BTreeMap<DeviceKey, BTreeMap<String, String>>>>,
+    reported: Arc<Mutex<BTreeMap<DeviceId, BTreeMap<String, String>>>>,
     writes: Arc<Mutex<usize>>,
 }
 
 impl MemoryStatusWriter {
     /// The latest reported values of `device`.
-    pub fn reported(&self, device: &DeviceKey) -> BTreeMap<String, String> {
+    pub fn reported(&self, device: &DeviceId) -> BTreeMap<String, String> {
         self.reported
             .lock()
             .ok()
@@ -204,7 +194,7 @@ impl MemoryStatusWriter {
 impl StatusWriter for MemoryStatusWriter {
     fn write_actual<'a>(
         &'a self,
-        device: &'a DeviceKey,
+        device: &'a DeviceId,
         actual: &'a BTreeMap<String, String>,
         _timestamp_ms: i64,
     ) -> BoxFuture<'a, Result<(), StatusError>> {
@@ -225,19 +215,19 @@ impl StatusWriter for MemoryStatusWriter {
 /// A sink that remembers what was published, in order (for tests and dry runs).
 #[derive(Debug, Clone, Default)]
 pub struct MemorySink {
-    published: Arc<Mutex<Vec<(DeviceKey, String)>>>,
-    restored: Arc<Mutex<Vec<(DeviceKey, String)>>>,
+    published: Arc<Mutex<Vec<(DeviceId, String)>>>,
+    restored: Arc<Mutex<Vec<(DeviceId, String)>>>,
     fail_with: Arc<Mutex<Option<SinkError>>>,
 }
 
 impl MemorySink {
     /// Everything published so far.
-    pub fn published(&self) -> Vec<(DeviceKey, String)> {
+    pub fn published(&self) -> Vec<(DeviceId, String)> {
         self.published.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
     /// Every intent restored from a status record (never published by the sink itself).
-    pub fn restored(&self) -> Vec<(DeviceKey, String)> {
+    pub fn restored(&self) -> Vec<(DeviceId, String)> {
         self.restored.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
@@ -252,7 +242,7 @@ impl MemorySink {
 impl IntentSink for MemorySink {
     fn publish_intent<'a>(
         &'a self,
-        device: &'a DeviceKey,
+        device: &'a DeviceId,
         reference: &'a str,
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
@@ -266,7 +256,7 @@ impl IntentSink for MemorySink {
         })
     }
 
-    fn restore_intent(&self, device: &DeviceKey, reference: &str) {
+    fn restore_intent(&self, device: &DeviceId, reference: &str) {
         if let Ok(mut r) = self.restored.lock() {
             r.push((device.clone(), reference.to_owned()));
         }

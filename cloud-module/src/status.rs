@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 
 use crate::crd::{DeviceProperty, DeviceTwinStatus, Twin, TwinProperty};
-use crate::decide::{FIRMWARE, Reason, Record};
+use mqtt_schema::firmware::TWIN_FIRMWARE as FIRMWARE;
+
+use crate::decide::{Reason, Record};
 
 /// Metadata key: Device generation the record is for.
 pub const META_GENERATION: &str = "twinflash.io/generation";

@@ -9,18 +9,16 @@ mod support;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use mqtt_schema::DeviceId;
 use support::{Agent, CHIP, Observer, image, init, push, wait_until};
 use tokio_util::sync::CancellationToken;
 use twinflash_cloud::config::{Config, Mode};
 use twinflash_cloud::mqtt::MqttSink;
-use twinflash_cloud::seams::{DeviceKey, IntentSink, MemoryStatusWriter};
+use twinflash_cloud::seams::{IntentSink, MemoryStatusWriter};
 use twinflash_harness::{Fault, FaultProxy, Mosquitto, Registry};
 
-fn key(i: usize) -> DeviceKey {
-    DeviceKey {
-        namespace: "default".into(),
-        name: format!("sim-{i:02}"),
-    }
+fn key(i: usize) -> DeviceId {
+    DeviceId::namespaced("default", format!("sim-{i:02}")).unwrap()
 }
 
 fn config(port: u16) -> Config {

@@ -9,11 +9,12 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use mqtt_schema::DeviceId;
 use support::{Observer, init, wait_until};
 use tokio_util::sync::CancellationToken;
 use twinflash_cloud::config::{Config, Mode};
 use twinflash_cloud::mqtt::MqttSink;
-use twinflash_cloud::seams::{DeviceKey, IntentSink};
+use twinflash_cloud::seams::IntentSink;
 use twinflash_harness::{Fault, FaultProxy, Mosquitto};
 
 const FILTER: &str = "$hw/events/device/+/+/twin/update";
@@ -27,11 +28,8 @@ fn pinned(n: u8) -> String {
     )
 }
 
-fn key(name: &str) -> DeviceKey {
-    DeviceKey {
-        namespace: "default".into(),
-        name: name.into(),
-    }
+fn key(name: &str) -> DeviceId {
+    DeviceId::namespaced("default", name).unwrap()
 }
 
 fn config(port: u16) -> Config {

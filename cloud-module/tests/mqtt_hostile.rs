@@ -9,12 +9,13 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use mqtt_schema::DeviceId;
 use support::{Observer, init, wait_until};
 use tokio_util::sync::CancellationToken;
 use twinflash_cloud::config::{Config, Mode};
 use twinflash_cloud::metrics::MQTT_DROPPED_OVERSIZED;
 use twinflash_cloud::mqtt::MqttSink;
-use twinflash_cloud::seams::{DeviceKey, IntentSink};
+use twinflash_cloud::seams::IntentSink;
 use twinflash_harness::Mosquitto;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -64,10 +65,7 @@ async fn an_oversized_report_is_dropped_and_the_relay_keeps_working() {
     assert!(sink.is_connected(), "the connection survived");
 
     // The relay still delivers intents.
-    let key = DeviceKey {
-        namespace: "default".into(),
-        name: "blinky-01".into(),
-    };
+    let key = DeviceId::namespaced("default", "blinky-01").unwrap();
     let reference = format!("registry.local:5000/fw/blinky@sha256:{}", "ab".repeat(32));
     sink.publish_intent(&key, &reference).await.unwrap();
     wait_until(

@@ -93,18 +93,17 @@ pub async fn run(device: Arc<Device>, ctx: Arc<JobContext>) {
 /// Installs `reference` (attempt `attempt`): fetch, check, flash, journal. Returns when the attempt is over; the
 /// loop of [`run`] looks at the journaled state again.
 async fn install(device: &Arc<Device>, ctx: &JobContext, reference: &str, attempt: u32) {
-    if let Err(e) = FirmwareRef::parse(reference) {
-        tracing::warn!(device = device.id(), reference = %clip(reference), error = %e, "intent is not a digest-pinned reference");
-        return settle(
-            device,
-            ctx,
-            reference,
-            Outcome::of(ErrorCode::InvalidReference),
-        )
-        .await;
-    }
+    // Parsed once here, and carried to the fetcher.
+    let firmware = match FirmwareRef::parse(reference) {
+        Ok(firmware) => firmware,
+        Err(e) => {
+            tracing::warn!(device = device.id(), reference = %clip(reference), error = %e, "intent is not a digest-pinned reference");
+            let outcome = Outcome::of(ErrorCode::InvalidReference);
+            return settle(device, ctx, reference, outcome).await;
+        }
+    };
     progress(device, ctx, FirmwareState::Pending);
-    let Some(fetched) = fetch(device, ctx, reference, attempt).await else {
+    let Some(fetched) = fetch(device, ctx, &firmware, attempt).await else {
         return;
     };
     progress(device, ctx, FirmwareState::Verifying);
@@ -144,9 +143,10 @@ async fn install(device: &Arc<Device>, ctx: &JobContext, reference: &str, attemp
 async fn fetch(
     device: &Device,
     ctx: &JobContext,
-    reference: &str,
+    firmware: &FirmwareRef,
     attempt: u32,
 ) -> Option<Fetched> {
+    let reference = firmware.as_str();
     let cancel = ctx.shutdown.child_token();
     {
         let mut inner = device.lock();
@@ -173,7 +173,7 @@ async fn fetch(
             progress(device, ctx, FirmwareState::Waiting(code.into()));
         }
     };
-    let fetched = ctx.fetcher.fetch(reference, on_event, &cancel).await;
+    let fetched = ctx.fetcher.fetch(firmware, on_event, &cancel).await;
     drop(permit);
     device.lock().download_cancel = None;
     match fetched {

@@ -94,11 +94,9 @@ impl ErrorCode {
             ErrorCode::InvalidMessage => "invalid-message",
         }
     }
-}
 
-impl ErrorCode {
-    /// True for codes that say the intent itself is unacceptable (`rejected:<code>`): never retried until the intent
-    /// changes (docs/contract.md section 3).
+    /// Whether the code says the intent itself is unacceptable, so that it is reported as
+    /// `rejected:<code>` and never retried until the intent changes (docs/contract.md section 3).
     pub const fn is_rejection(self) -> bool {
         matches!(
             self,
@@ -148,5 +146,23 @@ mod tests {
             );
         }
         assert!("nope".parse::<ErrorCode>().is_err());
+    }
+
+    #[test]
+    fn rejections_are_the_codes_about_the_intent() {
+        let rejections: Vec<_> = ErrorCode::ALL
+            .into_iter()
+            .filter(|c| c.is_rejection())
+            .collect();
+        assert_eq!(
+            rejections,
+            [
+                ErrorCode::InvalidReference,
+                ErrorCode::UnsupportedArtifact,
+                ErrorCode::ChipMismatch,
+                ErrorCode::DowngradeRefused,
+                ErrorCode::TooLarge,
+            ]
+        );
     }
 }

@@ -19,8 +19,8 @@ pub use builders::{
 };
 pub use code::{ErrorCode, UnknownErrorCode};
 pub use firmware::{
-    FirmwareRef, FirmwareRefError, FirmwareState, FirmwareStateError, StateCode, TwinNames,
-    firmware_intent, version_to_twin,
+    FirmwareRef, FirmwareRefError, FirmwareState, FirmwareStateError, RefKind, StateCode,
+    TwinNames, firmware_intent, version_to_twin,
 };
 pub use gojson::{DecodeError, to_go_json};
 pub use topic::{

@@ -147,26 +147,31 @@ pub struct PinnedRef {
     pub digest: String,
 }
 
-/// Parses a digest-pinned reference (`host/repo[:tag]@sha256:<hex>`).
+/// Parses a digest-pinned reference (`host/repo[:tag]@sha256:<hex>`) with
+/// [`mqtt_schema::FirmwareRef::parse`], then [`pinned`].
 pub fn parse_pinned(reference: &str) -> Result<PinnedRef, FetchError> {
-    let invalid = |reason: String| FetchError::InvalidReference {
-        reference: reference.to_owned(),
-        reason,
-    };
-    mqtt_schema::FirmwareRef::parse(reference).map_err(|e| invalid(e.to_string()))?;
-    let parsed: Reference = reference
-        .parse()
-        .map_err(|e: oci_client::ParseError| invalid(e.to_string()))?;
-    let Some(digest) = parsed.digest() else {
-        return Err(invalid("not pinned by digest (@sha256:<hex>)".to_owned()));
-    };
-    if !is_sha256_digest(digest) {
-        return Err(invalid(format!("digest {digest} is not sha256:<64 hex>")));
-    }
-    let digest = digest.to_owned();
+    let firmware =
+        mqtt_schema::FirmwareRef::parse(reference).map_err(|e| FetchError::InvalidReference {
+            reference: reference.to_owned(),
+            reason: e.to_string(),
+        })?;
+    pinned(&firmware)
+}
+
+/// The OCI client's form of an already checked twin reference (its digest is sha256 by
+/// construction). Fails only if the client's grammar refuses what the twin grammar accepts.
+pub fn pinned(firmware: &mqtt_schema::FirmwareRef) -> Result<PinnedRef, FetchError> {
+    let reference =
+        firmware
+            .as_str()
+            .parse::<Reference>()
+            .map_err(|e: oci_client::ParseError| FetchError::InvalidReference {
+                reference: firmware.to_string(),
+                reason: e.to_string(),
+            })?;
     Ok(PinnedRef {
-        reference: parsed,
-        digest,
+        reference,
+        digest: firmware.digest().to_owned(),
     })
 }
 
@@ -277,11 +282,11 @@ impl Fetcher {
     /// failures are retried per the policy and reported as [`FetchEvent::Waiting`].
     pub async fn fetch(
         &self,
-        reference: &str,
+        reference: &mqtt_schema::FirmwareRef,
         mut events: impl FnMut(FetchEvent) + Send,
         cancel: &CancellationToken,
     ) -> Result<Fetched, FetchError> {
-        let pinned = parse_pinned(reference)?;
+        let pinned = pinned(reference)?;
         let lock = self
             .locks
             .lock()
@@ -331,16 +336,6 @@ impl Fetcher {
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    /// [`Fetcher::fetch`] for an already parsed twin reference.
-    pub async fn fetch_ref(
-        &self,
-        reference: &mqtt_schema::FirmwareRef,
-        events: impl FnMut(FetchEvent) + Send,
-        cancel: &CancellationToken,
-    ) -> Result<Fetched, FetchError> {
-        self.fetch(&reference.to_string(), events, cancel).await
     }
 
     /// The verified manifest: from the cache, else from the first source that has it.

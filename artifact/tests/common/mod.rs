@@ -90,7 +90,7 @@ pub async fn fetch(
     let cancel = tokio_util::sync::CancellationToken::new();
     let result = tokio::time::timeout(
         Duration::from_secs(120),
-        fetcher.fetch(reference, |e| events.push(e), &cancel),
+        fetcher.fetch(&reference.parse().unwrap(), |e| events.push(e), &cancel),
     )
     .await
     .expect("fetch hung for 2 minutes");

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use mqtt_schema::{FirmwareRef, FirmwareRefError, RefKind};
 use tokio_util::sync::CancellationToken;
 use twinflash_artifact::{FetchConfig, FetchEvent, Fetcher, Mirror, RetryPolicy};
 
@@ -80,13 +81,15 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     tls.timeouts = cmd.deadlines.timeouts();
     tls.timeouts.blob_request = Duration::from_secs(cmd.blob_timeout);
     let creds = cmd.registry.credentials()?;
-    let reference = if cmd.reference.contains('@') {
-        cmd.reference.clone()
-    } else {
-        twinflash_artifact::inspect(&tls, &creds, &cmd.reference)
+    let invalid = |e: FirmwareRefError| with_code(&e, e.code());
+    let reference = match FirmwareRef::classify(&cmd.reference).map_err(invalid)? {
+        RefKind::Pinned(r) => r,
+        RefKind::Tag => twinflash_artifact::inspect(&tls, &creds, &cmd.reference)
             .await
             .map_err(|e| with_code(&e, e.code()))?
             .pinned_reference
+            .parse()
+            .map_err(invalid)?,
     };
     let mirrors: Vec<Mirror> = cmd.mirrors.iter().map(|m| parse_mirror(m)).collect();
     let mut plain_http = tls.plain_http.clone();
@@ -96,7 +99,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 plain_http.push(host.clone());
             }
         }
-        plain_http.push(registry_of(&reference));
+        plain_http.push(registry_of(reference.as_str()));
     }
     let mut cfg = FetchConfig::new(cmd.cache_dir.clone().unwrap_or_else(default_cache_dir));
     cfg.max_size = cmd.max_size;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use mqtt_schema::gojson::decode;
 use mqtt_schema::{
-    BaseMessage, DeviceTopicKind, DeviceTwinDelta, DeviceTwinResult, DeviceTwinUpdate, Topic,
-    TwinNames, to_go_json,
+    BaseMessage, DeviceTopicKind, DeviceTwinDelta, DeviceTwinResult, DeviceTwinUpdate,
+    FirmwareState, Topic, TwinNames, to_go_json,
 };
 use rumqttc::{Event, Packet, QoS, SubscribeFilter};
 use serde::Serialize;
@@ -60,16 +60,19 @@ pub struct Row {
 }
 
 impl Row {
+    /// The reported state, when it is a readable `firmware-state` value.
+    fn firmware_state(&self) -> Option<FirmwareState> {
+        self.state.as_deref().and_then(|s| s.parse().ok())
+    }
+
     fn converged(&self) -> bool {
-        self.state.as_deref() == Some("installed")
+        self.firmware_state() == Some(FirmwareState::Installed)
             && self.reported.is_some()
             && (self.desired.is_none() || self.desired == self.reported)
     }
 
     fn ended_badly(&self) -> bool {
-        self.state
-            .as_deref()
-            .is_some_and(|s| s.starts_with("failed:") || s.starts_with("rejected:"))
+        self.firmware_state().is_some_and(|s| s.failure().is_some())
     }
 }
 

@@ -1,8 +1,10 @@
 //! What the planner sees of one Device: its `firmware` desired twin (value and the rollout's
 //! marker metadata) and its reported `firmware` / `firmware-state` twins. Pure conversions.
 
+use mqtt_schema::firmware::{TWIN_FIRMWARE as FIRMWARE, TWIN_FIRMWARE_STATE as FIRMWARE_STATE};
+use mqtt_schema::{FirmwareState, StateCode};
+
 use crate::crd::{Device, DeviceTwinStatus, TwinProperty};
-use crate::decide::{FIRMWARE, FIRMWARE_STATE};
 
 /// Desired-twin metadata key: the rollout that set this value.
 pub const META_ROLLOUT: &str = "twinflash.io/rollout";
@@ -39,8 +41,9 @@ pub struct ObservedDevice {
 pub enum Report {
     /// `firmware` == pinned and `firmware-state` == `installed`.
     Installed,
-    /// `failed:<code>` or `rejected:<code>` reported after `since`.
-    Failed(String),
+    /// `failed:<code>` or `rejected:<code>` reported after `since`: the code (one of
+    /// [`mqtt_schema::ErrorCode`], or a newer agent's code kept as written).
+    Failed(StateCode),
     /// Anything else.
     Working,
 }
@@ -106,25 +109,80 @@ impl ObservedDevice {
     /// What the reports say about `pinned`, counting failures reported at or after `since`
     /// (Unix seconds; a report without timestamp counts).
     pub fn report(&self, pinned: &str, since: i64) -> Report {
-        let state = self.reported_state.as_deref().unwrap_or("");
-        if state == "installed" && self.reported_firmware.as_deref() == Some(pinned) {
+        // An unreadable state (e.g. from a broken agent) says nothing: the device is working
+        // until it reports something readable or the progress deadline passes.
+        let state = self
+            .reported_state
+            .as_deref()
+            .and_then(|s| s.parse::<FirmwareState>().ok());
+        if state == Some(FirmwareState::Installed)
+            && self.reported_firmware.as_deref() == Some(pinned)
+        {
             return Report::Installed;
         }
         let fresh = self
             .reported_state_ms
             .is_none_or(|ms| ms >= since.saturating_mul(1000));
-        for prefix in ["failed:", "rejected:"] {
-            if let Some(code) = state.strip_prefix(prefix)
-                && fresh
-            {
-                let code = code.split(':').next().unwrap_or(code);
-                return Report::Failed(if code.is_empty() {
-                    "internal".to_owned()
-                } else {
-                    code.to_owned()
-                });
-            }
+        match state.as_ref().and_then(FirmwareState::failure) {
+            Some(code) if fresh => Report::Failed(code.clone()),
+            _ => Report::Working,
         }
-        Report::Working
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mqtt_schema::ErrorCode;
+
+    use super::*;
+
+    const PINNED: &str =
+        "r.local/fw/b@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn reporting(firmware: &str, state: &str, at_ms: Option<i64>) -> ObservedDevice {
+        ObservedDevice {
+            name: "d".into(),
+            reported_firmware: Some(firmware.into()),
+            reported_state: Some(state.into()),
+            reported_state_ms: at_ms,
+            ..ObservedDevice::default()
+        }
+    }
+
+    #[test]
+    fn reports_are_read_as_firmware_states() {
+        let known = |c| Report::Failed(StateCode::Known(c));
+        let cases = [
+            ("installed", Report::Installed),
+            ("failed:flash-failed", known(ErrorCode::FlashFailed)),
+            ("rejected:chip-mismatch", known(ErrorCode::ChipMismatch)),
+            // A newer agent's code is kept as written.
+            (
+                "failed:brand-new",
+                Report::Failed(StateCode::Other("brand-new".into())),
+            ),
+            ("downloading:50", Report::Working),
+            ("waiting:registry-unreachable", Report::Working),
+            // Not a firmware state: says nothing yet.
+            ("failed:", Report::Working),
+            ("installed:3", Report::Working),
+        ];
+        for (state, want) in cases {
+            assert_eq!(
+                reporting(PINNED, state, None).report(PINNED, 0),
+                want,
+                "{state}"
+            );
+        }
+        // Installed, but another firmware: still working on this one.
+        assert_eq!(
+            reporting("r.local/fw/other", "installed", None).report(PINNED, 0),
+            Report::Working
+        );
+        // A failure reported before the device's wave started is stale.
+        assert_eq!(
+            reporting(PINNED, "failed:timeout", Some(9_999)).report(PINNED, 10),
+            Report::Working
+        );
     }
 }

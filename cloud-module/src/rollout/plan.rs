@@ -81,7 +81,7 @@ impl DesiredPatch {
     pub fn json_patch(&self) -> Value {
         let base = format!("/spec/properties/{}", self.index);
         let mut ops = vec![
-            json!({"op": "test", "path": format!("{base}/name"), "value": crate::decide::FIRMWARE}),
+            json!({"op": "test", "path": format!("{base}/name"), "value": mqtt_schema::firmware::TWIN_FIRMWARE}),
         ];
         if !self.expected.is_empty() {
             ops.push(json!({"op": "test", "path": format!("{base}/desired/value"), "value": self.expected}));
@@ -571,7 +571,7 @@ fn classify<'d>(
             Report::Installed => s.installed = s.installed.saturating_add(1),
             Report::Failed(code) => s.failed.push(FailedDevice {
                 device: d.name.clone(),
-                code,
+                code: code.to_string(),
                 wave,
             }),
             Report::Working => s.in_flight.push(entry),

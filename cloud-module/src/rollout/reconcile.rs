@@ -22,8 +22,8 @@ use super::plan::{PatchKind, Pin, Plan, PlanInput, plan};
 use super::types::{FirmwareRollout, FirmwareRolloutStatus, Phase};
 use crate::config::StatusLocation;
 use crate::crd::{Device, DeviceStatus, DeviceTwinStatus};
-use crate::reference::{self, RefKind};
 use crate::seams::{ArtifactResolver, ResolveError};
+use mqtt_schema::{FirmwareRef, RefKind};
 
 /// The reporting controller name on rollout Events.
 pub const ROLLOUT_MANAGER: &str = "twinflash-rollout";
@@ -133,16 +133,13 @@ async fn pin(
     ctx: &RolloutContext,
 ) -> Result<Result<String, String>, RolloutError> {
     let firmware = rollout.spec.firmware.as_str();
-    match reference::classify(firmware) {
+    match FirmwareRef::classify(firmware) {
         Err(e) => Ok(Err(format!(
-            "firmware {firmware:?} is not a digest-pinnable OCI reference: {}",
-            e.0
+            "firmware {firmware:?} is not a digest-pinnable OCI reference: {e}"
         ))),
-        Ok(RefKind::Pinned) => Ok(Ok(firmware.to_owned())),
+        Ok(RefKind::Pinned(_)) => Ok(Ok(firmware.to_owned())),
         Ok(RefKind::Tag) => match ctx.resolver.resolve(firmware).await {
-            Ok(a) if reference::classify(&a.digest_ref) == Ok(RefKind::Pinned) => {
-                Ok(Ok(a.digest_ref))
-            }
+            Ok(a) if FirmwareRef::parse(&a.digest_ref).is_ok() => Ok(Ok(a.digest_ref)),
             Ok(a) => Ok(Err(format!(
                 "the registry answered {:?} for {firmware}, not a digest reference",
                 a.digest_ref

@@ -4,7 +4,7 @@
 mod reference;
 mod state;
 
-pub use reference::{FirmwareRef, FirmwareRefError};
+pub use reference::{FirmwareRef, FirmwareRefError, RefKind};
 pub use state::{FirmwareState, FirmwareStateError, StateCode};
 
 use crate::types::TwinMap;

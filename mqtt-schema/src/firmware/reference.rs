@@ -78,85 +78,142 @@ impl FirmwareRefError {
 /// A digest-pinned OCI reference to a firmware artifact. `Display` gives back the parsed string.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FirmwareRef {
+    raw: String,
     registry: Option<String>,
     repository: String,
     tag: Option<String>,
     digest: String,
 }
 
+/// What a desired `firmware` value is (see [`FirmwareRef::classify`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefKind {
+    /// Carries a sha256 digest: an intent the edge can take as is.
+    Pinned(FirmwareRef),
+    /// A tag or a bare repository (`:latest` implied): to be pinned to a digest first.
+    Tag,
+}
+
+/// `[registry/]repository[:tag]`, checked.
+struct Name<'a> {
+    registry: Option<&'a str>,
+    repository: &'a str,
+    tag: Option<&'a str>,
+}
+
+/// The twin value checks every reference passes first.
+fn check_value(s: &str) -> Result<(), FirmwareRefError> {
+    if s.is_empty() {
+        return Err(FirmwareRefError::Empty);
+    }
+    if s.len() > MAX_TWIN_VALUE_LEN {
+        return Err(FirmwareRefError::TooLong { len: s.len() });
+    }
+    if !validate_twin_value(s) {
+        return Err(FirmwareRefError::Charset {
+            reference: s.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks `sha256:<64 lowercase hex>`.
+fn check_digest(digest: &str) -> Result<(), FirmwareRefError> {
+    let (algorithm, hex) =
+        digest
+            .split_once(':')
+            .ok_or_else(|| FirmwareRefError::InvalidDigest {
+                digest: digest.to_owned(),
+            })?;
+    if algorithm != "sha256" {
+        return Err(FirmwareRefError::UnsupportedAlgorithm {
+            algorithm: algorithm.to_owned(),
+        });
+    }
+    if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(FirmwareRefError::InvalidDigest {
+            digest: digest.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Splits and checks `[registry[:port]/]repo/path[:tag]`.
+fn parse_name(name: &str) -> Result<Name<'_>, FirmwareRefError> {
+    let last_slash = name.rfind('/');
+    let (name, tag) = match name.rfind(':') {
+        Some(colon) if last_slash.is_none_or(|sl| colon > sl) => {
+            (name.get(..colon).unwrap_or(""), name.get(colon + 1..))
+        }
+        _ => (name, None),
+    };
+    if let Some(tag) = tag
+        && !tag_ok(tag)
+    {
+        return Err(FirmwareRefError::InvalidTag {
+            tag: tag.to_owned(),
+        });
+    }
+    let (registry, repository) = match name.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
+            (Some(first), rest)
+        }
+        _ => (None, name),
+    };
+    if let Some(registry) = registry
+        && !registry_ok(registry)
+    {
+        return Err(FirmwareRefError::InvalidRegistry {
+            registry: registry.to_owned(),
+        });
+    }
+    if repository.is_empty() || !repository.split('/').all(component_ok) {
+        return Err(FirmwareRefError::InvalidRepository {
+            repository: repository.to_owned(),
+        });
+    }
+    Ok(Name {
+        registry,
+        repository,
+        tag,
+    })
+}
+
 impl FirmwareRef {
     /// Parses and checks a reference (see [`FirmwareRefError`] for what is refused).
     pub fn parse(s: &str) -> Result<Self, FirmwareRefError> {
-        if s.is_empty() {
-            return Err(FirmwareRefError::Empty);
-        }
-        if s.len() > MAX_TWIN_VALUE_LEN {
-            return Err(FirmwareRefError::TooLong { len: s.len() });
-        }
-        if !validate_twin_value(s) {
-            return Err(FirmwareRefError::Charset {
-                reference: s.to_owned(),
-            });
-        }
+        check_value(s)?;
         let (name, digest) = s
             .rsplit_once('@')
             .ok_or_else(|| FirmwareRefError::MissingDigest {
                 reference: s.to_owned(),
             })?;
-        let (algorithm, hex) =
-            digest
-                .split_once(':')
-                .ok_or_else(|| FirmwareRefError::InvalidDigest {
-                    digest: digest.to_owned(),
-                })?;
-        if algorithm != "sha256" {
-            return Err(FirmwareRefError::UnsupportedAlgorithm {
-                algorithm: algorithm.to_owned(),
-            });
-        }
-        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(FirmwareRefError::InvalidDigest {
-                digest: digest.to_owned(),
-            });
-        }
-        let last_slash = name.rfind('/');
-        let (name, tag) = match name.rfind(':') {
-            Some(colon) if last_slash.is_none_or(|sl| colon > sl) => {
-                (name.get(..colon).unwrap_or(""), name.get(colon + 1..))
-            }
-            _ => (name, None),
-        };
-        if let Some(tag) = tag
-            && !tag_ok(tag)
-        {
-            return Err(FirmwareRefError::InvalidTag {
-                tag: tag.to_owned(),
-            });
-        }
-        let (registry, repository) = match name.split_once('/') {
-            Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
-                (Some(first), rest)
-            }
-            _ => (None, name),
-        };
-        if let Some(registry) = registry
-            && !registry_ok(registry)
-        {
-            return Err(FirmwareRefError::InvalidRegistry {
-                registry: registry.to_owned(),
-            });
-        }
-        if repository.is_empty() || !repository.split('/').all(component_ok) {
-            return Err(FirmwareRefError::InvalidRepository {
-                repository: repository.to_owned(),
-            });
-        }
+        check_digest(digest)?;
+        let name = parse_name(name)?;
         Ok(FirmwareRef {
-            registry: registry.map(str::to_owned),
-            repository: repository.to_owned(),
-            tag: tag.map(str::to_owned),
+            raw: s.to_owned(),
+            registry: name.registry.map(str::to_owned),
+            repository: name.repository.to_owned(),
+            tag: name.tag.map(str::to_owned),
             digest: digest.to_owned(),
         })
+    }
+
+    /// Classifies a desired `firmware` value: a digest-pinned reference ([`RefKind::Pinned`]),
+    /// a tag-only reference to be pinned first ([`RefKind::Tag`]), or an invalid value (every
+    /// error has the code `invalid-reference`). The grammar is the same as [`FirmwareRef::parse`].
+    pub fn classify(s: &str) -> Result<RefKind, FirmwareRefError> {
+        check_value(s)?;
+        if s.contains('@') {
+            FirmwareRef::parse(s).map(RefKind::Pinned)
+        } else {
+            parse_name(s).map(|_| RefKind::Tag)
+        }
+    }
+
+    /// The reference as written (the same string `Display` gives).
+    pub fn as_str(&self) -> &str {
+        &self.raw
     }
 
     /// The registry `host[:port]`, if the reference names one.
@@ -189,14 +246,7 @@ impl FirmwareRef {
 
 impl fmt::Display for FirmwareRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(registry) = &self.registry {
-            write!(f, "{registry}/")?;
-        }
-        f.write_str(&self.repository)?;
-        if let Some(tag) = &self.tag {
-            write!(f, ":{tag}")?;
-        }
-        write!(f, "@{}", self.digest)
+        f.write_str(&self.raw)
     }
 }
 
@@ -335,5 +385,66 @@ mod tests {
             FirmwareRefError::TooLong { len: 513 }
         ));
         assert_eq!(e("x").code(), ErrorCode::InvalidReference);
+    }
+
+    #[test]
+    fn displays_the_original_string() {
+        for s in [
+            format!("registry.local:5000/fw/blinky:1.4.2@sha256:{HEX}"),
+            format!("fw/blinky@sha256:{HEX}"),
+            format!("localhost/a_b__c-d--e/x.y@sha256:{HEX}"),
+        ] {
+            let r = FirmwareRef::parse(&s).unwrap();
+            assert_eq!(r.to_string(), s);
+            assert_eq!(r.as_str(), s);
+        }
+    }
+
+    /// The table of the controller's former `reference::classify` (cloud-module), minus its
+    /// sha512 case: the edge takes sha256 only, so a sha512 pin is invalid here.
+    #[test]
+    fn classifies_pinned_tag_and_invalid() {
+        let pinned = format!("registry.local:5000/fw/blinky@sha256:{HEX}");
+        let pinned_tag = format!("registry.local:5000/fw/blinky:1.4.2@sha256:{HEX}");
+        let kind = |s: &str| match FirmwareRef::classify(s) {
+            Ok(RefKind::Pinned(r)) => {
+                assert_eq!(r.as_str(), s);
+                Ok("pinned")
+            }
+            Ok(RefKind::Tag) => Ok("tag"),
+            Err(e) => {
+                assert_eq!(e.code(), ErrorCode::InvalidReference);
+                Err(())
+            }
+        };
+        let cases: Vec<(String, Result<&str, ()>)> = vec![
+            (pinned, Ok("pinned")),
+            (pinned_tag, Ok("pinned")),
+            ("registry.local:5000/fw/blinky:1.4.2".into(), Ok("tag")),
+            ("localhost/fw/a_b__c-d--e".into(), Ok("tag")),
+            ("fw/blinky".into(), Ok("tag")),
+            ("registry.local:5000/fw/blinky:1.4.2+b7".into(), Err(())),
+            ("registry.local:5000/fw/Blinky:1".into(), Err(())),
+            (format!("r.local/fw/b@sha256:{}", &HEX[1..]), Err(())),
+            (format!("r.local/fw/b@md5:{HEX}"), Err(())),
+            (format!("r.local/fw/b@sha512:{HEX}{HEX}"), Err(())),
+            (
+                format!("r.local/fw/b@sha256:{}", HEX.to_uppercase()),
+                Err(()),
+            ),
+            ("r.local/fw/b:".into(), Err(())),
+            ("r.local/fw/b:.x".into(), Err(())),
+            ("r.local:port/fw/b".into(), Err(())),
+            ("r.local/".into(), Err(())),
+            ("r.local/fw//b".into(), Err(())),
+            ("r.local/fw/b-".into(), Err(())),
+            ("".into(), Err(())),
+            ("has space".into(), Err(())),
+            ("{\"json\":1}".into(), Err(())),
+            ("a".repeat(513), Err(())),
+        ];
+        for (value, want) in cases {
+            assert_eq!(kind(&value), want, "{value}");
+        }
     }
 }

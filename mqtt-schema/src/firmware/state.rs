@@ -96,6 +96,49 @@ impl FirmwareStateError {
 }
 
 impl FirmwareState {
+    /// `downloading:<pct>`, with `pct` capped at 100.
+    pub fn downloading(pct: u8) -> Self {
+        FirmwareState::Downloading(pct.min(100))
+    }
+
+    /// `flashing:<pct>`, with `pct` capped at 100.
+    pub fn flashing(pct: u8) -> Self {
+        FirmwareState::Flashing(pct.min(100))
+    }
+
+    /// `waiting:<code>`.
+    pub fn waiting(code: ErrorCode) -> Self {
+        FirmwareState::Waiting(code.into())
+    }
+
+    /// `failed:<code>`.
+    pub fn failed(code: ErrorCode) -> Self {
+        FirmwareState::Failed(code.into())
+    }
+
+    /// `rejected:<code>`.
+    pub fn rejected(code: ErrorCode) -> Self {
+        FirmwareState::Rejected(code.into())
+    }
+
+    /// `rejected:<code>` when [`ErrorCode::is_rejection`], else `failed:<code>`: how an attempt
+    /// that ended with `code` is reported.
+    pub fn settled(code: ErrorCode) -> Self {
+        if code.is_rejection() {
+            FirmwareState::rejected(code)
+        } else {
+            FirmwareState::failed(code)
+        }
+    }
+
+    /// The code of a `failed` or `rejected` state: the attempt ended without the firmware.
+    pub fn failure(&self) -> Option<&StateCode> {
+        match self {
+            FirmwareState::Failed(c) | FirmwareState::Rejected(c) => Some(c),
+            _ => None,
+        }
+    }
+
     /// The error code of a `waiting`, `failed` or `rejected` state.
     pub fn code(&self) -> Option<&StateCode> {
         match self {
@@ -238,5 +281,42 @@ mod tests {
         ] {
             assert!(bad.parse::<FirmwareState>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn constructors_print_the_wire_strings() {
+        assert_eq!(FirmwareState::downloading(42).to_string(), "downloading:42");
+        assert_eq!(
+            FirmwareState::downloading(250).to_string(),
+            "downloading:100"
+        );
+        assert_eq!(FirmwareState::flashing(7).to_string(), "flashing:7");
+        assert_eq!(
+            FirmwareState::waiting(ErrorCode::RegistryUnreachable).to_string(),
+            "waiting:registry-unreachable"
+        );
+        assert_eq!(
+            FirmwareState::failed(ErrorCode::FlashFailed).to_string(),
+            "failed:flash-failed"
+        );
+        assert_eq!(
+            FirmwareState::rejected(ErrorCode::ChipMismatch).to_string(),
+            "rejected:chip-mismatch"
+        );
+        assert_eq!(
+            FirmwareState::settled(ErrorCode::TooLarge).to_string(),
+            "rejected:too-large"
+        );
+        assert_eq!(
+            FirmwareState::settled(ErrorCode::DigestMismatch).to_string(),
+            "failed:digest-mismatch"
+        );
+        let failed = "failed:new-thing".parse::<FirmwareState>().unwrap();
+        assert_eq!(failed.failure().map(StateCode::as_str), Some("new-thing"));
+        assert_eq!(
+            FirmwareState::waiting(ErrorCode::Timeout).failure(),
+            None,
+            "waiting is not settled"
+        );
     }
 }
