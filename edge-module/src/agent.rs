@@ -14,12 +14,12 @@ use crate::config::{EdgeConfig, MirrorConfig};
 use crate::device::Device;
 use crate::job::{self, JobContext};
 use crate::journal::Journal;
-use crate::ledger::Budget;
+use crate::link::ledger::Budget;
 use crate::link::{self, Link, LinkLimits};
 use crate::metrics::{self, Metrics};
-use crate::outbox::Outbox;
 use crate::plan::{self, ReadBack};
 use crate::report::ReportQueue;
+use crate::report::outbox::Outbox;
 use crate::state_dir;
 
 /// The agent could not start. The message names the device or the setting.
@@ -36,7 +36,7 @@ pub enum StartError {
     Journal(#[from] crate::journal::JournalError),
     /// The outbox cannot be opened.
     #[error(transparent)]
-    Outbox(#[from] crate::outbox::OutboxError),
+    Outbox(#[from] crate::report::outbox::OutboxError),
     /// The fetcher could not be built (CA file, credentials, cache directory).
     #[error("registry: {0}")]
     Fetcher(#[from] twinflash_artifact::FetchError),
@@ -78,6 +78,52 @@ pub fn fetch_config(cfg: &EdgeConfig) -> FetchConfig {
     fc
 }
 
+/// Rebuilds one device from its journal and from what the device reads back; pins what it needs in the cache.
+async fn load_device(
+    cfg: &EdgeConfig,
+    dc: &crate::config::DeviceConfig,
+    fetcher: &Fetcher,
+) -> Result<Arc<Device>, StartError> {
+    let flasher =
+        twinflash_flasher::build(&dc.flasher, &dc.chip).map_err(|source| StartError::Flasher {
+            device: dc.id.clone(),
+            source,
+        })?;
+    let journal = Journal::new(&cfg.state_dir, &dc.id);
+    let journaled = match journal.load_counted() {
+        Ok((s, 0)) => s,
+        Ok((s, garbage)) => {
+            tracing::warn!(device = %dc.id, path = %journal.path().display(), unreadable_lines = garbage, "journal holds unreadable lines (not written by this agent); using its newest readable record");
+            s
+        }
+        Err(e @ crate::journal::JournalError::Corrupt { .. }) => {
+            tracing::error!(device = %dc.id, error = %e, "starting this device from what it reports");
+            plan::JobState::default()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let read_back = match flasher.installed().await {
+        Ok(i) => i.map(|i| ReadBack {
+            reference: i.reference,
+            version: i.version,
+        }),
+        Err(e) => {
+            tracing::warn!(device = %dc.id, code = %e.code(), error = %e, "cannot read back what is installed");
+            None
+        }
+    };
+    let reads_back = flasher.reads_back();
+    let state = plan::reconcile(journaled.clone(), reads_back, read_back);
+    if state != journaled {
+        journal.store(&state)?;
+    }
+    for pinned in [&state.installed, &state.wanted].into_iter().flatten() {
+        let _ = fetcher.pin(pinned);
+    }
+    tracing::info!(device = %dc.id, installed = ?state.installed, wanted = ?state.wanted, "device ready");
+    Ok(Device::new(dc.clone(), flasher, journal, state))
+}
+
 /// Runs the agent until `shutdown` is cancelled, then stops gracefully.
 pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), StartError> {
     let _lock = state_dir::lock(&cfg.state_dir)?;
@@ -99,48 +145,7 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
 
     let mut devices = HashMap::new();
     for dc in &cfg.devices {
-        let flasher = twinflash_flasher::build(&dc.flasher, &dc.chip).map_err(|source| {
-            StartError::Flasher {
-                device: dc.id.clone(),
-                source,
-            }
-        })?;
-        let journal = Journal::new(&cfg.state_dir, &dc.id);
-        let journaled = match journal.load_counted() {
-            Ok((s, 0)) => s,
-            Ok((s, garbage)) => {
-                tracing::warn!(device = %dc.id, path = %journal.path().display(), unreadable_lines = garbage, "journal holds unreadable lines (not written by this agent); using its newest readable record");
-                s
-            }
-            Err(e @ crate::journal::JournalError::Corrupt { .. }) => {
-                tracing::error!(device = %dc.id, error = %e, "starting this device from what it reports");
-                plan::JobState::default()
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let read_back = match flasher.installed().await {
-            Ok(i) => i.map(|i| ReadBack {
-                reference: i.reference,
-                version: i.version,
-            }),
-            Err(e) => {
-                tracing::warn!(device = %dc.id, code = %e.code(), error = %e, "cannot read back what is installed");
-                None
-            }
-        };
-        let reads_back = flasher.reads_back();
-        let state = plan::reconcile(journaled.clone(), reads_back, read_back);
-        if state != journaled {
-            journal.store(&state)?;
-        }
-        for pinned in [&state.installed, &state.wanted].into_iter().flatten() {
-            let _ = fetcher.pin(pinned);
-        }
-        tracing::info!(device = %dc.id, installed = ?state.installed, wanted = ?state.wanted, "device ready");
-        devices.insert(
-            dc.id.clone(),
-            Device::new(dc.clone(), flasher, journal, state),
-        );
+        devices.insert(dc.id.clone(), load_device(&cfg, dc, &fetcher).await?);
     }
 
     let ctx = Arc::new(JobContext {

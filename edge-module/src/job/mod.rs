@@ -1,26 +1,28 @@
 //! The job of one device: looks at its journaled state, does the next step (fetch, check, flash, verify), journals
 //! the result and reports it. Level-triggered (see docs/decisions/0002-edge-agent-design.md).
 //!
-//! This file is the driver; every decision is a pure step of `plan` (`next_step`, `verdict`, `preflight`,
-//! `after_flash`). A journal that cannot be written is a state, not a loss: the job reports `waiting:disk-full` and
+//! This file is the driver, `fetch` and `flash` its two steps with I/O; every decision is a pure step of `plan`
+//! (`next_step`, `verdict`, `preflight`, `after_flash`). A journal that cannot be written is a state, not a loss: the job reports `waiting:disk-full` and
 //! retries the same write until it lands.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mqtt_schema::clip::clip;
 use mqtt_schema::{ErrorCode, FirmwareRef, FirmwareState};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use twinflash_artifact::fetch::{FetchEvent, Fetched, Fetcher};
-use twinflash_flasher::{FlashRequest, Progress};
+use twinflash_artifact::fetch::Fetcher;
+
+mod fetch;
+mod flash;
+
+use fetch::fetch;
+use flash::{flash, start_flash};
 
 use crate::device::Device;
 use crate::metrics::Metrics;
-use crate::plan::{
-    self, AfterFlash, FlashResult, JobState, Outcome, Preflight, ReadBack, Step, Verdict,
-};
-use crate::progress::Throttle;
+use crate::plan::{self, AfterFlash, JobState, Outcome, Preflight, Step};
 use crate::report::{Report, ReportQueue};
 
 /// What every job shares.
@@ -138,156 +140,6 @@ async fn install(device: &Arc<Device>, ctx: &JobContext, reference: &str, attemp
     }
 }
 
-/// Fetches and verifies the artifact. None when the fetch was cancelled (a newer intent, shutdown) or failed; a
-/// failure is settled or waited out here.
-async fn fetch(
-    device: &Device,
-    ctx: &JobContext,
-    firmware: &FirmwareRef,
-    attempt: u32,
-) -> Option<Fetched> {
-    let reference = firmware.as_str();
-    let cancel = ctx.shutdown.child_token();
-    {
-        let mut inner = device.lock();
-        if inner.state.wanted.as_deref() != Some(reference) {
-            return None;
-        }
-        inner.download_cancel = Some(cancel.clone());
-    }
-    let permit = tokio::select! {
-        p = ctx.downloads.clone().acquire_owned() => p,
-        () = cancel.cancelled() => return None,
-    };
-    let mut throttle = Throttle::default();
-    let started = Instant::now();
-    let on_event = |ev| match ev {
-        FetchEvent::Progress { done, total } => {
-            let pct = percent(done, total);
-            if throttle.admit(Instant::now(), "downloading", pct) {
-                progress(device, ctx, FirmwareState::Downloading(pct));
-            }
-        }
-        FetchEvent::Waiting { code, .. } => {
-            throttle.reset();
-            progress(device, ctx, FirmwareState::Waiting(code.into()));
-        }
-    };
-    let fetched = ctx.fetcher.fetch(firmware, on_event, &cancel).await;
-    drop(permit);
-    device.lock().download_cancel = None;
-    match fetched {
-        Ok(f) => {
-            ctx.metrics.add_bytes_fetched(f.bytes_received);
-            tracing::info!(device = device.id(), reference, bytes = f.bytes_received, secs = started.elapsed().as_secs_f32(), source = %f.source, "fetched and verified");
-            Some(f)
-        }
-        Err(_) if cancel.is_cancelled() => None,
-        Err(e) => {
-            let code = e.code();
-            tracing::warn!(device = device.id(), reference, %code, error = %e, "fetch failed");
-            if plan::verdict(code, false) == Verdict::Retry {
-                progress(device, ctx, FirmwareState::Waiting(code.into()));
-                backoff(ctx, device, attempt).await;
-            } else {
-                settle(device, ctx, reference, Outcome::of(code)).await;
-            }
-            None
-        }
-    }
-}
-
-/// Takes a flash permit and journals the start of the flash. None when the intent changed meanwhile.
-async fn start_flash(
-    device: &Device,
-    ctx: &JobContext,
-    reference: &str,
-) -> Option<OwnedSemaphorePermit> {
-    let permit = ctx.flashes.clone().acquire_owned().await.ok()?;
-    {
-        let mut inner = device.lock();
-        if inner.state.wanted.as_deref() != Some(reference) {
-            return None;
-        }
-        inner.flashing = true;
-    }
-    let started = durable(device, ctx, |s| {
-        s.flash_started = Some(reference.to_owned())
-    })
-    .await;
-    if started.is_none() {
-        device.lock().flashing = false;
-        return None;
-    }
-    Some(permit)
-}
-
-/// Runs the backend (never interrupted once started; a newer intent waits for it) and says how it ended.
-async fn flash(
-    device: &Device,
-    ctx: &JobContext,
-    fetched: &Fetched,
-    reference: &str,
-) -> FlashResult {
-    let art = &fetched.artifact;
-    let req = FlashRequest {
-        image: fetched.path.clone(),
-        format: art.format,
-        base_address: art.base_address,
-        chip: art.chip.clone(),
-        reference: reference.to_owned(),
-        version: art.version.clone(),
-    };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
-    let started = Instant::now();
-    let flash = device.flasher.flash(&req, tx, CancellationToken::new());
-    tokio::pin!(flash);
-    let mut throttle = Throttle::default();
-    // The stage is reported when it starts, whatever the backend's progress events do.
-    throttle.admit(Instant::now(), "flashing", 0);
-    progress(device, ctx, FirmwareState::Flashing(0));
-    let result = loop {
-        tokio::select! {
-            r = &mut flash => break r,
-            Some(p) = rx.recv() => {
-                if throttle.admit(Instant::now(), "flashing", p.percent) {
-                    progress(device, ctx, FirmwareState::Flashing(p.percent));
-                }
-            }
-        }
-    };
-    let kind = device.flasher.kind();
-    ctx.metrics
-        .observe_flash(kind, started.elapsed(), result.is_ok());
-    match result {
-        Ok(outcome) => {
-            tracing::info!(device = device.id(), reference = %req.reference, version = %art.version, bytes = outcome.bytes, unchanged = outcome.unchanged, "flashed and verified");
-            FlashResult::Verified {
-                version: art.version.clone(),
-            }
-        }
-        Err(e) => {
-            let code = e.code();
-            let verdict = plan::verdict(code, e.is_transient());
-            tracing::warn!(device = device.id(), reference = %req.reference, %code, ?verdict, error = %e, "flash did not complete");
-            let read_back = if verdict == Verdict::Fail && device.flasher.reads_back() {
-                let now = device.flasher.installed().await.ok().flatten();
-                Some(now.map(|i| ReadBack {
-                    reference: i.reference,
-                    version: i.version,
-                }))
-            } else {
-                None
-            };
-            FlashResult::Error {
-                code,
-                verdict,
-                read_back,
-            }
-        }
-    }
-}
-
 /// Journals a change of the state, retrying while the journal cannot be written: the device reports
 /// `waiting:<code>` (`waiting:disk-full` on a full disk) until the write lands. None when shutdown came first.
 async fn durable<R>(
@@ -362,25 +214,5 @@ async fn backoff(ctx: &JobContext, device: &Device, attempt: u32) {
         () = tokio::time::sleep(wait) => {}
         () = device.woken() => device.wake(),
         () = ctx.shutdown.cancelled() => {}
-    }
-}
-
-fn percent(done: u64, total: u64) -> u8 {
-    if total == 0 {
-        return 100;
-    }
-    u8::try_from(u128::from(done.min(total)) * 100 / u128::from(total)).unwrap_or(100)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percent_is_bounded() {
-        assert_eq!(percent(0, 0), 100);
-        assert_eq!(percent(50, 200), 25);
-        assert_eq!(percent(300, 200), 100);
-        assert_eq!(percent(u64::MAX, u64::MAX), 100);
     }
 }

@@ -1,13 +1,16 @@
 //! What the agent reports through the twin: `firmware`, `firmware-version` and `firmware-state` as `actual` values,
 //! queued in the durable outbox and handed to the MQTT publisher.
 
+pub mod outbox;
+pub mod progress;
+
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
 use mqtt_schema::{FirmwareState, TwinNames};
 
-use crate::outbox::{Outbox, OutboxError, Pending, TwinValues};
+use outbox::{Outbox, OutboxError, Pending, TwinValues};
 
 /// One report: the state always, the firmware and its version when they are known.
 #[derive(Debug, Clone, PartialEq, Eq)]

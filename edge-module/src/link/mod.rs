@@ -4,6 +4,8 @@
 //! journaled) and a clean-session publisher whose every report is cleared from the outbox on its PUBACK. What a
 //! message means is decided by `wire::classify`; what the publisher may send, by the `ledger`. Both are pure.
 
+pub mod ledger;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,11 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::MqttConfig;
 use crate::device::{Ask, Device};
-use crate::ledger::{Budget, Ledger, Sent};
 use crate::metrics::Metrics;
 use crate::quiet::Quiet;
 use crate::report::{Report, ReportQueue};
 use crate::wire::{self, Incoming, Intent};
+use ledger::{Budget, Ledger, Sent};
 
 /// The agent's MQTT endpoint from its `[mqtt]` settings.
 pub fn endpoint(cfg: &MqttConfig) -> twinflash_mqtt::Endpoint {

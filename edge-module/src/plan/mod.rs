@@ -344,5 +344,5 @@ pub fn after_flash(
 }
 
 #[cfg(test)]
-#[path = "plan_tests.rs"]
+#[path = "tests.rs"]
 mod tests;
