@@ -93,12 +93,6 @@ pub struct FirmwareArtifact {
     pub annotations: BTreeMap<String, String>,
 }
 
-impl serde::Serialize for FirmwareFormat {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
 /// Checks that `digest` is `sha256:` followed by 64 lower-case hex digits.
 pub fn is_sha256_digest(digest: &str) -> bool {
     digest.strip_prefix("sha256:").is_some_and(|hex| {

@@ -1,4 +1,4 @@
-//! `push`: validate a firmware file, upload it as the single layer of a twinflash artifact with
+//! `push`: parse a firmware file with the flasher's parser, upload it as the single layer of a twinflash artifact with
 //! a manifest whose bytes (and so digest) we build ourselves, and return the digest-pinned reference.
 
 use std::collections::BTreeMap;
@@ -14,12 +14,11 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::Credentials;
 use crate::error::FetchError;
-use crate::format::{self, EMPTY_CONFIG, EMPTY_CONFIG_DIGEST, FirmwareFormat, FormatError};
+use crate::format::{
+    self, EMPTY_CONFIG, EMPTY_CONFIG_DIGEST, FirmwareFormat, ImageError, MAX_PARSED_FILE,
+};
 use crate::manifest::{ArtifactMeta, FirmwareArtifact, ManifestError, build_manifest};
 use crate::registry::{TlsOptions, build_client};
-
-/// Files up to this size are read whole to validate ELF, HEX and UF2 structure.
-const MAX_STRUCTURED_FILE: u64 = 256 * 1024 * 1024;
 
 /// What to push.
 #[derive(Debug, Clone)]
@@ -54,13 +53,25 @@ pub struct Pushed {
 /// A push failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
-    /// The file is not valid firmware of its format.
+    /// The file is not valid firmware of its format: the flasher would refuse it too.
     #[error("{}: {source}", file.display())]
     Format {
         /// The file.
         file: PathBuf,
         /// What is wrong.
-        source: FormatError,
+        source: ImageError,
+    },
+    /// An ELF, HEX or UF2 file too large to parse in memory.
+    #[error("{}: a {format} file of {size} bytes is larger than the {max} bytes twinflash parses", file.display())]
+    TooLargeToParse {
+        /// The file.
+        file: PathBuf,
+        /// The format.
+        format: FirmwareFormat,
+        /// File size.
+        size: u64,
+        /// The limit.
+        max: u64,
     },
     /// The manifest would not be a valid artifact (bad version, empty chip, ...).
     #[error(transparent)]
@@ -91,6 +102,7 @@ impl PushError {
     pub fn code(&self) -> mqtt_schema::ErrorCode {
         match self {
             Self::Format { source, .. } => source.code(),
+            Self::TooLargeToParse { .. } => mqtt_schema::ErrorCode::UnsupportedArtifact,
             Self::Manifest(e) => e.code(),
             Self::InvalidReference { .. } => mqtt_schema::ErrorCode::InvalidReference,
             Self::Read { .. } => mqtt_schema::ErrorCode::Internal,
@@ -108,7 +120,10 @@ pub struct CheckedFile {
     pub size: u64,
 }
 
-/// Detects (unless given) and validates the format of `file`. A raw binary needs a base address.
+/// Detects the format of `file` (unless given) and parses it with [`twinflash_image::parse`], the
+/// parser the flasher runs: what it refuses, push refuses, with the same error and code. A BIN larger
+/// than [`MAX_PARSED_FILE`] is not read; [`twinflash_image::check_bin`] (the part of `parse` that
+/// judges a BIN) decides from its length and base address.
 pub fn check_file(
     file: &Path,
     format: Option<FirmwareFormat>,
@@ -124,34 +139,30 @@ pub fn check_file(
     };
     let mut f = std::fs::File::open(file).map_err(read_err)?;
     let size = f.metadata().map_err(read_err)?.len();
-    if size == 0 {
-        return Err(fmt_err(FormatError::Empty));
-    }
     let format = match format {
         Some(format) => format,
         None => {
-            let mut head = Vec::with_capacity(format::UF2_BLOCK);
+            let mut head = Vec::with_capacity(format::SNIFF_LEN);
             (&mut f)
-                .take(format::UF2_BLOCK as u64)
+                .take(format::SNIFF_LEN as u64)
                 .read_to_end(&mut head)
                 .map_err(read_err)?;
             format::sniff(&head).unwrap_or(FirmwareFormat::Bin)
         }
     };
-    if format == FirmwareFormat::Bin {
-        if base_address.is_none() {
-            return Err(fmt_err(FormatError::MissingBaseAddress));
-        }
-    } else {
-        if size > MAX_STRUCTURED_FILE {
-            return Err(fmt_err(FormatError::TooLargeToValidate {
+    if size > MAX_PARSED_FILE {
+        if format != FirmwareFormat::Bin {
+            return Err(PushError::TooLargeToParse {
+                file: file.to_owned(),
                 format,
                 size,
-                max: MAX_STRUCTURED_FILE,
-            }));
+                max: MAX_PARSED_FILE,
+            });
         }
+        format::check_bin(size, base_address).map_err(fmt_err)?;
+    } else {
         let data = std::fs::read(file).map_err(read_err)?;
-        format::validate(format, &data).map_err(fmt_err)?;
+        format::parse(&data, format, base_address).map_err(fmt_err)?;
     }
     Ok(CheckedFile { format, size })
 }

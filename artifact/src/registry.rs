@@ -1,5 +1,5 @@
-//! How to reach registries (`TlsOptions`), and the oci-client `Client` that `push` uses: plain
-//! HTTP only for listed hosts, an extra CA, timeouts. Pulls (fetch, inspect) use the crate's own
+//! How to reach registries (`TlsOptions`, with its `Timeouts`), and the oci-client `Client` that
+//! `push` uses: plain HTTP only for listed hosts, an extra CA, timeouts. Pulls (fetch, inspect) use the crate's own
 //! client, which also presents a client certificate; oci-client 0.18 cannot, so push refuses one.
 
 use std::path::PathBuf;
@@ -22,10 +22,44 @@ pub struct TlsOptions {
     pub client_cert: Option<PathBuf>,
     /// The PEM key of [`TlsOptions::client_cert`].
     pub client_key: Option<PathBuf>,
-    /// Connect timeout (default 10 s).
-    pub connect_timeout: Option<Duration>,
-    /// Read timeout: a stalled connection fails after this long (default 30 s).
-    pub read_timeout: Option<Duration>,
+    /// Idle timeouts and total deadlines of registry requests.
+    pub timeouts: Timeouts,
+}
+
+/// Deadlines of registry requests: every network read has an idle timeout and a total deadline
+/// (docs/security.md, "Limits and deadlines"). Each one that is hit is a transient
+/// `registry-unreachable` error: the agent reports `waiting:registry-unreachable` and retries
+/// with backoff, the CLI retries `--retries` times, then exits non-zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connecting to a registry or token service (default 10 s).
+    pub connect: Duration,
+    /// Idle timeout of every read: no byte for this long fails the request (default 30 s).
+    /// A trickle of one byte now and then never trips it; the total deadlines below do.
+    pub idle: Duration,
+    /// Total deadline of one manifest request, headers and body (default 60 s; a firmware
+    /// manifest is about 1 KiB).
+    pub manifest: Duration,
+    /// Total deadline of one token-service request (default 30 s).
+    pub token: Duration,
+    /// Total deadline of one blob request (default 1 h; push does not use it). The fetcher then
+    /// resumes with `Range` from its durable offset, at once and without counting an attempt
+    /// when the request made progress: a slow but progressing download still completes. The
+    /// long default keeps the cost of reconnecting negligible and lets a source that ignores
+    /// `Range` (and restarts from byte 0) finish any layer it can send within an hour.
+    pub blob_request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            idle: Duration::from_secs(30),
+            manifest: Duration::from_secs(60),
+            token: Duration::from_secs(30),
+            blob_request: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// Builds the oci-client `Client` of `push` for these options.
@@ -49,8 +83,8 @@ pub fn build_client(opts: &TlsOptions) -> Result<oci_client::Client, FetchError>
     let config = ClientConfig {
         protocol: ClientProtocol::HttpsExcept(opts.plain_http.clone()),
         extra_root_certificates,
-        connect_timeout: Some(opts.connect_timeout.unwrap_or(Duration::from_secs(10))),
-        read_timeout: Some(opts.read_timeout.unwrap_or(Duration::from_secs(30))),
+        connect_timeout: Some(opts.timeouts.connect),
+        read_timeout: Some(opts.timeouts.idle),
         platform_resolver: None,
         user_agent: concat!("twinflash/", env!("CARGO_PKG_VERSION")),
         ..ClientConfig::default()

@@ -4,14 +4,12 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
 use common::*;
 use mqtt_schema::ErrorCode;
-use sha2::{Digest, Sha256};
 use twinflash_artifact::Credentials;
 
 const TOKEN: &str = "tok-3f9a";
@@ -32,21 +30,9 @@ fn token_registry(manifest: Vec<u8>, blob: Vec<u8>) -> (String, Seen) {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
             let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
+            let Some((target, headers)) = read_head(&mut reader) else {
                 continue;
-            }
-            let target = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-            let mut headers = HashMap::new();
-            loop {
-                let mut l = String::new();
-                if reader.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
-                    break;
-                }
-                if let Some((k, v)) = l.split_once(':') {
-                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-                }
-            }
+            };
             log.lock().unwrap().push(target.clone());
             let auth = headers.get("authorization").cloned().unwrap_or_default();
             let (status, extra, body): (u16, String, Vec<u8>) = if target.starts_with("/token") {
@@ -94,23 +80,6 @@ fn token_registry(manifest: Vec<u8>, blob: Vec<u8>) -> (String, Seen) {
         }
     });
     (host, seen)
-}
-
-fn manifest_for(blob: &[u8]) -> (Vec<u8>, String) {
-    let layer = format!("sha256:{}", hex::encode(Sha256::digest(blob)));
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "artifactType": "application/vnd.twinflash.firmware.v1",
-        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2,
-                   "digest": twinflash_artifact::format::EMPTY_CONFIG_DIGEST},
-        "layers": [{"mediaType": "application/vnd.twinflash.firmware.bin", "size": blob.len(), "digest": layer}],
-        "annotations": {"org.opencontainers.image.version": "1.0.0", "io.twinflash.firmware.chip": "x",
-                        "io.twinflash.firmware.base-address": "0x8000000"}
-    }))
-    .unwrap();
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&manifest)));
-    (manifest, digest)
 }
 
 fn basic(dir: &std::path::Path, password: &str) -> Credentials {

@@ -271,7 +271,7 @@ async fn a_stalled_link_waits_then_completes_when_it_recovers() {
     let proxy_host = proxy.addr().to_string();
     let cache = tempfile::tempdir().unwrap();
     let mut cfg = config(cache.path(), &proxy_host);
-    cfg.read_timeout = std::time::Duration::from_millis(300);
+    cfg.timeouts.idle = std::time::Duration::from_millis(300);
     cfg.retry.max_attempts = None;
     let fetcher = twinflash_artifact::Fetcher::new(cfg).unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();

@@ -370,3 +370,79 @@ fn a_closed_stdout_ends_the_command_quietly_without_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.status.success(), "status {:?}: {stderr}", out.status);
 }
+
+#[test]
+fn pull_writes_regular_files_only_and_follows_a_symlink_with_force() {
+    use std::os::unix::fs::FileTypeExt;
+    let registry = Registry::start().unwrap();
+    let host = registry.host();
+    let dir = tempfile::tempdir().unwrap();
+    let firmware = fixture("blinky.bin");
+    let pinned = push(
+        &host,
+        "fw/out",
+        &firmware,
+        &["--base-address", "0x08000000"],
+    );
+    let pull = |out: &Path, extra: &[&str]| {
+        twinflash()
+            .args(["pull", &pinned, "--plain-http", "-o"])
+            .arg(out)
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let line = one_line_error(pull(&fifo, &[]));
+    assert!(line.contains("refusing") && line.contains("FIFO"), "{line}");
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let line = one_line_error(pull(&sub, &[]));
+    assert!(line.contains("a directory"), "{line}");
+
+    let real = dir.path().join("real.bin");
+    std::fs::write(&real, b"old").unwrap();
+    let link = dir.path().join("link.bin");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let line = one_line_error(pull(&link, &[]));
+    assert!(
+        line.contains("symbolic link") && line.contains("--force"),
+        "{line}"
+    );
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read(&real).unwrap(), b"old");
+
+    ok(pull(&link, &["--force"]));
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        std::fs::read(&real).unwrap(),
+        std::fs::read(&firmware).unwrap()
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

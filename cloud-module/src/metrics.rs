@@ -15,6 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::decide::Reason;
 
+/// Inbound MQTT messages over the controller's limit, acknowledged and dropped unread (process-wide: the MQTT
+/// connection counts them without a handle on the controller's metrics).
+pub static MQTT_DROPPED_OVERSIZED: AtomicU64 = AtomicU64::new(0);
+
 /// The controller's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -119,6 +123,19 @@ impl Metrics {
             out,
             "twinflash_cloud_intents_published_total {}",
             self.intents_published()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP twinflash_cloud_mqtt_dropped_messages_total Inbound MQTT messages dropped unread, by reason."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE twinflash_cloud_mqtt_dropped_messages_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "twinflash_cloud_mqtt_dropped_messages_total{{reason=\"oversized\"}} {}",
+            MQTT_DROPPED_OVERSIZED.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,

@@ -358,6 +358,9 @@ impl IntentSink for MqttSink {
     }
 }
 
+/// Largest inbound message the controller handles (the transport reads up to `twinflash_mqtt::MAX_INCOMING_PACKET`).
+pub const MAX_MESSAGE: usize = twinflash_mqtt::DEFAULT_MAX_MESSAGE;
+
 async fn connection(
     shared: Arc<Shared>,
     mut events: EventLoop,
@@ -388,6 +391,14 @@ async fn connection(
                 shared.connected.store(true, Ordering::Release);
                 delays = backoff();
                 shared.republish(true);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.payload.len() > MAX_MESSAGE => {
+                // An agent's report or a get is a few KiB: anything this large is hostile or broken. Dropped unread;
+                // the clean session acknowledges it, so it is never redelivered.
+                let n = crate::metrics::MQTT_DROPPED_OVERSIZED.fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() || n == 0 {
+                    warn!(topic = %mqtt_schema::clip::clip(&p.topic), len = p.payload.len(), max = MAX_MESSAGE, dropped_so_far = n + 1, "dropping an MQTT message over the controller's limit");
+                }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => shared.on_publish(&p.topic, &p.payload),
             Ok(_) => {}

@@ -14,11 +14,13 @@ use crate::config::{EdgeConfig, MirrorConfig};
 use crate::device::Device;
 use crate::job::{self, JobContext};
 use crate::journal::Journal;
-use crate::link::{self, Link};
+use crate::ledger::Budget;
+use crate::link::{self, Link, LinkLimits};
 use crate::metrics::{self, Metrics};
 use crate::outbox::Outbox;
 use crate::plan::{self, ReadBack};
 use crate::report::ReportQueue;
+use crate::state_dir;
 
 /// The agent could not start. The message names the device or the setting.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,9 @@ pub enum StartError {
     /// The MQTT settings are wrong.
     #[error(transparent)]
     Mqtt(#[from] twinflash_mqtt::MqttError),
+    /// Another agent runs on the same state directory, or it cannot be locked.
+    #[error(transparent)]
+    StateDir(#[from] crate::state_dir::StateDirError),
 }
 
 /// The fetcher settings from the `[registry]` section.
@@ -69,12 +74,26 @@ pub fn fetch_config(cfg: &EdgeConfig) -> FetchConfig {
     fc.ca_file = r.ca_file.clone();
     fc.client_cert = r.cert_file.clone();
     fc.client_key = r.key_file.clone();
+    fc.timeouts = r.timeouts();
     fc
 }
 
 /// Runs the agent until `shutdown` is cancelled, then stops gracefully.
 pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), StartError> {
+    let _lock = state_dir::lock(&cfg.state_dir)?;
+    for sub in ["journal", "outbox"] {
+        let removed = state_dir::remove_stale_temps(&cfg.state_dir.join(sub));
+        if removed > 0 {
+            tracing::info!(
+                dir = sub,
+                removed,
+                "removed temporary files of interrupted writes"
+            );
+        }
+    }
     let metrics = Arc::new(Metrics::new());
+    let unready = cfg.metrics.unready_after_broker_down_secs;
+    metrics.set_unready_after_broker_down((unready > 0).then(|| Duration::from_secs(unready)));
     let reports = Arc::new(ReportQueue::new(Outbox::open(&cfg.state_dir)?));
     let fetcher = Arc::new(Fetcher::new(fetch_config(&cfg))?);
 
@@ -87,8 +106,12 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
             }
         })?;
         let journal = Journal::new(&cfg.state_dir, &dc.id);
-        let journaled = match journal.load() {
-            Ok(s) => s,
+        let journaled = match journal.load_counted() {
+            Ok((s, 0)) => s,
+            Ok((s, garbage)) => {
+                tracing::warn!(device = %dc.id, path = %journal.path().display(), unreadable_lines = garbage, "journal holds unreadable lines (not written by this agent); using its newest readable record");
+                s
+            }
             Err(e @ crate::journal::JournalError::Corrupt { .. }) => {
                 tracing::error!(device = %dc.id, error = %e, "starting this device from what it reports");
                 plan::JobState::default()
@@ -126,6 +149,7 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
         flashes: Arc::new(Semaphore::new(cfg.limits.flashes)),
         reports: reports.clone(),
         max_attempts: cfg.limits.flash_attempts,
+        max_artifact_bytes: cfg.registry.max_artifact_bytes,
         shutdown: shutdown.clone(),
         metrics: metrics.clone(),
         retry_base: Duration::from_millis(500),
@@ -141,7 +165,14 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
         cfg.mqtt.topic_layout.into(),
         reports,
         metrics.clone(),
-        Duration::from_secs(cfg.mqtt.reconnect_max_secs.max(1)),
+        LinkLimits {
+            reconnect_max: Duration::from_secs(cfg.mqtt.reconnect_max_secs.max(1)),
+            max_message: cfg.limits.max_message_bytes,
+            report_budget: Budget {
+                burst: cfg.limits.report_burst,
+                interval: Duration::from_millis(cfg.limits.report_interval_ms),
+            },
+        },
     ));
     let link_stop = CancellationToken::new();
     let mut tasks = JoinSet::new();

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use twinflash_artifact::Timeouts;
 use twinflash_flasher::FlasherConfig;
 
 /// Prefix of the environment overrides: `TWINFLASH_EDGE__MQTT__URL=mqtt://...` sets `mqtt.url`.
@@ -131,6 +132,36 @@ pub struct RegistryConfig {
     /// fetched again after a crash.
     #[serde(default = "default_checkpoint")]
     pub checkpoint_bytes: u64,
+    /// Seconds to connect to a registry or token service.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Idle timeout in seconds: a request that receives no byte for this long fails.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Total deadline of one manifest request in seconds (`waiting:registry-unreachable` when hit).
+    #[serde(default = "default_manifest_timeout")]
+    pub manifest_timeout_secs: u64,
+    /// Total deadline of one token-service request in seconds (`waiting:registry-unreachable` when hit).
+    #[serde(default = "default_token_timeout")]
+    pub token_timeout_secs: u64,
+    /// Total deadline of one blob request in seconds; the download then resumes with Range at once, so a slow
+    /// download that makes progress still completes.
+    #[serde(default = "default_blob_request_timeout")]
+    pub blob_request_timeout_secs: u64,
+}
+
+impl RegistryConfig {
+    /// The fetcher's timeouts from the `*_secs` keys.
+    pub fn timeouts(&self) -> Timeouts {
+        let secs = std::time::Duration::from_secs;
+        Timeouts {
+            connect: secs(self.connect_timeout_secs),
+            idle: secs(self.idle_timeout_secs),
+            manifest: secs(self.manifest_timeout_secs),
+            token: secs(self.token_timeout_secs),
+            blob_request: secs(self.blob_request_timeout_secs),
+        }
+    }
 }
 
 impl Default for RegistryConfig {
@@ -148,6 +179,11 @@ impl Default for RegistryConfig {
             cache_max_bytes: None,
             rate_limit_bytes_per_sec: None,
             checkpoint_bytes: default_checkpoint(),
+            connect_timeout_secs: default_connect_timeout(),
+            idle_timeout_secs: default_idle_timeout(),
+            manifest_timeout_secs: default_manifest_timeout(),
+            token_timeout_secs: default_token_timeout(),
+            blob_request_timeout_secs: default_blob_request_timeout(),
         }
     }
 }
@@ -181,6 +217,17 @@ pub struct Limits {
     /// Flash attempts of one intent before it is `failed:flash-failed`.
     #[serde(default = "default_attempts")]
     pub flash_attempts: u32,
+    /// Largest inbound MQTT message handled, in bytes; a larger one is acknowledged and dropped unread (one log line,
+    /// `twinflash_edge_mqtt_dropped_messages_total{reason="oversized"}`). At most the transport's cap (16 MiB).
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    /// Reports of one device that may leave at once (an install's few states go out as they happen).
+    #[serde(default = "default_report_burst")]
+    pub report_burst: u32,
+    /// Past the burst, one report of a device per this many milliseconds; reports made meanwhile merge (the latest
+    /// value of each twin wins), so a storm of intents costs bounded messages.
+    #[serde(default = "default_report_interval")]
+    pub report_interval_ms: u64,
 }
 
 impl Default for Limits {
@@ -189,6 +236,9 @@ impl Default for Limits {
             downloads: default_downloads(),
             flashes: default_flashes(),
             flash_attempts: default_attempts(),
+            max_message_bytes: default_max_message(),
+            report_burst: default_report_burst(),
+            report_interval_ms: default_report_interval(),
         }
     }
 }
@@ -217,12 +267,25 @@ pub enum LogFormat {
 }
 
 /// `[metrics]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// `host:port` for `/metrics`, `/healthz` and `/readyz`; absent: no listener.
     #[serde(default)]
     pub listen: Option<String>,
+    /// `/readyz` answers 503 once the broker link has been down longer than this many seconds (0: never for that
+    /// reason).
+    #[serde(default = "default_unready_after")]
+    pub unready_after_broker_down_secs: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: None,
+            unready_after_broker_down_secs: default_unready_after(),
+        }
+    }
 }
 
 /// `[[devices]]`.
@@ -255,6 +318,21 @@ fn default_max_artifact() -> u64 {
 fn default_checkpoint() -> u64 {
     1024 * 1024
 }
+fn default_connect_timeout() -> u64 {
+    Timeouts::default().connect.as_secs()
+}
+fn default_idle_timeout() -> u64 {
+    Timeouts::default().idle.as_secs()
+}
+fn default_manifest_timeout() -> u64 {
+    Timeouts::default().manifest.as_secs()
+}
+fn default_token_timeout() -> u64 {
+    Timeouts::default().token.as_secs()
+}
+fn default_blob_request_timeout() -> u64 {
+    Timeouts::default().blob_request.as_secs()
+}
 fn default_downloads() -> usize {
     4
 }
@@ -263,6 +341,18 @@ fn default_flashes() -> usize {
 }
 fn default_attempts() -> u32 {
     3
+}
+fn default_max_message() -> usize {
+    twinflash_mqtt::DEFAULT_MAX_MESSAGE
+}
+fn default_report_burst() -> u32 {
+    10
+}
+fn default_report_interval() -> u64 {
+    500
+}
+fn default_unready_after() -> u64 {
+    60
 }
 
 /// The configuration could not be read or is wrong. The message names the file or the key.
@@ -324,11 +414,32 @@ impl EdgeConfig {
                 "must be at least 4096",
             ));
         }
+        let r = &self.registry;
+        for (key, secs) in [
+            ("connect_timeout_secs", r.connect_timeout_secs),
+            ("idle_timeout_secs", r.idle_timeout_secs),
+            ("manifest_timeout_secs", r.manifest_timeout_secs),
+            ("token_timeout_secs", r.token_timeout_secs),
+            ("blob_request_timeout_secs", r.blob_request_timeout_secs),
+        ] {
+            if secs == 0 {
+                return Err(invalid(format!("registry.{key}"), "must be at least 1"));
+            }
+        }
         if self.limits.downloads == 0 || self.limits.flashes == 0 || self.limits.flash_attempts == 0
         {
             return Err(invalid(
                 "limits".into(),
                 "downloads, flashes and flash_attempts must be at least 1",
+            ));
+        }
+        if !(1024..=twinflash_mqtt::MAX_INCOMING_PACKET).contains(&self.limits.max_message_bytes) {
+            return Err(invalid(
+                "limits.max_message_bytes".into(),
+                &format!(
+                    "must be between 1024 and the transport's cap of {} bytes",
+                    twinflash_mqtt::MAX_INCOMING_PACKET
+                ),
             ));
         }
         if self.devices.is_empty() {

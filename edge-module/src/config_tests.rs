@@ -48,6 +48,30 @@ fn defaults_fill_what_a_minimal_file_leaves_out() {
 }
 
 #[test]
+fn registry_deadlines_have_defaults_reach_the_fetcher_and_must_be_positive() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = EdgeConfig::load(&write(dir.path(), MINIMAL)).unwrap();
+    assert_eq!(
+        crate::agent::fetch_config(&cfg).timeouts,
+        twinflash_artifact::Timeouts::default()
+    );
+    let text = format!(
+        "{MINIMAL}\n[registry]\nmanifest_timeout_secs = 5\ntoken_timeout_secs = 4\n\
+         idle_timeout_secs = 3\nconnect_timeout_secs = 2\nblob_request_timeout_secs = 600\n"
+    );
+    let cfg = EdgeConfig::load(&write(dir.path(), &text)).unwrap();
+    let t = crate::agent::fetch_config(&cfg).timeouts;
+    assert_eq!(
+        [t.manifest, t.token, t.idle, t.connect, t.blob_request].map(|d| d.as_secs()),
+        [5, 4, 3, 2, 600]
+    );
+    let err = EdgeConfig::load(&write(dir.path(), &text.replace("= 5", "= 0")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("registry.manifest_timeout_secs"), "{err}");
+}
+
+#[test]
 fn an_unknown_key_is_an_error_that_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let text = MINIMAL.replace(

@@ -10,6 +10,7 @@ use twinflash_flasher::Flasher;
 use crate::config::DeviceConfig;
 use crate::journal::{Journal, JournalError};
 use crate::plan::{self, JobState, OnIntent};
+use crate::wire::Intent;
 use mqtt_schema::TwinNames;
 
 use crate::report::{Report, ReportQueue};
@@ -116,10 +117,10 @@ impl Device {
 
     /// Records an intent received from the twin. Returns only when it is journaled on disk, so the caller may
     /// acknowledge the MQTT message afterwards. A repeated intent changes nothing and writes nothing.
-    pub fn on_intent(&self, reference: &str) -> Result<bool, JournalError> {
+    pub fn on_intent(&self, intent: &Intent) -> Result<bool, JournalError> {
         let mut inner = self.lock();
         let mut next = inner.state.clone();
-        match plan::on_intent(&mut next, reference, inner.flashing) {
+        match plan::on_intent(&mut next, intent, inner.flashing) {
             OnIntent::Unchanged => Ok(false),
             OnIntent::Replace { cancel_download } => {
                 self.journal.store(&next)?;
@@ -134,16 +135,19 @@ impl Device {
         }
     }
 
-    /// Changes the state and journals it before returning.
-    pub fn update(&self, change: impl FnOnce(&mut JobState)) -> Result<JobState, JournalError> {
+    /// Changes the state and journals it before returning. Nothing changes when the journal cannot be written.
+    pub fn update_with<R>(
+        &self,
+        change: impl FnOnce(&mut JobState) -> R,
+    ) -> Result<R, JournalError> {
         let mut inner = self.lock();
         let mut next = inner.state.clone();
-        change(&mut next);
+        let out = change(&mut next);
         if next != inner.state {
             self.journal.store(&next)?;
-            inner.state = next.clone();
+            inner.state = next;
         }
-        Ok(next)
+        Ok(out)
     }
 
     /// Queues `report` in the outbox and remembers it for re-reports. An outbox that cannot be written is logged:
@@ -172,9 +176,8 @@ impl Device {
     /// Someone asked for the twin: says whether to report again now, or after how long (requests within a second
     /// are coalesced into one report at the end of that second, so every watcher is answered and a flood of requests
     /// costs at most two reports a second), or that a report is already scheduled.
-    pub fn ask(&self) -> Ask {
+    pub fn ask(&self, now: std::time::Instant) -> Ask {
         let mut inner = self.lock();
-        let now = std::time::Instant::now();
         match inner.last_asked {
             Some(t) if now.duration_since(t) < ASK_WINDOW => {
                 if inner.ask_pending {
@@ -192,11 +195,11 @@ impl Device {
     }
 
     /// The scheduled report of [`Device::ask`] is due: report again.
-    pub fn answer_scheduled(&self, reports: &ReportQueue) {
+    pub fn answer_scheduled(&self, reports: &ReportQueue, now: std::time::Instant) {
         {
             let mut inner = self.lock();
             inner.ask_pending = false;
-            inner.last_asked = Some(std::time::Instant::now());
+            inner.last_asked = Some(now);
         }
         self.rereport(reports);
     }

@@ -100,20 +100,43 @@ impl Journal {
     /// Loads the newest readable record; a missing file is an empty state. A file with no readable record is
     /// moved aside and reported, so the job starts from what the device reports instead of failing forever.
     pub fn load(&self) -> Result<JobState, JournalError> {
+        self.load_counted().map(|(state, _)| state)
+    }
+
+    /// [`Journal::load`], also counting the unreadable lines before the last one (garbage in the middle of the
+    /// journal, which no crash leaves; a torn last line is what a crash mid-append leaves, and is not counted).
+    pub fn load_counted(&self) -> Result<(JobState, usize), JournalError> {
         let text = match fs::read(&self.path) {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(JobState::default()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((JobState::default(), 0)),
             Err(e) => return Err(self.io(e)),
         };
+        let mut newest = None;
+        let mut garbage = 0;
         let mut last_error = String::from("empty file");
-        for line in text.split(|b| *b == b'\n').rev().filter(|l| !l.is_empty()) {
+        let lines: Vec<&[u8]> = text
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .collect();
+        for (i, line) in lines.iter().enumerate().rev() {
             match serde_json::from_slice::<Record>(line) {
-                Ok(r) if r.schema == SCHEMA => return Ok(r.state),
+                Ok(r) if r.schema == SCHEMA => {
+                    if newest.is_none() {
+                        newest = Some(r.state);
+                    }
+                    continue;
+                }
                 Ok(r) => last_error = format!("schema {} is not {SCHEMA}", r.schema),
-                Err(e) => last_error = e.to_string(), // a torn last line: try the one before
+                Err(e) => last_error = e.to_string(),
+            }
+            if i + 1 < lines.len() {
+                garbage += 1;
             }
         }
-        Err(self.move_aside(last_error))
+        match newest {
+            Some(state) => Ok((state, garbage)),
+            None => Err(self.move_aside(last_error)),
+        }
     }
 
     fn move_aside(&self, reason: String) -> JournalError {
@@ -229,6 +252,57 @@ mod tests {
             j.load().unwrap(),
             st(&format!("r@sha256:{}", COMPACT_AFTER + 4))
         );
+    }
+
+    #[test]
+    fn garbage_in_the_middle_is_counted_and_a_torn_last_line_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path(), "d");
+        j.store(&st("r@sha256:1")).unwrap();
+        let mut f = OpenOptions::new().append(true).open(j.path()).unwrap();
+        f.write_all(b"garbage\n\x00\xff\n{\"schema\":9}\n").unwrap();
+        drop(f);
+        j.store(&st("r@sha256:2")).unwrap();
+        let mut f = OpenOptions::new().append(true).open(j.path()).unwrap();
+        f.write_all(b"{\"schema\":1,\"wanted\":\"r@sha").unwrap();
+        assert_eq!(j.load_counted().unwrap(), (st("r@sha256:2"), 3));
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever lines surround the records, loading never panics, finds the newest valid record, and counts
+        /// every unreadable line but a last one.
+        #[test]
+        fn fuzzed_journal_lines(
+            lines in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::collection::vec(proptest::num::u8::ANY, 0..80)
+                        .prop_map(|b| b.into_iter().filter(|c| *c != b'\n').collect::<Vec<u8>>()),
+                    (0u32..5).prop_map(|i| serde_json::to_vec(&Record { schema: SCHEMA, state: st(&format!("r@sha256:{i}")) }).unwrap()),
+                ],
+                0..30,
+            )
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let j = Journal::new(dir.path(), "d");
+            fs::create_dir_all(j.path().parent().unwrap()).unwrap();
+            fs::write(j.path(), lines.join(&b'\n')).unwrap();
+            let parse = |l: &Vec<u8>| serde_json::from_slice::<Record>(l).ok().filter(|r| r.schema == SCHEMA);
+            let kept: Vec<&Vec<u8>> = lines.iter().filter(|l| !l.iter().all(u8::is_ascii_whitespace)).collect();
+            let newest = kept.iter().rev().find_map(|l| parse(l)).map(|r| r.state);
+            let bad = kept.iter().filter(|l| parse(l).is_none()).count();
+            let last_bad = kept.last().is_some_and(|l| parse(l).is_none());
+            match (j.load_counted(), newest) {
+                (Ok((state, garbage)), Some(want)) => {
+                    prop_assert_eq!(state, want);
+                    prop_assert_eq!(garbage, bad - usize::from(last_bad));
+                }
+                (Err(JournalError::Corrupt { .. }), None) => {}
+                (got, want) => prop_assert!(false, "got {:?}, wanted {:?}", got, want),
+            }
+        }
     }
 
     #[test]

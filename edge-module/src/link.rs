@@ -1,15 +1,16 @@
 //! The MQTT link to the node's broker: intents in, reports out (docs/decisions/0002-edge-agent-design.md).
 //!
 //! Two connections: a persistent-session subscriber with manual acks (a delta is acked only once its intent is
-//! journaled) and a clean-session publisher whose every report is cleared from the outbox on its PUBACK.
+//! journaled) and a clean-session publisher whose every report is cleared from the outbox on its PUBACK. What a
+//! message means is decided by `wire::classify`; what the publisher may send, by the `ledger`. Both are pure.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mqtt_schema::gojson::decode;
+use mqtt_schema::clip::clip;
 use mqtt_schema::{
-    BaseMessage, DeviceTopicKind, DeviceTwinDelta, DeviceTwinResult, Topic, TopicLayout, to_go_json,
+    BaseMessage, DeviceTopicKind, ErrorCode, FirmwareState, Topic, TopicLayout, to_go_json,
 };
 use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, Publish, QoS};
 use tokio::sync::Notify;
@@ -17,8 +18,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::MqttConfig;
 use crate::device::{Ask, Device};
+use crate::ledger::{Budget, Ledger, Sent};
 use crate::metrics::Metrics;
+use crate::quiet::Quiet;
 use crate::report::{Report, ReportQueue};
+use crate::wire::{self, Incoming, Intent};
 
 /// The agent's MQTT endpoint from its `[mqtt]` settings.
 pub fn endpoint(cfg: &MqttConfig) -> twinflash_mqtt::Endpoint {
@@ -55,8 +59,25 @@ pub struct Link {
     gets_changed: Notify,
     /// Problems already logged (logged once each).
     logged: Mutex<HashSet<String>>,
+    /// Repeated warnings about hostile input, at most one a minute each.
+    quiet: Quiet,
+    /// Intents that could not be journaled yet, by device.
+    held: Mutex<HashMap<String, Held>>,
     node: String,
     reconnect_max: Duration,
+    max_message: usize,
+    report_budget: Budget,
+}
+
+/// How the link treats what it receives and sends.
+#[derive(Debug, Clone)]
+pub struct LinkLimits {
+    /// Cap of the reconnect backoff.
+    pub reconnect_max: Duration,
+    /// Largest inbound message handled (`limits.max_message_bytes`).
+    pub max_message: usize,
+    /// The report budget of each device (`limits.report_burst`, `limits.report_interval_ms`).
+    pub report_budget: Budget,
 }
 
 impl Link {
@@ -67,7 +88,7 @@ impl Link {
         layout: TopicLayout,
         reports: Arc<ReportQueue>,
         metrics: Arc<Metrics>,
-        reconnect_max: Duration,
+        limits: LinkLimits,
     ) -> Link {
         Link {
             devices,
@@ -77,16 +98,17 @@ impl Link {
             gets_owed: Mutex::new(HashSet::new()),
             gets_changed: Notify::new(),
             logged: Mutex::new(HashSet::new()),
+            quiet: Quiet::new(Duration::from_secs(60)),
+            held: Mutex::new(HashMap::new()),
             node: node.to_owned(),
-            reconnect_max,
+            reconnect_max: limits.reconnect_max,
+            max_message: limits.max_message,
+            report_budget: limits.report_budget,
         }
     }
 
     fn warn_once(&self, key: String, message: &str) {
-        let mut logged = self
-            .logged
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut logged = self.logged.lock().unwrap_or_else(PoisonError::into_inner);
         if logged.len() < 10_000 && logged.insert(key.clone()) {
             tracing::warn!(what = %key, "{message}");
         }
@@ -122,7 +144,7 @@ impl Link {
         let mut owed = self
             .gets_owed
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(PoisonError::into_inner);
         owed.extend(self.devices.keys().cloned());
         drop(owed);
         self.gets_changed.notify_one();
@@ -134,100 +156,178 @@ impl Link {
         }
     }
 
-    /// Handles one incoming publish; returns once it may be acknowledged.
-    async fn on_publish(&self, p: &Publish) {
-        if p.payload.is_empty() {
-            // A retained delta being cleared (direct mode, once a device converged): nothing to do.
-            return;
-        }
-        let topic = match Topic::parse(&p.topic, self.layout) {
-            Ok(t) => t,
-            Err(e) => {
-                return self.warn_once(
-                    format!("topic {}", p.topic),
-                    &format!("ignoring a message on an unexpected topic: {e}"),
-                );
+    /// Handles one incoming publish. True when it may be acknowledged now; false when it is held (its intent could
+    /// not be journaled yet: the broker keeps it until then, see [`Link::retry_held`]).
+    async fn on_publish(&self, client: &AsyncClient, p: &Publish) -> bool {
+        let incoming = wire::classify(
+            &p.topic,
+            &p.payload,
+            self.layout,
+            self.max_message,
+            |d| self.devices.get(d).map(|dev| &dev.names),
+            &self.get_prefix(),
+        );
+        match incoming {
+            Incoming::Oversized { len, max } => {
+                self.metrics.dropped("oversized");
+                self.quiet.warn(format!("oversized {}", clip(&p.topic)), || {
+                    tracing::warn!(topic = %clip(&p.topic), len, max, "dropping an MQTT message over limits.max_message_bytes")
+                });
             }
-        };
-        let Some((id, kind)) = topic.device_kind() else {
-            return self.warn_once(
-                format!("topic {}", p.topic),
-                "ignoring a message on a topic that names no device",
-            );
-        };
-        let key = id.to_string();
-        let Some(device) = self.devices.get(&key) else {
-            return self.warn_once(
-                format!("device {key}"),
-                "ignoring a message for a device this agent does not manage",
-            );
-        };
-        if kind == DeviceTopicKind::TwinGet {
-            // Someone asks for the twin (a watcher such as `twinflash status`, edgecore's clients): besides
-            // whatever twin store answers, say what this device is doing now. Our own requests are not answered.
-            let ours = mqtt_schema::gojson::decode::<mqtt_schema::TwinGetRequest>(&p.payload)
-                .is_ok_and(|g| g.event_id.starts_with(&self.get_prefix()));
-            tracing::debug!(device = %key, ours, "twin/get seen");
-            if !ours {
-                match device.ask() {
-                    Ask::Now => device.rereport(&self.reports),
-                    Ask::Later(delay) => {
-                        let (dev, reports) = (device.clone(), self.reports.clone());
-                        tokio::spawn(async move {
-                            tokio::time::sleep(delay).await;
-                            dev.answer_scheduled(&reports);
-                        });
-                    }
-                    Ask::AlreadyScheduled => {}
+            Incoming::Empty | Incoming::NoIntent { .. } | Incoming::OwnGet { .. } => {}
+            Incoming::Ignored { key, why } => self.warn_once(key, why),
+            Incoming::Malformed {
+                device,
+                code,
+                error,
+            } => {
+                self.metrics.dropped("undecodable");
+                self.warn_once(
+                    format!("payload {device} {error}"),
+                    &format!(
+                        "malformed twin message for {device} on {}: {error}",
+                        clip(&p.topic)
+                    ),
+                );
+                if let Some(dev) = self.devices.get(&device) {
+                    dev.report(
+                        &self.reports,
+                        Report {
+                            state: FirmwareState::Rejected(code.into()),
+                            installed: dev.installed_pair(),
+                        },
+                    );
                 }
             }
-            return;
+            Incoming::Asked { device } => self.asked(&device),
+            Incoming::Intent { device, intent } => {
+                return self
+                    .journal_intent(client, &device, intent, Some(p.clone()))
+                    .await;
+            }
         }
-        let wanted = match kind {
-            DeviceTopicKind::TwinUpdateDelta => decode::<DeviceTwinDelta>(&p.payload)
-                .map(|d| d.wanted(&device.names.firmware).map(str::to_owned)),
-            DeviceTopicKind::TwinGetResult => decode::<DeviceTwinResult>(&p.payload).map(|r| {
-                r.twin
-                    .as_ref()
-                    .and_then(|t| t.get(&device.names.firmware))
-                    .and_then(Option::as_ref)
-                    .map(|t| t.expected_value().to_owned())
-                    .filter(|v| !v.is_empty())
-            }),
-            _ => Ok(None),
+        true
+    }
+
+    /// Someone asks for the twin (a watcher such as `twinflash status`, edgecore's clients): besides whatever twin
+    /// store answers, say what this device is doing now. Requests within a second are answered by one report.
+    fn asked(&self, device: &str) {
+        let Some(dev) = self.devices.get(device) else {
+            return;
         };
-        let wanted = match wanted {
-            Ok(Some(w)) => w,
-            Ok(None) => return,
+        tracing::debug!(device, "twin/get seen");
+        match dev.ask(Instant::now()) {
+            Ask::Now => dev.rereport(&self.reports),
+            Ask::Later(delay) => {
+                let (dev, reports) = (dev.clone(), self.reports.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    dev.answer_scheduled(&reports, Instant::now());
+                });
+            }
+            Ask::AlreadyScheduled => {}
+        }
+    }
+
+    /// Journals an intent. True when it is journaled (or changed nothing): `publish`, and every held message of the
+    /// same device, may be acknowledged. False when the journal cannot be written: the intent is held with its
+    /// message, the device reports `waiting:<code>` (`waiting:disk-full`), and [`Link::retry_held`] tries again.
+    async fn journal_intent(
+        &self,
+        client: &AsyncClient,
+        device: &str,
+        intent: Intent,
+        publish: Option<Publish>,
+    ) -> bool {
+        let Some(dev) = self.devices.get(device).cloned() else {
+            return true;
+        };
+        if let Intent::Invalid { error, .. } = &intent {
+            self.metrics.dropped("invalid-reference");
+            self.quiet.warn(format!("invalid intent {device}"), || {
+                tracing::warn!(device, code = %ErrorCode::InvalidReference, error = %clip(error), "intent is not a digest-pinned reference; recorded as its prefix and rejected")
+            });
+        }
+        let (d, i) = (dev.clone(), intent.clone());
+        let journaled = tokio::task::spawn_blocking(move || d.on_intent(&i))
+            .await
+            .unwrap_or_else(|e| {
+                Err(crate::journal::JournalError::Io {
+                    path: Default::default(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            });
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        match journaled {
+            Ok(changed) => {
+                // An invalid intent was warned about above, at most once a minute.
+                if changed && matches!(intent, Intent::Valid(_)) {
+                    tracing::info!(device, "new firmware intent journaled");
+                }
+                if let Some(h) = held.remove(device) {
+                    tracing::info!(device, messages = h.publishes.len(), "held intent released");
+                    for p in &h.publishes {
+                        let _ = client.try_ack(p);
+                    }
+                }
+                true
+            }
             Err(e) => {
-                self.warn_once(
-                    format!("payload {key} {e}"),
-                    &format!("malformed twin message for {key} on {}: {e}", p.topic),
-                );
-                device.report(
+                let entry = held.entry(device.to_owned()).or_insert_with(|| {
+                    tracing::error!(device, code = %e.code(), error = %e, "cannot journal an intent; holding it unacknowledged until the journal can be written");
+                    Held {
+                        intent: intent.clone(),
+                        publishes: Vec::new(),
+                    }
+                });
+                entry.intent = intent;
+                entry.publishes.extend(publish);
+                drop(held);
+                dev.report(
                     &self.reports,
                     Report {
-                        state: format!("rejected:{}", e.code()),
-                        installed: device.installed_pair(),
-                        terminal: true,
+                        state: FirmwareState::Waiting(e.code().into()),
+                        installed: dev.installed_pair(),
                     },
                 );
-                return;
+                false
             }
-        };
-        let dev = device.clone();
-        let journaled = tokio::task::spawn_blocking(move || dev.on_intent(&wanted)).await;
-        match journaled {
-            Ok(Ok(true)) => tracing::info!(device = %key, "new firmware intent journaled"),
-            Ok(Ok(false)) => tracing::debug!(device = %key, "repeated intent"),
-            Ok(Err(e)) => {
-                tracing::error!(device = %key, code = %e.code(), error = %e, "cannot journal intent")
-            }
-            Err(e) => tracing::error!(device = %key, error = %e, "journal task failed"),
+        }
+    }
+
+    /// Tries again to journal every held intent.
+    async fn retry_held(&self, client: &AsyncClient) {
+        let held: Vec<(String, Intent)> = self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(d, h)| (d.clone(), h.intent.clone()))
+            .collect();
+        for (device, intent) in held {
+            self.journal_intent(client, &device, intent, None).await;
+        }
+    }
+
+    /// A new connection: held messages of the old one can no longer be acknowledged (their packet ids are gone; the
+    /// broker redelivers them if it kept the session). Their intents stay held.
+    fn forget_held_messages(&self) {
+        for h in self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values_mut()
+        {
+            h.publishes.clear();
         }
     }
 
     /// The subscriber: receives intents, journals them, then acks. Runs until `shutdown`.
+    ///
+    /// A packet over the transport's cap cannot be read, so rumqttc ends the connection, and a persistent session
+    /// would redeliver it at every reconnect. After such a drop the subscriber reconnects once with a clean session,
+    /// which discards the broker's queue for this agent, and then asks every device's twin again (a subscribe is
+    /// always followed by twin/get), so no intent is lost with the queue. The next reconnect is persistent again.
     pub async fn run_subscriber(
         self: Arc<Self>,
         client: AsyncClient,
@@ -236,18 +336,32 @@ impl Link {
     ) {
         let mut backoff = twinflash_mqtt::reconnect_backoff(self.reconnect_max);
         let mut down_since: Option<std::time::Instant> = None;
+        let persistent = !events.mqtt_options.clean_session();
+        let mut retry = tokio::time::interval(HELD_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let holding = !self
+                .held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty();
             let ev = tokio::select! {
                 ev = events.poll() => ev,
+                _ = retry.tick(), if holding => {
+                    self.retry_held(&client).await;
+                    continue;
+                }
                 () = shutdown.cancelled() => break,
             };
             match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff = twinflash_mqtt::reconnect_backoff(self.reconnect_max);
                     self.metrics.set_broker_connected(true);
+                    events.mqtt_options.set_clean_session(!persistent);
                     if let Some(t) = down_since.take() {
                         tracing::info!(node = %self.node, after_secs = t.elapsed().as_secs(), session_present = ack.session_present, "broker link back");
                     }
+                    self.forget_held_messages();
                     if ack.session_present {
                         self.owe_gets();
                     } else if let Err(e) = client.try_subscribe_many(self.filters()) {
@@ -257,17 +371,26 @@ impl Link {
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => self.owe_gets(),
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    self.on_publish(&p).await;
-                    if let Err(e) = client.try_ack(&p) {
+                    if self.on_publish(&client, &p).await
+                        && let Err(e) = client.try_ack(&p)
+                    {
                         tracing::warn!(error = %e, "cannot queue an ack; the broker will redeliver");
                     }
                 }
                 Ok(_) => {}
                 Err(e) => {
                     self.metrics.set_broker_connected(false);
+                    if twinflash_mqtt::is_oversized(&e) {
+                        self.metrics.dropped("over-transport-cap");
+                        tracing::error!(
+                            cap = twinflash_mqtt::MAX_INCOMING_PACKET,
+                            "the broker sent a packet over the transport's cap; reconnecting once with a clean session (the broker's queue for this agent is discarded) and asking every device's twin again"
+                        );
+                        events.mqtt_options.set_clean_session(true);
+                    }
                     if down_since.is_none() {
                         down_since = Some(std::time::Instant::now());
-                        tracing::warn!(code = %mqtt_schema::ErrorCode::BrokerUnreachable, error = %e, "broker link down; retrying with backoff");
+                        tracing::warn!(code = %ErrorCode::BrokerUnreachable, error = %e, "broker link down; retrying with backoff");
                     }
                     let wait = backoff.next().unwrap_or(self.reconnect_max);
                     tokio::select! {
@@ -281,7 +404,7 @@ impl Link {
     }
 
     /// The publisher: sends every report still owed and the owed twin/get requests; clears each report from the
-    /// outbox on its PUBACK. Runs until `shutdown`.
+    /// outbox on its PUBACK. Per device one report is in flight at a time, within its budget (see [`Ledger`]). Runs until `shutdown`.
     pub async fn run_publisher(
         self: Arc<Self>,
         client: AsyncClient,
@@ -290,54 +413,44 @@ impl Link {
     ) {
         let mut backoff = twinflash_mqtt::reconnect_backoff(self.reconnect_max);
         let mut connected = false;
-        // Publishes handed to rumqttc on this connection, in order; each Outgoing::Publish event takes the front.
-        let mut fifo: VecDeque<Sent> = VecDeque::new();
-        let mut inflight: HashMap<u16, Sent> = HashMap::new();
-        let mut sent: HashSet<Sent> = HashSet::new();
+        let mut ledger = Ledger::new(self.report_budget);
         let mut counter: u64 = 0;
         loop {
-            if connected {
-                self.send_owed(&client, &mut fifo, &mut sent, &mut counter);
-            }
+            let due = if connected {
+                self.send_owed(&client, &mut ledger, &mut counter, Instant::now())
+            } else {
+                None
+            };
             let ev = tokio::select! {
                 ev = events.poll() => ev,
                 () = self.reports.changed(), if connected => continue,
                 () = self.gets_changed.notified(), if connected => continue,
+                () = sleep_until(due), if due.is_some() => continue,
                 () = shutdown.cancelled() => break,
             };
             match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = twinflash_mqtt::reconnect_backoff(self.reconnect_max);
                     connected = true;
-                    fifo.clear();
-                    inflight.clear();
-                    sent.clear();
+                    ledger.reset();
                     self.rereport_all();
                 }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    if let Some(s) = fifo.pop_front() {
-                        inflight.insert(pkid, s);
-                    }
-                }
-                Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    if let Some(s) = inflight.remove(&ack.pkid) {
-                        sent.remove(&s);
-                        match s {
-                            Sent::Report { device, seq } => {
-                                if let Err(e) = self.reports.acked(&device, seq) {
-                                    tracing::error!(code = %e.code(), error = %e, "cannot clear an acknowledged report");
-                                }
-                                self.metrics.set_outbox_depth(self.reports.depth());
-                            }
-                            Sent::Get { device } => {
-                                self.gets_owed
-                                    .lock()
-                                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                    .remove(&device);
-                            }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => ledger.written(pkid),
+                Ok(Event::Incoming(Packet::PubAck(ack))) => match ledger.acked(ack.pkid) {
+                    Some(Sent::Report { device, seq }) => {
+                        if let Err(e) = self.reports.acked(&device, seq) {
+                            tracing::error!(code = %e.code(), error = %e, "cannot clear an acknowledged report");
                         }
+                        self.metrics.set_outbox_depth(self.reports.depth());
                     }
-                }
+                    Some(Sent::Get { device }) => {
+                        self.gets_owed
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .remove(&device);
+                    }
+                    None => {}
+                },
                 Ok(_) => {}
                 Err(_) => {
                     connected = false;
@@ -359,20 +472,25 @@ impl Link {
         }
     }
 
+    /// Hands rumqttc what the ledger allows now; returns when the next report held back by the spacing is due.
     fn send_owed(
         &self,
         client: &AsyncClient,
-        fifo: &mut VecDeque<Sent>,
-        sent: &mut HashSet<Sent>,
+        ledger: &mut Ledger,
         counter: &mut u64,
-    ) {
-        for (device, pending) in self.reports.pending() {
-            let tag = Sent::Report {
-                device: device.clone(),
-                seq: pending.seq,
-            };
-            if sent.contains(&tag) {
-                continue;
+        now: Instant,
+    ) -> Option<Instant> {
+        let mut due: Option<Instant> = None;
+        for (device, pending) in self.reports.fronts() {
+            match ledger.may_report(&device, now) {
+                Ok(()) => {}
+                Err(later) => {
+                    due = match (due, later) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    continue;
+                }
             }
             let Ok(id) = mqtt_schema::DeviceId::parse(&device, self.layout) else {
                 continue;
@@ -381,32 +499,31 @@ impl Link {
                 BaseMessage::new("", now_ms()),
                 pending.twins.iter().map(|(n, v)| (n.as_str(), v.as_str())),
             ));
+            let tag = Sent::Report {
+                device,
+                seq: pending.seq,
+            };
             if !send(
                 client,
-                fifo,
-                sent,
+                ledger,
                 tag,
                 &id,
                 DeviceTopicKind::TwinUpdate,
                 payload,
+                now,
             ) {
-                return; // the request channel is full: the rest goes on the next turn
+                return due; // the request channel is full: the rest goes on the next turn
             }
         }
         let owed: Vec<String> = self
             .gets_owed
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
+            .filter(|d| ledger.may_get(d))
             .cloned()
             .collect();
         for device in owed {
-            let tag = Sent::Get {
-                device: device.clone(),
-            };
-            if sent.contains(&tag) {
-                continue;
-            }
             let Ok(id) = mqtt_schema::DeviceId::parse(&device, self.layout) else {
                 continue;
             };
@@ -417,29 +534,35 @@ impl Link {
             ));
             if !send(
                 client,
-                fifo,
-                sent,
-                tag,
+                ledger,
+                Sent::Get { device },
                 &id,
                 DeviceTopicKind::TwinGet,
                 payload,
+                now,
             ) {
-                return;
+                return due;
             }
         }
+        due
     }
 }
 
-/// Hands one QoS 1 publish to rumqttc and records what it carries, in order, for its PUBACK. False when the request
-/// channel is full.
+async fn sleep_until(due: Option<Instant>) {
+    if let Some(due) = due {
+        tokio::time::sleep_until(due.into()).await;
+    }
+}
+
+/// Hands one QoS 1 publish to rumqttc and records it in the ledger. False when the request channel is full.
 fn send(
     client: &AsyncClient,
-    fifo: &mut VecDeque<Sent>,
-    sent: &mut HashSet<Sent>,
+    ledger: &mut Ledger,
     tag: Sent,
     id: &mqtt_schema::DeviceId,
     kind: DeviceTopicKind,
     payload: Vec<u8>,
+    now: Instant,
 ) -> bool {
     let topic = Topic::device(id, kind).to_string();
     if client
@@ -448,14 +571,17 @@ fn send(
     {
         return false;
     }
-    fifo.push_back(tag.clone());
-    sent.insert(tag);
+    ledger.handed(tag, now);
     true
 }
 
-/// What a publish on the report connection carried.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Sent {
-    Report { device: String, seq: u64 },
-    Get { device: String },
+/// An intent that could not be journaled yet, with the messages that carried it (unacknowledged, so the broker
+/// keeps them).
+#[derive(Debug)]
+struct Held {
+    intent: Intent,
+    publishes: Vec<Publish>,
 }
+
+/// How often held intents are journaled again.
+const HELD_RETRY: Duration = Duration::from_secs(1);

@@ -68,7 +68,10 @@ fn main() -> ExitCode {
         match twinflash_edge::agent::run(cfg, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                tracing::error!(error = %e, "twinflash-edge cannot start");
+                // Another agent holds the state directory: one line says so, nothing else is logged.
+                if !matches!(e, twinflash_edge::agent::StartError::StateDir(_)) {
+                    tracing::error!(error = %e, "twinflash-edge cannot start");
+                }
                 eprintln!("twinflash-edge: {e}");
                 ExitCode::FAILURE
             }

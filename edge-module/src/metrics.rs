@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -25,6 +25,11 @@ struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FlashLabel {
     backend: String,
     result: String,
@@ -40,7 +45,12 @@ pub struct Metrics {
     flash_seconds: Family<FlashLabel, Histogram>,
     broker_connected: Gauge,
     outbox_depth: Gauge,
+    dropped: Family<ReasonLabel, Counter>,
     ready: AtomicBool,
+    /// Since when the broker link is down (None: up, or never connected yet: see `down_at_start`).
+    broker_down_since: Mutex<Option<Instant>>,
+    /// `/readyz` fails once the broker link has been down this long.
+    unready_after: Mutex<Option<Duration>>,
 }
 
 impl Default for Metrics {
@@ -85,8 +95,17 @@ impl Metrics {
             "Twin reports waiting for a broker acknowledgement",
             outbox_depth.clone(),
         );
+        let dropped = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "mqtt_dropped_messages",
+            "Inbound MQTT messages acknowledged and dropped unhandled (oversized, undecodable, invalid-reference, over-transport-cap)",
+            dropped.clone(),
+        );
         Metrics {
             registry,
+            dropped,
+            broker_down_since: Mutex::new(Some(Instant::now())),
+            unready_after: Mutex::new(None),
             jobs,
             job_states: Mutex::new(HashMap::new()),
             bytes_fetched,
@@ -132,6 +151,50 @@ impl Metrics {
     /// Records whether the broker link is up.
     pub fn set_broker_connected(&self, up: bool) {
         self.broker_connected.set(i64::from(up));
+        let mut since = self
+            .broker_down_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (up, *since) {
+            (true, _) => *since = None,
+            (false, None) => *since = Some(Instant::now()),
+            (false, Some(_)) => {}
+        }
+    }
+
+    /// `/readyz` answers 503 once the broker link has been down longer than `after` (None: never for that reason).
+    pub fn set_unready_after_broker_down(&self, after: Option<Duration>) {
+        *self
+            .unready_after
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = after;
+    }
+
+    /// Counts an inbound message dropped unhandled; `reason` is one of the label values of the metric's help.
+    pub fn dropped(&self, reason: &'static str) {
+        self.dropped.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Why the agent is not ready at `now`, if it is not.
+    pub fn not_ready(&self, now: Instant) -> Option<String> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return Some("starting".into());
+        }
+        let after = *self
+            .unready_after
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let since = *self
+            .broker_down_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (after, since) {
+            (Some(after), Some(since)) if now.duration_since(since) > after => Some(format!(
+                "broker link down for {} s",
+                now.duration_since(since).as_secs()
+            )),
+            _ => None,
+        }
     }
 
     /// Records the outbox depth.
@@ -170,10 +233,9 @@ pub async fn serve(
         .route(
             "/readyz",
             get(|State(m): State<Arc<Metrics>>| async move {
-                if m.ready.load(Ordering::Relaxed) {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                match m.not_ready(Instant::now()) {
+                    None => (StatusCode::OK, "ready".to_owned()),
+                    Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
                 }
             }),
         )
@@ -187,6 +249,35 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readiness_fails_once_the_broker_link_is_down_too_long() {
+        let m = Metrics::new();
+        let t0 = Instant::now();
+        assert_eq!(m.not_ready(t0).as_deref(), Some("starting"));
+        m.set_ready();
+        m.set_unready_after_broker_down(Some(Duration::from_secs(60)));
+        m.set_broker_connected(true);
+        assert_eq!(m.not_ready(t0), None);
+        m.set_broker_connected(false);
+        let down = Instant::now();
+        m.set_broker_connected(false); // a failed retry does not restart the clock
+        assert_eq!(m.not_ready(down + Duration::from_secs(59)), None);
+        assert!(
+            m.not_ready(down + Duration::from_secs(61))
+                .is_some_and(|w| w.contains("broker link down"))
+        );
+        m.set_broker_connected(true);
+        assert_eq!(m.not_ready(down + Duration::from_secs(61)), None);
+        m.set_unready_after_broker_down(None);
+        m.set_broker_connected(false);
+        assert_eq!(m.not_ready(down + Duration::from_secs(3600)), None);
+        m.dropped("oversized");
+        assert!(
+            m.encode()
+                .contains("twinflash_edge_mqtt_dropped_messages_total{reason=\"oversized\"} 1")
+        );
+    }
 
     #[test]
     fn job_states_move_between_labels() {

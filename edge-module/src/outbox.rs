@@ -1,10 +1,12 @@
 //! The on-disk outbox of twin reports, cleared only when the broker acknowledges them (PUBACK).
 //!
 //! rumqttc keeps nothing on disk and drops unsent publishes when the broker kept no session, so every report goes
-//! through here. Per device the outbox is a short queue: reports that end an intent (installed, failed, rejected) are
-//! kept in order until acknowledged, on disk; a trailing progress report is replaced by the next one (latest value
-//! per twin wins) and lives in memory only: after a crash the job re-derives its state from the journal and reports
-//! it again, and an old `downloading:40` is never replayed. So a progress report costs no disk sync.
+//! through here. Per device the outbox holds at most two reports: the front one, which the publisher may have in
+//! flight, and one waiting behind it, into which every later report merges (the latest value of each twin wins), so
+//! a storm of intents costs bounded memory and bounded messages. A report that ends an intent (installed, failed,
+//! rejected) is kept on disk until acknowledged or replaced; progress lives in memory only: after a crash the job
+//! re-derives its state from the journal and reports it again, and an old `downloading:40` is never replayed. So a
+//! progress report costs no disk sync, except when it replaces a stored terminal report.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -102,8 +104,9 @@ impl Outbox {
         self.dir.join(format!("{}.json", device.replace('/', "__")))
     }
 
-    /// Queues a report of `device` and stores it durably. A non-terminal report merges into a trailing non-terminal
-    /// one (its values win). Returns the report's sequence number.
+    /// Queues a report of `device` (stored durably when it is terminal). It merges into the report waiting behind
+    /// the front one, or into a front progress report (its values win, it takes a new sequence number); a terminal
+    /// front report is never replaced before its acknowledgement. Returns the report's sequence number.
     pub fn put(
         &mut self,
         device: &str,
@@ -113,8 +116,15 @@ impl Outbox {
         let q = self.devices.entry(device.to_owned()).or_default();
         q.next_seq += 1;
         let seq = q.next_seq;
+        let mergeable = match q.queue.as_slice() {
+            [] => false,
+            [front] => !front.terminal,
+            _ => true,
+        };
+        let mut replaced_terminal = false;
         match q.queue.last_mut() {
-            Some(last) if !last.terminal => {
+            Some(last) if mergeable => {
+                replaced_terminal = last.terminal;
                 last.twins.extend(twins);
                 last.seq = seq;
                 last.terminal = terminal;
@@ -125,7 +135,7 @@ impl Outbox {
                 terminal,
             }),
         }
-        if terminal {
+        if terminal || replaced_terminal {
             self.persist(device)?;
         }
         Ok(seq)
@@ -151,6 +161,13 @@ impl Outbox {
         self.devices
             .iter()
             .flat_map(|(d, q)| q.queue.iter().map(move |p| (d.as_str(), p)))
+    }
+
+    /// The next report owed by each device (the one the publisher sends; the one behind it waits for its ack).
+    pub fn fronts(&self) -> impl Iterator<Item = (&str, &Pending)> {
+        self.devices
+            .iter()
+            .filter_map(|(d, q)| q.queue.first().map(|p| (d.as_str(), p)))
     }
 
     /// The reports still owed by one device, in order.

@@ -90,3 +90,46 @@ fn clears_only_on_a_matching_ack() {
     ob.acked("ns/a", new).unwrap();
     assert_eq!(ob.depth(), 0);
 }
+
+#[test]
+fn a_storm_of_reports_keeps_at_most_two_per_device_and_the_latest_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ob = Outbox::open(dir.path()).unwrap();
+    let first = ob
+        .put(
+            "ns/a",
+            tw(&[("firmware", "r0"), ("firmware-state", "installed")]),
+            true,
+        )
+        .unwrap();
+    for i in 0..40 {
+        let (state, terminal) = if i % 2 == 0 {
+            ("pending", false)
+        } else {
+            ("installed", true)
+        };
+        ob.put(
+            "ns/a",
+            tw(&[("firmware", &format!("r{i}")), ("firmware-state", state)]),
+            terminal,
+        )
+        .unwrap();
+    }
+    let q = ob.pending_for("ns/a");
+    assert_eq!(q.len(), 2);
+    assert_eq!(q[0].seq, first, "the front report is untouched");
+    assert_eq!(q[1].twins["firmware"], "r39");
+    assert_eq!(q[1].twins["firmware-state"], "installed");
+    assert_eq!(
+        ob.fronts().map(|(_, p)| p.seq).collect::<Vec<_>>(),
+        vec![first]
+    );
+    // A progress report that replaced a stored terminal one is not replayed after a restart, and neither is the
+    // terminal report it replaced.
+    ob.put("ns/a", tw(&[("firmware-state", "pending")]), false)
+        .unwrap();
+    drop(ob);
+    let ob = Outbox::open(dir.path()).unwrap();
+    assert_eq!(ob.pending_for("ns/a").len(), 1);
+    assert_eq!(ob.pending_for("ns/a")[0].seq, first);
+}

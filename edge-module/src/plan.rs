@@ -4,17 +4,39 @@
 //! and [`next_step`] says what to do about the difference. Repeated deltas therefore change nothing, and a restart
 //! resumes from the journal alone.
 
-use mqtt_schema::ErrorCode;
+use mqtt_schema::{ErrorCode, FirmwareState};
 use serde::{Deserialize, Serialize};
 
+use crate::wire::Intent;
+
 /// How an intent ended, for the intent it names. Terminal until the intent changes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum Outcome {
     /// The attempt failed for good (`failed:<code>`).
-    Failed { code: String },
+    Failed { code: ErrorCode },
     /// The intent itself is unacceptable (`rejected:<code>`).
-    Rejected { code: String },
+    Rejected { code: ErrorCode },
+}
+
+impl Outcome {
+    /// The outcome of an error with `code` that ends the intent: a rejection for codes that say the intent is
+    /// unacceptable, a failure otherwise.
+    pub fn of(code: ErrorCode) -> Outcome {
+        if code.is_rejection() {
+            Outcome::Rejected { code }
+        } else {
+            Outcome::Failed { code }
+        }
+    }
+
+    /// The `firmware-state` value that reports it.
+    pub fn state(self) -> FirmwareState {
+        match self {
+            Outcome::Failed { code } => FirmwareState::Failed(code.into()),
+            Outcome::Rejected { code } => FirmwareState::Rejected(code.into()),
+        }
+    }
 }
 
 /// What the device's journal knows. Only the fields the decisions need; persisted by `journal`.
@@ -91,14 +113,14 @@ pub fn next_step(state: &JobState, max_attempts: u32) -> Step {
     {
         return Step::Settled {
             reference: wanted,
-            outcome: outcome.clone(),
+            outcome: *outcome,
         };
     }
     if state.attempts >= max_attempts {
         return Step::Settled {
             reference: wanted,
             outcome: Outcome::Failed {
-                code: ErrorCode::FlashFailed.as_str().to_owned(),
+                code: ErrorCode::FlashFailed,
             },
         };
     }
@@ -143,15 +165,181 @@ pub fn reconcile(mut state: JobState, reads_back: bool, device: Option<ReadBack>
 }
 
 /// Records a received intent in the state and says what it does to the running job.
-/// `flashing` is true while a flash is under way (it is never interrupted).
-pub fn on_intent(state: &mut JobState, reference: &str, flashing: bool) -> OnIntent {
+/// `flashing` is true while a flash is under way (it is never interrupted). An invalid intent replaces the wanted
+/// reference too (the newest intent wins), recorded as its bounded prefix, and is rejected in the same record.
+pub fn on_intent(state: &mut JobState, intent: &Intent, flashing: bool) -> OnIntent {
+    let reference = intent.recorded();
     if state.wanted.as_deref() == Some(reference) {
         return OnIntent::Unchanged;
     }
     state.wanted = Some(reference.to_owned());
     state.attempts = 0;
+    if let Intent::Invalid { .. } = intent {
+        state.outcome = Some((
+            reference.to_owned(),
+            Outcome::Rejected {
+                code: ErrorCode::InvalidReference,
+            },
+        ));
+    }
     OnIntent::Replace {
         cancel_download: !flashing,
+    }
+}
+
+/// What an error that stops an attempt does to the intent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The intent is unacceptable: `rejected:<code>`, never retried until it changes.
+    Reject,
+    /// Not possible now (probe busy, disk full): `waiting:<code>`, retried with backoff; no attempt is counted.
+    Retry,
+    /// The attempt failed: counted, and `failed:<code>` once the attempts are used up.
+    Fail,
+}
+
+/// The classification of errors: `transient` is the backend's or fetcher's own word that trying later may help.
+pub fn verdict(code: ErrorCode, transient: bool) -> Verdict {
+    if code.is_rejection() {
+        Verdict::Reject
+    } else if transient || code == ErrorCode::DiskFull {
+        Verdict::Retry
+    } else {
+        Verdict::Fail
+    }
+}
+
+/// What the agent knows about an artifact and the device before it flashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preflight<'a> {
+    /// The device's verdict on the artifact's chip annotation.
+    pub chip_fits: bool,
+    /// The device accepts lower versions.
+    pub allow_downgrade: bool,
+    /// The version installed now, if known.
+    pub installed_version: Option<&'a str>,
+    /// The artifact's version.
+    pub offered_version: &'a str,
+    /// Size of the firmware image in bytes.
+    pub image_bytes: u64,
+    /// The largest artifact the agent accepts (`registry.max_artifact_bytes`).
+    pub max_bytes: u64,
+}
+
+/// The checks before a flash, in order: chip, downgrade, size. `Err` carries the rejection code.
+pub fn preflight(p: &Preflight<'_>) -> Result<(), ErrorCode> {
+    if !p.chip_fits {
+        return Err(ErrorCode::ChipMismatch);
+    }
+    if !p.allow_downgrade
+        && let Some(installed) = p.installed_version
+        && is_downgrade(installed, p.offered_version)
+    {
+        return Err(ErrorCode::DowngradeRefused);
+    }
+    if p.image_bytes == 0 || p.image_bytes > p.max_bytes {
+        return Err(ErrorCode::TooLarge);
+    }
+    Ok(())
+}
+
+/// True when `offered` is a lower semver than `installed`. Unparsable versions never count as a downgrade.
+pub fn is_downgrade(installed: &str, offered: &str) -> bool {
+    match (
+        semver::Version::parse(installed),
+        semver::Version::parse(offered),
+    ) {
+        (Ok(i), Ok(o)) => o < i,
+        _ => false,
+    }
+}
+
+/// How a flash ended, as the job saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlashResult {
+    /// Written and verified on the device.
+    Verified { version: String },
+    /// Not written; `verdict` says what that means.
+    Error {
+        code: ErrorCode,
+        verdict: Verdict,
+        /// What the device holds now, for backends that read back (`None`: the backend cannot tell).
+        read_back: Option<Option<ReadBack>>,
+    },
+}
+
+/// What the job does after a flash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFlash {
+    /// Installed; the loop reports it.
+    Done,
+    /// Report `waiting:<code>` and try again after a backoff.
+    RetryLater { code: ErrorCode },
+}
+
+/// What a flash result does to the job state of `reference` (attempt `attempt` of `max`): the installed firmware,
+/// the attempts, what the device read back, the outcome.
+pub fn after_flash(
+    state: &mut JobState,
+    reference: &str,
+    attempt: u32,
+    max: u32,
+    result: FlashResult,
+) -> AfterFlash {
+    let current = state.wanted.as_deref() == Some(reference);
+    // A failed flash on a backend that cannot read back leaves the device in doubt: the flash stays "started", so
+    // the old firmware is not reported converged and a restart redoes it.
+    if !matches!(
+        result,
+        FlashResult::Error {
+            verdict: Verdict::Fail,
+            read_back: None,
+            ..
+        }
+    ) {
+        state.flash_started = None;
+    }
+    match result {
+        FlashResult::Verified { version } => {
+            state.installed = Some(reference.to_owned());
+            state.installed_version = Some(version);
+            state.attempts = 0;
+            state.outcome = None;
+            AfterFlash::Done
+        }
+        FlashResult::Error {
+            code,
+            verdict: Verdict::Reject,
+            ..
+        } => {
+            if current {
+                state.outcome = Some((reference.to_owned(), Outcome::Rejected { code }));
+            }
+            AfterFlash::Done
+        }
+        FlashResult::Error {
+            code,
+            verdict: Verdict::Retry,
+            ..
+        } => AfterFlash::RetryLater { code },
+        FlashResult::Error {
+            code,
+            verdict: Verdict::Fail,
+            read_back,
+        } => {
+            if let Some(read_back) = read_back {
+                state.installed = read_back.as_ref().map(|r| r.reference.clone());
+                state.installed_version = read_back.map(|r| r.version);
+            }
+            if current {
+                state.attempts = attempt;
+                if attempt >= max {
+                    state.outcome = Some((reference.to_owned(), Outcome::Failed { code }));
+                    return AfterFlash::Done;
+                }
+            }
+            AfterFlash::RetryLater { code }
+        }
     }
 }
 

@@ -15,10 +15,10 @@ fn state(wanted: Option<&str>, installed: Option<&str>) -> JobState {
 #[test]
 fn table_of_next_steps() {
     let failed = Outcome::Failed {
-        code: "flash-failed".into(),
+        code: ErrorCode::FlashFailed,
     };
     let rejected = Outcome::Rejected {
-        code: "chip-mismatch".into(),
+        code: ErrorCode::ChipMismatch,
     };
     let cases: Vec<(&str, JobState, Step)> = vec![
         ("nothing wanted", state(None, Some(A)), Step::Idle),
@@ -58,7 +58,7 @@ fn table_of_next_steps() {
         (
             "rejected intent stays rejected",
             JobState {
-                outcome: Some((B.into(), rejected.clone())),
+                outcome: Some((B.into(), rejected)),
                 ..state(Some(B), Some(A))
             },
             Step::Settled {
@@ -69,7 +69,7 @@ fn table_of_next_steps() {
         (
             "an outcome of an older intent does not hold a newer one",
             JobState {
-                outcome: Some((A.into(), failed.clone())),
+                outcome: Some((A.into(), failed)),
                 ..state(Some(B), None)
             },
             Step::Install {
@@ -98,17 +98,20 @@ fn table_of_next_steps() {
 fn repeated_intent_is_unchanged_and_new_one_cancels_only_downloads() {
     let mut st = state(None, None);
     assert_eq!(
-        on_intent(&mut st, A, false),
+        on_intent(&mut st, &Intent::Valid(A.into()), false),
         OnIntent::Replace {
             cancel_download: true
         }
     );
     for _ in 0..10 {
-        assert_eq!(on_intent(&mut st, A, false), OnIntent::Unchanged);
+        assert_eq!(
+            on_intent(&mut st, &Intent::Valid(A.into()), false),
+            OnIntent::Unchanged
+        );
     }
     st.attempts = 2;
     assert_eq!(
-        on_intent(&mut st, B, true),
+        on_intent(&mut st, &Intent::Valid(B.into()), true),
         OnIntent::Replace {
             cancel_download: false
         }
@@ -177,4 +180,277 @@ fn reconcile_trusts_the_device_read_back() {
         rb(A, "1.0.0"),
     );
     assert_eq!(st.installed.as_deref(), Some(A_OTHER_TAG));
+}
+
+#[test]
+fn an_invalid_intent_replaces_the_wanted_one_and_is_rejected_in_the_same_record() {
+    let mut st = state(Some(A), Some(A));
+    let bad = Intent::from_twin(&"x".repeat(200 * 1024));
+    assert!(matches!(
+        on_intent(&mut st, &bad, false),
+        OnIntent::Replace { .. }
+    ));
+    assert_eq!(st.wanted.as_deref(), Some(bad.recorded()));
+    assert!(bad.recorded().len() < 100);
+    assert_eq!(
+        next_step(&st, 3),
+        Step::Settled {
+            reference: bad.recorded().into(),
+            outcome: Outcome::Rejected {
+                code: ErrorCode::InvalidReference
+            }
+        }
+    );
+    // The same invalid intent again writes nothing.
+    assert_eq!(on_intent(&mut st, &bad, false), OnIntent::Unchanged);
+    // A valid intent after it is installed as usual.
+    on_intent(&mut st, &Intent::Valid(B.into()), false);
+    assert!(matches!(next_step(&st, 3), Step::Install { .. }));
+}
+
+#[test]
+fn table_of_error_verdicts() {
+    let cases = [
+        (ErrorCode::InvalidReference, false, Verdict::Reject),
+        (ErrorCode::ChipMismatch, true, Verdict::Reject),
+        (ErrorCode::TooLarge, false, Verdict::Reject),
+        (ErrorCode::UnsupportedArtifact, false, Verdict::Reject),
+        (ErrorCode::DowngradeRefused, false, Verdict::Reject),
+        (ErrorCode::ProbeBusy, true, Verdict::Retry),
+        (ErrorCode::DiskFull, false, Verdict::Retry),
+        (ErrorCode::FlashFailed, false, Verdict::Fail),
+        (ErrorCode::VerifyFailed, false, Verdict::Fail),
+        (ErrorCode::NotFound, false, Verdict::Fail),
+        (ErrorCode::DigestMismatch, false, Verdict::Fail),
+    ];
+    for (code, transient, want) in cases {
+        assert_eq!(verdict(code, transient), want, "{code}");
+    }
+    assert_eq!(
+        Outcome::of(ErrorCode::ChipMismatch).state().to_string(),
+        "rejected:chip-mismatch"
+    );
+    assert_eq!(
+        Outcome::of(ErrorCode::NotFound).state().to_string(),
+        "failed:not-found"
+    );
+}
+
+#[test]
+fn table_of_preflight_checks() {
+    let ok = Preflight {
+        chip_fits: true,
+        allow_downgrade: false,
+        installed_version: Some("1.1.0"),
+        offered_version: "1.2.0",
+        image_bytes: 10,
+        max_bytes: 100,
+    };
+    let cases: Vec<(&str, Preflight<'_>, Result<(), ErrorCode>)> = vec![
+        ("upgrade", ok.clone(), Ok(())),
+        (
+            "first install",
+            Preflight {
+                installed_version: None,
+                ..ok.clone()
+            },
+            Ok(()),
+        ),
+        (
+            "wrong chip first",
+            Preflight {
+                chip_fits: false,
+                offered_version: "0.1.0",
+                ..ok.clone()
+            },
+            Err(ErrorCode::ChipMismatch),
+        ),
+        (
+            "downgrade",
+            Preflight {
+                offered_version: "1.0.9",
+                ..ok.clone()
+            },
+            Err(ErrorCode::DowngradeRefused),
+        ),
+        (
+            "downgrade allowed",
+            Preflight {
+                offered_version: "1.0.9",
+                allow_downgrade: true,
+                ..ok.clone()
+            },
+            Ok(()),
+        ),
+        (
+            "unparsable version is no downgrade",
+            Preflight {
+                offered_version: "nightly",
+                ..ok.clone()
+            },
+            Ok(()),
+        ),
+        (
+            "too large",
+            Preflight {
+                image_bytes: 101,
+                ..ok.clone()
+            },
+            Err(ErrorCode::TooLarge),
+        ),
+        (
+            "empty",
+            Preflight {
+                image_bytes: 0,
+                ..ok.clone()
+            },
+            Err(ErrorCode::TooLarge),
+        ),
+    ];
+    for (name, p, want) in cases {
+        assert_eq!(preflight(&p), want, "{name}");
+    }
+    assert!(is_downgrade("1.0.0", "1.0.0-rc.1"));
+    assert!(!is_downgrade("1.0.0", "1.0.0"));
+}
+
+#[test]
+fn table_of_flash_results() {
+    let started = JobState {
+        flash_started: Some(B.into()),
+        attempts: 1,
+        installed_version: Some("1.0.0".into()),
+        ..state(Some(B), Some(A))
+    };
+    let err = |code, verdict, read_back| FlashResult::Error {
+        code,
+        verdict,
+        read_back,
+    };
+    // (name, attempt, result, after, installed, flash_started, attempts, outcome)
+    type Row<'a> = (
+        &'a str,
+        u32,
+        FlashResult,
+        AfterFlash,
+        Option<&'a str>,
+        Option<&'a str>,
+        u32,
+        Option<Outcome>,
+    );
+    let rows: Vec<Row<'_>> = vec![
+        (
+            "verified",
+            2,
+            FlashResult::Verified {
+                version: "1.1.0".into(),
+            },
+            AfterFlash::Done,
+            Some(B),
+            None,
+            0,
+            None,
+        ),
+        (
+            "refused by the device",
+            2,
+            err(ErrorCode::TooLarge, Verdict::Reject, None),
+            AfterFlash::Done,
+            Some(A),
+            None,
+            1,
+            Some(Outcome::Rejected {
+                code: ErrorCode::TooLarge,
+            }),
+        ),
+        (
+            "probe busy: no attempt counted",
+            2,
+            err(ErrorCode::ProbeBusy, Verdict::Retry, None),
+            AfterFlash::RetryLater {
+                code: ErrorCode::ProbeBusy,
+            },
+            Some(A),
+            None,
+            1,
+            None,
+        ),
+        (
+            "failed, attempts left, no read-back: the flash stays started",
+            2,
+            err(ErrorCode::FlashFailed, Verdict::Fail, None),
+            AfterFlash::RetryLater {
+                code: ErrorCode::FlashFailed,
+            },
+            Some(A),
+            Some(B),
+            2,
+            None,
+        ),
+        (
+            "failed, read back erased",
+            2,
+            err(ErrorCode::VerifyFailed, Verdict::Fail, Some(None)),
+            AfterFlash::RetryLater {
+                code: ErrorCode::VerifyFailed,
+            },
+            None,
+            None,
+            2,
+            None,
+        ),
+        (
+            "failed, read back the old image",
+            2,
+            err(ErrorCode::FlashFailed, Verdict::Fail, Some(rb(A, "1.0.0"))),
+            AfterFlash::RetryLater {
+                code: ErrorCode::FlashFailed,
+            },
+            Some(A),
+            None,
+            2,
+            None,
+        ),
+        (
+            "last attempt failed",
+            3,
+            err(ErrorCode::FlashFailed, Verdict::Fail, Some(None)),
+            AfterFlash::Done,
+            None,
+            None,
+            3,
+            Some(Outcome::Failed {
+                code: ErrorCode::FlashFailed,
+            }),
+        ),
+    ];
+    for (name, attempt, result, after, installed, flash_started, attempts, outcome) in rows {
+        let mut st = started.clone();
+        assert_eq!(after_flash(&mut st, B, attempt, 3, result), after, "{name}");
+        assert_eq!(st.installed.as_deref(), installed, "{name}: installed");
+        assert_eq!(
+            st.flash_started.as_deref(),
+            flash_started,
+            "{name}: flash_started"
+        );
+        assert_eq!(st.attempts, attempts, "{name}: attempts");
+        assert_eq!(
+            st.outcome,
+            outcome.map(|o| (B.to_owned(), o)),
+            "{name}: outcome"
+        );
+    }
+    // A result for an intent that was replaced meanwhile records what the device holds, never an outcome.
+    let mut st = JobState {
+        wanted: Some(A.into()),
+        ..started.clone()
+    };
+    after_flash(
+        &mut st,
+        B,
+        3,
+        3,
+        err(ErrorCode::FlashFailed, Verdict::Fail, Some(None)),
+    );
+    assert_eq!((st.outcome, st.attempts), (None, 1));
 }

@@ -5,28 +5,35 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
-use mqtt_schema::TwinNames;
+use mqtt_schema::{FirmwareState, TwinNames};
 
 use crate::outbox::{Outbox, OutboxError, Pending, TwinValues};
 
 /// One report: the state always, the firmware and its version when they are known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
-    /// `firmware-state` value (`installed`, `downloading:40`, `failed:flash-failed`, ...).
-    pub state: String,
+    /// `firmware-state` (`installed`, `downloading:40`, `failed:flash-failed`, ...).
+    pub state: FirmwareState,
     /// `firmware` and `firmware-version`: what is installed and verified.
     pub installed: Option<(String, String)>,
-    /// True when this report ends an intent; such reports are never replaced before they are acknowledged.
-    pub terminal: bool,
 }
 
 impl Report {
+    /// True when this report ends an intent (installed, failed, rejected); such reports are kept on disk until
+    /// acknowledged.
+    pub fn terminal(&self) -> bool {
+        matches!(
+            self.state,
+            FirmwareState::Installed | FirmwareState::Failed(_) | FirmwareState::Rejected(_)
+        )
+    }
+
     /// The twin values of this report. With nothing installed and verified (a fresh device, or a failed flash that
     /// erased the old image) `firmware` and `firmware-version` are reported empty, which KubeEdge accepts: the twin
     /// must not keep naming an image that is gone, or a rollback to it would look done and never be delivered.
     pub fn values(&self, names: &TwinNames) -> TwinValues {
         let mut v = TwinValues::new();
-        v.insert(names.state.clone(), self.state.clone());
+        v.insert(names.state.clone(), self.state.to_string());
         let (reference, version) = match &self.installed {
             Some((reference, version)) => {
                 (reference.clone(), mqtt_schema::version_to_twin(version))
@@ -70,7 +77,7 @@ impl ReportQueue {
     ) -> Result<u64, OutboxError> {
         let seq = self
             .lock()
-            .put(device, report.values(names), report.terminal)?;
+            .put(device, report.values(names), report.terminal())?;
         self.changed.notify_one();
         Ok(seq)
     }
@@ -80,10 +87,10 @@ impl ReportQueue {
         self.lock().acked(device, seq)
     }
 
-    /// Every report still owed, as (device, pending) pairs.
-    pub fn pending(&self) -> Vec<(String, Pending)> {
+    /// The next report owed by each device, as (device, pending) pairs.
+    pub fn fronts(&self) -> Vec<(String, Pending)> {
         self.lock()
-            .pending()
+            .fronts()
             .map(|(d, p)| (d.to_owned(), p.clone()))
             .collect()
     }
@@ -107,10 +114,10 @@ mod tests {
     fn nothing_installed_is_reported_as_empty_values_not_left_out() {
         let names = TwinNames::default();
         let failed = Report {
-            state: "failed:flash-failed".into(),
+            state: FirmwareState::Failed(mqtt_schema::ErrorCode::FlashFailed.into()),
             installed: None,
-            terminal: true,
         };
+        assert!(failed.terminal());
         let v = failed.values(&names);
         assert_eq!(v.get(&names.firmware).map(String::as_str), Some(""));
         assert_eq!(v.get(&names.version).map(String::as_str), Some(""));
@@ -120,10 +127,17 @@ mod tests {
         );
 
         let installed = Report {
-            state: "installed".into(),
+            state: FirmwareState::Installed,
             installed: Some(("r@sha256:0".into(), "1.4.2+b7".into())),
-            terminal: true,
         };
+        assert!(installed.terminal());
+        assert!(
+            !Report {
+                state: FirmwareState::Downloading(40),
+                installed: None
+            }
+            .terminal()
+        );
         let v = installed.values(&names);
         assert_eq!(
             v.get(&names.firmware).map(String::as_str),

@@ -67,6 +67,9 @@ pub enum FlashError {
         /// What is wrong with it.
         detail: String,
     },
+    /// The image file is refused by the parser `twinflash push` runs too (`twinflash-image`).
+    #[error(transparent)]
+    Image(#[from] twinflash_image::ImageError),
     /// The configuration of the backend is invalid (bad selector, unknown chip, bad template).
     #[error("invalid flasher configuration: {detail}")]
     Config {
@@ -105,6 +108,7 @@ impl FlashError {
             FlashError::Timeout { .. } => ErrorCode::Timeout,
             FlashError::TooLarge { .. } => ErrorCode::TooLarge,
             FlashError::UnsupportedImage { .. } => ErrorCode::UnsupportedArtifact,
+            FlashError::Image(e) => e.code(),
             FlashError::Config { .. }
             | FlashError::Cancelled
             | FlashError::Io { .. }

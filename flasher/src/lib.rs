@@ -6,7 +6,6 @@ pub mod chip;
 pub mod command;
 pub mod config;
 mod error;
-pub mod fixtures;
 pub mod image;
 #[cfg(feature = "probe-rs")]
 pub mod probe_rs;
@@ -23,7 +22,7 @@ pub use tokio_util::sync::CancellationToken;
 pub use chip::{check_chip, chip_fits};
 pub use config::{CommandConfig, FlasherConfig, ProbeRsConfig, SimulatedConfig};
 pub use error::FlashError;
-pub use image::{FirmwareFormat, Image, Segment, UnknownFormat};
+pub use image::{FirmwareFormat, Image, ImageError, Segment};
 pub use progress::{Phase, Progress, ProgressSender};
 
 /// A boxed future, so that [`Flasher`] stays dyn-compatible.

@@ -38,7 +38,7 @@ fn flasher(mode: &str, dev: &Path, verify: bool, timeout_secs: u64) -> CommandFl
 }
 
 fn image(dir: &Path, name: &str) -> (FlashRequest, Vec<u8>) {
-    let data = twinflash_flasher::fixtures::pattern(3000, 9);
+    let data = twinflash_image::fixtures::pattern(3000, 9);
     let path = common::write(dir, name, &data);
     (
         common::request(path, FirmwareFormat::Bin, Some(0x10000), "esp32c3", "1.2.0"),

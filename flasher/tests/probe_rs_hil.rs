@@ -8,9 +8,8 @@
 use std::path::PathBuf;
 
 use twinflash_flasher::probe_rs::ProbeRsFlasher;
-use twinflash_flasher::{
-    CancellationToken, FirmwareFormat, FlashRequest, Flasher, ProbeRsConfig, fixtures,
-};
+use twinflash_flasher::{CancellationToken, FirmwareFormat, FlashRequest, Flasher, ProbeRsConfig};
+use twinflash_image::fixtures;
 
 #[tokio::test]
 async fn hil_flash_real_board() {

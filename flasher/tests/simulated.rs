@@ -11,8 +11,9 @@ use twinflash_flasher::simulated::{
 };
 use twinflash_flasher::{
     CancellationToken, FirmwareFormat, FlashRequest, Flasher, FlasherConfig, Phase,
-    SimulatedConfig, build, fixtures,
+    SimulatedConfig, build,
 };
+use twinflash_image::fixtures;
 
 const CHIP: &str = "nRF52840_xxAA";
 const ORIGIN: u64 = 0x0800_0000;

@@ -8,7 +8,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use twinflash_flasher::simulated::SimulatedFlasher;
-use twinflash_flasher::{CancellationToken, FirmwareFormat, Flasher, SimulatedConfig, fixtures};
+use twinflash_flasher::{CancellationToken, FirmwareFormat, Flasher, SimulatedConfig};
+use twinflash_image::fixtures;
 
 const CHIP: &str = "STM32F411RETx";
 const SIZE: u64 = 128 * 1024;

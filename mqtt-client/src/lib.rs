@@ -11,8 +11,32 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, TlsConfiguration, Transport};
 use serde::{Deserialize, Serialize};
 
-/// Largest MQTT packet accepted or sent (a get result of a device with many twins is a few KiB).
-pub const MAX_PACKET: usize = 256 * 1024;
+/// Largest MQTT packet sent (a report or a get result of a device with many twins is a few KiB).
+pub const MAX_OUTGOING_PACKET: usize = 256 * 1024;
+
+/// Largest MQTT packet the transport reads: the transport's cap, far above any message a program handles.
+///
+/// A program enforces its own, smaller limit on every message it receives (for the agent, `mqtt.max_message_bytes`)
+/// and acknowledges and drops what exceeds it, so one oversized message costs nothing else. A packet over this cap
+/// cannot even be read: rumqttc ends the connection ([`is_oversized`] says so), and a persistent session would
+/// redeliver it at every reconnect. Programs with persistent sessions recover from that with one clean-session
+/// connect (see twinflash-edge's link), and brokers should refuse such messages first (mosquitto's
+/// `message_size_limit`, docs/operations.md).
+pub const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024;
+
+/// Default limit a program puts on one inbound message (a KubeEdge twin value is at most 512 characters, and the
+/// largest message twinflash reads, a get result, is a few KiB).
+pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024;
+
+/// True when the connection ended because the broker sent a packet over [`MAX_INCOMING_PACKET`].
+pub fn is_oversized(err: &rumqttc::ConnectionError) -> bool {
+    matches!(
+        err,
+        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_)
+        ))
+    )
+}
 
 /// Where and how to connect.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,7 +152,7 @@ pub fn options(
     opts.set_clean_session(!persistent)
         .set_manual_acks(persistent)
         .set_keep_alive(Duration::from_secs(endpoint.keep_alive_secs.max(5)))
-        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        .set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET)
         .set_request_channel_capacity(4096);
     if let (Some(u), Some(p)) = (&endpoint.username, &endpoint.password) {
         opts.set_credentials(u.clone(), p.clone());

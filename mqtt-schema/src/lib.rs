@@ -4,6 +4,7 @@
 //! Go's semantics, so edgecore, mappers and twinflash read the same bytes the same way.
 
 mod builders;
+pub mod clip;
 mod code;
 pub mod firmware;
 pub mod gojson;

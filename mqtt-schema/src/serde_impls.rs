@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
+use crate::ErrorCode;
 use crate::firmware::{FirmwareRef, FirmwareState};
 use crate::topic::{DeviceId, TopicLayout};
 
@@ -35,7 +36,7 @@ macro_rules! string_serde {
     )*};
 }
 
-string_serde!(DeviceId, FirmwareRef, FirmwareState, TopicLayout);
+string_serde!(DeviceId, ErrorCode, FirmwareRef, FirmwareState, TopicLayout);
 
 #[cfg(test)]
 mod tests {
@@ -55,5 +56,8 @@ mod tests {
         assert!(serde_json::from_str::<FirmwareRef>("\"fw/blinky:1.0\"").is_err());
         let s: FirmwareState = serde_json::from_str("\"flashing:3\"").unwrap();
         assert_eq!(s, FirmwareState::Flashing(3));
+        let c: ErrorCode = serde_json::from_str("\"disk-full\"").unwrap();
+        assert_eq!(serde_json::to_string(&c).unwrap(), "\"disk-full\"");
+        assert!(serde_json::from_str::<ErrorCode>("\"nope\"").is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! One download attempt of a layer from one source into the partial: Range from the durable
-//! offset, restart on a 200, rate limit, periodic checkpoints (written and hashed on other threads,
-//! see `sink`), verify and rename at the end.
+//! offset, restart on a 200, rate limit, the request's total deadline (the caller resumes after it),
+//! periodic checkpoints (written and hashed on other threads, see `sink`), verify and rename at the
+//! end.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -125,6 +126,14 @@ async fn transfer(
     }
 }
 
+/// Waits until `deadline`; forever without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Receives the body and queues it to the sink from `first` to the layer size.
 async fn pump(
     source: &Source,
@@ -142,6 +151,7 @@ async fn pump(
     } = run;
     let size = layer.size.max(0) as u64;
     let mut stream = body.stream;
+    let deadline = body.deadline;
     let mut offset = first;
     let started = Instant::now();
     let mut received = 0u64;
@@ -153,6 +163,14 @@ async fn pump(
     while offset < size {
         let next = tokio::select! {
             () = cancel.cancelled() => return Err(FetchError::Cancelled),
+            () = until(deadline) => {
+                return Err(FetchError::Unreachable {
+                    source_name: source.name(),
+                    detail: format!(
+                        "blob request deadline passed at byte {offset} (resuming with Range)"
+                    ),
+                });
+            }
             next = stream.next() => next,
         };
         let chunk = match next {

@@ -28,7 +28,7 @@ use crate::auth::Credentials;
 use crate::error::FetchError;
 use crate::http::RegistryClient;
 use crate::manifest::{FirmwareArtifact, is_sha256_digest};
-use crate::registry::TlsOptions;
+use crate::registry::{Timeouts, TlsOptions};
 use download::{AttemptStats, DownloadOpts, Run, download};
 use source::Source;
 
@@ -59,8 +59,9 @@ pub struct FetchConfig {
     pub retry: RetryPolicy,
     /// Bytes between durable checkpoints of a partial download.
     pub checkpoint_every: u64,
-    /// Read timeout of registry connections (a stalled link fails after this long).
-    pub read_timeout: Duration,
+    /// Idle timeout and total deadlines of registry requests (manifest, token, blob); each one
+    /// that is hit is a transient `registry-unreachable`, retried per `retry`.
+    pub timeouts: Timeouts,
 }
 
 impl FetchConfig {
@@ -79,7 +80,7 @@ impl FetchConfig {
             client_key: None,
             retry: RetryPolicy::default(),
             checkpoint_every: 4 * 1024 * 1024,
-            read_timeout: Duration::from_secs(30),
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -200,8 +201,7 @@ impl Fetcher {
             ca_file: cfg.ca_file.clone(),
             client_cert: cfg.client_cert.clone(),
             client_key: cfg.client_key.clone(),
-            connect_timeout: None,
-            read_timeout: Some(cfg.read_timeout),
+            timeouts: cfg.timeouts,
         };
         let creds = Arc::new(cfg.credentials.resolve()?);
         let client = Arc::new(RegistryClient::new(&tls, creds)?);

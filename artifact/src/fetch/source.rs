@@ -101,6 +101,7 @@ impl Source {
                 Ok(BlobBody {
                     from_start: false,
                     content_length: Some(len.saturating_sub(offset)),
+                    deadline: None,
                     stream: stream.boxed(),
                 })
             }

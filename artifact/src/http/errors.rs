@@ -1,16 +1,22 @@
 //! Transport errors of the registry client to fetch errors. A TLS alert from the registry about
 //! our client certificate (none sent, unknown CA, expired, ...) is `registry-auth`: the registry
-//! refused our credentials, and retrying cannot help. Every other transport error is transient.
+//! refused our credentials, and retrying cannot help. Every other transport error is transient;
+//! a timeout names the limit that was hit (the total deadlines are enforced by the client itself).
 
 use std::error::Error as StdError;
 
 use rustls::AlertDescription;
 
 use crate::error::FetchError;
+use crate::registry::Timeouts;
 
-/// Maps a reqwest error from `source_name`.
-pub(crate) fn from_reqwest(source_name: &str, err: &reqwest::Error) -> FetchError {
-    let detail = chain(err);
+/// Maps a reqwest error from `source_name`; `timeouts` name the limit of a timeout.
+pub(crate) fn from_reqwest(
+    source_name: &str,
+    err: &reqwest::Error,
+    timeouts: &Timeouts,
+) -> FetchError {
+    let detail = describe(err, timeouts);
     if let Some(alert) = client_cert_refusal(err) {
         return FetchError::Auth {
             source_name: source_name.to_owned(),
@@ -23,6 +29,18 @@ pub(crate) fn from_reqwest(source_name: &str, err: &reqwest::Error) -> FetchErro
     FetchError::Unreachable {
         source_name: source_name.to_owned(),
         detail,
+    }
+}
+
+/// The error and its causes on one line; a timeout says which limit it was.
+pub(crate) fn describe(err: &reqwest::Error, timeouts: &Timeouts) -> String {
+    let detail = chain(err);
+    if !err.is_timeout() {
+        detail
+    } else if err.is_connect() {
+        format!("connect timeout of {:?}: {detail}", timeouts.connect)
+    } else {
+        format!("no data for {:?} (idle timeout): {detail}", timeouts.idle)
     }
 }
 

@@ -1,12 +1,15 @@
 //! The fetcher's own registry client on reqwest (rustls): manifest GET, blob GET with `Range`,
 //! extra CA, optional client certificate (mutual TLS), plain HTTP only for listed hosts, and
 //! anonymous, basic and bearer-token auth. Why it is hand-written: docs/decisions/0003-registry-http.md.
+//! Every read has an idle timeout (reqwest's `read_timeout`) and a total deadline per request
+//! (manifest, token, blob; [`Timeouts`]), so a registry that trickles bytes cannot hold a fetch.
 
 mod bearer;
 mod errors;
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -17,9 +20,9 @@ use reqwest::{Response, StatusCode};
 
 use crate::auth::ResolvedCredentials;
 use crate::error::FetchError;
-use crate::registry::TlsOptions;
+use crate::registry::{Timeouts, TlsOptions};
 use bearer::{Challenge, TokenCache};
-pub(crate) use errors::from_reqwest;
+pub(crate) use errors::{describe, from_reqwest};
 
 /// Largest manifest accepted (a firmware manifest is about 1 KiB).
 const MAX_MANIFEST: usize = 4 * 1024 * 1024;
@@ -32,6 +35,8 @@ pub(crate) struct BlobBody {
     pub from_start: bool,
     /// Bytes the source says it will send, if it says.
     pub content_length: Option<u64>,
+    /// When the request's total deadline passes (the receiver stops there and resumes).
+    pub deadline: Option<Instant>,
     pub stream: BoxStream<'static, Result<Bytes, std::io::Error>>,
 }
 
@@ -49,6 +54,7 @@ pub(crate) struct RegistryClient {
     plain_http: Vec<String>,
     creds: Arc<ResolvedCredentials>,
     tokens: TokenCache,
+    timeouts: Timeouts,
 }
 
 impl RegistryClient {
@@ -57,8 +63,8 @@ impl RegistryClient {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("twinflash/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(opts.connect_timeout.unwrap_or(Duration::from_secs(10)))
-            .read_timeout(opts.read_timeout.unwrap_or(Duration::from_secs(30)))
+            .connect_timeout(opts.timeouts.connect)
+            .read_timeout(opts.timeouts.idle)
             .no_proxy();
         if let Some(path) = &opts.ca_file {
             let pem = std::fs::read(path).map_err(|e| FetchError::io("read CA file", path, e))?;
@@ -104,7 +110,21 @@ impl RegistryClient {
             plain_http: opts.plain_http.clone(),
             creds,
             tokens: TokenCache::default(),
+            timeouts: opts.timeouts,
         })
+    }
+
+    /// `fut`, failed as a transient `Unreachable` if it is not done within `limit`.
+    async fn within<T>(
+        &self,
+        repo: Repo<'_>,
+        what: &str,
+        limit: Duration,
+        fut: impl Future<Output = Result<T, FetchError>>,
+    ) -> Result<T, FetchError> {
+        tokio::time::timeout(limit, fut)
+            .await
+            .unwrap_or_else(|_| Err(deadline_passed(repo, what, limit)))
     }
 
     fn base(&self, registry: &str) -> String {
@@ -128,10 +148,14 @@ impl RegistryClient {
             self.base(repo.registry),
             repo.repository
         );
-        let response = self
-            .send(repo, |r| r.get(&url).header(ACCEPT, accept))
-            .await?;
-        read_limited(repo, response, MAX_MANIFEST, "manifest").await
+        let fetch = async {
+            let response = self
+                .send(repo, |r| r.get(&url).header(ACCEPT, accept))
+                .await?;
+            read_limited(repo, response, MAX_MANIFEST, "manifest", &self.timeouts).await
+        };
+        self.within(repo, "manifest", self.timeouts.manifest, fetch)
+            .await
     }
 
     /// `GET /v2/<repo>/blobs/<digest>` from `offset` (a `Range` request when `offset > 0`).
@@ -146,16 +170,17 @@ impl RegistryClient {
             self.base(repo.registry),
             repo.repository
         );
-        let response = self
-            .send(repo, |r| {
-                let r = r.get(&url);
-                if offset > 0 {
-                    r.header(RANGE, format!("bytes={offset}-"))
-                } else {
-                    r
-                }
-            })
-            .await?;
+        let limit = self.timeouts.blob_request;
+        let deadline = Instant::now().checked_add(limit);
+        let send = self.send(repo, |r| {
+            let r = r.get(&url);
+            if offset > 0 {
+                r.header(RANGE, format!("bytes={offset}-"))
+            } else {
+                r
+            }
+        });
+        let response = self.within(repo, "blob request", limit, send).await?;
         let from_start = response.status() != StatusCode::PARTIAL_CONTENT;
         if !from_start {
             let start = response
@@ -171,13 +196,15 @@ impl RegistryClient {
             }
         }
         let content_length = response.content_length();
+        let timeouts = self.timeouts;
         let stream = response
             .bytes_stream()
-            .map(|r| r.map_err(std::io::Error::other))
+            .map(move |r| r.map_err(|e| std::io::Error::other(describe(&e, &timeouts))))
             .boxed();
         Ok(BlobBody {
             from_start,
             content_length,
+            deadline,
             stream,
         })
     }
@@ -203,7 +230,7 @@ impl RegistryClient {
             let response = request
                 .send()
                 .await
-                .map_err(|e| from_reqwest(repo.registry, &e))?;
+                .map_err(|e| from_reqwest(repo.registry, &e, &self.timeouts))?;
             let status = response.status();
             if status.is_success() {
                 return Ok(response);
@@ -226,8 +253,21 @@ impl RegistryClient {
         }
     }
 
-    /// The registry token flow: `GET <realm>?service=..&scope=..` with basic credentials if any.
+    /// The registry token flow: `GET <realm>?service=..&scope=..` with basic credentials if any,
+    /// within the token deadline.
     async fn token(
+        &self,
+        repo: Repo<'_>,
+        challenge: &Challenge,
+        auth: &RegistryAuth,
+    ) -> Result<String, FetchError> {
+        let exchange = self.exchange(repo, challenge, auth);
+        let what = format!("token service {}", challenge.realm);
+        self.within(repo, &what, self.timeouts.token, exchange)
+            .await
+    }
+
+    async fn exchange(
         &self,
         repo: Repo<'_>,
         challenge: &Challenge,
@@ -248,7 +288,7 @@ impl RegistryClient {
         let response = request
             .send()
             .await
-            .map_err(|e| from_reqwest(repo.registry, &e))?;
+            .map_err(|e| from_reqwest(repo.registry, &e, &self.timeouts))?;
         if !response.status().is_success() {
             let status = response.status().as_u16();
             let detail = format!(
@@ -262,7 +302,14 @@ impl RegistryClient {
                 detail,
             ));
         }
-        let body = read_limited(repo, response, MAX_TOKEN_ANSWER, "token answer").await?;
+        let body = read_limited(
+            repo,
+            response,
+            MAX_TOKEN_ANSWER,
+            "token answer",
+            &self.timeouts,
+        )
+        .await?;
         let (token, ttl) =
             bearer::parse_token_response(&body).map_err(|detail| FetchError::Auth {
                 source_name: repo.registry.to_owned(),
@@ -280,6 +327,7 @@ async fn read_limited(
     mut response: Response,
     max: usize,
     what: &str,
+    timeouts: &Timeouts,
 ) -> Result<Vec<u8>, FetchError> {
     if let Some(len) = response.content_length()
         && len > max as u64
@@ -293,7 +341,7 @@ async fn read_limited(
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| from_reqwest(repo.registry, &e))?
+        .map_err(|e| from_reqwest(repo.registry, &e, timeouts))?
     {
         if body.len() + chunk.len() > max {
             return Err(rejected(repo, format!("{what} larger than {max} bytes")));
@@ -312,6 +360,14 @@ fn auth_header(auth: &RegistryAuth) -> Option<String> {
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
         )),
         RegistryAuth::Bearer(token) => Some(format!("Bearer {token}")),
+    }
+}
+
+/// A total deadline passed: transient, like any other registry that does not answer in time.
+fn deadline_passed(repo: Repo<'_>, what: &str, limit: Duration) -> FetchError {
+    FetchError::Unreachable {
+        source_name: repo.registry.to_owned(),
+        detail: format!("{what} not complete within its deadline of {limit:?}"),
     }
 }
 

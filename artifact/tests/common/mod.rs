@@ -1,7 +1,10 @@
 //! Shared helpers of the artifact integration tests: a registry, pushes, fetcher configs.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::io::BufRead;
+
+use sha2::Digest;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -72,7 +75,7 @@ pub fn config(cache: &Path, host: &str) -> FetchConfig {
         max_attempts: Some(3),
         ..RetryPolicy::default()
     };
-    cfg.read_timeout = Duration::from_secs(5);
+    cfg.timeouts.idle = Duration::from_secs(5);
     cfg.checkpoint_every = 1024 * 1024;
     cfg
 }
@@ -124,11 +127,48 @@ pub fn half_written(cache: &Path) -> Vec<String> {
 }
 
 pub fn sha256_file(path: &Path) -> String {
-    use sha2::{Digest, Sha256};
+    use sha2::Sha256;
     format!(
         "sha256:{}",
         hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
     )
+}
+
+/// A twinflash firmware manifest for the layer `blob`, and the manifest's digest.
+pub fn manifest_for(blob: &[u8]) -> (Vec<u8>, String) {
+    let layer = format!("sha256:{}", hex::encode(sha2::Sha256::digest(blob)));
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.twinflash.firmware.v1",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2,
+                   "digest": twinflash_artifact::format::EMPTY_CONFIG_DIGEST},
+        "layers": [{"mediaType": "application/vnd.twinflash.firmware.bin", "size": blob.len(), "digest": layer}],
+        "annotations": {"org.opencontainers.image.version": "1.0.0", "io.twinflash.firmware.chip": "x",
+                        "io.twinflash.firmware.base-address": "0x8000000"}
+    }))
+    .unwrap();
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&manifest)));
+    (manifest, digest)
+}
+
+/// Reads one HTTP request head for a scripted server: the target and the headers (names in
+/// lower case); `None` if the client sent nothing.
+pub fn read_head(reader: &mut impl BufRead) -> Option<(String, HashMap<String, String>)> {
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let target = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+    let mut headers = HashMap::new();
+    loop {
+        let mut l = String::new();
+        if reader.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+        }
+    }
+    Some((target, headers))
 }
 
 /// Re-targets a pinned reference at another host (e.g. the fault proxy).

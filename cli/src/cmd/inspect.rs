@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::cmd::registry::{RegistryArgs, with_code};
+use crate::cmd::registry::{DeadlineArgs, RegistryArgs, with_code};
 
 /// Show an artifact's metadata.
 #[derive(Debug, clap::Args)]
@@ -14,11 +14,14 @@ pub struct Cmd {
     pub json: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub deadlines: DeadlineArgs,
 }
 
 /// Runs `inspect`.
 pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
-    let tls = cmd.registry.tls(&cmd.reference);
+    let mut tls = cmd.registry.tls(&cmd.reference);
+    tls.timeouts = cmd.deadlines.timeouts();
     let creds = cmd.registry.credentials()?;
     let inspected = twinflash_artifact::inspect(&tls, &creds, &cmd.reference)
         .await

@@ -1,23 +1,31 @@
 //! `twinflash pull <ref> -o <file>`: the edge agent's fetcher (mirrors, resume, verify, cache),
-//! then a copy of the verified firmware to the output file.
+//! then an atomic copy of the verified firmware to the output file, which must be a regular file
+//! (or a new one): device nodes, FIFOs, sockets, directories and symbolic links are refused, and
+//! `--force` follows a symbolic link to the regular file it points to.
 
-use std::path::PathBuf;
+use std::fs::FileType;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use mqtt_schema::{FirmwareRef, FirmwareRefError, RefKind};
 use tokio_util::sync::CancellationToken;
 use twinflash_artifact::{FetchConfig, FetchEvent, Fetcher, Mirror, RetryPolicy};
 
-use crate::cmd::registry::{RegistryArgs, progress_bar, registry_of, with_code};
+use crate::cmd::registry::{DeadlineArgs, RegistryArgs, progress_bar, registry_of, with_code};
 
 /// Fetch and verify an artifact and write its firmware file.
 #[derive(Debug, clap::Args)]
 pub struct Cmd {
     /// The artifact: HOST:PORT/REPOSITORY:TAG@sha256:HEX (a tag alone is resolved first).
     pub reference: String,
-    /// Where to write the firmware file.
+    /// Where to write the firmware file: a regular file, replaced atomically, or a new one.
     #[arg(short, long)]
     pub output: PathBuf,
+    /// If --output is a symbolic link, write the regular file it points to (refused otherwise).
+    #[arg(long)]
+    pub force: bool,
     /// The fetcher's cache [default: $XDG_CACHE_HOME/twinflash or ~/.cache/twinflash].
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -37,11 +45,17 @@ pub struct Cmd {
     /// Bytes between durable checkpoints of the partial download.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub checkpoint_every: u64,
+    /// Total deadline of one blob request, in seconds; the download then resumes with Range
+    /// (a slow download that makes progress still completes).
+    #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub blob_timeout: u64,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub deadlines: DeadlineArgs,
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -61,7 +75,11 @@ fn parse_mirror(s: &str) -> Mirror {
 
 /// Runs `pull`.
 pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
-    let tls = cmd.registry.tls(&cmd.reference);
+    // Refused before anything is downloaded, and checked again before writing.
+    output_target(&cmd.output, cmd.force)?;
+    let mut tls = cmd.registry.tls(&cmd.reference);
+    tls.timeouts = cmd.deadlines.timeouts();
+    tls.timeouts.blob_request = Duration::from_secs(cmd.blob_timeout);
     let creds = cmd.registry.credentials()?;
     let invalid = |e: FirmwareRefError| with_code(&e, e.code());
     let reference = match FirmwareRef::classify(&cmd.reference).map_err(invalid)? {
@@ -93,6 +111,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     cfg.client_cert = cmd.registry.cert.clone();
     cfg.client_key = cmd.registry.key.clone();
     cfg.checkpoint_every = cmd.checkpoint_every;
+    cfg.timeouts = tls.timeouts;
     cfg.retry = RetryPolicy {
         max_attempts: (cmd.retries > 0).then_some(cmd.retries),
         ..RetryPolicy::default()
@@ -132,7 +151,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let fetch_seconds = started.elapsed().as_secs_f64();
     let fetched = fetched.map_err(|e| with_code(&e, e.code()))?;
-    copy_out(&fetched.path, &cmd.output)?;
+    copy_out(&fetched.path, &output_target(&cmd.output, cmd.force)?)?;
     if cmd.json {
         let a = &fetched.artifact;
         outln!(
@@ -159,17 +178,93 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Copies the verified blob to `output` through a temp file and a rename.
-fn copy_out(blob: &std::path::Path, output: &std::path::Path) -> anyhow::Result<()> {
-    let dir = output
+/// The regular file to write for `-o output`: `output` itself if it is a regular file or does
+/// not exist; with `force`, the regular file a symbolic link points to. Anything else is refused.
+fn output_target(output: &Path, force: bool) -> anyhow::Result<PathBuf> {
+    let shown = output.display();
+    let meta = match std::fs::symlink_metadata(output) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(output.to_owned()),
+        Err(e) => return Err(e).with_context(|| format!("-o {shown}")),
+    };
+    if meta.is_file() {
+        return Ok(output.to_owned());
+    }
+    if !meta.file_type().is_symlink() {
+        bail!(
+            "refusing to write {shown}: it is {}; -o takes a regular file",
+            kind(&meta.file_type())
+        );
+    }
+    if !force {
+        bail!(
+            "refusing to write {shown}: it is a symbolic link; --force writes the file it points to"
+        );
+    }
+    let target = std::fs::canonicalize(output)
+        .with_context(|| format!("-o {shown}: follow the symbolic link"))?;
+    let meta = std::fs::metadata(&target).with_context(|| format!("-o {}", target.display()))?;
+    if !meta.is_file() {
+        bail!(
+            "refusing to write {shown}: it points to {}, which is {}; -o takes a regular file",
+            target.display(),
+            kind(&meta.file_type())
+        );
+    }
+    Ok(target)
+}
+
+/// What a file type is, for the refusal.
+fn kind(file_type: &FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Copies the verified blob to the regular file `target` atomically: a temporary file in the
+/// same directory (tempfile crate), fsync, rename over `target`, fsync the directory. `target`
+/// keeps its permissions; a new file gets the blob's.
+fn copy_out(blob: &Path, target: &Path) -> anyhow::Result<()> {
+    let dir = target
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let name = output
-        .file_name()
-        .with_context(|| format!("{} is not a file path", output.display()))?;
-    let tmp = dir.join(format!(".{}.twinflash-tmp", name.to_string_lossy()));
-    std::fs::copy(blob, &tmp).with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::rename(&tmp, output).with_context(|| format!("write {}", output.display()))?;
+        .unwrap_or(Path::new("."));
+    let shown = target.display();
+    let mut source =
+        std::fs::File::open(blob).with_context(|| format!("read {}", blob.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".twinflash-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .with_context(|| format!("write {shown}: temporary file in {}", dir.display()))?;
+    std::io::copy(&mut source, tmp.as_file_mut()).with_context(|| format!("write {shown}"))?;
+    let permissions = match std::fs::metadata(target) {
+        Ok(meta) => meta.permissions(),
+        Err(_) => source
+            .metadata()
+            .with_context(|| format!("read {}", blob.display()))?
+            .permissions(),
+    };
+    tmp.as_file()
+        .set_permissions(permissions)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("write {shown}"))?;
+    tmp.persist(target)
+        .map_err(|e| e.error)
+        .with_context(|| format!("write {shown}"))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("sync {}", dir.display()))?;
     Ok(())
 }

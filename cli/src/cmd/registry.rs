@@ -1,11 +1,13 @@
 //! Options every registry-facing verb shares: plain HTTP, CA, client certificate, credentials;
-//! and progress bars.
+//! the deadlines of registry requests (pull, inspect); and progress bars.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use twinflash_artifact::{Credentials, TlsOptions};
+use std::time::Duration;
+
+use twinflash_artifact::{Credentials, Timeouts, TlsOptions};
 
 /// How to reach and authenticate to registries.
 #[derive(Debug, Clone, clap::Args)]
@@ -36,6 +38,37 @@ pub struct RegistryArgs {
     /// ~/.docker/config.json when present].
     #[arg(long, value_name = "FILE")]
     pub docker_config: Option<PathBuf>,
+}
+
+/// Idle timeout and total deadlines of registry requests, in seconds (docs/security.md). A limit
+/// that is hit is `registry-unreachable`: retried `--retries` times, then a non-zero exit.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeadlineArgs {
+    /// Connecting to a registry or token service.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_timeout: u64,
+    /// No byte received for this long fails a request.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: u64,
+    /// Total deadline of one manifest request.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub manifest_timeout: u64,
+    /// Total deadline of one token-service request.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub token_timeout: u64,
+}
+
+impl DeadlineArgs {
+    /// The timeouts; the blob deadline stays at its default.
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(self.connect_timeout),
+            idle: Duration::from_secs(self.idle_timeout),
+            manifest: Duration::from_secs(self.manifest_timeout),
+            token: Duration::from_secs(self.token_timeout),
+            ..Timeouts::default()
+        }
+    }
 }
 
 impl RegistryArgs {

@@ -148,6 +148,8 @@ pub struct AgentSpec<'a> {
     pub registry_extra: String,
     /// The Kubernetes namespace of the devices (namespaced layout).
     pub namespace: String,
+    /// Extra lines in `[limits]`.
+    pub limits_extra: String,
 }
 
 impl<'a> AgentSpec<'a> {
@@ -167,6 +169,7 @@ impl<'a> AgentSpec<'a> {
             legacy: false,
             registry_extra: String::new(),
             namespace: "default".into(),
+            limits_extra: String::new(),
         }
     }
 }
@@ -176,7 +179,7 @@ impl Agent {
         let state_dir = spec.dir.join("state");
         let mut toml = format!(
             "node = \"node-a\"\nstate_dir = \"{}\"\n[mqtt]\nurl = \"{}://127.0.0.1:{}\"\nclient_id = \"agent-{}\"\n{}\
-             [registry]\nplain_http = {:?}\n{}{}[limits]\nflash_attempts = 3\n[log]\nlevel = \"info,twinflash_edge=debug\"\n{}",
+             [registry]\nplain_http = {:?}\n{}{}[limits]\nflash_attempts = 3\n{}[log]\nlevel = \"info,twinflash_edge=debug\"\n{}",
             state_dir.display(),
             spec.mqtt_scheme,
             spec.mqtt_port,
@@ -187,6 +190,7 @@ impl Agent {
                 .map(|r| format!("rate_limit_bytes_per_sec = {r}\n"))
                 .unwrap_or_default(),
             spec.registry_extra,
+            spec.limits_extra,
             spec.extra_sections,
         );
         let mut devices = Vec::new();

@@ -3,7 +3,7 @@ use std::io::ErrorKind;
 use probe_rs::probe::fake_probe::FakeProbe;
 
 use super::*;
-use crate::fixtures;
+use twinflash_image::fixtures;
 
 fn cfg(probe: Option<&str>) -> ProbeRsConfig {
     ProbeRsConfig {

@@ -146,7 +146,7 @@ impl Device {
             });
         }
         chip::check_chip("simulated", &self.chip, &req.chip)?;
-        let img = image::load(&req.image, req.format, req.base_address, self.cfg.origin)?;
+        let img = image::load(&req.image, req.format, req.base_address)?;
         self.check_bounds(&img)?;
         if cancel.is_cancelled() {
             return Err(FlashError::Cancelled);

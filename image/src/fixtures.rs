@@ -1,4 +1,5 @@
-//! Small firmware files built in memory, for tests and demos of this crate and of the agent.
+//! Small firmware files built in memory, for tests of this crate and of the crates that use it
+//! (feature `test-support`, enabled from dev-dependencies only: release binaries do not carry it).
 //!
 //! They produce the same layouts a toolchain would (an ELF32 with PT_LOAD segments, Intel HEX, UF2 blocks).
 

@@ -1,0 +1,72 @@
+//! [`ImageError`]: why a firmware file is refused, one line each, and its stable code.
+
+use crate::FirmwareFormat;
+
+/// A firmware file that is not what it claims to be, or a format or base address that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageError {
+    /// A format name that is not one of ours.
+    #[error("unknown firmware format {0:?} (expected elf, ihex, bin or uf2)")]
+    UnknownFormat(String),
+    /// A base address that is not a hex number.
+    #[error("invalid base address {0:?} (expected hex, e.g. 0x08000000)")]
+    BadBaseAddress(String),
+    /// The file is empty.
+    #[error("the firmware file is empty")]
+    Empty,
+    /// The ELF does not parse, or its loadable segments are out of bounds.
+    #[error("malformed ELF file: {0}")]
+    Elf(String),
+    /// An Intel HEX record is invalid, or the end-of-file record is missing or not last.
+    #[error("malformed Intel HEX file: line {line}: {reason}")]
+    Ihex {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A UF2 block is invalid.
+    #[error("malformed UF2 file: block {block}: {reason}")]
+    Uf2 {
+        /// 0-based block index.
+        block: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A raw binary without a base address.
+    #[error(
+        "a raw binary needs a base address (--base-address; the format could not be detected from its content)"
+    )]
+    MissingBaseAddress,
+    /// The file parses but holds nothing to write (an ELF without loadable data, a HEX of only an
+    /// end-of-file record, a UF2 without main-flash blocks).
+    #[error("the {0} image contains no data to write")]
+    NoData(FirmwareFormat),
+    /// Two pieces of data for the same address.
+    #[error(
+        "the {format} image has overlapping data at {at:#x} (the previous piece ends at {previous_end:#x})"
+    )]
+    Overlap {
+        /// The format.
+        format: FirmwareFormat,
+        /// Where the second piece starts.
+        at: u64,
+        /// Where the first one ends.
+        previous_end: u64,
+    },
+    /// Data that runs past the end of the 64-bit address space.
+    #[error("the {format} image has data at {at:#x} that wraps the address space")]
+    Wraps {
+        /// The format.
+        format: FirmwareFormat,
+        /// Where the piece starts.
+        at: u64,
+    },
+}
+
+impl ImageError {
+    /// The stable code of this error: always `unsupported-artifact`.
+    pub fn code(&self) -> mqtt_schema::ErrorCode {
+        mqtt_schema::ErrorCode::UnsupportedArtifact
+    }
+}
