@@ -20,8 +20,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 tf_log "release builds"
-cargo build --release --locked -q -p twinflash-edge --bins --examples
-cargo build --release --locked -q -p twinflash-cloud --bins --examples
+cargo build --release --locked -q -p twinflash-edge -p twinflash-cloud --bins
+cargo build --release --locked -q -p twinflash-bench --examples
 
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
 sha=$(lscpu | grep -qw sha_ni && echo "SHA-NI" || echo "no SHA-NI")

@@ -99,6 +99,7 @@ async fn a_conflict_on_the_device_status_object_is_read_again_and_retried() {
         Expect {
             method: Method::PATCH,
             path: format!("{ds_path}/status"),
+            query: None,
             respond: Some(conflict()),
             check: None,
         },

@@ -1,10 +1,12 @@
-//! Test fixtures: sample Devices and an `ApiServerVerifier` (the kube-rs controller-rs pattern) —
-//! a mocked API server that answers and asserts every request of a reconcile, in order.
+//! Test fixtures: sample Devices and a [`TestContext`] whose client talks to the mocked API
+//! server of `api_verifier.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
+
+pub use crate::api_verifier::{Expect, serve};
 use kube::client::Body;
 use kube::{Client, Resource};
 use serde_json::{Value, json};
@@ -61,25 +63,12 @@ pub fn device(desired: &str, generation: i64) -> Device {
     d
 }
 
-/// A check on a request body.
-pub type BodyCheck = Box<dyn FnOnce(&Value) + Send>;
-
-/// One expected API request and the answer to give.
-pub struct Expect {
-    pub method: Method,
-    /// The path (query string ignored).
-    pub path: String,
-    /// Status and JSON body of the answer; `None` echoes the request body back.
-    pub respond: Option<(StatusCode, Value)>,
-    /// Checks on the request body, run before answering.
-    pub check: Option<BodyCheck>,
-}
-
 impl Expect {
     pub fn get(path: String, status: StatusCode, body: Value) -> Expect {
         Expect {
             method: Method::GET,
             path,
+            query: None,
             respond: Some((status, body)),
             check: None,
         }
@@ -89,6 +78,7 @@ impl Expect {
         Expect {
             method: Method::PATCH,
             path,
+            query: None,
             respond: None,
             check: Some(Box::new(check)),
         }
@@ -98,6 +88,7 @@ impl Expect {
         Expect {
             method: Method::POST,
             path: format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
+            query: None,
             respond: None,
             check: Some(Box::new(check)),
         }
@@ -116,46 +107,13 @@ pub fn devices_path(tail: &str) -> String {
     format!("/apis/devices.kubeedge.io/v1beta1/namespaces/{NS}/{tail}")
 }
 
-/// The mocked API server: answers the expected requests in order, then asserts there are no more.
+/// The mocked API server of a [`TestContext`].
 pub struct ApiServerVerifier(Handle<Request<Body>, Response<Body>>);
 
 impl ApiServerVerifier {
-    /// Serves `expects` in order; the returned task panics on any deviation, and on any request
-    /// after the last one (checked when every client is dropped).
+    /// Serves `expects` in order (see [`serve`]).
     pub fn run(self, expects: Vec<Expect>) -> JoinHandle<Vec<String>> {
-        let mut handle = self.0;
-        tokio::spawn(async move {
-            let mut seen = Vec::new();
-            for (i, exp) in expects.into_iter().enumerate() {
-                let (request, send) = handle.next_request().await.unwrap_or_else(|| {
-                    panic!("request #{i} ({} {}) never came", exp.method, exp.path)
-                });
-                let line = format!("{} {}", request.method(), request.uri().path());
-                assert_eq!(request.method(), exp.method, "request #{i}: {line}");
-                assert_eq!(request.uri().path(), exp.path, "request #{i}: {line}");
-                let bytes = request.into_body().collect_bytes().await.unwrap();
-                let body: Value = if bytes.is_empty() {
-                    Value::Null
-                } else {
-                    serde_json::from_slice(&bytes).unwrap()
-                };
-                if let Some(check) = exp.check {
-                    check(&body);
-                }
-                let (status, answer) = exp.respond.unwrap_or((StatusCode::OK, body));
-                send.send_response(
-                    Response::builder()
-                        .status(status)
-                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                        .unwrap(),
-                );
-                seen.push(line);
-            }
-            if let Some((extra, _)) = handle.next_request().await {
-                panic!("unexpected request {} {}", extra.method(), extra.uri());
-            }
-            seen
-        })
+        serve(self.0, expects)
     }
 }
 

@@ -18,6 +18,8 @@ pub mod status;
 pub mod status_route;
 
 #[cfg(test)]
+mod api_verifier;
+#[cfg(test)]
 mod fixtures;
 
 pub use config::{Config, ConfigError, Mode, StatusLocation};

@@ -7,7 +7,7 @@ pub struct Cmd {}
 
 /// Runs the verb.
 pub async fn run(_cmd: Cmd) -> anyhow::Result<()> {
-    let yaml = twinflash_cloud::rollout::crd_yaml()
+    let yaml = twinflash_rollout_api::crd_yaml()
         .map_err(|e| anyhow::anyhow!("cannot render the CRDs: {e} [internal]"))?;
     out!("{yaml}");
     Ok(())

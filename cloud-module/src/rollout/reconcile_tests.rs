@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tower_test::mock::{self, Handle};
 
 use super::*;
-use crate::rollout::mock_api::{Exp, exp, ok, serve, status_err};
+use crate::api_verifier::{Expect as Exp, exp, ok, serve, status_err};
 use crate::seams::{MemoryResolver, ResolvedArtifact};
 
 const NS: &str = "fleet";

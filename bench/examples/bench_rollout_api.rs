@@ -7,7 +7,7 @@
 //! `failed:flash-failed` for a seeded 0.5 %). Prints per wave the wall time, the rollout reconciles
 //! and the requests they made, and the controller's peak RSS.
 //!
-//! `cargo build --release -p twinflash-cloud --bins --examples &&
+//! `cargo build --release -p twinflash-cloud --bins -p twinflash-bench --examples &&
 //!  target/release/examples/bench_rollout_api [devices]`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a benchmark driver
 

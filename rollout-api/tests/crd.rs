@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use twinflash_cloud::rollout::{crd_yaml, crds};
+use twinflash_rollout_api::{crd_yaml, crds};
 
 fn committed() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds/firmwarerollout.yaml")

@@ -1,14 +1,13 @@
-//! What the `twinflash rollout` commands need, as library functions: a FirmwareRollout from
-//! flags, the status as a table or JSON, and the merge patches (and calls) for pause, resume and
-//! abort. The CLI crate wires them to clap; nothing here prints.
+//! What the `twinflash rollout` verbs do, apart from clap: a FirmwareRollout from flags, the
+//! status as a table or JSON, and the merge patches (and calls) for pause, resume and abort.
+//! Nothing here prints.
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-use super::types::{
-    DeviceSelector, FailureThreshold, FirmwareRollout, FirmwareRolloutSpec, SelectorRequirement,
-    Strategy,
+use twinflash_rollout_api::{
+    FailureThreshold, FirmwareRollout, FirmwareRolloutSpec, Strategy, parse_selector,
 };
 
 /// The flags of `twinflash rollout create`.
@@ -94,74 +93,6 @@ pub fn rollout_from_flags(f: &CreateFlags) -> Result<FirmwareRollout, String> {
     let mut r = FirmwareRollout::new(&f.name, spec);
     r.metadata.namespace = Some(f.namespace.clone());
     Ok(r)
-}
-
-/// Parses a kubectl-style label selector; an empty string selects every Device.
-pub fn parse_selector(s: &str) -> Result<DeviceSelector, String> {
-    let mut sel = DeviceSelector::default();
-    for term in split_terms(s) {
-        let t = term.trim();
-        if t.is_empty() {
-            continue;
-        }
-        let req =
-            |key: &str, op: &str, values: Vec<String>| -> Result<SelectorRequirement, String> {
-                let key = key.trim();
-                if key.is_empty() || key.contains(char::is_whitespace) {
-                    return Err(format!("selector term {t:?} has no valid key"));
-                }
-                Ok(SelectorRequirement {
-                    key: key.to_owned(),
-                    operator: op.to_owned(),
-                    values,
-                })
-            };
-        if let Some((k, rest)) = t.split_once(" notin ").or_else(|| t.split_once(" in ")) {
-            let op = if t.contains(" notin ") { "NotIn" } else { "In" };
-            let inner = rest
-                .trim()
-                .strip_prefix('(')
-                .and_then(|r| r.strip_suffix(')'))
-                .ok_or_else(|| format!("selector term {t:?}: values go in parentheses"))?;
-            let values: Vec<String> = inner
-                .split(',')
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-                .collect();
-            sel.match_expressions.push(req(k, op, values)?);
-        } else if let Some((k, v)) = t.split_once("!=") {
-            sel.match_expressions
-                .push(req(k, "NotIn", vec![v.trim().to_owned()])?);
-        } else if let Some((k, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
-            let k = req(k, "In", Vec::new())?.key;
-            sel.match_labels.insert(k, v.trim().to_owned());
-        } else if let Some(k) = t.strip_prefix('!') {
-            sel.match_expressions
-                .push(req(k, "DoesNotExist", Vec::new())?);
-        } else {
-            sel.match_expressions.push(req(t, "Exists", Vec::new())?);
-        }
-    }
-    sel.to_selector()?;
-    Ok(sel)
-}
-
-/// Splits at commas outside parentheses.
-fn split_terms(s: &str) -> Vec<&str> {
-    let (mut out, mut depth, mut start) = (Vec::new(), 0i32, 0);
-    for (i, c) in s.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => {
-                out.push(&s[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(&s[start..]);
-    out
 }
 
 /// `twinflash rollout status` as a table: one line per rollout, then each failed Device with its
@@ -299,51 +230,7 @@ pub async fn fetch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::types::{FailedDevice, FirmwareRolloutStatus, Phase};
-
-    #[test]
-    fn selectors_parse_like_kubectl() {
-        let s = parse_selector("fleet=blinky, tier in (canary, edge),zone!=eu,hw,!legacy").unwrap();
-        assert_eq!(s.match_labels["fleet"], "blinky");
-        let ops: Vec<(&str, &str, usize)> = s
-            .match_expressions
-            .iter()
-            .map(|r| (r.key.as_str(), r.operator.as_str(), r.values.len()))
-            .collect();
-        assert_eq!(
-            ops,
-            [
-                ("tier", "In", 2),
-                ("zone", "NotIn", 1),
-                ("hw", "Exists", 0),
-                ("legacy", "DoesNotExist", 0)
-            ]
-        );
-        let labels = |kv: &[(&str, &str)]| {
-            kv.iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect()
-        };
-        assert!(s.matches(&labels(&[
-            ("fleet", "blinky"),
-            ("tier", "edge"),
-            ("hw", "x")
-        ])));
-        assert!(!s.matches(&labels(&[
-            ("fleet", "blinky"),
-            ("tier", "edge"),
-            ("hw", "x"),
-            ("legacy", "1")
-        ])));
-        assert!(!s.matches(&labels(&[
-            ("fleet", "blinky"),
-            ("tier", "lab"),
-            ("hw", "x")
-        ])));
-        assert_eq!(parse_selector("").unwrap(), DeviceSelector::default());
-        assert!(parse_selector("tier in canary").is_err());
-        assert!(parse_selector("=x").is_err());
-    }
+    use twinflash_rollout_api::{FailedDevice, FirmwareRolloutStatus, Phase};
 
     #[test]
     fn flags_make_a_valid_rollout_or_one_clear_error() {

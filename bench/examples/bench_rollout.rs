@@ -3,7 +3,7 @@
 //! stuck Devices that time out), one reconcile every 15 s of simulated time. Prints, per wave, the
 //! planner time per reconcile and the process's peak RSS, as markdown rows.
 //!
-//! Run: `cargo run --release -p twinflash-cloud --example bench_rollout [devices]`.
+//! Run: `cargo run --release -p twinflash-bench --example bench_rollout [devices]`.
 //! It times the pure planner and status aggregation only (the simulated fleet's own work and the
 //! API server round trips are outside the measured span).
 

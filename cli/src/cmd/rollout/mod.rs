@@ -1,8 +1,11 @@
 //! `twinflash rollout`: create, watch, pause, resume and abort staged FirmwareRollouts (twinflash.io/v1alpha1).
-//! The planning is twinflash-cloud's; this verb only writes the FirmwareRollout object and reads its status.
+//! The planning is twinflash-cloud's; this verb only writes the FirmwareRollout object and reads its status
+//! (types from `twinflash-rollout-api`, so the CLI does not link the controller).
+
+mod ops;
 
 use anyhow::Context;
-use twinflash_cloud::rollout::cli as rc;
+use ops as rc;
 
 /// Staged firmware rollouts over Devices: waves, failure threshold, automatic abort and rollback.
 #[derive(Debug, clap::Args)]

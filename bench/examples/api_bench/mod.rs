@@ -146,7 +146,7 @@ pub fn cloud_binary() -> anyhow::Result<PathBuf> {
         .context("no directory above the driver")?;
     if !bin.exists() {
         bail!(
-            "{} is missing: build it with `cargo build --release -p twinflash-cloud --bins --examples`",
+            "{} is missing: build it with `cargo build --release -p twinflash-cloud --bins -p twinflash-bench --examples`",
             bin.display()
         );
     }

@@ -5,7 +5,7 @@
 //! the figure is the time until all new intents reached a subscriber, and until every status record
 //! and Event was written. Also: the controller's peak RSS and the API requests it made.
 //!
-//! `cargo build --release -p twinflash-cloud --bins --examples &&
+//! `cargo build --release -p twinflash-cloud --bins -p twinflash-bench --examples &&
 //!  target/release/examples/bench_controller_api [devices]`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a benchmark driver
 

@@ -3,7 +3,7 @@
 //! mosquitto, and a subscriber counts the intents that arrive. Prints the time until all arrived and the process's
 //! peak RSS as a markdown row.
 //!
-//! `cargo run --release -p twinflash-cloud --example bench_controller [devices]`
+//! `cargo run --release -p twinflash-bench --example bench_controller [devices]`
 //! No API server can run here, so the watch that feeds the cache and the status patches after each publish are
 //! not part of the figure; everything between them and the broker is.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a benchmark driver

@@ -1,10 +1,10 @@
 //! Benchmarks of the agent (issue 5), run by scripts/bench.sh; prints one markdown table row per figure.
 //!
-//! `cargo run --release -p twinflash-edge --example bench_agent -- [latency|rss|fleet] [args]`
+//! `cargo build --release -p twinflash-edge --bins && cargo run --release -p twinflash-bench --example bench_agent -- [latency|rss|fleet] [args]`
 //! Uses the same real services and fixtures as the integration tests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a benchmark driver
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../../edge-module/tests/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};
