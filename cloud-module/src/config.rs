@@ -77,49 +77,12 @@ pub struct WatchConfig {
     pub label_selector: Option<String>,
 }
 
-/// Topic layout of the device id (docs/kubeedge.md section 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TopicLayout {
-    /// `{namespace}/{name}` (KubeEdge >= 1.16.2).
-    #[default]
-    Namespaced,
-    /// `{name}` (KubeEdge <= 1.15).
-    Legacy,
-}
+/// The MQTT connection: the settings every twinflash program shares (`twinflash_mqtt::MqttSettings`). An empty
+/// `client_id` means `twinflash-cloud`; the password is read from `password_file` (never written in the config).
+pub type MqttConfig = twinflash_mqtt::MqttSettings;
 
-/// The MQTT connection.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MqttConfig {
-    /// `mqtt://host:port` or `mqtts://host:port` (also `tcp://`, `ssl://`).
-    pub url: String,
-    /// Client id (persistent session: must be stable and unique).
-    #[serde(default = "default_client_id")]
-    pub client_id: String,
-    /// Optional user name.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Optional file holding the password (never the password itself in the config).
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// CA bundle for `mqtts`.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate (with `key_file`) for mutual TLS.
-    #[serde(default)]
-    pub cert_file: Option<PathBuf>,
-    /// Client key (with `cert_file`).
-    #[serde(default)]
-    pub key_file: Option<PathBuf>,
-    /// Device id layout in topics.
-    #[serde(default)]
-    pub topic_layout: TopicLayout,
-}
-
-fn default_client_id() -> String {
-    "twinflash-cloud".to_owned()
-}
+/// The controller's MQTT client id when none is configured.
+pub const DEFAULT_CLIENT_ID: &str = "twinflash-cloud";
 
 /// Registry access.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
@@ -210,12 +173,15 @@ impl Config {
             .list_separator(",")
             .with_list_parse_key("registry.plain_http")
             .source(env.map(|m| m.into_iter().collect()));
-        let cfg: Config = builder
+        let mut cfg: Config = builder
             .add_source(env_source)
             .build()
             .map_err(load_err)?
             .try_deserialize()
             .map_err(load_err)?;
+        if cfg.mqtt.client_id.is_empty() {
+            cfg.mqtt.client_id = DEFAULT_CLIENT_ID.to_owned();
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -246,12 +212,6 @@ impl Config {
             .is_none_or(|(_, rest)| rest.is_empty())
         {
             return invalid("mqtt.url", "has no host");
-        }
-        if self.mqtt.client_id.is_empty() {
-            return invalid(
-                "mqtt.client_id",
-                "must not be empty (persistent sessions need it)",
-            );
         }
         if self.mqtt.cert_file.is_some() != self.mqtt.key_file.is_some() {
             return invalid("mqtt.cert_file", "cert_file and key_file go together");

@@ -47,7 +47,7 @@ listen = "127.0.0.1:9200"
     assert_eq!(c.status_location, StatusLocation::Device);
     assert_eq!(c.resync_period(), Duration::from_secs(60));
     assert_eq!(c.namespace(), Some("fleet"));
-    assert_eq!(c.mqtt.topic_layout, TopicLayout::Legacy);
+    assert_eq!(c.mqtt.topic_layout, mqtt_schema::TopicLayout::Legacy);
     assert_eq!(
         c.registry.plain_http,
         vec!["registry.local:5000".to_owned()]
@@ -131,10 +131,6 @@ fn bad_values_are_errors() {
         ("[mqtt]\nclient_id = \"x\"\n", "load"),
         ("[mqtt]\nurl = \"http://h:1\"\n", "mqtt.url"),
         ("[mqtt]\nurl = \"mqtt://\"\n", "mqtt.url"),
-        (
-            "[mqtt]\nurl = \"mqtt://h:1\"\nclient_id = \"\"\n",
-            "mqtt.client_id",
-        ),
         (
             "[mqtt]\nurl = \"mqtts://h:1\"\ncert_file = \"/c\"\n",
             "mqtt.cert_file",

@@ -22,9 +22,6 @@ use crate::direct::{Action, Relay, device_id};
 use crate::seams::{IntentSink, SinkError, StatusWriter};
 use mqtt_schema::DeviceId;
 
-/// Longest pause between two reconnect attempts.
-pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
-
 /// The MQTT connection cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
@@ -36,19 +33,9 @@ pub enum MqttError {
         /// Why.
         reason: String,
     },
-    /// The URL or the TLS settings cannot be used.
+    /// The URL, the TLS settings or the password file cannot be used.
     #[error(transparent)]
     Connection(twinflash_mqtt::MqttError),
-    /// A TLS or password file could not be read.
-    #[error("{key} {}: {source}", path.display())]
-    File {
-        /// The configuration key.
-        key: &'static str,
-        /// The file.
-        path: std::path::PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
 }
 
 impl MqttError {
@@ -58,40 +45,16 @@ impl MqttError {
     }
 }
 
-/// The topic layout of the configuration in mqtt-schema's terms.
+/// The topic layout of the configuration.
 pub fn layout(cfg: &MqttConfig) -> TopicLayout {
-    match cfg.topic_layout {
-        config::TopicLayout::Namespaced => TopicLayout::Namespaced,
-        config::TopicLayout::Legacy => TopicLayout::Legacy,
-    }
+    cfg.topic_layout
 }
 
 /// The rumqttc options for `cfg` (clean session: every intent is republished at each CONNACK). The connection
-/// setup itself (URL, TLS, mutual TLS) is the shared `twinflash-mqtt`'s; this adds the password file.
+/// setup itself (URL, TLS, mutual TLS, the password file) is the shared `twinflash-mqtt`'s.
 pub fn mqtt_options(cfg: &MqttConfig) -> Result<MqttOptions, MqttError> {
-    let password = match (&cfg.username, &cfg.password_file) {
-        (Some(_), Some(p)) => Some(
-            String::from_utf8_lossy(&std::fs::read(p).map_err(|source| MqttError::File {
-                key: "mqtt.password_file",
-                path: p.clone(),
-                source,
-            })?)
-            .trim_end_matches(['\r', '\n'])
-            .to_owned(),
-        ),
-        (Some(_), None) => Some(String::new()),
-        _ => None,
-    };
-    let endpoint = twinflash_mqtt::Endpoint {
-        url: cfg.url.clone(),
-        username: cfg.username.clone(),
-        password,
-        ca_file: cfg.ca_file.clone(),
-        cert_file: cfg.cert_file.clone(),
-        key_file: cfg.key_file.clone(),
-        keep_alive_secs: 15,
-    };
-    twinflash_mqtt::options(&endpoint, &cfg.client_id, false).map_err(MqttError::Connection)
+    let client_id = cfg.client_id_or(config::DEFAULT_CLIENT_ID);
+    twinflash_mqtt::options(cfg, client_id, false).map_err(MqttError::Connection)
 }
 
 /// A rumqttc client with Nagle's algorithm off and a bounded connect time.
@@ -261,7 +224,14 @@ impl MqttSink {
             seq: std::sync::atomic::AtomicU64::new(0),
             reports,
         });
-        let task = tokio::spawn(connection(shared.clone(), events, resync, cancel, writer));
+        let task = tokio::spawn(connection(
+            shared.clone(),
+            events,
+            resync,
+            cfg.reconnect_max(),
+            cancel,
+            writer,
+        ));
         Ok((MqttSink { shared }, task))
     }
 
@@ -365,10 +335,11 @@ async fn connection(
     shared: Arc<Shared>,
     mut events: EventLoop,
     resync: Duration,
+    reconnect_max: Duration,
     cancel: CancellationToken,
     writer: Option<JoinHandle<()>>,
 ) {
-    let backoff = || twinflash_mqtt::reconnect_backoff(RECONNECT_MAX);
+    let backoff = || twinflash_mqtt::reconnect_backoff(reconnect_max);
     let mut delays = backoff();
     let mut ticks = tokio::time::interval_at(
         tokio::time::Instant::now() + resync,
@@ -408,7 +379,7 @@ async fn connection(
                 } else {
                     debug!(error = %e, "MQTT connect failed");
                 }
-                let delay = delays.next().unwrap_or(RECONNECT_MAX);
+                let delay = delays.next().unwrap_or(reconnect_max);
                 tokio::select! {
                     () = cancel.cancelled() => break,
                     () = tokio::time::sleep(delay) => {}

@@ -15,7 +15,7 @@ use crate::device::Device;
 use crate::job::{self, JobContext};
 use crate::journal::Journal;
 use crate::link::ledger::Budget;
-use crate::link::{self, Link, LinkLimits};
+use crate::link::{Link, LinkLimits};
 use crate::metrics::{self, Metrics};
 use crate::plan::{self, ReadBack};
 use crate::report::ReportQueue;
@@ -167,11 +167,11 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
     let link = Arc::new(Link::new(
         &cfg.node,
         devices,
-        cfg.mqtt.topic_layout.into(),
+        cfg.mqtt.topic_layout,
         reports,
         metrics.clone(),
         LinkLimits {
-            reconnect_max: Duration::from_secs(cfg.mqtt.reconnect_max_secs.max(1)),
+            reconnect_max: cfg.mqtt.reconnect_max(),
             max_message: cfg.limits.max_message_bytes,
             report_budget: Budget {
                 burst: cfg.limits.report_burst,
@@ -181,15 +181,14 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
     ));
     let link_stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let endpoint = link::endpoint(&cfg.mqtt);
-    let sub_opts = twinflash_mqtt::options(&endpoint, &cfg.mqtt.client_id, true)?;
+    let sub_opts = twinflash_mqtt::options(&cfg.mqtt, &cfg.mqtt.client_id, true)?;
     let (sub_client, sub_events) = twinflash_mqtt::client(sub_opts);
     tasks.spawn(
         link.clone()
             .run_subscriber(sub_client, sub_events, link_stop.clone()),
     );
     let pub_opts =
-        twinflash_mqtt::options(&endpoint, &format!("{}-pub", cfg.mqtt.client_id), false)?;
+        twinflash_mqtt::options(&cfg.mqtt, &format!("{}-pub", cfg.mqtt.client_id), false)?;
     let (pub_client, pub_events) = twinflash_mqtt::client(pub_opts);
     tasks.spawn(
         link.clone()

@@ -37,59 +37,9 @@ pub struct EdgeConfig {
     pub devices: Vec<DeviceConfig>,
 }
 
-/// `[mqtt]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MqttConfig {
-    /// `mqtt://host:port` or `mqtts://host:port` (TLS).
-    pub url: String,
-    /// Stable client id of the persistent session; the report connection uses `<client_id>-pub`.
-    pub client_id: String,
-    /// Username, if the broker wants one.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Password, if the broker wants one.
-    #[serde(default)]
-    pub password: Option<String>,
-    /// CA certificate (PEM) that signs the broker's certificate.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS.
-    #[serde(default)]
-    pub cert_file: Option<PathBuf>,
-    /// Client key (PEM) for mutual TLS.
-    #[serde(default)]
-    pub key_file: Option<PathBuf>,
-    /// `namespaced` (`{ns}/{name}` in topics, KubeEdge >= 1.16.2, the default) or `legacy` (`{name}`).
-    #[serde(default)]
-    pub topic_layout: TopicLayoutName,
-    /// MQTT keep-alive in seconds.
-    #[serde(default = "default_keep_alive")]
-    pub keep_alive_secs: u64,
-    /// Cap of the reconnect backoff in seconds (exponential from 100 ms, with jitter).
-    #[serde(default = "default_reconnect_max")]
-    pub reconnect_max_secs: u64,
-}
-
-/// The topic layout, as written in the config.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TopicLayoutName {
-    /// `$hw/events/device/{namespace}/{name}/...`
-    #[default]
-    Namespaced,
-    /// `$hw/events/device/{name}/...`
-    Legacy,
-}
-
-impl From<TopicLayoutName> for mqtt_schema::TopicLayout {
-    fn from(l: TopicLayoutName) -> Self {
-        match l {
-            TopicLayoutName::Namespaced => mqtt_schema::TopicLayout::Namespaced,
-            TopicLayoutName::Legacy => mqtt_schema::TopicLayout::Legacy,
-        }
-    }
-}
+/// `[mqtt]`: the settings every twinflash program shares (`twinflash_mqtt::MqttSettings`). The agent's
+/// `client_id` names its persistent session (the report connection uses `<client_id>-pub`); it is required.
+pub type MqttConfig = twinflash_mqtt::MqttSettings;
 
 /// `[registry]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -306,12 +256,6 @@ pub struct DeviceConfig {
     pub flasher: FlasherConfig,
 }
 
-fn default_keep_alive() -> u64 {
-    30
-}
-fn default_reconnect_max() -> u64 {
-    30
-}
 fn default_max_artifact() -> u64 {
     64 * 1024 * 1024
 }
@@ -450,7 +394,7 @@ impl EdgeConfig {
         }
         let mut seen = HashSet::new();
         for (i, d) in self.devices.iter().enumerate() {
-            if let Err(e) = mqtt_schema::DeviceId::parse(&d.id, self.mqtt.topic_layout.into()) {
+            if let Err(e) = mqtt_schema::DeviceId::parse(&d.id, self.mqtt.topic_layout) {
                 return Err(invalid(
                     format!("devices[{i}].id"),
                     &format!(

@@ -29,7 +29,7 @@ size = 65536
 fn the_documented_example_loads() {
     let cfg = EdgeConfig::load(&example()).unwrap();
     assert_eq!(cfg.devices.len(), 3);
-    assert_eq!(cfg.mqtt.topic_layout, TopicLayoutName::Namespaced);
+    assert_eq!(cfg.mqtt.topic_layout, mqtt_schema::TopicLayout::Namespaced);
     assert_eq!(cfg.registry.mirrors.len(), 1);
     assert!(matches!(
         cfg.devices[2].flasher,

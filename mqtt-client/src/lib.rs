@@ -38,37 +38,103 @@ pub fn is_oversized(err: &rumqttc::ConnectionError) -> bool {
     )
 }
 
-/// Where and how to connect.
+/// The `[mqtt]` settings of every twinflash program: the agent's and the controller's config sections are this one
+/// type, and the CLI fills it from its flags. Unknown keys are errors that name the key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Endpoint {
+#[serde(deny_unknown_fields)]
+pub struct MqttSettings {
     /// `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]` (TLS, default port 8883); `tcp://` and
     /// `ssl://` are accepted as their aliases.
     pub url: String,
+    /// Client id. A persistent session (the agent) needs it stable and unique; empty means the program's default.
+    #[serde(default)]
+    pub client_id: String,
     /// Username, if the broker wants one.
+    #[serde(default)]
     pub username: Option<String>,
-    /// Password, if the broker wants one.
+    /// Password, if the broker wants one (prefer `password_file`, or an environment override).
+    #[serde(default)]
     pub password: Option<String>,
+    /// File holding the password (a mounted Secret); its trailing newline is ignored.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     /// CA certificate (PEM) that signs the broker's certificate; required for `mqtts://`.
+    #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS.
+    #[serde(default)]
     pub cert_file: Option<PathBuf>,
     /// Client key (PEM) for mutual TLS.
+    #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// `namespaced` (`{ns}/{name}` in topics, KubeEdge >= 1.16.2, the default) or `legacy` (`{name}`).
+    #[serde(default)]
+    pub topic_layout: mqtt_schema::TopicLayout,
     /// Keep-alive in seconds (at least 5).
+    #[serde(default = "default_keep_alive")]
     pub keep_alive_secs: u64,
+    /// Cap of the reconnect backoff in seconds (exponential from 100 ms, with jitter).
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_secs: u64,
 }
 
-impl Endpoint {
-    /// A plain endpoint with defaults for everything but the URL.
-    pub fn new(url: impl Into<String>) -> Endpoint {
-        Endpoint {
+fn default_keep_alive() -> u64 {
+    30
+}
+
+fn default_reconnect_max() -> u64 {
+    30
+}
+
+impl MqttSettings {
+    /// Settings with defaults for everything but the URL.
+    pub fn new(url: impl Into<String>) -> MqttSettings {
+        MqttSettings {
             url: url.into(),
+            client_id: String::new(),
             username: None,
             password: None,
+            password_file: None,
             ca_file: None,
             cert_file: None,
             key_file: None,
-            keep_alive_secs: 30,
+            topic_layout: mqtt_schema::TopicLayout::default(),
+            keep_alive_secs: default_keep_alive(),
+            reconnect_max_secs: default_reconnect_max(),
+        }
+    }
+
+    /// The client id, or `default` when none is configured.
+    pub fn client_id_or<'a>(&'a self, default: &'a str) -> &'a str {
+        if self.client_id.is_empty() {
+            default
+        } else {
+            &self.client_id
+        }
+    }
+
+    /// The cap of the reconnect backoff (at least 1 s).
+    pub fn reconnect_max(&self) -> Duration {
+        Duration::from_secs(self.reconnect_max_secs.max(1))
+    }
+
+    /// The password: `password`, else the content of `password_file` (trailing newline removed).
+    pub fn password(&self) -> Result<Option<String>, MqttError> {
+        match (&self.password, &self.password_file) {
+            (Some(p), _) => Ok(Some(p.clone())),
+            (None, Some(file)) => {
+                let bytes = std::fs::read(file).map_err(|cause| MqttError::File {
+                    what: "mqtt.password_file",
+                    path: file.clone(),
+                    cause,
+                })?;
+                Ok(Some(
+                    String::from_utf8_lossy(&bytes)
+                        .trim_end_matches(['\r', '\n'])
+                        .to_owned(),
+                ))
+            }
+            (None, None) => Ok(None),
         }
     }
 }
@@ -79,10 +145,10 @@ pub enum MqttError {
     /// The URL is not `mqtt://host[:port]` or `mqtts://host[:port]`, or TLS settings are incomplete.
     #[error("mqtt url {url:?}: {reason}")]
     Url { url: String, reason: String },
-    /// A TLS file could not be read (`what` is its configuration key, e.g. `mqtt.ca_file`). The cause is part of
-    /// the message, not a separate source, so a chained report prints it once.
+    /// A TLS or password file could not be read (`what` is its configuration key, e.g. `mqtt.ca_file`). The cause
+    /// is part of the message, not a separate source, so a chained report prints it once.
     #[error("{what} {}: {cause}", path.display())]
-    TlsFile {
+    File {
         what: &'static str,
         path: PathBuf,
         cause: std::io::Error,
@@ -127,7 +193,7 @@ pub fn parse_url(url: &str) -> Result<(String, u16, bool), MqttError> {
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, MqttError> {
-    std::fs::read(path).map_err(|cause| MqttError::TlsFile {
+    std::fs::read(path).map_err(|cause| MqttError::File {
         what,
         path: path.to_owned(),
         cause,
@@ -137,7 +203,7 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, MqttError> {
 /// rumqttc options for `endpoint`. `persistent`: a session the broker keeps (clean_session false) with manual acks;
 /// otherwise a clean session with automatic acks.
 pub fn options(
-    endpoint: &Endpoint,
+    endpoint: &MqttSettings,
     client_id: &str,
     persistent: bool,
 ) -> Result<MqttOptions, MqttError> {
@@ -154,8 +220,8 @@ pub fn options(
         .set_keep_alive(Duration::from_secs(endpoint.keep_alive_secs.max(5)))
         .set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET)
         .set_request_channel_capacity(4096);
-    if let (Some(u), Some(p)) = (&endpoint.username, &endpoint.password) {
-        opts.set_credentials(u.clone(), p.clone());
+    if let Some(u) = &endpoint.username {
+        opts.set_credentials(u.clone(), endpoint.password()?.unwrap_or_default());
     }
     if tls {
         let Some(ca_file) = &endpoint.ca_file else {
@@ -234,7 +300,7 @@ mod tests {
 
     #[test]
     fn tls_needs_a_ca_and_both_halves_of_a_client_certificate() {
-        let mut e = Endpoint::new("mqtts://127.0.0.1:8883");
+        let mut e = MqttSettings::new("mqtts://127.0.0.1:8883");
         assert!(
             options(&e, "c", false)
                 .unwrap_err()
@@ -257,17 +323,45 @@ mod tests {
                 .contains("/nonexistent")
         );
         assert!(
-            options(&Endpoint::new("mqtt://h"), "", true).is_err(),
+            options(&MqttSettings::new("mqtt://h"), "", true).is_err(),
             "empty client id"
         );
     }
 
     #[test]
     fn persistent_sessions_ack_by_hand() {
-        let o = options(&Endpoint::new("mqtt://h:1"), "c", true).unwrap();
+        let o = options(&MqttSettings::new("mqtt://h:1"), "c", true).unwrap();
         assert!(!o.clean_session() && o.manual_acks());
-        let o = options(&Endpoint::new("mqtt://h:1"), "c", false).unwrap();
+        let o = options(&MqttSettings::new("mqtt://h:1"), "c", false).unwrap();
         assert!(o.clean_session() && !o.manual_acks());
+    }
+
+    #[test]
+    fn settings_read_with_defaults_refuse_unknown_keys_and_read_the_password_file() {
+        let s: MqttSettings =
+            serde_json::from_str(r#"{"url":"mqtt://h","topic_layout":"legacy"}"#).unwrap();
+        assert_eq!(s.topic_layout, mqtt_schema::TopicLayout::Legacy);
+        assert_eq!((s.keep_alive_secs, s.reconnect_max_secs), (30, 30));
+        assert_eq!(s.client_id_or("twinflash-cloud"), "twinflash-cloud");
+        let err = serde_json::from_str::<MqttSettings>(r#"{"url":"mqtt://h","pasword":"x"}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("pasword"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let mut s = MqttSettings::new("mqtt://h");
+        s.password_file = Some(file);
+        assert_eq!(s.password().unwrap().as_deref(), Some("s3cret"));
+        s.password = Some("inline".into());
+        assert_eq!(s.password().unwrap().as_deref(), Some("inline"));
+        s.password = None;
+        s.password_file = Some(dir.path().join("missing"));
+        assert!(
+            s.password()
+                .unwrap_err()
+                .to_string()
+                .contains("mqtt.password_file")
+        );
     }
 
     #[test]

@@ -47,14 +47,14 @@ impl MqttArgs {
 
     /// Connects with a clean session and waits for the broker's CONNACK (at most 10 s).
     pub async fn connect(&self, who: &str) -> anyhow::Result<(AsyncClient, EventLoop)> {
-        let endpoint = twinflash_mqtt::Endpoint {
-            url: self.url.clone(),
+        let endpoint = twinflash_mqtt::MqttSettings {
             username: self.mqtt_username.clone(),
             password: self.mqtt_password.clone(),
             ca_file: self.mqtt_ca_file.clone(),
             cert_file: self.mqtt_cert_file.clone(),
             key_file: self.mqtt_key_file.clone(),
-            keep_alive_secs: 30,
+            topic_layout: self.layout,
+            ..twinflash_mqtt::MqttSettings::new(self.url.clone())
         };
         let client_id = format!("twinflash-{who}-{}", std::process::id());
         let opts = twinflash_mqtt::options(&endpoint, &client_id, false)

@@ -18,26 +18,12 @@ use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, Publish, QoS};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::MqttConfig;
 use crate::device::{Ask, Device};
 use crate::metrics::Metrics;
 use crate::quiet::Quiet;
 use crate::report::{Report, ReportQueue};
 use crate::wire::{self, Incoming, Intent};
 use ledger::{Budget, Ledger, Sent};
-
-/// The agent's MQTT endpoint from its `[mqtt]` settings.
-pub fn endpoint(cfg: &MqttConfig) -> twinflash_mqtt::Endpoint {
-    twinflash_mqtt::Endpoint {
-        url: cfg.url.clone(),
-        username: cfg.username.clone(),
-        password: cfg.password.clone(),
-        ca_file: cfg.ca_file.clone(),
-        cert_file: cfg.cert_file.clone(),
-        key_file: cfg.key_file.clone(),
-        keep_alive_secs: cfg.keep_alive_secs,
-    }
-}
 
 fn now_ms() -> i64 {
     SystemTime::now()
