@@ -1,19 +1,16 @@
 //! Benchmarks of the agent (issue 5), run by scripts/bench.sh; prints one markdown table row per figure.
 //!
 //! `cargo build --release -p twinflash-edge --bins && cargo run --release -p twinflash-bench --example bench_agent -- [latency|rss|fleet] [args]`
-//! Uses the same real services and fixtures as the integration tests.
+//! Uses the same real services and fixtures as the integration tests (twinflash-testkit).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a benchmark driver
-
-#[path = "../../edge-module/tests/support/mod.rs"]
-mod support;
 
 use std::time::{Duration, Instant};
 
 use mqtt_schema::gojson::decode;
 use mqtt_schema::{DeviceTwinUpdate, TopicLayout};
 use rumqttc::{Event, MqttOptions, Packet, QoS};
-use support::{Agent, AgentSpec, Cloud, image, init, push};
 use twinflash_harness::{Mosquitto, Registry};
+use twinflash_testkit::{Agent, AgentSpec, CHIP, Cloud, image, init, push};
 
 fn rss_kib(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -42,7 +39,7 @@ async fn latency(n: usize) {
         "fw/a:1.0.0",
         &image(1, 1024),
         "1.0.0",
-        support::CHIP,
+        CHIP,
     )
     .await;
     let b = push(
@@ -51,7 +48,7 @@ async fn latency(n: usize) {
         "fw/a:1.0.1",
         &image(2, 1024),
         "1.0.1",
-        support::CHIP,
+        CHIP,
     )
     .await;
     let agent = Agent::start(AgentSpec {
@@ -164,15 +161,7 @@ async fn rss(mib: usize) {
     let registry = Registry::start().unwrap();
     let size = mib * 1024 * 1024;
     let fw = image(3, size);
-    let reference = push(
-        &registry,
-        dir.path(),
-        "fw/big:1.0.0",
-        &fw,
-        "1.0.0",
-        support::CHIP,
-    )
-    .await;
+    let reference = push(&registry, dir.path(), "fw/big:1.0.0", &fw, "1.0.0", CHIP).await;
     drop(fw);
     let agent = Agent::start(AgentSpec {
         registry_extra: format!("max_artifact_bytes = {}\n", size * 2),
@@ -235,7 +224,7 @@ async fn fleet_multi(agents: usize, per_agent: usize, kib: usize) {
         "fw/fleet:2.0.0",
         &image(5, kib * 1024),
         "2.0.0",
-        support::CHIP,
+        CHIP,
     )
     .await;
     let cloud = Cloud::connect(&mqtt, "cloud").await;

@@ -4,18 +4,16 @@
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mqtt_schema::DeviceId;
-use support::{Observer, init, wait_until};
 use tokio_util::sync::CancellationToken;
 use twinflash_cloud::config::{Config, Mode};
 use twinflash_cloud::mqtt::MqttSink;
 use twinflash_cloud::seams::IntentSink;
 use twinflash_harness::{Fault, FaultProxy, Mosquitto};
+use twinflash_testkit::{Observer, init, wait_until};
 
 const FILTER: &str = "$hw/events/device/+/+/twin/update";
 /// A resync period that never elapses during a test.

@@ -3,20 +3,18 @@
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mqtt_schema::DeviceId;
-use support::{Observer, init, wait_until};
 use tokio_util::sync::CancellationToken;
 use twinflash_cloud::config::{Config, Mode};
 use twinflash_cloud::metrics::MQTT_DROPPED_OVERSIZED;
 use twinflash_cloud::mqtt::MqttSink;
 use twinflash_cloud::seams::IntentSink;
 use twinflash_harness::Mosquitto;
+use twinflash_testkit::{Observer, init, wait_until};
 
 const HOUR: Duration = Duration::from_secs(3600);
 

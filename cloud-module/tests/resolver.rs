@@ -4,12 +4,10 @@
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
-use support::{image, init, push};
 use twinflash_cloud::resolver::RegistryResolver;
 use twinflash_cloud::seams::{ArtifactResolver, ResolveError};
 use twinflash_harness::Registry;
+use twinflash_testkit::{image, init, push};
 
 #[tokio::test]
 async fn tags_pin_to_digests_and_annotations_are_read() {

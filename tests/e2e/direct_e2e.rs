@@ -1,21 +1,21 @@
 //! `direct` mode end to end: real mosquitto, real registry, a real `twinflash-edge` with
 //! simulated devices, and the relay of twinflash-cloud in edgecore's place. The intent converges
 //! and the recorded status carries the reported firmware, version and state.
+//!
+//! The agent binary comes from `twinflash_testkit::agent_binary` (beside this test, else built by it).
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use mqtt_schema::DeviceId;
-use support::{Agent, CHIP, Observer, image, init, push, wait_until};
 use tokio_util::sync::CancellationToken;
 use twinflash_cloud::config::{Config, Mode};
 use twinflash_cloud::mqtt::MqttSink;
 use twinflash_cloud::seams::{IntentSink, MemoryStatusWriter};
 use twinflash_harness::{Fault, FaultProxy, Mosquitto, Registry};
+use twinflash_testkit::{Agent, AgentSpec, CHIP, Observer, image, init, push, wait_until};
 
 fn key(i: usize) -> DeviceId {
     DeviceId::namespaced("default", format!("sim-{i:02}")).unwrap()
@@ -66,7 +66,10 @@ async fn direct_mode_converges_with_a_real_agent_and_survives_an_outage() {
     .unwrap();
     wait_until(|| sink.is_connected(), || "relay connected".into()).await;
 
-    let agent = Agent::start(dir.path(), mqtt.port(), &registry.host(), 2);
+    let agent = Agent::start(AgentSpec {
+        client_id: "agent-e2e".into(),
+        ..AgentSpec::new(dir.path(), mqtt.port(), vec![registry.host()], 2)
+    });
     // The agent's first reports (idle) reach the status through the relay.
     wait_until(
         || {

@@ -3,23 +3,26 @@
 //! three `twinflash-edge` agents with ten simulated devices each. A FirmwareRollout whose second
 //! wave meets devices armed to fail their flash aborts at the threshold, rolls the changed Devices
 //! back, and its status names exactly the devices that failed and their code.
+//!
+//! The binaries come from `twinflash_testkit::{agent_binary, cloud_binary}`: beside this test in the target
+//! directory (`cargo test --workspace` builds them first), else built by the test itself.
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Child, Command};
 
 use serde_json::{Value, json};
-use support::{Agent, AgentSpec, CHIP, image, init, push, wait_until};
 use twinflash_cloud::rollout::plan::threshold_crossed;
 use twinflash_cloud::rollout::{
     DeviceSelector, FailureThreshold, FirmwareRollout, FirmwareRolloutSpec, FirmwareRolloutStatus,
     Phase, SelectorRequirement, Strategy,
 };
 use twinflash_harness::{FakeApi, Mosquitto, Registry, free_port};
+use twinflash_testkit::{
+    Agent, AgentSpec, CHIP, SimDevice, cloud_binary, image, init, push, wait_until,
+};
 
 const NS: &str = "default";
 const DEVICES: usize = 30;
@@ -175,7 +178,7 @@ impl Cloud {
         .unwrap();
         let log = dir.join("cloud.log");
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_twinflash-cloud"))
+        let child = Command::new(cloud_binary())
             .arg("--config")
             .arg(&config)
             .env("KUBECONFIG", kubeconfig)
@@ -289,22 +292,18 @@ async fn scenario(location: Location) {
     // Three agents, ten devices each. A rollback installs an older version: allow_downgrade.
     let agents: Vec<Agent> = (0..DEVICES / PER_AGENT)
         .map(|a| {
-            let spec = AgentSpec {
+            let agent_dir = dir.path().join(format!("agent-{a}"));
+            Agent::start(AgentSpec {
                 client_id: format!("agent-e2e-{a}"),
                 node: format!("node-{a}"),
-                devices: a * PER_AGENT..(a + 1) * PER_AGENT,
-                allow_downgrade: true,
+                first_device: a * PER_AGENT,
+                extra_device_toml: "allow_downgrade = true\n",
                 flash_attempts: 1,
-            };
-            Agent::start_with(
-                &dir.path().join(format!("agent-{a}")),
-                mqtt.port(),
-                &registry.host(),
-                &spec,
-            )
+                ..AgentSpec::new(&agent_dir, mqtt.port(), vec![registry.host()], PER_AGENT)
+            })
         })
         .collect();
-    let sims: Vec<&support::SimDevice> = agents.iter().flat_map(|a| a.devices.iter()).collect();
+    let sims: Vec<&SimDevice> = agents.iter().flat_map(|a| a.devices.iter()).collect();
     let cloud = Cloud::start(
         dir.path(),
         &kubeconfig,
