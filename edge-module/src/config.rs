@@ -171,11 +171,12 @@ pub struct Limits {
     /// `twinflash_edge_mqtt_dropped_messages_total{reason="oversized"}`). At most the transport's cap (16 MiB).
     #[serde(default = "default_max_message")]
     pub max_message_bytes: usize,
-    /// Reports of one device that may leave at once (an install's few states go out as they happen).
+    /// While a device's intents arrive faster than they complete (one replaced another before it ended): reports of
+    /// it that may leave at once. Otherwise every report leaves as soon as the one before it was acknowledged.
     #[serde(default = "default_report_burst")]
     pub report_burst: u32,
-    /// Past the burst, one report of a device per this many milliseconds; reports made meanwhile merge (the latest
-    /// value of each twin wins), so a storm of intents costs bounded messages.
+    /// Past that burst, one report of such a device per this many milliseconds; reports made meanwhile merge (the
+    /// latest value of each twin wins), so a storm of intents costs bounded messages.
     #[serde(default = "default_report_interval")]
     pub report_interval_ms: u64,
 }

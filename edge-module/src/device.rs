@@ -49,7 +49,12 @@ pub(crate) struct Inner {
     pub last_asked: Option<std::time::Instant>,
     /// A coalesced report for twin/get requests is scheduled.
     pub ask_pending: bool,
+    /// When an intent last replaced one that had not ended (intents arriving faster than they complete).
+    pub churn_at: Option<std::time::Instant>,
 }
+
+/// A device whose intents were superseded within this window reports within its budget.
+pub const CHURN_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Requests for the twin within this window are answered by one report.
 pub const ASK_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
@@ -122,9 +127,15 @@ impl Device {
         let mut next = inner.state.clone();
         match plan::on_intent(&mut next, intent, inner.flashing) {
             OnIntent::Unchanged => Ok(false),
-            OnIntent::Replace { cancel_download } => {
+            OnIntent::Replace {
+                cancel_download,
+                superseded,
+            } => {
                 self.journal.store(&next)?;
                 inner.state = next;
+                if superseded {
+                    inner.churn_at = Some(std::time::Instant::now());
+                }
                 if cancel_download && let Some(token) = inner.download_cancel.take() {
                     token.cancel();
                 }
@@ -202,6 +213,14 @@ impl Device {
             inner.last_asked = Some(now);
         }
         self.rereport(reports);
+    }
+
+    /// True while intents arrive faster than they complete (one superseded another within [`CHURN_WINDOW`]): the
+    /// publisher then holds the device's reports to its budget.
+    pub fn churning(&self, now: std::time::Instant) -> bool {
+        self.lock()
+            .churn_at
+            .is_some_and(|t| now.saturating_duration_since(t) < CHURN_WINDOW)
     }
 
     /// Asks the job to look at its state again (a re-report after a reconnect, a new intent).

@@ -2,10 +2,11 @@
 //!
 //! rumqttc numbers a publish only when it writes it (`Outgoing::Publish(pkid)`), in the order the publishes were
 //! handed over, so the ledger keeps them in a fifo until then and by packet id after. Its rules bound the work a
-//! storm of intents can cause: per device at most one report is in flight, and reports leave through a token bucket
-//! (a burst of `burst`, then one per `interval`), so an install's few states go out at once while a storm of intents
-//! costs at most one report per interval; later reports merge in the outbox meanwhile, the latest value of each twin
-//! winning.
+//! storm of intents can cause: per device at most one report is in flight, and while the device's intents arrive
+//! faster than they complete (one supersedes another before it ended) its reports leave through a token bucket (a
+//! burst of `burst`, then one per `interval`), so a storm of intents costs at most one report per interval, while an
+//! ordinary install, however quick, reports every state at once. Later reports merge in the outbox meanwhile, the
+//! latest value of each twin winning.
 //! A twin/get is sent at most once per device until its PUBACK. No I/O and no clock: the caller passes `now`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -79,10 +80,19 @@ impl Ledger {
     }
 
     /// Whether a report of `device` may be handed over at `now`; `Err` gives the instant it may, if waiting for the
-    /// budget is all that stops it.
-    pub fn may_report(&self, device: &str, now: Instant) -> Result<(), Option<Instant>> {
+    /// budget is all that stops it. The budget is held to only while `churning` (the device's intents arrive faster
+    /// than they complete); otherwise every report leaves as soon as the one before it was acknowledged.
+    pub fn may_report(
+        &self,
+        device: &str,
+        now: Instant,
+        churning: bool,
+    ) -> Result<(), Option<Instant>> {
         if self.busy.contains(device) {
             return Err(None);
+        }
+        if !churning {
+            return Ok(());
         }
         let Some(tokens) = self.tokens.get(device) else {
             return Ok(());
@@ -153,13 +163,13 @@ mod tests {
             burst: 1,
             interval: Duration::ZERO,
         });
-        assert_eq!(l.may_report("a", t0), Ok(()));
+        assert_eq!(l.may_report("a", t0, true), Ok(()));
         l.handed(report("a", 1), t0);
         // Neither the same report again nor a newer one of the same device while it is outstanding.
-        assert_eq!(l.may_report("a", t0), Err(None));
-        assert_eq!(l.may_report("a", t0), Err(None));
+        assert_eq!(l.may_report("a", t0, true), Err(None));
+        assert_eq!(l.may_report("a", t0, true), Err(None));
         // Other devices and gets are independent.
-        assert_eq!(l.may_report("b", t0), Ok(()));
+        assert_eq!(l.may_report("b", t0, true), Ok(()));
         l.handed(report("b", 1), t0);
         assert!(l.may_get("a"));
         l.handed(Sent::Get { device: "a".into() }, t0);
@@ -172,12 +182,12 @@ mod tests {
         assert_eq!(l.acked(8), None, "an ack counts once");
         assert_eq!(l.acked(42), None, "not ours");
         assert_eq!(
-            l.may_report("a", t0),
+            l.may_report("a", t0, true),
             Err(None),
             "a's report is still in flight"
         );
         assert_eq!(l.acked(7), Some(report("a", 1)));
-        assert_eq!(l.may_report("a", t0), Ok(()));
+        assert_eq!(l.may_report("a", t0, true), Ok(()));
         assert_eq!(l.acked(9), Some(Sent::Get { device: "a".into() }));
         assert!(l.may_get("a"));
     }
@@ -191,24 +201,28 @@ mod tests {
             interval: gap,
         });
         for pkid in 1..=3 {
-            assert_eq!(l.may_report("a", t0), Ok(()), "report {pkid} of the burst");
+            assert_eq!(
+                l.may_report("a", t0, true),
+                Ok(()),
+                "report {pkid} of the burst"
+            );
             l.handed(report("a", u64::from(pkid)), t0);
             l.written(pkid);
             l.acked(pkid);
         }
-        assert_eq!(l.may_report("a", t0), Err(Some(t0 + gap)));
+        assert_eq!(l.may_report("a", t0, true), Err(Some(t0 + gap)));
         assert_eq!(
-            l.may_report("b", t0),
+            l.may_report("b", t0, true),
             Ok(()),
             "devices have their own budget"
         );
-        assert_eq!(l.may_report("a", t0 + gap / 2), Err(Some(t0 + gap)));
-        assert_eq!(l.may_report("a", t0 + gap), Ok(()));
+        assert_eq!(l.may_report("a", t0 + gap / 2, true), Err(Some(t0 + gap)));
+        assert_eq!(l.may_report("a", t0 + gap, true), Ok(()));
         // A storm: 100 reports asked for over 10 intervals get 3 + 10 through.
         let mut sent = 0;
         for i in 0..100u32 {
             let now = t0 + gap * 10 * i / 100 + gap;
-            if l.may_report("c", now).is_ok() {
+            if l.may_report("c", now, true).is_ok() {
                 l.handed(report("c", u64::from(i)), now);
                 l.written(1000 + i as u16);
                 l.acked(1000 + i as u16);
@@ -231,7 +245,12 @@ mod tests {
         l.reset();
         assert!(l.may_get("a"));
         assert_eq!(l.acked(1), None);
-        assert!(l.may_report("a", t0).is_err(), "the budget is kept");
-        assert_eq!(l.may_report("a", t0 + Duration::from_secs(1)), Ok(()));
+        assert!(l.may_report("a", t0, true).is_err(), "the budget is kept");
+        assert_eq!(
+            l.may_report("a", t0, false),
+            Ok(()),
+            "and held to only while churning"
+        );
+        assert_eq!(l.may_report("a", t0 + Duration::from_secs(1), true), Ok(()));
     }
 }

@@ -470,7 +470,8 @@ impl Link {
     ) -> Option<Instant> {
         let mut due: Option<Instant> = None;
         for (device, pending) in self.reports.fronts() {
-            match ledger.may_report(&device, now) {
+            let churning = self.devices.get(&device).is_some_and(|d| d.churning(now));
+            match ledger.may_report(&device, now, churning) {
                 Ok(()) => {}
                 Err(later) => {
                     due = match (due, later) {

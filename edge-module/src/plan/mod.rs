@@ -86,7 +86,12 @@ pub enum OnIntent {
     /// The same intent as before (edgecore repeats deltas after every update): nothing changes.
     Unchanged,
     /// A new intent: record it; a download of an older intent is cancelled, a flash is never interrupted.
-    Replace { cancel_download: bool },
+    Replace {
+        cancel_download: bool,
+        /// The replaced intent had not ended yet (it was still being installed): intents arrive faster than they
+        /// complete, and the device's reports go through its budget for a while (see `link::ledger`).
+        superseded: bool,
+    },
 }
 
 /// The content identity of a digest-pinned reference: its digest (`sha256:<hex>`), or the whole string when it has
@@ -172,6 +177,7 @@ pub fn on_intent(state: &mut JobState, intent: &Intent, flashing: bool) -> OnInt
     if state.wanted.as_deref() == Some(reference) {
         return OnIntent::Unchanged;
     }
+    let superseded = matches!(next_step(state, u32::MAX), Step::Install { .. });
     state.wanted = Some(reference.to_owned());
     state.attempts = 0;
     if let Intent::Invalid { .. } = intent {
@@ -184,6 +190,7 @@ pub fn on_intent(state: &mut JobState, intent: &Intent, flashing: bool) -> OnInt
     }
     OnIntent::Replace {
         cancel_download: !flashing,
+        superseded,
     }
 }
 

@@ -100,7 +100,8 @@ fn repeated_intent_is_unchanged_and_new_one_cancels_only_downloads() {
     assert_eq!(
         on_intent(&mut st, &Intent::Valid(A.into()), false),
         OnIntent::Replace {
-            cancel_download: true
+            cancel_download: true,
+            superseded: false,
         }
     );
     for _ in 0..10 {
@@ -113,11 +114,21 @@ fn repeated_intent_is_unchanged_and_new_one_cancels_only_downloads() {
     assert_eq!(
         on_intent(&mut st, &Intent::Valid(B.into()), true),
         OnIntent::Replace {
-            cancel_download: false
+            cancel_download: false,
+            superseded: true,
         }
     );
     assert_eq!(st.wanted.as_deref(), Some(B));
     assert_eq!(st.attempts, 0, "a new intent starts its attempts afresh");
+    // Replacing an intent that ended (installed, or settled) is no churn.
+    st.installed = Some(B.into());
+    assert!(matches!(
+        on_intent(&mut st, &Intent::Valid(A.into()), false),
+        OnIntent::Replace {
+            superseded: false,
+            ..
+        }
+    ));
 }
 
 #[test]
