@@ -98,7 +98,7 @@ impl Metrics {
         let dropped = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "mqtt_dropped_messages",
-            "Inbound MQTT messages acknowledged and dropped unhandled (oversized, undecodable, invalid-reference, over-transport-cap)",
+            "Inbound MQTT messages not handled as sent, by reason: oversized, undecodable and over-transport-cap ones are dropped, an invalid-reference intent is journaled only as a bounded prefix and rejected",
             dropped.clone(),
         );
         Metrics {
