@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # The repository stands alone: no test, script or doc may need a file beside the checkout. Sourced by test.sh.
 #
-# tf_standalone_check: fails when a tracked file points beside the checkout (../shared, or a path that climbs out of
+# tf_standalone_check: fails when a tracked file points beside the checkout (a folder beside it such as shared/, or a path that climbs out of
 #   the workspace from CARGO_MANIFEST_DIR).
 # tf_standalone_run CMD...: runs CMD in a private mount namespace where the checkout's parent directory is an empty
 #   tmpfs holding only the checkout itself, so a test that reads a sibling folder fails with "not found" instead of
