@@ -82,15 +82,9 @@ pub fn device_json(i: usize, desired: &str) -> Value {
     })
 }
 
-/// A firmware image of `len` bytes whose content depends on `seed`.
-pub fn image(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
+pub use twinflash_testkit::image;
 
-/// Pushes `bytes` as a BIN artifact to `registry` with twinflash-artifact; returns the
-/// digest-pinned reference.
+/// Pushes `bytes` as a BIN artifact for the bench's chip (the test kit's push); returns the digest-pinned reference.
 pub async fn push(
     registry: &Registry,
     dir: &Path,
@@ -98,30 +92,7 @@ pub async fn push(
     bytes: &[u8],
     version: &str,
 ) -> anyhow::Result<String> {
-    let file = dir.join(format!("{}.bin", repo_tag.replace(['/', ':'], "_")));
-    std::fs::write(&file, bytes)?;
-    let tls = twinflash_artifact::TlsOptions {
-        plain_http: vec![registry.host()],
-        ..Default::default()
-    };
-    let req = twinflash_artifact::PushRequest {
-        reference: format!("{}/{repo_tag}", registry.host()),
-        file,
-        version: version.into(),
-        chip: CHIP.into(),
-        format: None,
-        base_address: Some(0x0800_0000),
-        annotations: BTreeMap::new(),
-    };
-    let pushed = twinflash_artifact::push(
-        &tls,
-        &twinflash_artifact::Credentials::default(),
-        &req,
-        |_, _| {},
-    )
-    .await
-    .with_context(|| format!("pushing {repo_tag}"))?;
-    Ok(pushed.pinned_reference)
+    Ok(twinflash_testkit::push(registry, dir, repo_tag, bytes, version, CHIP).await)
 }
 
 /// The `sha256:<hex>` digest of a pinned reference.
