@@ -14,7 +14,7 @@ use crate::config::{EdgeConfig, MirrorConfig};
 use crate::device::Device;
 use crate::job::{self, JobContext};
 use crate::journal::Journal;
-use crate::link::ledger::Budget;
+use crate::link::ledger::{Budget, Retry};
 use crate::link::{Link, LinkLimits};
 use crate::metrics::{self, Metrics};
 use crate::plan::{self, ReadBack};
@@ -158,6 +158,7 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
         shutdown: shutdown.clone(),
         metrics: metrics.clone(),
         retry_base: Duration::from_millis(500),
+        progress_interval: Duration::from_millis(cfg.twin.progress_interval_ms),
     });
     let mut jobs = JoinSet::new();
     for dev in devices.values() {
@@ -177,6 +178,13 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
                 burst: cfg.limits.report_burst,
                 interval: Duration::from_millis(cfg.limits.report_interval_ms),
             },
+            ack: cfg.twin.acknowledgement,
+            retry: Retry {
+                first: Duration::from_millis(cfg.twin.ack_timeout_ms),
+                max: Duration::from_secs(cfg.twin.retry_max_secs),
+            },
+            anti_entropy: (cfg.twin.anti_entropy_secs > 0)
+                .then(|| Duration::from_secs(cfg.twin.anti_entropy_secs)),
         },
     ));
     let link_stop = CancellationToken::new();

@@ -33,6 +33,9 @@ pub struct EdgeConfig {
     /// Prometheus metrics and health endpoints.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// How reports are acknowledged and kept true in edgecore's twin store.
+    #[serde(default)]
+    pub twin: TwinConfig,
     /// The devices this agent flashes.
     pub devices: Vec<DeviceConfig>,
 }
@@ -217,6 +220,69 @@ pub enum LogFormat {
     Json,
 }
 
+/// Who acknowledges a twin report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Acknowledgement {
+    /// edgecore's (or twinflash-cloud's relay's) `twin/update/result` carrying the report's `event_id`: the report
+    /// is in edgecore's store. A PUBACK only says the broker has it, and a broker with no edgecore subscribed (edgecore
+    /// reconnects every 5 s) PUBACKs and drops it (docs/kubeedge.md section 8).
+    #[default]
+    Edgecore,
+    /// The broker's PUBACK, for a lab broker with neither edgecore nor twinflash-cloud (nobody answers reports).
+    /// Nothing checks edgecore's store then: anti-entropy is off.
+    Broker,
+}
+
+/// `[twin]`: end-to-end acknowledged reports, anti-entropy and the progress budget (docs/operations.md section 8).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwinConfig {
+    /// Who acknowledges a report: `edgecore` (default) or `broker`.
+    #[serde(default)]
+    pub acknowledgement: Acknowledgement,
+    /// A report or `twin/get` unanswered this long is sent again (the wait doubles per attempt, with jitter).
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout_ms: u64,
+    /// Cap of that wait, in seconds.
+    #[serde(default = "default_retry_max")]
+    pub retry_max_secs: u64,
+    /// Every this many seconds (with up to 10 % jitter), and after every reconnect, the agent reads edgecore's
+    /// stored twin of each device (`twin/get`) and reports again only what differs from its own state. 0: only after
+    /// reconnects.
+    #[serde(default = "default_anti_entropy")]
+    pub anti_entropy_secs: u64,
+    /// Progress (`downloading:N`, `flashing:N`) of one device is reported at most once per this many milliseconds,
+    /// and only when it changed; states and results always go out.
+    #[serde(default = "default_progress_interval")]
+    pub progress_interval_ms: u64,
+}
+
+impl Default for TwinConfig {
+    fn default() -> Self {
+        TwinConfig {
+            acknowledgement: Acknowledgement::default(),
+            ack_timeout_ms: default_ack_timeout(),
+            retry_max_secs: default_retry_max(),
+            anti_entropy_secs: default_anti_entropy(),
+            progress_interval_ms: default_progress_interval(),
+        }
+    }
+}
+
+fn default_ack_timeout() -> u64 {
+    2_000
+}
+fn default_retry_max() -> u64 {
+    30
+}
+fn default_anti_entropy() -> u64 {
+    30
+}
+fn default_progress_interval() -> u64 {
+    1_000
+}
+
 /// `[metrics]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -385,6 +451,19 @@ impl EdgeConfig {
                     "must be between 1024 and the transport's cap of {} bytes",
                     twinflash_mqtt::MAX_INCOMING_PACKET
                 ),
+            ));
+        }
+        let t = &self.twin;
+        if t.ack_timeout_ms < 100 {
+            return Err(invalid(
+                "twin.ack_timeout_ms".into(),
+                "must be at least 100",
+            ));
+        }
+        if t.retry_max_secs == 0 || t.retry_max_secs * 1000 < t.ack_timeout_ms {
+            return Err(invalid(
+                "twin.retry_max_secs".into(),
+                "must be at least 1 and at least twin.ack_timeout_ms",
             ));
         }
         if self.devices.is_empty() {

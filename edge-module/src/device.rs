@@ -174,6 +174,14 @@ impl Device {
         inner.last_report = Some(report);
     }
 
+    /// The twin values of the last report made, if any (what anti-entropy compares edgecore's store with).
+    pub fn last_values(&self) -> Option<crate::report::outbox::TwinValues> {
+        self.lock()
+            .last_report
+            .as_ref()
+            .map(|r| r.values(&self.names))
+    }
+
     /// Queues the last report again (after a reconnect: edgecore does not queue edge-to-cloud syncs).
     pub fn rereport(&self, reports: &ReportQueue) {
         let inner = self.lock();

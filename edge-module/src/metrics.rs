@@ -30,6 +30,16 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WhatLabel {
+    what: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: i64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FlashLabel {
     backend: String,
     result: String,
@@ -46,6 +56,9 @@ pub struct Metrics {
     broker_connected: Gauge,
     outbox_depth: Gauge,
     dropped: Family<ReasonLabel, Counter>,
+    retries: Family<WhatLabel, Counter>,
+    edgecore_errors: Family<CodeLabel, Counter>,
+    repairs: Counter,
     ready: AtomicBool,
     /// Since when the broker link is down (None: up, or never connected yet: see `down_at_start`).
     broker_down_since: Mutex<Option<Instant>>,
@@ -92,7 +105,7 @@ impl Metrics {
         let outbox_depth = Gauge::default();
         registry.register(
             "outbox_depth",
-            "Twin reports waiting for a broker acknowledgement",
+            "Twin reports not acknowledged yet (by edgecore's result, or the PUBACK with twin.acknowledgement = broker)",
             outbox_depth.clone(),
         );
         let dropped = Family::<ReasonLabel, Counter>::default();
@@ -101,9 +114,30 @@ impl Metrics {
             "Inbound MQTT messages not handled as sent, by reason: oversized, undecodable and over-transport-cap ones are dropped, an invalid-reference intent is journaled only as a bounded prefix and rejected",
             dropped.clone(),
         );
+        let retries = Family::<WhatLabel, Counter>::default();
+        registry.register(
+            "twin_retries",
+            "Reports (what=report) and twin/get requests (what=twin-get) sent again because edgecore did not answer them in time",
+            retries.clone(),
+        );
+        let edgecore_errors = Family::<CodeLabel, Counter>::default();
+        registry.register(
+            "edgecore_errors",
+            "Error results edgecore answered to this agent's reports and twin/get requests, by code (404: the Device is unknown to edgecore)",
+            edgecore_errors.clone(),
+        );
+        let repairs = Counter::default();
+        registry.register(
+            "anti_entropy_repairs",
+            "Times edgecore's stored twin differed from a device's state and the agent reported again",
+            repairs.clone(),
+        );
         Metrics {
             registry,
             dropped,
+            retries,
+            edgecore_errors,
+            repairs,
             broker_down_since: Mutex::new(Some(Instant::now())),
             unready_after: Mutex::new(None),
             jobs,
@@ -114,6 +148,23 @@ impl Metrics {
             outbox_depth,
             ready: AtomicBool::new(false),
         }
+    }
+
+    /// A report or twin/get (`what`) is sent again.
+    pub fn retried(&self, what: &'static str) {
+        self.retries.get_or_create(&WhatLabel { what }).inc();
+    }
+
+    /// edgecore answered an error `code`.
+    pub fn edgecore_error(&self, code: i64) {
+        self.edgecore_errors
+            .get_or_create(&CodeLabel { code })
+            .inc();
+    }
+
+    /// Anti-entropy found edgecore's twin stale and the device reported again.
+    pub fn anti_entropy_repair(&self) {
+        self.repairs.inc();
     }
 
     /// Records the reported state of a device (`installed`, `downloading:40`, ...).

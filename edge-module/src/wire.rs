@@ -7,9 +7,11 @@
 
 use mqtt_schema::clip::prefix;
 use mqtt_schema::gojson::decode;
+use std::collections::BTreeMap;
+
 use mqtt_schema::{
-    DeviceTopicKind, DeviceTwinDelta, DeviceTwinResult, ErrorCode, FirmwareRef, Topic, TopicLayout,
-    TwinGetRequest, TwinNames,
+    DeviceTopicKind, DeviceTwinDelta, DeviceTwinResult, ErrorCode, FirmwareRef, ResultMessage,
+    Topic, TopicLayout, TwinGetRequest, TwinNames,
 };
 
 /// Bytes of an invalid reference that are kept (journal, outcome, logs).
@@ -71,8 +73,27 @@ pub enum Incoming {
     OwnGet { device: String },
     /// A delta or get result that carries no wanted firmware.
     NoIntent { device: String },
-    /// The wanted firmware of a managed device.
+    /// The wanted firmware of a managed device (from a delta).
     Intent { device: String, intent: Intent },
+    /// edgecore's answer to a `twin/update` (anyone's: the event id says whose). `code` is 0 on success, else the
+    /// error (400, 404) with its reason.
+    UpdateResult {
+        device: String,
+        event_id: String,
+        code: i64,
+        reason: String,
+    },
+    /// edgecore's stored twin of a managed device (the answer to anyone's `twin/get`): the wanted firmware, and the
+    /// `actual` value of each of the device's three twins that edgecore holds. `code` is 0, or the error (404: the
+    /// device is unknown to edgecore) with its reason and nothing else.
+    GetResult {
+        device: String,
+        event_id: String,
+        wanted: Option<Intent>,
+        actual: BTreeMap<String, String>,
+        code: i64,
+        reason: String,
+    },
 }
 
 /// Classifies one message. `names` gives the twin names of a managed device (None: not managed); `own_get_prefix`
@@ -124,14 +145,38 @@ pub fn classify<'a>(
         DeviceTopicKind::TwinUpdateDelta => {
             decode::<DeviceTwinDelta>(payload).map(|d| d.wanted(&names.firmware).map(str::to_owned))
         }
-        DeviceTopicKind::TwinGetResult => decode::<DeviceTwinResult>(payload).map(|r| {
-            r.twin
-                .as_ref()
-                .and_then(|t| t.get(&names.firmware))
-                .and_then(Option::as_ref)
-                .map(|t| t.expected_value().to_owned())
-                .filter(|v| !v.is_empty())
-        }),
+        DeviceTopicKind::TwinGetResult => {
+            return match get_result(payload, names) {
+                Ok((event_id, code, reason, wanted, actual)) => Incoming::GetResult {
+                    device,
+                    event_id,
+                    wanted: wanted.map(|w| Intent::from_twin(&w)),
+                    actual,
+                    code,
+                    reason,
+                },
+                Err(e) => Incoming::Malformed {
+                    device,
+                    code: e.code(),
+                    error: prefix(&e.to_string(), 256).to_owned(),
+                },
+            };
+        }
+        DeviceTopicKind::TwinUpdateResult => {
+            return match decode::<ResultMessage>(payload) {
+                Ok(r) => Incoming::UpdateResult {
+                    device,
+                    event_id: prefix(&r.base.event_id, 256).to_owned(),
+                    code: r.code,
+                    reason: prefix(&r.reason, 256).to_owned(),
+                },
+                Err(e) => Incoming::Malformed {
+                    device,
+                    code: e.code(),
+                    error: prefix(&e.to_string(), 256).to_owned(),
+                },
+            };
+        }
         _ => return Incoming::NoIntent { device },
     };
     match wanted {
@@ -146,6 +191,41 @@ pub fn classify<'a>(
             error: prefix(&e.to_string(), 256).to_owned(),
         },
     }
+}
+
+/// A get result's parts: event id, error code and reason, the wanted firmware, and the device's actual values.
+type GetParts = (
+    String,
+    i64,
+    String,
+    Option<String>,
+    BTreeMap<String, String>,
+);
+
+fn get_result(
+    payload: &[u8],
+    names: &TwinNames,
+) -> Result<GetParts, mqtt_schema::gojson::DecodeError> {
+    let status = decode::<ResultMessage>(payload)?;
+    let event_id = prefix(&status.base.event_id, 256).to_owned();
+    let reason = prefix(&status.reason, 256).to_owned();
+    if status.code != 0 {
+        return Ok((event_id, status.code, reason, None, BTreeMap::new()));
+    }
+    let r = decode::<DeviceTwinResult>(payload)?;
+    let wanted = r
+        .twin(&names.firmware)
+        .map(|t| t.expected_value().to_owned())
+        .filter(|v| !v.is_empty());
+    let actual = [&names.firmware, &names.version, &names.state]
+        .into_iter()
+        .filter_map(|n| {
+            let t = r.twin(n)?;
+            t.actual.as_ref()?;
+            Some((n.clone(), t.actual_value().to_owned()))
+        })
+        .collect();
+    Ok((event_id, 0, reason, wanted, actual))
 }
 
 #[cfg(test)]

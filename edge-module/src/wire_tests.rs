@@ -44,12 +44,58 @@ fn every_kind_of_message_is_classified() {
         (
             topic("get/result"),
             get_result.into_bytes(),
-            intent(Intent::Valid(REF.into())),
+            Incoming::GetResult {
+                device: DEV.into(),
+                event_id: "e".into(),
+                wanted: Some(Intent::Valid(REF.into())),
+                actual: BTreeMap::new(),
+                code: 0,
+                reason: String::new(),
+            },
         ),
         (
             topic("get/result"),
-            br#"{"event_id":"e","timestamp":1,"twin":{}}"#.to_vec(),
-            Incoming::NoIntent { device: DEV.into() },
+            br#"{"event_id":"e","timestamp":1,"twin":{"firmware-state":{"actual":{"value":"installed"}},"firmware-version":{"expected":{"value":"1"}},"other":{"actual":{"value":"x"}}}}"#.to_vec(),
+            Incoming::GetResult {
+                device: DEV.into(),
+                event_id: "e".into(),
+                wanted: None,
+                actual: BTreeMap::from([("firmware-state".to_owned(), "installed".to_owned())]),
+                code: 0,
+                reason: String::new(),
+            },
+        ),
+        (
+            topic("get/result"),
+            br#"{"event_id":"g1","timestamp":1,"code":404,"reason":"Device default/blinky-01 not found while getting twin"}"#.to_vec(),
+            Incoming::GetResult {
+                device: DEV.into(),
+                event_id: "g1".into(),
+                wanted: None,
+                actual: BTreeMap::new(),
+                code: 404,
+                reason: "Device default/blinky-01 not found while getting twin".into(),
+            },
+        ),
+        (
+            topic("update/result"),
+            br#"{"event_id":"twinflash-node-ab-r7","timestamp":1,"twin":{"firmware-state":{"actual":{"value":"installed"}}}}"#.to_vec(),
+            Incoming::UpdateResult {
+                device: DEV.into(),
+                event_id: "twinflash-node-ab-r7".into(),
+                code: 0,
+                reason: String::new(),
+            },
+        ),
+        (
+            topic("update/result"),
+            br#"{"event_id":"x","timestamp":1,"code":404,"reason":"not found"}"#.to_vec(),
+            Incoming::UpdateResult {
+                device: DEV.into(),
+                event_id: "x".into(),
+                code: 404,
+                reason: "not found".into(),
+            },
         ),
         (
             topic("update/delta"),

@@ -161,9 +161,11 @@ async fn a_busy_probe_waits_without_blocking_other_devices() {
     env.wait(0, "firmware-state", "waiting:probe-busy").await;
     env.intent(1, &reference).await;
     env.wait(1, "firmware-state", "installed").await;
-    assert_eq!(
-        env.actual(0, "firmware-state").as_deref(),
-        Some("waiting:probe-busy")
+    // Device 0 keeps retrying meanwhile (each attempt reports its flash start, then the wait again).
+    let state = env.actual(0, "firmware-state").unwrap_or_default();
+    assert!(
+        state == "waiting:probe-busy" || state == "flashing:0",
+        "{state}"
     );
     busy.set_faults("{}");
     env.wait(0, "firmware-state", "installed").await;

@@ -1,5 +1,7 @@
-//! [`Cloud`]: an MQTT client in edgecore's place for the agent's tests. It records what the agent reports per
-//! device, answers `twin/get` with the whole twin as edgecore does, and publishes deltas shaped as edgecore's.
+//! [`Cloud`]: an MQTT client in edgecore's place for the agent's tests that are not about KubeEdge's faults (those
+//! run against the `Edgecore` stand-in). It records what the agent reports per device, acknowledges each report with a
+//! result carrying its event id, answers `twin/get` with the whole twin as edgecore does, and publishes deltas
+//! shaped as edgecore's.
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -82,20 +84,32 @@ impl Cloud {
                     let actual = seen
                         .actual
                         .get(&dev.to_string())
-                        .and_then(|a| a.get("firmware"))
-                        .cloned();
-                    twin.insert(
-                        "firmware".to_owned(),
-                        Some(MsgTwin {
-                            expected: expected.map(TwinValue::new),
-                            actual: actual.map(TwinValue::new),
-                            optional: Some(false),
-                            metadata: Some(TypeMetadata::new("string")),
-                            ..MsgTwin::default()
-                        }),
-                    );
+                        .cloned()
+                        .unwrap_or_default();
+                    let mut names: Vec<String> = actual.keys().cloned().collect();
+                    if !names.iter().any(|n| n == "firmware") {
+                        names.push("firmware".to_owned());
+                    }
+                    for name in names {
+                        twin.insert(
+                            name.clone(),
+                            Some(MsgTwin {
+                                expected: expected
+                                    .clone()
+                                    .filter(|_| name == "firmware")
+                                    .map(TwinValue::new),
+                                actual: actual.get(&name).cloned().map(TwinValue::new),
+                                optional: Some(false),
+                                metadata: Some(TypeMetadata::new("string")),
+                                ..MsgTwin::default()
+                            }),
+                        );
+                    }
+                    let event_id = decode::<mqtt_schema::TwinGetRequest>(&p.payload)
+                        .map(|g| g.event_id)
+                        .unwrap_or_default();
                     let result =
-                        mqtt_schema::build_twin_get_result(BaseMessage::new("g", 1), &twin);
+                        mqtt_schema::build_twin_get_result(BaseMessage::new(event_id, 1), &twin);
                     let topic = Topic::device(dev, DeviceTopicKind::TwinGetResult).to_string();
                     let _ = c.try_publish(topic, QoS::AtLeastOnce, false, to_go_json(&result));
                 }
@@ -104,6 +118,13 @@ impl Cloud {
                         return;
                     };
                     seen.reports += 1;
+                    // Acknowledged as edgecore does: a result carrying the update's event id.
+                    let result = mqtt_schema::build_twin_get_result(
+                        BaseMessage::new(upd.base.event_id.clone(), 1),
+                        &upd.twin.clone().unwrap_or_default(),
+                    );
+                    let topic = Topic::device(dev, DeviceTopicKind::TwinUpdateResult).to_string();
+                    let _ = c.try_publish(topic, QoS::AtLeastOnce, false, to_go_json(&result));
                     for (name, twin) in upd.twin.unwrap_or_default() {
                         let Some(value) = twin.and_then(|t| t.actual).and_then(|a| a.value) else {
                             continue;

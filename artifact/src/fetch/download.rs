@@ -211,13 +211,8 @@ async fn pump(
         offset += len;
         received += len;
         stats.received += len;
-        if offset - reported >= PROGRESS_EVERY || offset == size {
-            reported = offset;
-            events(FetchEvent::Progress {
-                done: reported,
-                total: size,
-            });
-        }
+        // The rate limiter first, progress after: `done` never runs ahead of what the limiter let through
+        // (reported `downloading:100` 1.3 s before the download ended otherwise).
         if let Some(bps) = opts.rate_limit_bps.filter(|b| *b > 0) {
             let due = Duration::from_secs_f64((offset - first) as f64 / bps as f64);
             let elapsed = started.elapsed();
@@ -227,6 +222,13 @@ async fn pump(
                     () = tokio::time::sleep(due - elapsed) => {}
                 }
             }
+        }
+        if offset - reported >= PROGRESS_EVERY || offset == size {
+            reported = offset;
+            events(FetchEvent::Progress {
+                done: reported,
+                total: size,
+            });
         }
     }
     Ok(())

@@ -32,7 +32,7 @@ pub(super) async fn fetch(
         p = ctx.downloads.clone().acquire_owned() => p,
         () = cancel.cancelled() => return None,
     };
-    let mut throttle = Throttle::default();
+    let mut throttle = Throttle::new(ctx.progress_interval);
     let started = Instant::now();
     let on_event = |ev| match ev {
         FetchEvent::Progress { done, total } => {

@@ -59,7 +59,7 @@ pub(super) async fn flash(
     let started = Instant::now();
     let flash = device.flasher.flash(&req, tx, CancellationToken::new());
     tokio::pin!(flash);
-    let mut throttle = Throttle::default();
+    let mut throttle = Throttle::new(ctx.progress_interval);
     // The stage is reported when it starts, whatever the backend's progress events do.
     throttle.admit(Instant::now(), "flashing", 0);
     progress(device, ctx, FirmwareState::Flashing(0));

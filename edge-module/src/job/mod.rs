@@ -46,6 +46,8 @@ pub struct JobContext {
     pub metrics: Arc<Metrics>,
     /// Delay before retrying a transient failure (doubles up to 30 s).
     pub retry_base: Duration,
+    /// Progress of a stage is reported at most once per this interval (`twin.progress_interval_ms`).
+    pub progress_interval: Duration,
 }
 
 /// Runs the job of `device` until shutdown.
@@ -104,11 +106,17 @@ async fn install(device: &Arc<Device>, ctx: &JobContext, reference: &str, attemp
             return settle(device, ctx, reference, outcome).await;
         }
     };
-    progress(device, ctx, FirmwareState::Pending);
+    // A retry after a transient flash error is not news: it reports its flash start and how it ends, not pending
+    // and verifying again (each report costs edgecore a write, a result, a document, a delta and a cloud sync).
+    if attempt == 1 {
+        progress(device, ctx, FirmwareState::Pending);
+    }
     let Some(fetched) = fetch(device, ctx, &firmware, attempt).await else {
         return;
     };
-    progress(device, ctx, FirmwareState::Verifying);
+    if attempt == 1 || fetched.bytes_received > 0 {
+        progress(device, ctx, FirmwareState::Verifying);
+    }
     let art = &fetched.artifact;
     let installed_version = device.state().installed_version;
     let checked = plan::preflight(&Preflight {

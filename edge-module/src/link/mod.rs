@@ -1,12 +1,20 @@
 //! The MQTT link to the node's broker: intents in, reports out (docs/decisions/0002-edge-agent-design.md).
 //!
 //! Two connections: a persistent-session subscriber with manual acks (a delta is acked only once its intent is
-//! journaled) and a clean-session publisher whose every report is cleared from the outbox on its PUBACK. What a
-//! message means is decided by `wire::classify`; what the publisher may send, by the `ledger`. Both are pure.
+//! journaled) and a clean-session publisher. Every report carries a unique `event_id`
+//! (`twinflash-<node>-<boot>-r<seq>`) and stays in the outbox until edgecore's `twin/update/result` with that id says
+//! edgecore stored it (or, with `twin.acknowledgement = "broker"`, until its PUBACK); unanswered, it is sent again
+//! with backoff and jitter, carrying the device's latest state. Own `twin/get` requests are answered by a
+//! `get/result` with their id, and retried the same way.
+//!
+//! Anti-entropy: after every subscribe and every `twin.anti_entropy_secs`, the agent asks edgecore for each device's
+//! twin and compares edgecore's `actual` values with its own last report; it reports again only what differs. A
+//! converged device therefore costs one `twin/get` per period and no edgecore write. What a message means is
+//! decided by `wire::classify`; what the publisher may send, by the `ledger`. Both are pure.
 
 pub mod ledger;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,12 +26,13 @@ use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, Publish, QoS};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Acknowledgement;
 use crate::device::{Ask, Device};
 use crate::metrics::Metrics;
 use crate::quiet::Quiet;
 use crate::report::{Report, ReportQueue};
 use crate::wire::{self, Incoming, Intent};
-use ledger::{Budget, Ledger, Sent};
+use ledger::{Budget, Ledger, Retry, Sent};
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -51,10 +60,18 @@ pub struct Link {
     quiet: Quiet,
     /// Intents that could not be journaled yet, by device.
     held: Mutex<HashMap<String, Held>>,
+    /// Answers the subscriber received for the publisher's sends (edgecore's results and get results).
+    answers: Mutex<Vec<Sent>>,
+    answers_changed: Notify,
     node: String,
+    /// Unique per process start: event ids never repeat across restarts.
+    boot: String,
     reconnect_max: Duration,
     max_message: usize,
     report_budget: Budget,
+    ack: Acknowledgement,
+    retry: Retry,
+    anti_entropy: Option<Duration>,
 }
 
 /// How the link treats what it receives and sends.
@@ -66,6 +83,12 @@ pub struct LinkLimits {
     pub max_message: usize,
     /// The report budget of each device (`limits.report_burst`, `limits.report_interval_ms`).
     pub report_budget: Budget,
+    /// Who acknowledges a report (`twin.acknowledgement`).
+    pub ack: Acknowledgement,
+    /// The wait for an answer before sending again (`twin.ack_timeout_ms`, `twin.retry_max_secs`).
+    pub retry: Retry,
+    /// The anti-entropy period (`twin.anti_entropy_secs`; None: only after reconnects).
+    pub anti_entropy: Option<Duration>,
 }
 
 impl Link {
@@ -88,10 +111,16 @@ impl Link {
             logged: Mutex::new(HashSet::new()),
             quiet: Quiet::new(Duration::from_secs(60)),
             held: Mutex::new(HashMap::new()),
+            answers: Mutex::new(Vec::new()),
+            answers_changed: Notify::new(),
             node: node.to_owned(),
+            boot: format!("{:08x}", rand::random::<u32>()),
             reconnect_max: limits.reconnect_max,
             max_message: limits.max_message,
             report_budget: limits.report_budget,
+            ack: limits.ack,
+            retry: limits.retry,
+            anti_entropy: limits.anti_entropy,
         }
     }
 
@@ -113,6 +142,7 @@ impl Link {
                 DeviceTopicKind::TwinUpdateDelta,
                 DeviceTopicKind::TwinGetResult,
                 DeviceTopicKind::TwinGet,
+                DeviceTopicKind::TwinUpdateResult,
             ] {
                 out.push(rumqttc::SubscribeFilter::new(
                     Topic::device(&id, kind).to_string(),
@@ -123,9 +153,96 @@ impl Link {
         out
     }
 
-    /// The event id prefix of this agent's own twin/get requests.
+    /// The event id prefix of this agent's own twin/get requests (of any start of it).
     fn get_prefix(&self) -> String {
         format!("twinflash-{}-", self.node)
+    }
+
+    /// The event id of report `seq`.
+    fn report_id(&self, seq: u64) -> String {
+        format!("twinflash-{}-{}-r{seq}", self.node, self.boot)
+    }
+
+    /// The event id of this process's twin/get number `n`.
+    fn get_id(&self, n: u64) -> String {
+        format!("twinflash-{}-{}-g{n}", self.node, self.boot)
+    }
+
+    /// The report seq an event id of this process names.
+    fn report_seq(&self, event_id: &str) -> Option<u64> {
+        event_id
+            .strip_prefix(&format!("twinflash-{}-{}-r", self.node, self.boot))?
+            .parse()
+            .ok()
+    }
+
+    fn is_own_get(&self, event_id: &str) -> bool {
+        event_id.starts_with(&format!("twinflash-{}-{}-g", self.node, self.boot))
+    }
+
+    fn answer(&self, sent: Sent) {
+        self.answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(sent);
+        self.answers_changed.notify_one();
+    }
+
+    /// edgecore answered a `twin/update`: when it is one of this agent's reports, the report is in edgecore's store
+    /// and leaves the outbox. A 404 (edgecore does not know the device) is no acknowledgement: the report is retried
+    /// with backoff while the operator fixes the Device (docs/operations.md).
+    fn on_update_result(&self, device: &str, event_id: &str, code: i64, reason: &str) {
+        let Some(seq) = self.report_seq(event_id) else {
+            return;
+        };
+        if code != 0 {
+            self.edgecore_error(device, code, reason, "a report");
+            return;
+        }
+        match self.reports.acked(device, seq) {
+            Ok(_) => self.metrics.set_outbox_depth(self.reports.depth()),
+            Err(e) => {
+                tracing::error!(code = %e.code(), error = %e, "cannot clear an acknowledged report")
+            }
+        }
+        self.answer(Sent::Report {
+            device: device.to_owned(),
+            seq,
+        });
+    }
+
+    fn edgecore_error(&self, device: &str, code: i64, reason: &str, what: &str) {
+        self.metrics.edgecore_error(code);
+        self.quiet.warn(format!("edgecore {code} {device}"), || {
+            if code == 404 {
+                tracing::warn!(device, code, reason = %clip(reason), "edgecore does not know this device ({what} was answered 404): its Device object never reached this node. A KubeEdge bug drops Devices created before the edge node first connected; re-create the Device (docs/operations.md, section 8). Retrying with backoff");
+            } else {
+                tracing::warn!(device, code, reason = %clip(reason), "edgecore refused {what}");
+            }
+        });
+    }
+
+    /// edgecore's stored twin of `device`. Its wanted firmware is an intent like a delta's; its `actual` values are
+    /// compared with this agent's last report (anti-entropy): when they differ and nothing is on its way, the
+    /// device reports again.
+    fn on_get_result(&self, device: &str, event_id: &str, actual: &BTreeMap<String, String>) {
+        let Some(dev) = self.devices.get(device) else {
+            return;
+        };
+        if self.ack == Acknowledgement::Edgecore
+            && !self.reports.owes(device)
+            && let Some(truth) = dev.last_values()
+            && truth.iter().any(|(k, v)| actual.get(k) != Some(v))
+        {
+            tracing::info!(device, edgecore = ?actual, agent = ?truth, "edgecore's twin differs from the device's state; reporting again");
+            self.metrics.anti_entropy_repair();
+            dev.rereport(&self.reports);
+        }
+        if self.is_own_get(event_id) {
+            self.answer(Sent::Get {
+                device: device.to_owned(),
+            });
+        }
     }
 
     fn owe_gets(&self) {
@@ -192,6 +309,37 @@ impl Link {
                 return self
                     .journal_intent(client, &device, intent, Some(p.clone()))
                     .await;
+            }
+            Incoming::UpdateResult {
+                device,
+                event_id,
+                code,
+                reason,
+            } => self.on_update_result(&device, &event_id, code, &reason),
+            Incoming::GetResult {
+                device,
+                event_id,
+                wanted,
+                actual,
+                code,
+                reason,
+            } => {
+                if code != 0 {
+                    if self.is_own_get(&event_id) {
+                        self.edgecore_error(&device, code, &reason, "a twin/get");
+                        self.answer(Sent::Get { device });
+                    }
+                    return true;
+                }
+                let journaled = match wanted {
+                    Some(intent) => {
+                        self.journal_intent(client, &device, intent, Some(p.clone()))
+                            .await
+                    }
+                    None => true,
+                };
+                self.on_get_result(&device, &event_id, &actual);
+                return journaled;
             }
         }
         true
@@ -355,7 +503,13 @@ impl Link {
                     } else if let Err(e) = client.try_subscribe_many(self.filters()) {
                         tracing::error!(error = %e, "cannot queue the subscription");
                     }
-                    self.rereport_all();
+                    // With edgecore acknowledging, what it has not acknowledged is still in the outbox and what it
+                    // has is in its store; the twin/get after the subscribe finds any difference. With only the
+                    // broker acknowledging, nothing can be checked: report again (edgecore does not queue
+                    // edge-to-cloud syncs, docs/kubeedge.md section 6).
+                    if self.ack == Acknowledgement::Broker {
+                        self.rereport_all();
+                    }
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => self.owe_gets(),
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -391,8 +545,9 @@ impl Link {
         let _ = client.try_disconnect();
     }
 
-    /// The publisher: sends every report still owed and the owed twin/get requests; clears each report from the
-    /// outbox on its PUBACK. Per device one report is in flight at a time, within its budget (see [`Ledger`]). Runs until `shutdown`.
+    /// The publisher: sends every report still owed and the owed twin/get requests, retries what goes unanswered,
+    /// and asks for every device's twin each anti-entropy period. Per device one report is in flight at a time,
+    /// within its budget (see [`Ledger`]). Runs until `shutdown`.
     pub async fn run_publisher(
         self: Arc<Self>,
         client: AsyncClient,
@@ -401,18 +556,30 @@ impl Link {
     ) {
         let mut backoff = twinflash_mqtt::reconnect_backoff(self.reconnect_max);
         let mut connected = false;
-        let mut ledger = Ledger::new(self.report_budget);
+        let mut ledger = Ledger::new(self.report_budget, self.retry);
         let mut counter: u64 = 0;
+        let mut sweep = self.anti_entropy.map(|p| Instant::now() + jittered(p));
         loop {
+            let now = Instant::now();
+            if let (Some(at), Some(period)) = (sweep, self.anti_entropy)
+                && at <= now
+            {
+                self.owe_gets();
+                sweep = Some(now + jittered(period));
+            }
+            self.take_answers(&mut ledger);
+            self.retry_overdue(&mut ledger, now);
             let due = if connected {
-                self.send_owed(&client, &mut ledger, &mut counter, Instant::now())
+                let owed = self.send_owed(&client, &mut ledger, &mut counter, now);
+                earliest(earliest(owed, ledger.next_due()), sweep)
             } else {
-                None
+                sweep
             };
             let ev = tokio::select! {
                 ev = events.poll() => ev,
                 () = self.reports.changed(), if connected => continue,
                 () = self.gets_changed.notified(), if connected => continue,
+                () = self.answers_changed.notified() => continue,
                 () = sleep_until(due), if due.is_some() => continue,
                 () = shutdown.cancelled() => break,
             };
@@ -420,25 +587,26 @@ impl Link {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = twinflash_mqtt::reconnect_backoff(self.reconnect_max);
                     connected = true;
-                    ledger.reset();
-                    self.rereport_all();
+                    ledger.reset(Instant::now());
+                    if self.ack == Acknowledgement::Broker {
+                        self.rereport_all();
+                    }
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => ledger.written(pkid),
-                Ok(Event::Incoming(Packet::PubAck(ack))) => match ledger.acked(ack.pkid) {
-                    Some(Sent::Report { device, seq }) => {
-                        if let Err(e) = self.reports.acked(&device, seq) {
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    // With the broker as the acknowledgement a PUBACK answers the send; otherwise edgecore's
+                    // result does, and the PUBACK only frees its packet id.
+                    if let Some(sent) = ledger.puback(ack.pkid)
+                        && self.ack == Acknowledgement::Broker
+                    {
+                        if let Sent::Report { device, seq } = &sent
+                            && let Err(e) = self.reports.acked(device, *seq)
+                        {
                             tracing::error!(code = %e.code(), error = %e, "cannot clear an acknowledged report");
                         }
-                        self.metrics.set_outbox_depth(self.reports.depth());
+                        self.answered(&mut ledger, &sent);
                     }
-                    Some(Sent::Get { device }) => {
-                        self.gets_owed
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .remove(&device);
-                    }
-                    None => {}
-                },
+                }
                 Ok(_) => {}
                 Err(_) => {
                     connected = false;
@@ -460,6 +628,46 @@ impl Link {
         }
     }
 
+    /// Applies the answers the subscriber received.
+    fn take_answers(&self, ledger: &mut Ledger) {
+        let answers =
+            std::mem::take(&mut *self.answers.lock().unwrap_or_else(PoisonError::into_inner));
+        for sent in answers {
+            self.answered(ledger, &sent);
+        }
+    }
+
+    fn answered(&self, ledger: &mut Ledger, sent: &Sent) {
+        ledger.answered(sent);
+        if let Sent::Get { device } = sent {
+            self.gets_owed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(device);
+        }
+        self.metrics.set_outbox_depth(self.reports.depth());
+    }
+
+    /// What went unanswered is sent again: a report as the device's newest state (older queued reports are
+    /// dropped: nothing older is sent after something newer), a twin/get as it was.
+    fn retry_overdue(&self, ledger: &mut Ledger, now: Instant) {
+        for sent in ledger.overdue(now) {
+            match &sent {
+                Sent::Report { device, .. } => {
+                    self.metrics.retried("report");
+                    tracing::debug!(device, "report unanswered; sending the newest state again");
+                    if let Err(e) = self.reports.collapse(device) {
+                        tracing::error!(code = %e.code(), error = %e, "cannot update the outbox");
+                    }
+                }
+                Sent::Get { device } => {
+                    self.metrics.retried("twin-get");
+                    tracing::debug!(device, "twin/get unanswered; asking again");
+                }
+            }
+        }
+    }
+
     /// Hands rumqttc what the ledger allows now; returns when the next report held back by the spacing is due.
     fn send_owed(
         &self,
@@ -471,21 +679,15 @@ impl Link {
         let mut due: Option<Instant> = None;
         for (device, pending) in self.reports.fronts() {
             let churning = self.devices.get(&device).is_some_and(|d| d.churning(now));
-            match ledger.may_report(&device, now, churning) {
-                Ok(()) => {}
-                Err(later) => {
-                    due = match (due, later) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                    continue;
-                }
+            if let Err(later) = ledger.may_report(&device, now, churning) {
+                due = earliest(due, later);
+                continue;
             }
             let Ok(id) = mqtt_schema::DeviceId::parse(&device, self.layout) else {
                 continue;
             };
             let payload = to_go_json(&mqtt_schema::actual_update(
-                BaseMessage::new("", now_ms()),
+                BaseMessage::new(self.report_id(pending.seq), now_ms()),
                 pending.twins.iter().map(|(n, v)| (n.as_str(), v.as_str())),
             ));
             let tag = Sent::Report {
@@ -518,7 +720,7 @@ impl Link {
             };
             *counter += 1;
             let payload = to_go_json(&mqtt_schema::twin_get_request(
-                format!("{}{counter}", self.get_prefix()),
+                self.get_id(*counter),
                 now_ms(),
             ));
             if !send(
@@ -535,6 +737,19 @@ impl Link {
         }
         due
     }
+}
+
+/// The earlier of two optional instants.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `period` less up to 10 %, so the agents of a fleet do not ask edgecore in step.
+fn jittered(period: Duration) -> Duration {
+    period.mul_f64(rand::random_range(0.9..=1.0))
 }
 
 async fn sleep_until(due: Option<Instant>) {
@@ -560,7 +775,7 @@ fn send(
     {
         return false;
     }
-    ledger.handed(tag, now);
+    ledger.handed(tag, now, rand::random_range(0.5..=1.0));
     true
 }
 

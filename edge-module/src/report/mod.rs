@@ -31,6 +31,16 @@ impl Report {
         )
     }
 
+    /// The progress stage this report belongs to (`downloading`, `flashing`); None for a state. Progress of the
+    /// same stage merges in the outbox, states never do.
+    pub fn stage(&self) -> Option<&'static str> {
+        match self.state {
+            FirmwareState::Downloading(_) => Some("downloading"),
+            FirmwareState::Flashing(_) => Some("flashing"),
+            _ => None,
+        }
+    }
+
     /// The twin values of this report. With nothing installed and verified (a fresh device, or a failed flash that
     /// erased the old image) `firmware` and `firmware-version` are reported empty, which KubeEdge accepts: the twin
     /// must not keep naming an image that is gone, or a rollback to it would look done and never be delivered.
@@ -78,16 +88,37 @@ impl ReportQueue {
         names: &TwinNames,
         report: &Report,
     ) -> Result<u64, OutboxError> {
-        let seq = self
-            .lock()
-            .put(device, report.values(names), report.terminal())?;
+        let seq = self.lock().put(
+            device,
+            report.values(names),
+            report.terminal(),
+            report.stage(),
+        )?;
         self.changed.notify_one();
         Ok(seq)
     }
 
-    /// The broker acknowledged report `seq` of `device`.
-    pub fn acked(&self, device: &str, seq: u64) -> Result<(), OutboxError> {
-        self.lock().acked(device, seq)
+    /// Report `seq` of `device` was acknowledged (see [`Outbox::acked`]); wakes the publisher when a confirmation
+    /// was queued. True when a report was forgotten.
+    pub fn acked(&self, device: &str, seq: u64) -> Result<bool, OutboxError> {
+        let mut outbox = self.lock();
+        let forgotten = outbox.acked(device, seq)?;
+        let owed = !outbox.pending_for(device).is_empty();
+        drop(outbox);
+        if forgotten && owed {
+            self.changed.notify_one();
+        }
+        Ok(forgotten)
+    }
+
+    /// The front report of `device` went unanswered: keep only the newest (see [`Outbox::collapse`]).
+    pub fn collapse(&self, device: &str) -> Result<bool, OutboxError> {
+        self.lock().collapse(device)
+    }
+
+    /// True when `device` has a report queued or in flight.
+    pub fn owes(&self, device: &str) -> bool {
+        !self.lock().pending_for(device).is_empty()
     }
 
     /// The next report owed by each device, as (device, pending) pairs.

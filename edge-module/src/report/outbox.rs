@@ -1,12 +1,20 @@
-//! The on-disk outbox of twin reports, cleared only when the broker acknowledges them (PUBACK).
+//! The on-disk outbox of twin reports, cleared only when the report is acknowledged: by edgecore's
+//! `twin/update/result` carrying the report's `event_id` (a PUBACK only says the broker has it; a broker with no
+//! edgecore subscribed PUBACKs and drops it, docs/kubeedge.md section 8), or by the PUBACK where
+//! `twin.acknowledgement = "broker"`.
 //!
 //! rumqttc keeps nothing on disk and drops unsent publishes when the broker kept no session, so every report goes
-//! through here. Per device the outbox holds at most two reports: the front one, which the publisher may have in
-//! flight, and one waiting behind it, into which every later report merges (the latest value of each twin wins), so
-//! a storm of intents costs bounded memory and bounded messages. A report that ends an intent (installed, failed,
-//! rejected) is kept on disk until acknowledged or replaced; progress lives in memory only: after a crash the job
-//! re-derives its state from the journal and reports it again, and an old `downloading:40` is never replayed. So a
-//! progress report costs no disk sync, except when it replaces a stored terminal report.
+//! through here. Per device the outbox is a short queue: the front report, which the publisher may have in flight
+//! and which is never changed, and the reports behind it. A state change (pending, verifying, installed, ...) gets
+//! its own entry, so it is reported even when the one before it is slow to be acknowledged; progress of the same
+//! stage (`downloading:40` after `downloading:20`) merges into the entry behind the front, and past
+//! [`MAX_QUEUE`] entries everything merges into the last one (every report carries all twins, so the latest wins),
+//! so a storm of intents costs bounded memory and bounded messages. A report that ends an intent (installed, failed,
+//! rejected) is kept on disk until acknowledged or replaced; when it is the first report acknowledged since the agent
+//! started it is sent once more ([`Pending::confirm`]: cloudcore drops the first value of a twin its DeviceStatus
+//! does not hold yet, section 8, so a final value is never the only write). Progress lives in memory only: after a crash the job re-derives its
+//! state from the journal and reports it again, and an old `downloading:40` is never replayed. So a progress report
+//! costs no disk sync, except when it replaces a stored terminal report.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -18,21 +26,34 @@ use serde::{Deserialize, Serialize};
 /// Twin name to reported (`actual`) value.
 pub type TwinValues = BTreeMap<String, String>;
 
-/// One report waiting for its PUBACK.
+/// Most reports queued per device; past it, a new report merges into the last one.
+pub const MAX_QUEUE: usize = 8;
+
+/// One report waiting for its acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
-    /// Increases with every change of this device's queue; identifies what a PUBACK acknowledged.
+    /// Increases with every change of this device's queue; identifies what an acknowledgement is for (it is in the
+    /// report's `event_id`).
     pub seq: u64,
     /// The values to report.
     pub twins: TwinValues,
-    /// True when the report ends an intent: it is never replaced, only acknowledged.
+    /// True when the report ends an intent: kept on disk until acknowledged.
     pub terminal: bool,
+    /// The progress stage (`downloading`, `flashing`) a later report of the same stage merges into; None for a state.
+    #[serde(default)]
+    pub merge: Option<String>,
+    /// Send the same values once more after the acknowledgement (terminal reports; see the module doc).
+    #[serde(default)]
+    pub confirm: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct DeviceQueue {
     next_seq: u64,
     queue: Vec<Pending>,
+    /// Reports acknowledged since the agent started.
+    #[serde(skip)]
+    acked: u64,
 }
 
 /// The outbox of every device of this agent.
@@ -104,36 +125,43 @@ impl Outbox {
         self.dir.join(format!("{}.json", device.replace('/', "__")))
     }
 
-    /// Queues a report of `device` (stored durably when it is terminal). It merges into the report waiting behind
-    /// the front one, or into a front progress report (its values win, it takes a new sequence number); a terminal
-    /// front report is never replaced before its acknowledgement. Returns the report's sequence number.
+    /// Queues a report of `device` (stored durably when it is terminal); `merge` is its progress stage, None for a
+    /// state. The front report is never changed; a report equal to the last queued one changes nothing; progress
+    /// merges into a last entry of the same stage behind the front; past [`MAX_QUEUE`] entries any report merges
+    /// into the last one. Returns the sequence number of the entry that holds it.
     pub fn put(
         &mut self,
         device: &str,
         twins: TwinValues,
         terminal: bool,
+        merge: Option<&str>,
     ) -> Result<u64, OutboxError> {
         let q = self.devices.entry(device.to_owned()).or_default();
+        if let Some(last) = q.queue.last()
+            && last.twins == twins
+        {
+            return Ok(last.seq);
+        }
         q.next_seq += 1;
         let seq = q.next_seq;
-        let mergeable = match q.queue.as_slice() {
-            [] => false,
-            [front] => !front.terminal,
-            _ => true,
+        let entry = Pending {
+            seq,
+            twins,
+            terminal,
+            merge: merge.map(str::to_owned),
+            confirm: terminal,
         };
+        let behind_front = q.queue.len() >= 2;
+        let full = q.queue.len() >= MAX_QUEUE;
+        let same_stage =
+            merge.is_some() && q.queue.last().and_then(|l| l.merge.as_deref()) == merge;
         let mut replaced_terminal = false;
         match q.queue.last_mut() {
-            Some(last) if mergeable => {
+            Some(last) if behind_front && (same_stage || full) => {
                 replaced_terminal = last.terminal;
-                last.twins.extend(twins);
-                last.seq = seq;
-                last.terminal = terminal;
+                *last = entry;
             }
-            _ => q.queue.push(Pending {
-                seq,
-                twins,
-                terminal,
-            }),
+            _ => q.queue.push(entry),
         }
         if terminal || replaced_terminal {
             self.persist(device)?;
@@ -141,19 +169,51 @@ impl Outbox {
         Ok(seq)
     }
 
-    /// The broker acknowledged report `seq` of `device`: forget it. A stale seq (the report was replaced by a newer
-    /// one meanwhile) changes nothing.
-    pub fn acked(&mut self, device: &str, seq: u64) -> Result<(), OutboxError> {
+    /// Report `seq` of `device` was acknowledged: forget it. A stale seq (the report was replaced by a newer one
+    /// meanwhile) changes nothing. When it is the device's first acknowledged report since the agent started, asked
+    /// for a confirmation, and nothing newer is queued, the same values are queued once more: every value then reaches
+    /// edgecore at least twice after a start, so cloudcore's loss of a twin's first value cannot leave a final state
+    /// unreported (any other report is followed by more). True when a report was forgotten.
+    pub fn acked(&mut self, device: &str, seq: u64) -> Result<bool, OutboxError> {
         let Some(q) = self.devices.get_mut(device) else {
-            return Ok(());
+            return Ok(false);
         };
         let Some(pos) = q.queue.iter().position(|p| p.seq == seq) else {
-            return Ok(());
+            return Ok(false);
         };
-        if q.queue.remove(pos).terminal {
+        let done = q.queue.remove(pos);
+        let first = q.acked == 0;
+        q.acked += 1;
+        if done.confirm && first && q.queue.is_empty() {
+            q.next_seq += 1;
+            q.queue.push(Pending {
+                seq: q.next_seq,
+                confirm: false,
+                ..done.clone()
+            });
+        }
+        if done.terminal {
             self.persist(device)?;
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// The front report of `device` went unanswered: drop every entry but the newest, so the retry carries the
+    /// latest state (nothing older is sent after something newer). True when something was dropped.
+    pub fn collapse(&mut self, device: &str) -> Result<bool, OutboxError> {
+        let Some(q) = self.devices.get_mut(device) else {
+            return Ok(false);
+        };
+        if q.queue.len() < 2 {
+            return Ok(false);
+        }
+        let dropped_terminal = q.queue[..q.queue.len() - 1].iter().any(|p| p.terminal);
+        let keep = q.queue.split_off(q.queue.len() - 1);
+        q.queue = keep;
+        if dropped_terminal {
+            self.persist(device)?;
+        }
+        Ok(true)
     }
 
     /// Every report still owed, per device in queue order.

@@ -7,34 +7,150 @@ fn tw(pairs: &[(&str, &str)]) -> TwinValues {
         .collect()
 }
 
+fn states(ob: &Outbox, device: &str) -> Vec<String> {
+    ob.pending_for(device)
+        .iter()
+        .map(|p| p.twins["firmware-state"].clone())
+        .collect()
+}
+
+const DL: Option<&str> = Some("downloading");
+
 #[test]
-fn progress_merges_but_terminal_reports_are_kept_in_order() {
+fn states_keep_their_own_entry_progress_of_a_stage_merges_behind_the_front() {
     let dir = tempfile::tempdir().unwrap();
     let mut ob = Outbox::open(dir.path()).unwrap();
-    ob.put("ns/a", tw(&[("firmware-state", "downloading:10")]), false)
+    let front = ob
+        .put("ns/a", tw(&[("firmware-state", "pending")]), false, None)
         .unwrap();
-    ob.put("ns/a", tw(&[("firmware-state", "downloading:60")]), false)
+    ob.put(
+        "ns/a",
+        tw(&[("firmware-state", "downloading:10")]),
+        false,
+        DL,
+    )
+    .unwrap();
+    ob.put(
+        "ns/a",
+        tw(&[("firmware-state", "downloading:60")]),
+        false,
+        DL,
+    )
+    .unwrap();
+    assert_eq!(states(&ob, "ns/a"), ["pending", "downloading:60"]);
+    ob.put("ns/a", tw(&[("firmware-state", "verifying")]), false, None)
         .unwrap();
-    assert_eq!(
-        ob.pending_for("ns/a").len(),
-        1,
-        "progress replaces progress"
-    );
+    ob.put(
+        "ns/a",
+        tw(&[("firmware-state", "flashing:0")]),
+        false,
+        Some("flashing"),
+    )
+    .unwrap();
     let done = ob
         .put(
             "ns/a",
             tw(&[("firmware", "r1"), ("firmware-state", "installed")]),
             true,
+            None,
         )
         .unwrap();
-    ob.put("ns/a", tw(&[("firmware-state", "pending")]), false)
+    assert_eq!(
+        states(&ob, "ns/a"),
+        [
+            "pending",
+            "downloading:60",
+            "verifying",
+            "flashing:0",
+            "installed"
+        ],
+        "verifying is never merged away, pending comes first"
+    );
+    assert_eq!(
+        ob.pending_for("ns/a")[0].seq,
+        front,
+        "the front is untouched"
+    );
+    assert!(ob.pending_for("ns/a")[4].confirm);
+    assert_eq!(ob.pending_for("ns/a")[4].seq, done);
+    // A report equal to the last one queued changes nothing.
+    let again = ob
+        .put(
+            "ns/a",
+            tw(&[("firmware", "r1"), ("firmware-state", "installed")]),
+            true,
+            None,
+        )
         .unwrap();
+    assert_eq!(again, done);
+    assert_eq!(ob.depth(), 5);
+}
+
+#[test]
+fn progress_never_changes_the_front_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ob = Outbox::open(dir.path()).unwrap();
+    let front = ob
+        .put(
+            "ns/a",
+            tw(&[("firmware-state", "downloading:10")]),
+            false,
+            DL,
+        )
+        .unwrap();
+    ob.put(
+        "ns/a",
+        tw(&[("firmware-state", "downloading:20")]),
+        false,
+        DL,
+    )
+    .unwrap();
+    assert_eq!(states(&ob, "ns/a"), ["downloading:10", "downloading:20"]);
+    assert_eq!(ob.pending_for("ns/a")[0].seq, front);
+}
+
+#[test]
+fn a_final_report_is_sent_once_more_after_its_acknowledgement() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ob = Outbox::open(dir.path()).unwrap();
+    let done = ob
+        .put(
+            "ns/a",
+            tw(&[("firmware", "r1"), ("firmware-state", "installed")]),
+            true,
+            None,
+        )
+        .unwrap();
+    assert!(ob.acked("ns/a", done).unwrap());
     let q = ob.pending_for("ns/a");
-    assert_eq!(q.len(), 2, "a terminal report is never replaced");
-    assert_eq!(q[0].seq, done);
+    assert_eq!(q.len(), 1, "the confirmation");
     assert_eq!(q[0].twins["firmware-state"], "installed");
-    assert_eq!(q[0].twins["firmware"], "r1");
-    assert_eq!(q[1].twins["firmware-state"], "pending");
+    assert!(q[0].seq > done);
+    assert!(!q[0].confirm, "confirmed once, not forever");
+    let confirm = q[0].seq;
+    assert!(ob.acked("ns/a", confirm).unwrap());
+    assert_eq!(ob.depth(), 0);
+    // Only the first acknowledged report since the start is confirmed: later ones follow others.
+    let later = ob
+        .put(
+            "ns/a",
+            tw(&[("firmware-state", "failed:flash-failed")]),
+            true,
+            None,
+        )
+        .unwrap();
+    ob.acked("ns/a", later).unwrap();
+    assert_eq!(ob.depth(), 0);
+    // With something newer queued behind it, the newer report makes the next write: no confirmation.
+    let dir = tempfile::tempdir().unwrap();
+    let mut ob = Outbox::open(dir.path()).unwrap();
+    let done = ob
+        .put("ns/b", tw(&[("firmware-state", "installed")]), true, None)
+        .unwrap();
+    ob.put("ns/b", tw(&[("firmware-state", "pending")]), false, None)
+        .unwrap();
+    ob.acked("ns/b", done).unwrap();
+    assert_eq!(states(&ob, "ns/b"), ["pending"]);
 }
 
 #[test]
@@ -48,12 +164,23 @@ fn terminal_reports_survive_a_restart_progress_does_not() {
                 "ns/a",
                 tw(&[("firmware", "r1"), ("firmware-state", "installed")]),
                 true,
+                None,
             )
             .unwrap();
-        ob.put("ns/a", tw(&[("firmware-state", "downloading:5")]), false)
-            .unwrap();
-        ob.put("legacy", tw(&[("firmware-state", "downloading:9")]), false)
-            .unwrap();
+        ob.put(
+            "ns/a",
+            tw(&[("firmware-state", "downloading:5")]),
+            false,
+            DL,
+        )
+        .unwrap();
+        ob.put(
+            "legacy",
+            tw(&[("firmware-state", "downloading:9")]),
+            false,
+            DL,
+        )
+        .unwrap();
         assert_eq!(ob.depth(), 3);
     }
     let mut ob = Outbox::open(dir.path()).unwrap();
@@ -64,12 +191,14 @@ fn terminal_reports_survive_a_restart_progress_does_not() {
     );
     assert_eq!(ob.pending_for("ns/a")[0].seq, done);
     ob.acked("ns/a", done).unwrap();
+    let confirm = ob.pending_for("ns/a")[0].seq;
+    ob.acked("ns/a", confirm).unwrap();
     assert_eq!(ob.depth(), 0);
     drop(ob);
     assert_eq!(
         Outbox::open(dir.path()).unwrap().depth(),
         0,
-        "the ack was persisted"
+        "the acks were persisted"
     );
 }
 
@@ -78,21 +207,54 @@ fn clears_only_on_a_matching_ack() {
     let dir = tempfile::tempdir().unwrap();
     let mut ob = Outbox::open(dir.path()).unwrap();
     let old = ob
-        .put("ns/a", tw(&[("firmware-state", "downloading:5")]), false)
+        .put(
+            "ns/a",
+            tw(&[("firmware-state", "downloading:5")]),
+            false,
+            DL,
+        )
         .unwrap();
     let new = ob
-        .put("ns/a", tw(&[("firmware-state", "verifying")]), false)
+        .put("ns/a", tw(&[("firmware-state", "verifying")]), false, None)
         .unwrap();
-    // The ack of a report that was replaced meanwhile does not clear the newer one.
-    ob.acked("ns/a", old).unwrap();
+    assert!(ob.acked("ns/a", old).unwrap());
+    assert!(!ob.acked("ns/a", old).unwrap(), "an ack counts once");
     assert_eq!(ob.depth(), 1);
-    ob.acked("unknown", 1).unwrap();
-    ob.acked("ns/a", new).unwrap();
+    assert!(!ob.acked("unknown", 1).unwrap());
+    assert!(ob.acked("ns/a", new).unwrap());
     assert_eq!(ob.depth(), 0);
 }
 
 #[test]
-fn a_storm_of_reports_keeps_at_most_two_per_device_and_the_latest_values() {
+fn an_unanswered_front_collapses_into_the_newest_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ob = Outbox::open(dir.path()).unwrap();
+    let old = ob
+        .put("ns/a", tw(&[("firmware-state", "installed")]), true, None)
+        .unwrap();
+    ob.put("ns/a", tw(&[("firmware-state", "pending")]), false, None)
+        .unwrap();
+    let newest = ob
+        .put("ns/a", tw(&[("firmware-state", "verifying")]), false, None)
+        .unwrap();
+    assert!(ob.collapse("ns/a").unwrap());
+    assert_eq!(states(&ob, "ns/a"), ["verifying"]);
+    assert_eq!(ob.pending_for("ns/a")[0].seq, newest);
+    assert!(!ob.collapse("ns/a").unwrap(), "one entry stays as it is");
+    assert!(
+        !ob.acked("ns/a", old).unwrap(),
+        "a late answer to the dropped front"
+    );
+    drop(ob);
+    assert_eq!(
+        Outbox::open(dir.path()).unwrap().depth(),
+        0,
+        "the dropped terminal report is not replayed after a restart"
+    );
+}
+
+#[test]
+fn a_storm_of_reports_keeps_a_bounded_queue_and_the_latest_values() {
     let dir = tempfile::tempdir().unwrap();
     let mut ob = Outbox::open(dir.path()).unwrap();
     let first = ob
@@ -100,6 +262,7 @@ fn a_storm_of_reports_keeps_at_most_two_per_device_and_the_latest_values() {
             "ns/a",
             tw(&[("firmware", "r0"), ("firmware-state", "installed")]),
             true,
+            None,
         )
         .unwrap();
     for i in 0..40 {
@@ -112,24 +275,17 @@ fn a_storm_of_reports_keeps_at_most_two_per_device_and_the_latest_values() {
             "ns/a",
             tw(&[("firmware", &format!("r{i}")), ("firmware-state", state)]),
             terminal,
+            None,
         )
         .unwrap();
     }
     let q = ob.pending_for("ns/a");
-    assert_eq!(q.len(), 2);
+    assert_eq!(q.len(), MAX_QUEUE);
     assert_eq!(q[0].seq, first, "the front report is untouched");
-    assert_eq!(q[1].twins["firmware"], "r39");
-    assert_eq!(q[1].twins["firmware-state"], "installed");
+    assert_eq!(q[MAX_QUEUE - 1].twins["firmware"], "r39");
+    assert_eq!(q[MAX_QUEUE - 1].twins["firmware-state"], "installed");
     assert_eq!(
         ob.fronts().map(|(_, p)| p.seq).collect::<Vec<_>>(),
         vec![first]
     );
-    // A progress report that replaced a stored terminal one is not replayed after a restart, and neither is the
-    // terminal report it replaced.
-    ob.put("ns/a", tw(&[("firmware-state", "pending")]), false)
-        .unwrap();
-    drop(ob);
-    let ob = Outbox::open(dir.path()).unwrap();
-    assert_eq!(ob.pending_for("ns/a").len(), 1);
-    assert_eq!(ob.pending_for("ns/a")[0].seq, first);
 }
