@@ -930,12 +930,13 @@ impl Edgecore {
 
     /// Waits until the stored actual value of `twin` is `value`; panics with the store and the log after `within`.
     pub async fn wait_actual(&self, device: &str, twin: &str, value: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        while tokio::time::Instant::now() < deadline {
+            tick.tick().await;
             if self.actual(device, twin).as_deref() == Some(value) {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!(
             "timed out after {within:?} waiting for {device} {twin} actual = {value:?}\n{}",

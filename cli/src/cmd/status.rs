@@ -596,38 +596,20 @@ mod tests {
         let mut gets = BTreeMap::new();
         gets.insert("g1".to_owned(), "ns/d".to_owned());
         let mut rows = rows();
+        let feed = |rows: &mut BTreeMap<String, Row>, kind, payload: &[u8]| {
+            apply(rows, &names, &gets, kind, "ns/d", payload);
+        };
         let theirs = br#"{"event_id":"other","timestamp":1,"twin":{"firmware-state":{"actual":{"value":"idle"}}}}"#;
-        apply(
-            &mut rows,
-            &names,
-            &gets,
-            DeviceTopicKind::TwinGetResult,
-            "ns/d",
-            theirs,
-        );
+        feed(&mut rows, DeviceTopicKind::TwinGetResult, theirs);
         assert_eq!(
             rows["ns/d"].edgecore, None,
             "someone else's get result is ignored"
         );
         let ours = br#"{"event_id":"g1","timestamp":1,"twin":{"firmware-state":{"actual":{"value":"installed"}}}}"#;
-        apply(
-            &mut rows,
-            &names,
-            &gets,
-            DeviceTopicKind::TwinGetResult,
-            "ns/d",
-            ours,
-        );
+        feed(&mut rows, DeviceTopicKind::TwinGetResult, ours);
         assert_eq!(rows["ns/d"].note, None);
         let report = br#"{"event_id":"","timestamp":2,"twin":{"firmware-state":{"actual":{"value":"downloading:40"}}}}"#;
-        apply(
-            &mut rows,
-            &names,
-            &gets,
-            DeviceTopicKind::TwinUpdate,
-            "ns/d",
-            report,
-        );
+        feed(&mut rows, DeviceTopicKind::TwinUpdate, report);
         let row = &rows["ns/d"];
         assert_eq!(row.stale, ["firmware-state downloading:40"]);
         let t = table(std::slice::from_ref(row));
@@ -636,14 +618,7 @@ mod tests {
             "{t}"
         );
         let unknown = br#"{"event_id":"g1","timestamp":3,"code":404,"reason":"Device ns/d not found while getting twin"}"#;
-        apply(
-            &mut rows,
-            &names,
-            &gets,
-            DeviceTopicKind::TwinGetResult,
-            "ns/d",
-            unknown,
-        );
+        feed(&mut rows, DeviceTopicKind::TwinGetResult, unknown);
         assert_eq!(rows["ns/d"].note.as_deref(), Some("unknown to edgecore"));
     }
 }
