@@ -4,7 +4,7 @@
 # Builds release binaries; starts a real docker-registry and mosquitto on free loopback ports; makes two firmware
 # images (Intel HEX and raw binary); pushes them as OCI artifacts with `twinflash push`; starts `twinflash-edge`
 # with three simulated devices (one in MCUboot-like A/B mode); sets the wanted firmware of each device through its
-# twin with `twinflash set` (direct mode: no cluster needed) and shows progress live; then upgrades all of them to
+# twin with `twinflash set` (delta mode: no cluster and no edgecore needed) and shows progress live; then upgrades all of them to
 # the second version; and ends with a table of every device's twin. Stops everything it started; exits non-zero if
 # a device did not converge.
 set -euo pipefail
@@ -102,7 +102,7 @@ TF_PIDS+=($!)
 install() { # version tag
     tf_log "twinflash set: every device wants fw/blinky:$1 (the tag is pinned to its digest first)"
     for d in "${devices[@]}"; do
-        "$bin/twinflash" set "$d" "$TF_REGISTRY/fw/blinky:$1" --mqtt "$mqtt" --mode direct --plain-http >/dev/null
+        "$bin/twinflash" set "$d" "$TF_REGISTRY/fw/blinky:$1" --mqtt "$mqtt" --mode delta --plain-http >/dev/null
     done
     tf_log "progress, live (twinflash status --watch --until-installed)"
     "$bin/twinflash" status "${devices[@]}" --mqtt "$mqtt" --watch --until-installed --wait 90 >"$work/table"

@@ -1,13 +1,15 @@
 //! The shared test kit of the integration and end-to-end tests (a dev-dependency only, never in a shipped binary):
 //! firmware pushed to a real registry with twinflash-artifact ([`push`]), real `twinflash-edge` processes with
 //! simulated devices ([`Agent`], found or built by [`agent_binary`]), and two MQTT observers in the cloud's place:
-//! [`Cloud`] plays edgecore (it interprets reports and answers `twin/get`), [`Observer`] records raw messages.
+//! [`Cloud`] plays edgecore (it interprets reports and answers `twin/get`), [`Observer`] records raw messages; and
+//! [`Edgecore`], a stand-in that behaves as the real edgecore v1.23.1 (store, reconnects, lost messages, cloud link).
 //! The broker and the registry themselves come from twinflash-harness.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod agent;
 mod binary;
 mod cloud;
+mod edgecore;
 mod observe;
 
 use std::collections::BTreeMap;
@@ -19,6 +21,10 @@ use twinflash_harness::Registry;
 pub use agent::{Agent, AgentSpec, SimDevice};
 pub use binary::{agent_binary, cloud_binary, set_agent_binary};
 pub use cloud::{Cloud, Seen};
+pub use edgecore::{
+    Clock, CloudSync, Counters, Direction, EDGECORE_RECONNECT, Edgecore, EdgecoreOptions, Logged,
+    StoredTwin, publish_once,
+};
 pub use observe::{Message, Observer};
 
 /// Where the simulated flash starts, and where [`push`] places a BIN artifact.

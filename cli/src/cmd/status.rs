@@ -1,8 +1,10 @@
-//! `twinflash status`: what devices report through their twins, over MQTT (no cluster needed).
+//! `twinflash status`: a device's twin as KubeEdge's edgecore holds it, over MQTT (no cluster needed), checked
+//! against what the agent reports.
 //!
-//! Reports are not retained on MQTT, so this watches: it asks `twin/get` (edgecore, or twinflash-cloud in direct
-//! mode, answers with the whole twin), reads retained deltas (direct mode) and every report that arrives, for
-//! `--wait` seconds, or until every device runs its wanted firmware (`--until-installed`).
+//! edgecore can hold older values than the agent reported (it misses reports while it or the broker restarts, and
+//! learns nothing by itself, docs/kubeedge.md section 8), so this shows both: edgecore's stored twin from
+//! `twin/get/result` (matched by event id, asked again while unanswered, and once more after the agent reported),
+//! and the agent's reports that arrive during `--wait`. Retained deltas (delta mode) fill the wanted firmware.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -10,18 +12,23 @@ use std::time::{Duration, Instant};
 
 use mqtt_schema::gojson::decode;
 use mqtt_schema::{
-    BaseMessage, DeviceTopicKind, DeviceTwinDelta, DeviceTwinResult, DeviceTwinUpdate,
-    FirmwareState, Topic, TwinNames, to_go_json,
+    BaseMessage, DeviceId, DeviceTopicKind, DeviceTwinDelta, DeviceTwinResult, DeviceTwinUpdate,
+    FirmwareState, ResultMessage, Topic, TwinNames, to_go_json,
 };
 use rumqttc::{Event, Packet, QoS, SubscribeFilter};
 use serde::Serialize;
 
 use super::mqtt::{MqttArgs, now_ms};
 
-/// Show what devices report: wanted firmware, installed firmware, version and state.
+/// Show a device's twin as edgecore holds it, and where the agent's reports say otherwise.
+///
+/// It asks edgecore with `twin/get` (a unique event id per request, retried while unanswered) and shows edgecore's
+/// stored twin. During the wait it also reads the agent's reports (`twin/update` with actual values); where the
+/// agent's latest report differs from what edgecore holds, the row is marked stale. A 404 means the Device is unknown
+/// to edgecore (see docs/operations.md).
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  twinflash status default/blinky-01 default/blinky-02 --mqtt mqtt://127.0.0.1:1883\n  twinflash status default/blinky-01 --mqtt mqtt://127.0.0.1:1883 --until-installed --wait 120"
+    after_help = "Examples:\n  twinflash status default/blinky-01 default/blinky-02 --mqtt mqtt://127.0.0.1:1883\n  twinflash status default/blinky-01 --mqtt mqtt://127.0.0.1:1883 --until-installed --wait 120\n\nNOTE column: `unknown to edgecore` (404: re-create the Device, docs/operations.md), `stale: agent reports ...`\n(edgecore holds an older value than the agent's latest report), `no answer from edgecore` (the values shown are\nthe agent's reports)."
 )]
 pub struct Cmd {
     /// Devices: `namespace/name` (`name` with --layout legacy).
@@ -39,17 +46,15 @@ pub struct Cmd {
     /// `failed:`/`rejected:` or the wait ends first.
     #[arg(long)]
     pub until_installed: bool,
-    /// Print the table as JSON.
+    /// Print the rows as JSON, with both views per device (`edgecore`: its stored twin; `agent`: the latest report).
     #[arg(long)]
     pub json: bool,
 }
 
-/// One device's twin as seen.
+/// Firmware twin values as one source holds them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Row {
-    /// `namespace/name`.
-    pub device: String,
-    /// The wanted firmware (expected), where seen.
+pub struct View {
+    /// The wanted firmware (expected), where known.
     pub desired: Option<String>,
     /// The installed firmware (actual).
     pub reported: Option<String>,
@@ -57,6 +62,40 @@ pub struct Row {
     pub version: Option<String>,
     /// `firmware-state`.
     pub state: Option<String>,
+}
+
+/// edgecore's refusal of a `twin/get`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GetError {
+    /// 404: unknown device.
+    pub code: i64,
+    /// edgecore's reason.
+    pub reason: String,
+}
+
+/// One device: edgecore's view, the agent's latest report, and what is shown (edgecore's values, else the agent's).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Row {
+    /// `namespace/name`.
+    pub device: String,
+    /// The wanted firmware shown.
+    pub desired: Option<String>,
+    /// The installed firmware shown.
+    pub reported: Option<String>,
+    /// The version shown.
+    pub version: Option<String>,
+    /// The state shown.
+    pub state: Option<String>,
+    /// edgecore's stored twin, from its latest `twin/get/result` (`null`: no answer).
+    pub edgecore: Option<View>,
+    /// edgecore's error answer (404: the device is unknown to edgecore).
+    pub edgecore_error: Option<GetError>,
+    /// The agent's latest report during the wait (only the twins it reported).
+    pub agent: View,
+    /// The twins where the agent's latest report differs from edgecore's stored value.
+    pub stale: Vec<String>,
+    /// What the table's NOTE column says.
+    pub note: Option<String>,
 }
 
 impl Row {
@@ -74,12 +113,70 @@ impl Row {
     fn ended_badly(&self) -> bool {
         self.firmware_state().is_some_and(|s| s.failure().is_some())
     }
+
+    /// Recomputes what is shown: edgecore's values where it answered, the agent's latest report over them for the
+    /// convergence check; the stale twins and the note.
+    fn settle(&mut self, names: &TwinNames) {
+        let e = self.edgecore.clone().unwrap_or_default();
+        let a = &self.agent;
+        let pick = |agent: &Option<String>, edge: &Option<String>| agent.clone().or(edge.clone());
+        // Shown: the freshest facts (the agent's report wins), so --until-installed ends when the agent says so.
+        self.reported = pick(&a.reported, &e.reported);
+        self.version = pick(&a.version, &e.version);
+        self.state = pick(&a.state, &e.state);
+        self.desired = pick(&a.desired, &e.desired);
+        self.stale.clear();
+        if self.edgecore.is_some() {
+            for (name, agent, edge) in [
+                (&names.firmware, &a.reported, &e.reported),
+                (&names.version, &a.version, &e.version),
+                (&names.state, &a.state, &e.state),
+            ] {
+                if let Some(v) = agent
+                    && Some(v) != edge.as_ref()
+                {
+                    self.stale.push(format!("{name} {v}"));
+                }
+            }
+        }
+        self.note = if self.edgecore_error.as_ref().is_some_and(|e| e.code == 404) {
+            Some("unknown to edgecore".into())
+        } else if let Some(err) = &self.edgecore_error {
+            Some(format!("edgecore answered {}: {}", err.code, err.reason))
+        } else if self.edgecore.is_none() {
+            Some("no answer from edgecore".into())
+        } else if !self.stale.is_empty() {
+            Some(format!(
+                "stale: edgecore holds older values, agent reports {}",
+                self.stale.join(", ")
+            ))
+        } else {
+            None
+        };
+    }
 }
 
-/// Applies one message to the rows.
+fn view_of(twin: &mqtt_schema::TwinMap, names: &TwinNames) -> View {
+    let get = |n: &str| twin.get(n).cloned().flatten();
+    let actual = |n: &str| get(n).and_then(|t| t.actual).and_then(|a| a.value);
+    // An empty firmware or version means nothing verified is installed (the agent's report after a failed flash
+    // that erased the old image): shown as absent.
+    View {
+        desired: get(&names.firmware)
+            .and_then(|t| t.expected)
+            .and_then(|e| e.value)
+            .filter(|v| !v.is_empty()),
+        reported: actual(&names.firmware).filter(|v| !v.is_empty()),
+        version: actual(&names.version).filter(|v| !v.is_empty()),
+        state: actual(&names.state),
+    }
+}
+
+/// Applies one message to the rows; `gets` maps the event ids of our `twin/get` requests to their device.
 fn apply(
     rows: &mut BTreeMap<String, Row>,
     names: &TwinNames,
+    gets: &BTreeMap<String, String>,
     kind: DeviceTopicKind,
     device: &str,
     payload: &[u8],
@@ -93,76 +190,62 @@ fn apply(
                 return;
             };
             let twin = u.twin.unwrap_or_default();
-            let actual = |n: &str| {
-                twin.get(n)
-                    .cloned()
-                    .flatten()
-                    .and_then(|t| t.actual)
-                    .and_then(|a| a.value)
+            let has = |n: &str, actual: bool| {
+                twin.get(n).cloned().flatten().is_some_and(|t| {
+                    if actual {
+                        t.actual.is_some_and(|a| a.value.is_some())
+                    } else {
+                        t.expected.is_some_and(|e| e.value.is_some())
+                    }
+                })
             };
-            let expected = twin
-                .get(&names.firmware)
-                .cloned()
-                .flatten()
-                .and_then(|t| t.expected)
-                .and_then(|e| e.value);
-            // An empty firmware or version means nothing verified is installed (the agent's report after a failed
-            // flash that erased the old image): shown as absent.
-            if let Some(v) = actual(&names.firmware) {
-                row.reported = Some(v).filter(|v| !v.is_empty());
+            let v = view_of(&twin, names);
+            // Only the twins this report carries replace the agent's view; an empty value clears it.
+            if has(&names.firmware, true) {
+                row.agent.reported = v.reported;
             }
-            if let Some(v) = actual(&names.version) {
-                row.version = Some(v).filter(|v| !v.is_empty());
+            if has(&names.version, true) {
+                row.agent.version = v.version;
             }
-            if let Some(v) = actual(&names.state) {
-                row.state = Some(v);
+            if has(&names.state, true) {
+                row.agent.state = v.state;
             }
-            if let Some(v) = expected {
-                row.desired = Some(v);
+            if has(&names.firmware, false) {
+                row.agent.desired = v.desired;
             }
         }
         DeviceTopicKind::TwinUpdateDelta => {
+            // Delta mode (a retained delta, no edgecore): the wanted firmware as the agent is told it.
             if let Ok(d) = decode::<DeviceTwinDelta>(payload)
                 && let Some(w) = d.wanted(&names.firmware)
             {
-                row.desired = Some(w.to_owned());
+                row.agent.desired = Some(w.to_owned());
             }
         }
         DeviceTopicKind::TwinGetResult => {
-            let Ok(r) = decode::<DeviceTwinResult>(payload) else {
+            let Ok(err) = decode::<ResultMessage>(payload) else {
                 return;
             };
-            let twin = r.twin.unwrap_or_default();
-            let get = |n: &str| twin.get(n).cloned().flatten();
-            if let Some(t) = get(&names.firmware) {
-                row.desired = t
-                    .expected
-                    .and_then(|e| e.value)
-                    .filter(|v| !v.is_empty())
-                    .or(row.desired.take());
-                // Present but empty: nothing verified is installed.
-                if let Some(v) = t.actual.and_then(|a| a.value) {
-                    row.reported = Some(v).filter(|v| !v.is_empty());
-                }
+            if gets.get(&err.base.event_id).map(String::as_str) != Some(device) {
+                return; // someone else's get
             }
-            if let Some(v) = get(&names.version)
-                .and_then(|t| t.actual)
-                .and_then(|a| a.value)
-            {
-                row.version = Some(v).filter(|v| !v.is_empty());
-            }
-            if let Some(v) = get(&names.state)
-                .and_then(|t| t.actual)
-                .and_then(|a| a.value)
-            {
-                row.state = Some(v);
+            if err.code != 0 {
+                row.edgecore_error = Some(GetError {
+                    code: err.code,
+                    reason: err.reason,
+                });
+                row.edgecore = None;
+            } else if let Ok(r) = decode::<DeviceTwinResult>(payload) {
+                row.edgecore_error = None;
+                row.edgecore = Some(view_of(&r.twin.unwrap_or_default(), names));
             }
         }
         _ => {}
     }
+    row.settle(names);
 }
 
-/// The rows as an aligned table.
+/// The rows as an aligned table: edgecore's view where it answered, and a note.
 pub fn table(rows: &[Row]) -> String {
     let cell = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let mut lines = vec![[
@@ -171,17 +254,29 @@ pub fn table(rows: &[Row]) -> String {
         "REPORTED".into(),
         "VERSION".into(),
         "STATE".into(),
+        "NOTE".into(),
     ]];
     for r in rows {
+        let shown = match (&r.edgecore, &r.edgecore_error) {
+            (Some(e), _) => e.clone(),
+            (None, Some(_)) => View::default(),
+            (None, None) => View {
+                desired: r.desired.clone(),
+                reported: r.reported.clone(),
+                version: r.version.clone(),
+                state: r.state.clone(),
+            },
+        };
         lines.push([
             r.device.clone(),
-            cell(&r.desired),
-            cell(&r.reported),
-            cell(&r.version),
-            cell(&r.state),
+            cell(&shown.desired),
+            cell(&shown.reported),
+            cell(&shown.version),
+            cell(&shown.state),
+            r.note.clone().unwrap_or_default(),
         ]);
     }
-    let widths: Vec<usize> = (0..5)
+    let widths: Vec<usize> = (0..6)
         .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
         .collect();
     lines
@@ -199,6 +294,82 @@ pub fn table(rows: &[Row]) -> String {
         .join("\n")
 }
 
+/// How long a `twin/get` may stay unanswered before it is sent again.
+const GET_RETRY: Duration = Duration::from_secs(1);
+/// How many `twin/get` requests a device gets at most in one wait (the first and two retries).
+const GET_TRIES: u32 = 3;
+/// After the wait, how long the final `twin/get` (edgecore's view after the agent's last report) may take.
+const REFRESH: Duration = Duration::from_secs(2);
+
+/// The `twin/get` requests and their answers.
+struct Asker {
+    ids: Vec<DeviceId>,
+    /// Event id -> device.
+    gets: BTreeMap<String, String>,
+    /// Per device: requests sent, when the last one went out, whether the last one was answered.
+    sent: BTreeMap<String, (u32, Instant, bool)>,
+    n: u64,
+}
+
+impl Asker {
+    fn ask(&mut self, client: &rumqttc::AsyncClient, id: &DeviceId) -> anyhow::Result<()> {
+        self.n += 1;
+        let event_id = format!(
+            "twinflash-status-{}-{}-{}",
+            std::process::id(),
+            now_ms(),
+            self.n
+        );
+        self.gets.insert(event_id.clone(), id.to_string());
+        let e = self
+            .sent
+            .entry(id.to_string())
+            .or_insert((0, Instant::now(), false));
+        *e = (e.0 + 1, Instant::now(), false);
+        let get = mqtt_schema::twin_get_request(event_id, now_ms());
+        let topic = Topic::device(id, DeviceTopicKind::TwinGet).to_string();
+        client.try_publish(
+            topic,
+            QoS::AtLeastOnce,
+            false,
+            to_go_json::<BaseMessage>(&get),
+        )?;
+        Ok(())
+    }
+
+    fn answered(&mut self, event_id: &str) {
+        if let Some(d) = self.gets.get(event_id)
+            && let Some(e) = self.sent.get_mut(d)
+        {
+            e.2 = true;
+        }
+    }
+
+    /// Sends again where the last request is unanswered after [`GET_RETRY`], up to [`GET_TRIES`] requests.
+    fn retry(&mut self, client: &rumqttc::AsyncClient) -> anyhow::Result<()> {
+        let due: Vec<DeviceId> = self
+            .ids
+            .iter()
+            .filter(|id| {
+                self.sent
+                    .get(&id.to_string())
+                    .is_some_and(|(n, at, ok)| !ok && *n < GET_TRIES && at.elapsed() >= GET_RETRY)
+            })
+            .cloned()
+            .collect();
+        for id in &due {
+            self.ask(client, id)?;
+        }
+        Ok(())
+    }
+
+    fn all_answered(&self) -> bool {
+        self.ids
+            .iter()
+            .all(|id| self.sent.get(&id.to_string()).is_some_and(|e| e.2))
+    }
+}
+
 /// Runs the verb.
 pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     let names = TwinNames::default();
@@ -209,13 +380,12 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     let mut rows: BTreeMap<String, Row> = ids
         .iter()
         .map(|id| {
-            (
-                id.to_string(),
-                Row {
-                    device: id.to_string(),
-                    ..Row::default()
-                },
-            )
+            let mut row = Row {
+                device: id.to_string(),
+                ..Row::default()
+            };
+            row.settle(&names);
+            (id.to_string(), row)
         })
         .collect();
     let (client, mut events) = cmd.mqtt.connect("status").await?;
@@ -231,30 +401,48 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
         })
         .collect();
     client.subscribe_many(filters).await?;
-    let deadline = Instant::now() + Duration::from_secs(cmd.wait);
-    let mut asked = false;
+    let mut asker = Asker {
+        ids: ids.clone(),
+        gets: BTreeMap::new(),
+        sent: BTreeMap::new(),
+        n: 0,
+    };
+    let mut deadline = Instant::now() + Duration::from_secs(cmd.wait);
+    let mut subscribed = false;
+    // Reports that arrived after edgecore's last answer: edgecore is asked once more at the end.
+    let mut reported_since_answer = false;
+    let mut refreshing = false;
     let mut stderr = std::io::stderr();
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        let ev = match tokio::time::timeout(left, events.poll()).await {
-            Err(_) => break,
+    loop {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            if !refreshing && subscribed && reported_since_answer {
+                // Ask again: did edgecore store what the agent reported during the wait?
+                refreshing = true;
+                reported_since_answer = false;
+                for id in &ids {
+                    asker.ask(&client, id)?;
+                }
+                deadline = Instant::now() + REFRESH;
+                continue;
+            }
+            break;
+        };
+        let tick = left.min(Duration::from_millis(250));
+        let ev = match tokio::time::timeout(tick, events.poll()).await {
+            Err(_) => {
+                if subscribed && !refreshing {
+                    asker.retry(&client)?;
+                }
+                continue;
+            }
             Ok(Err(e)) => anyhow::bail!("lost the broker: {e} [broker-unreachable]"),
             Ok(Ok(ev)) => ev,
         };
         match ev {
-            Event::Incoming(Packet::SubAck(_)) if !asked => {
-                asked = true;
+            Event::Incoming(Packet::SubAck(_)) if !subscribed => {
+                subscribed = true;
                 for id in &ids {
-                    let get = mqtt_schema::twin_get_request(
-                        format!("twinflash-status-{}", now_ms()),
-                        now_ms(),
-                    );
-                    let topic = Topic::device(id, DeviceTopicKind::TwinGet).to_string();
-                    client.try_publish(
-                        topic,
-                        QoS::AtLeastOnce,
-                        false,
-                        to_go_json::<BaseMessage>(&get),
-                    )?;
+                    asker.ask(&client, id)?;
                 }
             }
             Event::Incoming(Packet::Publish(p)) => {
@@ -266,10 +454,26 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 };
                 let key = id.to_string();
                 let before = rows.get(&key).cloned();
-                apply(&mut rows, &names, kind, &key, &p.payload);
+                apply(&mut rows, &names, &asker.gets, kind, &key, &p.payload);
+                match kind {
+                    DeviceTopicKind::TwinGetResult => {
+                        if let Ok(b) = decode::<BaseMessage>(&p.payload)
+                            && asker.gets.contains_key(&b.event_id)
+                        {
+                            asker.answered(&b.event_id);
+                            reported_since_answer = false;
+                        }
+                        if refreshing && asker.all_answered() {
+                            break;
+                        }
+                    }
+                    DeviceTopicKind::TwinUpdate => reported_since_answer = true,
+                    _ => {}
+                }
                 if cmd.watch
                     && let Some(now) = rows.get(&key)
-                    && before.as_ref() != Some(now)
+                    && before.as_ref().map(|b| (&b.state, &b.reported))
+                        != Some((&now.state, &now.reported))
                 {
                     let _ = writeln!(
                         stderr,
@@ -278,8 +482,11 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                         now.reported.as_deref().unwrap_or("")
                     );
                 }
-                if cmd.until_installed && rows.values().all(|r| r.converged() || r.ended_badly()) {
-                    break;
+                if !refreshing
+                    && cmd.until_installed
+                    && rows.values().all(|r| r.converged() || r.ended_badly())
+                {
+                    deadline = Instant::now();
                 }
             }
             _ => {}
@@ -309,22 +516,28 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    fn rows() -> BTreeMap<String, Row> {
+        let mut rows = BTreeMap::new();
+        let mut row = Row {
+            device: "ns/d".into(),
+            ..Row::default()
+        };
+        row.settle(&TwinNames::default());
+        rows.insert("ns/d".to_owned(), row);
+        rows
+    }
+
     #[test]
     fn reports_deltas_and_get_results_fill_the_row() {
         let names = TwinNames::default();
-        let mut rows = BTreeMap::new();
-        rows.insert(
-            "ns/d".to_owned(),
-            Row {
-                device: "ns/d".into(),
-                ..Row::default()
-            },
-        );
+        let none = BTreeMap::new();
+        let mut rows = rows();
         let delta =
             br#"{"event_id":"e","timestamp":1,"twin":{},"delta":{"firmware":"r@sha256:1"}}"#;
         apply(
             &mut rows,
             &names,
+            &none,
             DeviceTopicKind::TwinUpdateDelta,
             "ns/d",
             delta,
@@ -333,6 +546,7 @@ mod tests {
         apply(
             &mut rows,
             &names,
+            &none,
             DeviceTopicKind::TwinUpdate,
             "ns/d",
             report,
@@ -340,6 +554,7 @@ mod tests {
         apply(
             &mut rows,
             &names,
+            &none,
             DeviceTopicKind::TwinUpdate,
             "ns/other",
             report,
@@ -347,6 +562,7 @@ mod tests {
         let row = &rows["ns/d"];
         assert!(row.converged());
         assert_eq!(row.version.as_deref(), Some("1.0.0"));
+        assert_eq!(row.note.as_deref(), Some("no answer from edgecore"));
         let t = table(std::slice::from_ref(row));
         assert!(
             t.starts_with("DEVICE") && t.contains("r@sha256:1") && t.contains("installed"),
@@ -361,6 +577,7 @@ mod tests {
         apply(
             &mut rows,
             &names,
+            &none,
             DeviceTopicKind::TwinUpdate,
             "ns/d",
             erased,
@@ -371,5 +588,37 @@ mod tests {
             (None, None)
         );
         assert!(row.ended_badly());
+    }
+
+    #[test]
+    fn edgecore_answers_are_matched_by_event_id_and_compared_with_the_agent() {
+        let names = TwinNames::default();
+        let mut gets = BTreeMap::new();
+        gets.insert("g1".to_owned(), "ns/d".to_owned());
+        let mut rows = rows();
+        let feed = |rows: &mut BTreeMap<String, Row>, kind, payload: &[u8]| {
+            apply(rows, &names, &gets, kind, "ns/d", payload);
+        };
+        let theirs = br#"{"event_id":"other","timestamp":1,"twin":{"firmware-state":{"actual":{"value":"idle"}}}}"#;
+        feed(&mut rows, DeviceTopicKind::TwinGetResult, theirs);
+        assert_eq!(
+            rows["ns/d"].edgecore, None,
+            "someone else's get result is ignored"
+        );
+        let ours = br#"{"event_id":"g1","timestamp":1,"twin":{"firmware-state":{"actual":{"value":"installed"}}}}"#;
+        feed(&mut rows, DeviceTopicKind::TwinGetResult, ours);
+        assert_eq!(rows["ns/d"].note, None);
+        let report = br#"{"event_id":"","timestamp":2,"twin":{"firmware-state":{"actual":{"value":"downloading:40"}}}}"#;
+        feed(&mut rows, DeviceTopicKind::TwinUpdate, report);
+        let row = &rows["ns/d"];
+        assert_eq!(row.stale, ["firmware-state downloading:40"]);
+        let t = table(std::slice::from_ref(row));
+        assert!(
+            t.contains("installed") && t.contains("stale: edgecore holds older values"),
+            "{t}"
+        );
+        let unknown = br#"{"event_id":"g1","timestamp":3,"code":404,"reason":"Device ns/d not found while getting twin"}"#;
+        feed(&mut rows, DeviceTopicKind::TwinGetResult, unknown);
+        assert_eq!(rows["ns/d"].note.as_deref(), Some("unknown to edgecore"));
     }
 }
