@@ -13,7 +13,7 @@ tf_need_services
 
 quick=false
 [ "${1:-}" = "--quick" ] && quick=true
-if $quick; then fetch_mib=64; rss_mib=64; intents=50; api_devices=1000; else fetch_mib=512; rss_mib=512; intents=200; api_devices=10000; fi
+if $quick; then fetch_mib=64; rss_mib=64; intents=50; api_devices=1000; installs=5; else fetch_mib=512; rss_mib=512; intents=200; api_devices=10000; installs=20; fi
 
 out=docs/benchmarks.md
 tmp=$(mktemp -d)
@@ -55,6 +55,7 @@ run "Edge agent: latency (issue 5, B3)" agent_table target/release/examples/benc
 NOTES=scripts/bench/notes/agent-memory.md run "Edge agent: memory (issue 5)" agent_table target/release/examples/bench_agent rss "$rss_mib"
 run "Edge agent: 100 devices on one agent (issue 5)" agent_table target/release/examples/bench_agent fleet 100 1024
 run "Fleet: 1,000 devices across 10 agents on one broker (issue 8)" agent_table target/release/examples/bench_agent fleet-multi 10 100 64
+run "Twin: messages per install, edgecore-acknowledged latency, anti-entropy cost (issue 13; against the edgecore stand-in)" agent_table target/release/examples/bench_agent twin "$installs" 100 10
 NOTES=scripts/bench/notes/fetch.md run "Fetcher: B1, B2, peak RSS (issue 3)" bash scripts/bench/fetch.sh "$fetch_mib"
 run "Rollout planner over 10,000 Devices in 4 waves (issue 7)" target/release/examples/bench_rollout
 run "Rollout through the API server: twinflash-cloud, FakeApi, registry, mosquitto, simulated fleet (issue 7, full path)" target/release/examples/bench_rollout_api "$api_devices"

@@ -1,6 +1,6 @@
 //! Benchmarks of the agent (issue 5), run by scripts/bench.sh; prints one markdown table row per figure.
 //!
-//! `cargo build --release -p twinflash-edge --bins && cargo run --release -p twinflash-bench --example bench_agent -- [latency|rss|fleet] [args]`
+//! `cargo build --release -p twinflash-edge --bins && cargo run --release -p twinflash-bench --example bench_agent -- [latency|rss|fleet|fleet-multi|twin] [args]`
 //! Uses the same real services and fixtures as the integration tests (twinflash-testkit).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a benchmark driver
 
@@ -278,6 +278,193 @@ async fn fleet_multi(agents: usize, per_agent: usize, kib: usize) {
     );
 }
 
+/// CPU seconds (user + system) the process `pid` used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name in parentheses: utime is the 14th field, stime the 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+/// Issue 13: against the edgecore stand-in, `installs` small installs (24 KiB, flashed at 64 KiB/s): messages the
+/// agent published and messages on the device's topics per install, and the edgecore-acknowledged report latency
+/// (a report seen on the broker to edgecore's `update/result` with its event id, seen on the broker). Then the cost
+/// of anti-entropy for `devices` converged devices on one agent over three periods of `period` seconds.
+async fn twin(installs: usize, devices: usize, period: u64) {
+    use twinflash_testkit::{Direction, Edgecore, EdgecoreOptions};
+    const TWINS: [&str; 3] = ["firmware", "firmware-version", "firmware-state"];
+    let dir = tempfile::tempdir().unwrap();
+    let mqtt = Mosquitto::start().unwrap();
+    let registry = Registry::start().unwrap();
+    let edgecore = Edgecore::start(EdgecoreOptions::new(
+        mqtt.port(),
+        dir.path().join("edgecore.json"),
+    ))
+    .await;
+    let refs = [
+        push(
+            &registry,
+            dir.path(),
+            "fw/t:1.0.0",
+            &image(1, 24 * 1024),
+            "1.0.0",
+            CHIP,
+        )
+        .await,
+        push(
+            &registry,
+            dir.path(),
+            "fw/t:1.0.1",
+            &image(2, 24 * 1024),
+            "1.0.1",
+            CHIP,
+        )
+        .await,
+    ];
+    let one = dir.path().join("one");
+    std::fs::create_dir_all(&one).unwrap();
+    let agent = Agent::start(AgentSpec {
+        extra_device_toml: "allow_downgrade = true\n",
+        write_bytes_per_sec: Some(64 * 1024),
+        ..AgentSpec::new(&one, mqtt.port(), vec![registry.host()], 1)
+    });
+    let id = agent.devices[0].id.clone();
+    edgecore.add_device(&id, &TWINS);
+    edgecore
+        .wait_actual(&id, "firmware-state", "idle", Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // A watcher on the broker, for the acknowledgement latency.
+    let mut opts = MqttOptions::new("bench-watch", "127.0.0.1", mqtt.port());
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut events) = twinflash_mqtt::client(opts);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(
+        Vec::<(Instant, String, String)>::new(),
+    ));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        while let Ok(ev) = events.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = ev {
+                let id = decode::<mqtt_schema::ResultMessage>(&p.payload)
+                    .map(|r| r.base.event_id)
+                    .unwrap_or_default();
+                s.lock()
+                    .unwrap()
+                    .push((Instant::now(), p.topic.clone(), id));
+            }
+        }
+    });
+    for f in [
+        format!("$hw/events/device/{id}/twin/update"),
+        format!("$hw/events/device/{id}/twin/update/result"),
+    ] {
+        client.subscribe(f, QoS::AtLeastOnce).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let prefix = format!("$hw/events/device/{id}/");
+    let (mut by_agent, mut total) = (Vec::new(), Vec::new());
+    for i in 0..installs {
+        let wanted = &refs[(i + 1) % 2];
+        let start = edgecore.log().len();
+        edgecore.set_expected(&id, "firmware", wanted).await;
+        edgecore
+            .wait_actual(&id, "firmware", wanted, Duration::from_secs(60))
+            .await;
+        edgecore
+            .wait_actual(&id, "firmware-state", "installed", Duration::from_secs(60))
+            .await;
+        // The confirmation and the last delta-less results settle within a second.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let log = edgecore.log();
+        let on_device: Vec<_> = log[start..]
+            .iter()
+            .filter(|m| m.topic.starts_with(&prefix))
+            .filter(|m| matches!(m.direction, Direction::Received | Direction::Sent))
+            .collect();
+        let received = on_device
+            .iter()
+            .filter(|m| m.direction == Direction::Received)
+            .count();
+        by_agent.push((received - 1) as f64); // the intent itself came from the set_expected client
+        total.push(on_device.len() as f64);
+    }
+    let seen = seen.lock().unwrap().clone();
+    let mut ack = Vec::new();
+    for (t, topic, eid) in &seen {
+        if !topic.ends_with("/twin/update") || !eid.starts_with("twinflash-") {
+            continue;
+        }
+        if let Some((t2, _, _)) = seen.iter().find(|(t2, topic2, eid2)| {
+            t2 >= t && topic2.ends_with("/twin/update/result") && eid2 == eid
+        }) {
+            ack.push((*t2 - *t).as_secs_f64() * 1000.0);
+        }
+    }
+    by_agent.sort_by(f64::total_cmp);
+    total.sort_by(f64::total_cmp);
+    ack.sort_by(f64::total_cmp);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    println!(
+        "| Messages per small install (24 KiB), by the agent (mean / max of {installs}) | <= 15 | {:.1} / {:.0} | - |",
+        mean(&by_agent),
+        by_agent.last().copied().unwrap_or(0.0)
+    );
+    println!(
+        "| Messages per small install on the device's topics, edgecore's results, documents and deltas included (mean / max) | <= 60 | {:.1} / {:.0} | - |",
+        mean(&total),
+        total.last().copied().unwrap_or(0.0)
+    );
+    if !ack.is_empty() {
+        println!(
+            "| edgecore-acknowledged report latency, report to its update/result on the broker, {} reports (p50 / p99) | - | {:.2} ms / {:.2} ms | stand-in edgecore in process |",
+            ack.len(),
+            percentile(&ack, 0.5),
+            percentile(&ack, 0.99)
+        );
+    }
+    drop(agent);
+
+    // Anti-entropy at `devices` converged devices.
+    let many = dir.path().join("many");
+    std::fs::create_dir_all(&many).unwrap();
+    let fleet = Agent::start(AgentSpec {
+        namespace: "ae".into(),
+        extra_sections: format!("[twin]\nanti_entropy_secs = {period}\n"),
+        ..AgentSpec::new(&many, mqtt.port(), vec![registry.host()], devices)
+    });
+    for d in &fleet.devices {
+        edgecore.add_device(&d.id, &TWINS);
+    }
+    for d in &fleet.devices {
+        edgecore
+            .wait_actual(&d.id, "firmware-state", "idle", Duration::from_secs(120))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(period + 2)).await;
+    let pid = fleet.pid().unwrap();
+    let (c0, cpu0, t0) = (edgecore.counters(), cpu_secs(pid), Instant::now());
+    tokio::time::sleep(Duration::from_secs(period * 3)).await;
+    let (c1, cpu1, secs) = (
+        edgecore.counters(),
+        cpu_secs(pid),
+        t0.elapsed().as_secs_f64(),
+    );
+    let periods = secs / period as f64;
+    println!(
+        "| Anti-entropy, {devices} converged devices on one agent, per {period} s period (twin/get sent, edgecore writes, agent CPU) | 1 get per device, 0 writes | {:.0} gets, {:.0} writes, {:.2} CPU s | measured over {secs:.0} s; the default period is 30 s |",
+        (c1.gets - c0.gets) as f64 / periods,
+        (c1.updates - c0.updates) as f64 / periods,
+        (cpu1 - cpu0) / periods
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     init();
@@ -288,8 +475,9 @@ async fn main() {
         Some("rss") => rss(num(1, 512)).await,
         Some("fleet") => fleet_multi(1, num(1, 100), num(2, 1024)).await,
         Some("fleet-multi") => fleet_multi(num(1, 10), num(2, 100), num(3, 64)).await,
+        Some("twin") => twin(num(1, 20), num(2, 100), num(3, 10) as u64).await,
         _ => eprintln!(
-            "usage: bench_agent latency [N] | rss [MiB] | fleet [devices] [KiB] | fleet-multi [agents] [devices each] [KiB]"
+            "usage: bench_agent latency [N] | rss [MiB] | fleet [devices] [KiB] | fleet-multi [agents] [devices each] [KiB] | twin [installs] [devices] [period s]"
         ),
     }
 }

@@ -141,3 +141,31 @@ fn a_missing_file_names_the_file() {
         .to_string();
     assert!(err.contains("/nonexistent/edge.toml"), "{err}");
 }
+
+#[test]
+fn twin_settings_default_to_edgecore_acks_and_a_period_of_at_most_a_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = EdgeConfig::load(&write(dir.path(), MINIMAL)).unwrap();
+    assert_eq!(cfg.twin.acknowledgement, Acknowledgement::Edgecore);
+    assert!((1..=60).contains(&cfg.twin.anti_entropy_secs));
+    assert_eq!(cfg.twin.progress_interval_ms, 1000);
+    let broker =
+        format!("{MINIMAL}\n[twin]\nacknowledgement = \"broker\"\nanti_entropy_secs = 0\n");
+    let cfg = EdgeConfig::load(&write(dir.path(), &broker)).unwrap();
+    assert_eq!(cfg.twin.acknowledgement, Acknowledgement::Broker);
+    assert_eq!(cfg.twin.anti_entropy_secs, 0);
+    for (bad, key) in [
+        ("ack_timeout_ms = 10", "twin.ack_timeout_ms"),
+        ("retry_max_secs = 0", "twin.retry_max_secs"),
+        (
+            "ack_timeout_ms = 5000\nretry_max_secs = 2",
+            "twin.retry_max_secs",
+        ),
+    ] {
+        let text = format!("{MINIMAL}\n[twin]\n{bad}\n");
+        let err = EdgeConfig::load(&write(dir.path(), &text)).unwrap_err();
+        assert!(err.to_string().contains(key), "{bad}: {err}");
+    }
+    let typo = format!("{MINIMAL}\n[twin]\nacknowledgment = \"broker\"\n");
+    assert!(EdgeConfig::load(&write(dir.path(), &typo)).is_err());
+}

@@ -1,0 +1,356 @@
+//! The agent against the harness's edgecore stand-in (`twinflash_testkit::Edgecore`, docs/kubeedge.md section 9),
+//! in the fault cases where the real edgecore v1.23.1 kept a wrong twin (issue 13): convergence is judged by what the
+//! stand-in STORES, never by what the agent says it sent.
+//!
+//! - case 1: edgecore restarts during a download and is back after the flash (it keeps its store, sends nothing);
+//! - case 2: mosquitto restarts shortly before a flash ends; the agent reconnects at once, edgecore only 5 s later;
+//! - a Device unknown to edgecore (404, the KubeEdge bug about Devices created before the node connected);
+//! - the cost: a converged device costs one `twin/get` per period and no edgecore write, and one small install
+//!   stays within the message budget.
+//!
+//! Each converges "within one period after the fault ends": the period here is 5 s (`twin.anti_entropy_secs`, and
+//! `twin.retry_max_secs` caps the report retries), the bound below adds edgecore's own 5 s reconnect and slack for a
+//! loaded machine. Before issue 13 the agent never re-reported in cases 1 and 2 (its broker link never dropped, or
+//! its re-report went to a broker with nobody subscribed), so these waits ran out.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // tests: a panic is a failed test
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use mqtt_schema::DeviceTwinUpdate;
+use mqtt_schema::gojson::decode;
+use support::{Agent, AgentSpec, image, init, push};
+use twinflash_harness::{Mosquitto, Registry};
+use twinflash_testkit::{Direction, Edgecore, EdgecoreOptions};
+
+/// The anti-entropy period and retry cap of these agents.
+const PERIOD: Duration = Duration::from_secs(5);
+/// How long after a fault ends edgecore's store must be right: one period, edgecore's 5 s reconnect, slack.
+const CONVERGE: Duration = Duration::from_secs(20);
+/// Bound of waits that are not about convergence.
+const WAIT: Duration = Duration::from_secs(60);
+const TWINS: [&str; 3] = ["firmware", "firmware-version", "firmware-state"];
+
+struct Scene {
+    agent: Agent,
+    edgecore: Edgecore,
+    registry: Registry,
+    mqtt: Mosquitto,
+    dir: tempfile::TempDir,
+}
+
+impl Scene {
+    async fn start(known: bool, tweak: impl FnOnce(AgentSpec<'_>) -> AgentSpec<'_>) -> Scene {
+        init();
+        let dir = tempfile::tempdir().unwrap();
+        let mqtt = Mosquitto::start().unwrap();
+        let registry = Registry::start().unwrap();
+        let edgecore = Edgecore::start(EdgecoreOptions::new(
+            mqtt.port(),
+            dir.path().join("edgecore.json"),
+        ))
+        .await;
+        let spec = AgentSpec {
+            mqtt_extra: "reconnect_max_secs = 1\n".into(),
+            extra_sections: format!(
+                "[twin]\nanti_entropy_secs = {}\nretry_max_secs = {}\n",
+                PERIOD.as_secs(),
+                PERIOD.as_secs()
+            ),
+            ..AgentSpec::new(dir.path(), mqtt.port(), vec![registry.host()], 1)
+        };
+        let agent = Agent::start(tweak(spec));
+        if known {
+            for d in &agent.devices {
+                edgecore.add_device(&d.id, &TWINS);
+            }
+        }
+        Scene {
+            agent,
+            edgecore,
+            registry,
+            mqtt,
+            dir,
+        }
+    }
+
+    fn id(&self) -> String {
+        self.agent.devices[0].id.clone()
+    }
+
+    async fn push(&self, tag: &str, bytes: &[u8]) -> String {
+        push(
+            &self.registry,
+            self.dir.path(),
+            &format!("fw/{tag}"),
+            bytes,
+            "1.0.0",
+            support::CHIP,
+        )
+        .await
+    }
+
+    /// Waits until edgecore stores `firmware-state` starting with `prefix`.
+    async fn wait_state(&self, prefix: &str, within: Duration) {
+        let id = self.id();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self
+                .edgecore
+                .actual(&id, "firmware-state")
+                .is_some_and(|s| s.starts_with(prefix))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "edgecore never stored a state starting with {prefix:?}\n{}\n--- agent log ---\n{}",
+            self.edgecore.dump(),
+            self.agent.log()
+        );
+    }
+
+    /// Waits until the simulated device completed the flash of `reference`.
+    async fn wait_flashed(&self, reference: &str) {
+        let deadline = Instant::now() + WAIT;
+        while self.agent.devices[0].completed(reference) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "never flashed\n{}",
+                self.agent.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Asserts that edgecore's store names `reference` installed within [`CONVERGE`] of now; returns how long it took.
+    async fn converged(&self, reference: &str) -> Duration {
+        let id = self.id();
+        let t0 = Instant::now();
+        self.edgecore
+            .wait_actual(&id, "firmware", reference, CONVERGE)
+            .await;
+        self.edgecore
+            .wait_actual(
+                &id,
+                "firmware-state",
+                "installed",
+                CONVERGE.saturating_sub(t0.elapsed()),
+            )
+            .await;
+        self.edgecore
+            .wait_actual(
+                &id,
+                "firmware-version",
+                "1.0.0",
+                CONVERGE.saturating_sub(t0.elapsed()),
+            )
+            .await;
+        t0.elapsed()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_1_edgecore_restarted_during_a_download_holds_the_truth_within_a_period() {
+    // 200 KB at 50 KB/s: edgecore is stopped while the download runs and started again after the flash.
+    let mut scene = Scene::start(true, |s| AgentSpec {
+        rate_limit: Some(50_000),
+        ..s
+    })
+    .await;
+    let id = scene.id();
+    scene.wait_state("idle", WAIT).await;
+    let fw = image(1, 200_000);
+    let reference = scene.push("case1:1.0.0", &fw).await;
+    scene
+        .edgecore
+        .set_expected(&id, "firmware", &reference)
+        .await;
+    scene.wait_state("downloading", WAIT).await;
+    let opts = scene.edgecore.options().clone();
+    scene.edgecore.stop();
+    scene.wait_flashed(&reference).await;
+    // The agent's broker link never dropped: nothing but the retries of unanswered reports and its periodic
+    // twin/get can repair the restarted edgecore's stale store (it sends nothing when it starts).
+    scene.edgecore = Edgecore::start(opts).await;
+    let took = scene.converged(&reference).await;
+    println!(
+        "case 1: edgecore's store right {:.1} s after it came back",
+        took.as_secs_f64()
+    );
+    assert!(scene.agent.devices[0].holds(&fw));
+    assert_eq!(
+        scene.agent.devices[0].started(&reference),
+        1,
+        "flashed once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_2_a_broker_restart_before_the_flash_ends_loses_no_final_report() {
+    // A 200 KB flash at 50 KB/s; the broker restarts (its sessions gone) once the flash is under way. The agent is
+    // back within a second, edgecore only after its 5 s reconnect loop: what the agent published in between was
+    // PUBACKed by a broker with nobody subscribed, and is lost.
+    let mut scene = Scene::start(true, |s| AgentSpec {
+        write_bytes_per_sec: Some(50_000),
+        ..s
+    })
+    .await;
+    let id = scene.id();
+    scene.wait_state("idle", WAIT).await;
+    let fw = image(2, 200_000);
+    let reference = scene.push("case2:1.0.0", &fw).await;
+    scene
+        .edgecore
+        .set_expected(&id, "firmware", &reference)
+        .await;
+    scene.wait_state("flashing", WAIT).await;
+    let subscribed = scene.edgecore.counters().subscriptions;
+    scene.mqtt.restart(false).unwrap();
+    scene.wait_flashed(&reference).await;
+    let fault_end = Instant::now();
+    scene.edgecore.wait_subscribed(subscribed + 1).await;
+    let took = scene.converged(&reference).await;
+    println!(
+        "case 2: edgecore's store right {:.1} s after the flash ended ({:.1} s after edgecore was back)",
+        fault_end.elapsed().as_secs_f64(),
+        took.as_secs_f64()
+    );
+    assert_eq!(
+        scene.agent.devices[0].started(&reference),
+        1,
+        "flashed once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_unknown_to_edgecore_is_named_and_lands_once_edgecore_knows_it() {
+    let scene = Scene::start(false, |s| s).await;
+    let id = scene.id();
+    // edgecore answers 404 to every report; the agent says why, and keeps the report.
+    let deadline = Instant::now() + WAIT;
+    while !scene
+        .agent
+        .log()
+        .contains("edgecore does not know this device")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no 404 warning\n{}",
+            scene.agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(scene.agent.log().contains("re-create the Device"));
+    assert!(scene.edgecore.counters().not_found >= 1);
+    // Once the Device reaches edgecore (re-created), the kept report lands within a retry period.
+    scene.edgecore.add_device(&id, &TWINS);
+    scene.wait_state("idle", CONVERGE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_converged_device_costs_one_twin_get_per_period_and_no_edgecore_write() {
+    let scene = Scene::start(true, |s| s).await;
+    let id = scene.id();
+    let reference = scene.push("quiet:1.0.0", &image(3, 8_000)).await;
+    scene
+        .edgecore
+        .set_expected(&id, "firmware", &reference)
+        .await;
+    scene.converged(&reference).await;
+    // Let the install's last reports (and the confirmation of the first acknowledged one) settle.
+    tokio::time::sleep(PERIOD).await;
+    let before = scene.edgecore.counters();
+    let watch = PERIOD * 3;
+    tokio::time::sleep(watch).await;
+    let after = scene.edgecore.counters();
+    assert_eq!(
+        after.updates,
+        before.updates,
+        "a converged device makes no edgecore write\n{}",
+        scene.edgecore.dump()
+    );
+    let gets = after.gets - before.gets;
+    assert!(
+        (2..=4).contains(&gets),
+        "one twin/get per {PERIOD:?} over {watch:?}: {gets}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_small_install_stays_within_the_message_budget() {
+    // The budget of issue 13: at most 15 messages published by the agent for one small install, at most 60 on the
+    // device's topics in all (edgecore's results, documents and deltas included). Counted on the stand-in's log,
+    // from the intent to the confirmation of `installed`.
+    let scene = Scene::start(true, |s| AgentSpec {
+        write_bytes_per_sec: Some(64 * 1024),
+        ..s
+    })
+    .await;
+    let id = scene.id();
+    scene.wait_state("idle", WAIT).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let start = scene.edgecore.log().len();
+    let reference = scene.push("budget:1.0.0", &image(4, 24 * 1024)).await;
+    scene
+        .edgecore
+        .set_expected(&id, "firmware", &reference)
+        .await;
+    scene.converged(&reference).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = scene.edgecore.log();
+    let prefix = format!("$hw/events/device/{id}/");
+    let on_device: Vec<_> = log[start..]
+        .iter()
+        .filter(|m| m.topic.starts_with(&prefix))
+        .filter(|m| matches!(m.direction, Direction::Received | Direction::Sent))
+        .collect();
+    // The agent's messages: its reports and twin/get requests (the intent is the one update it did not send).
+    let by_agent = on_device
+        .iter()
+        .filter(|m| m.direction == Direction::Received)
+        .count()
+        - 1;
+    let states: Vec<String> = on_device
+        .iter()
+        .filter(|m| m.direction == Direction::Received && m.topic.ends_with("/twin/update"))
+        .filter_map(|m| {
+            let upd = decode::<DeviceTwinUpdate>(&m.payload).ok()?;
+            upd.twin?
+                .get("firmware-state")?
+                .as_ref()?
+                .actual
+                .as_ref()?
+                .value
+                .clone()
+        })
+        .collect();
+    println!(
+        "one 24 KiB install: {by_agent} messages by the agent, {} on the device's topics; states {states:?}",
+        on_device.len()
+    );
+    assert!(
+        by_agent <= 15,
+        "{by_agent} messages by the agent: {states:?}"
+    );
+    assert!(on_device.len() <= 60, "{} messages in all", on_device.len());
+    // Honest progress: pending first, verifying reported, installed last.
+    assert_eq!(
+        states.first().map(String::as_str),
+        Some("pending"),
+        "{states:?}"
+    );
+    assert!(states.iter().any(|s| s == "verifying"), "{states:?}");
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("installed"),
+        "{states:?}"
+    );
+    let installed_at = states.iter().position(|s| s == "installed").unwrap();
+    assert!(
+        states[installed_at..].iter().all(|s| s == "installed"),
+        "{states:?}"
+    );
+}
