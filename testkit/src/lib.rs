@@ -8,6 +8,7 @@
 mod agent;
 mod binary;
 mod cloud;
+mod cloudcore;
 mod observe;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use twinflash_harness::Registry;
 pub use agent::{Agent, AgentSpec, SimDevice};
 pub use binary::{agent_binary, cloud_binary, set_agent_binary};
 pub use cloud::{Cloud, Seen};
+pub use cloudcore::{Cloudcore, CloudcoreWriter, sync_twin};
 pub use observe::{Message, Observer};
 
 /// Where the simulated flash starts, and where [`push`] places a BIN artifact.
