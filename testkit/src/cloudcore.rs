@@ -49,6 +49,13 @@ impl CloudcoreWriter {
         *self.twins.lock().unwrap() = twins;
     }
 
+    /// Stops the writer (an aborted sync may have reached the API server) and returns the syncs it completed.
+    pub async fn stop(mut self) -> usize {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        self.syncs()
+    }
+
     /// Syncs applied so far (patches sent).
     pub fn syncs(&self) -> usize {
         self.syncs.load(Ordering::Relaxed)
