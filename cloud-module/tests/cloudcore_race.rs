@@ -52,12 +52,9 @@ async fn start(
     mqtt: &Mosquitto,
     resolver: &MemoryResolver,
 ) -> Run {
-    let mut env = std::collections::HashMap::new();
-    env.insert(
-        "TWINFLASH_CLOUD__MQTT__URL".to_owned(),
-        format!("mqtt://127.0.0.1:{}", mqtt.port()),
-    );
-    let cfg = Config::load_with_env(None, Some(env)).unwrap();
+    let url = format!("mqtt://127.0.0.1:{}", mqtt.port());
+    let env = [("TWINFLASH_CLOUD__MQTT__URL".to_owned(), url)];
+    let cfg = Config::load_with_env(None, Some(env.into_iter().collect())).unwrap();
     let cancel = CancellationToken::new();
     let (sink, mqtt_task) =
         MqttSink::start(&cfg.mqtt, Mode::Edgecore, RESYNC, None, cancel.clone()).unwrap();

@@ -143,27 +143,16 @@ impl Cloudcore {
                 continue;
             };
             let kind = twin.metadata.as_ref().map(|m| m.value_type.clone());
-            if let Some(v) = twin
-                .actual
-                .as_ref()
-                .and_then(|a| a.value.as_ref().map(|v| (v, a)))
-            {
-                list[i]["reported"] = property(
-                    v.0,
-                    v.1.metadata.as_ref().map(|m| m.timestamp),
-                    kind.as_deref(),
-                );
+            let from = |v: &Option<mqtt_schema::TwinValue>| {
+                let v = v.as_ref()?;
+                let ts = v.metadata.as_ref().map(|m| m.timestamp);
+                Some(property(v.value.as_deref()?, ts, kind.as_deref()))
+            };
+            if let Some(p) = from(&twin.actual) {
+                list[i]["reported"] = p;
             }
-            if let Some(v) = twin
-                .expected
-                .as_ref()
-                .and_then(|e| e.value.as_ref().map(|v| (v, e)))
-            {
-                list[i]["observedDesired"] = property(
-                    v.0,
-                    v.1.metadata.as_ref().map(|m| m.timestamp),
-                    kind.as_deref(),
-                );
+            if let Some(p) = from(&twin.expected) {
+                list[i]["observedDesired"] = p;
             }
         }
         // `twins` is `omitempty` in cloudcore's patch struct.

@@ -27,6 +27,17 @@ fn twins_of(content: &str) -> BTreeMap<String, MsgTwin> {
         .collect()
 }
 
+fn device_status(api: &FakeApi) -> Value {
+    api.get(
+        "devices.kubeedge.io",
+        "v1beta1",
+        "devicestatuses",
+        "default",
+        "blinky-1",
+    )
+    .unwrap()
+}
+
 fn device(api: &FakeApi) {
     // temperature is not a property: cloudcore drops it (p07).
     api.put(json!({
@@ -66,15 +77,7 @@ async fn the_stand_in_sends_cloudcores_patch_bodies() {
             "patch #{compared} for {}",
             msg["content"]
         );
-        let stored = api
-            .get(
-                "devices.kubeedge.io",
-                "v1beta1",
-                "devicestatuses",
-                "default",
-                "blinky-1",
-            )
-            .unwrap();
+        let stored = device_status(&api);
         assert_eq!(
             stored["status"]["twins"], want["body"]["status"]["twins"],
             "stored after #{compared}"
@@ -111,15 +114,7 @@ async fn the_stand_in_overwrites_other_writers_and_drops_unknown_devices() {
         .await
         .unwrap();
     // Another writer's metadata in observedDesired, and a field Go's Twin does not have.
-    let mut ds = api
-        .get(
-            "devices.kubeedge.io",
-            "v1beta1",
-            "devicestatuses",
-            "default",
-            "blinky-1",
-        )
-        .unwrap();
+    let mut ds = device_status(&api);
     ds["status"]["twins"][0]["observedDesired"] =
         json!({"value": "b", "metadata": {"twinflash.io/reason": "x"}});
     ds["status"]["twins"][0]["extra"] = json!(1);
@@ -132,15 +127,7 @@ async fn the_stand_in_overwrites_other_writers_and_drops_unknown_devices() {
         "reported": {"value": "a", "metadata": {"timestamp": ts.to_string(), "type": "string"}},
         "observedDesired": {"value": "b", "metadata": {"timestamp": ts.to_string(), "type": "string"}}}]);
     assert_eq!(body["status"]["twins"], want);
-    let ds = api
-        .get(
-            "devices.kubeedge.io",
-            "v1beta1",
-            "devicestatuses",
-            "default",
-            "blinky-1",
-        )
-        .unwrap();
+    let ds = device_status(&api);
     assert_eq!(
         ds["status"]["twins"], want,
         "the other writer's keys are gone"
