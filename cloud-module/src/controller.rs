@@ -1,6 +1,11 @@
 //! The kube-runtime controller over KubeEdge Devices: `reconcile` fetches what [`decide`] needs,
 //! calls it, and applies the decision (publish through the [`IntentSink`], record the outcome in
-//! the status, emit an Event). Errors back off exponentially per Device.
+//! the Device's `twinflash.io/*` annotations, emit an Event). Errors back off exponentially per
+//! Device.
+//!
+//! `status.twins` belongs to cloudcore (it merge-patches the whole list on every edge sync): in
+//! `edgecore` mode the controller only reads it, in `direct` mode (no cloudcore) it writes the
+//! `firmware` twin's `observedDesired` as cloudcore would, with a resourceVersion.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,7 +20,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::config::StatusLocation;
+use crate::config::{Mode, StatusLocation};
 use crate::crd::{Device, DeviceModel, DeviceStatus, DeviceTwinStatus};
 use mqtt_schema::firmware::TWIN_FIRMWARE as FIRMWARE;
 
@@ -23,7 +28,10 @@ use crate::decide::{CHIP_ANNOTATION, Decision, Input, Noop, Record, decide};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::seams::{ArtifactResolver, IntentSink, namespace_of};
-use crate::status::{newest, record_from_status, with_record};
+use crate::status::{
+    newest, observed_desired, record_annotations, record_from_annotations, record_from_status,
+    with_observed_desired,
+};
 use crate::status_route::StatusRoute;
 use mqtt_schema::DeviceId;
 
@@ -78,6 +86,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Where `status.twins` lives.
     pub status_location: StatusLocation,
+    /// `edgecore` (cloudcore owns `status.twins`: never written) or `direct` (written here).
+    pub mode: Mode,
     /// How status patches reach it (learnt on the first write).
     pub status_route: Arc<StatusRoute>,
     /// Requeue period of a healthy Device.
@@ -109,6 +119,7 @@ impl Context {
             resolver,
             metrics: Arc::new(Metrics::default()),
             status_location,
+            mode: Mode::Edgecore,
             status_route: Arc::new(StatusRoute::default()),
             resync,
             records: Mutex::new(HashMap::new()),
@@ -234,17 +245,38 @@ async fn device_chip(
     Ok(found.and_then(|m| m.annotations().get(CHIP_ANNOTATION).cloned()))
 }
 
+/// Writes `record` into the Device's annotations: a merge patch of twinflash's keys only, so no
+/// resourceVersion is needed and no other writer's change is lost.
+async fn write_record(key: &DeviceId, record: &Record, ctx: &Context) -> Result<(), Error> {
+    let patch = json!({ "metadata": { "annotations": record_annotations(record) } });
+    Api::<Device>::namespaced(ctx.client.clone(), namespace_of(key))
+        .patch(
+            key.name(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|source| Error::Kube {
+            op: "patch device annotations",
+            object: key.to_string(),
+            source,
+        })
+}
+
+/// `direct` mode only: the `firmware` twin's `observedDesired` set to `pinned`, as cloudcore
+/// writes it from edgecore's `expected` (the relay plays edgecore, and there is no cloudcore).
 async fn write_status(
     key: &DeviceId,
     stored: &Stored,
-    record: &Record,
+    pinned: &str,
     ctx: &Context,
 ) -> Result<(), Error> {
     if !stored.exists {
-        warn!(device = %key, "no DeviceStatus object yet (cloudcore creates it); record kept in memory only");
+        warn!(device = %key, "no DeviceStatus object yet; observedDesired not written");
         return Ok(());
     }
-    let status = with_record(stored.status.as_ref(), record, now_ms());
+    let status = with_observed_desired(stored.status.as_ref(), pinned, now_ms());
     let mut patch = json!({ "status": { "twins": status.twins } });
     if let Some(rv) = &stored.resource_version {
         patch["metadata"] = json!({ "resourceVersion": rv });
@@ -295,13 +327,13 @@ async fn write_status_fresh(
     device: &Device,
     key: &DeviceId,
     stored: Stored,
-    record: &Record,
+    pinned: &str,
     ctx: &Context,
 ) -> Result<(), Error> {
     let mut stored = stored;
     let mut attempt = 1;
     loop {
-        match write_status(key, &stored, record, ctx).await {
+        match write_status(key, &stored, pinned, ctx).await {
             Err(Error::Kube {
                 source: kube::Error::Api(s),
                 ..
@@ -355,7 +387,11 @@ pub async fn reconcile(device: Arc<Device>, ctx: Arc<Context>) -> Result<Action,
     }
     let stored = load_status(&device, &key, &ctx).await?;
     let memory = ctx.memory_record(&key);
-    let last = newest(memory.clone(), record_from_status(stored.status.as_ref()));
+    let annotated = record_from_annotations(device.annotations());
+    let kept = annotated
+        .clone()
+        .or_else(|| record_from_status(stored.status.as_ref()));
+    let last = newest(memory.clone(), kept);
     let input = Input {
         generation: device.metadata.generation.unwrap_or(0),
         desired,
@@ -375,16 +411,24 @@ pub async fn reconcile(device: Arc<Device>, ctx: Arc<Context>) -> Result<Action,
     }
     match decision {
         Decision::Nothing(Noop::AlreadyDone) => {
-            // A restarted controller: let the sink redeliver the intent after a reconnect.
+            let held = observed_desired(stored.status.as_ref(), FIRMWARE);
             if let Some(l) = last.as_ref().filter(|l| !l.pinned.is_empty()) {
-                ctx.sink.restore_intent(&key, &l.pinned);
+                if ctx.mode == Mode::Edgecore && held == l.pinned {
+                    // cloudcore's observedDesired is edgecore's expected: edgecore stores the
+                    // intent (and keeps it across restarts). Nothing to republish.
+                    ctx.sink.delivered(&key, &l.pinned);
+                } else {
+                    // Not known to be held (or direct mode, whose relay lives in this
+                    // process): let the sink deliver it again at the next reconnect or resync.
+                    ctx.sink.restore_intent(&key, &l.pinned);
+                }
             }
-            // The edge has the intent; make sure the status caught up (a previous patch may
-            // have failed after the publish).
-            if let Some(m) =
-                memory.filter(|m| record_from_status(stored.status.as_ref()).as_ref() != Some(m))
-            {
-                write_status_fresh(&device, &key, stored, &m, &ctx).await?;
+            // Make sure the record caught up (a previous patch may have failed after the publish).
+            if let Some(m) = memory.filter(|m| annotated.as_ref() != Some(m)) {
+                write_record(&key, &m, &ctx).await?;
+                if ctx.mode == Mode::Direct && !m.pinned.is_empty() && held != m.pinned {
+                    write_status_fresh(&device, &key, stored, &m.pinned, &ctx).await?;
+                }
             }
         }
         Decision::Nothing(_) => {}
@@ -400,7 +444,10 @@ pub async fn reconcile(device: Arc<Device>, ctx: Arc<Context>) -> Result<Action,
             ctx.remember(&key, &record);
             ctx.metrics.published();
             info!(device = %key, reference = %record.pinned, generation = record.generation, "intent published");
-            write_status_fresh(&device, &key, stored, &record, &ctx).await?;
+            write_record(&key, &record, &ctx).await?;
+            if ctx.mode == Mode::Direct {
+                write_status_fresh(&device, &key, stored, &record.pinned, &ctx).await?;
+            }
             publish_event(&device, &record, &ctx).await?;
         }
         Decision::Reject(record) if last.as_ref() == Some(&record) => {
@@ -411,7 +458,7 @@ pub async fn reconcile(device: Arc<Device>, ctx: Arc<Context>) -> Result<Action,
             ctx.remember(&key, &record);
             ctx.metrics.rejected(record.reason);
             warn!(device = %key, reason = record.reason.as_str(), message = %record.message, "intent rejected");
-            write_status_fresh(&device, &key, stored, &record, &ctx).await?;
+            write_record(&key, &record, &ctx).await?;
             publish_event(&device, &record, &ctx).await?;
         }
         Decision::Retry { code, message } => {

@@ -9,11 +9,15 @@ use mqtt_schema::ErrorCode;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::config::Mode;
 use crate::crd::Device;
 use crate::decide::Reason;
 use crate::fixtures::*;
 use crate::seams::{ResolveError, ResolvedArtifact, SinkError};
-use crate::status::{META_DESIRED, META_GENERATION, META_REASON, with_record};
+use crate::status::{
+    META_DESIRED, META_GENERATION, META_MESSAGE, META_PINNED, META_REASON, record_annotations,
+    with_observed_desired,
+};
 
 fn key() -> DeviceId {
     DeviceId::namespaced(NS, NAME).unwrap()
@@ -37,25 +41,24 @@ fn firmware_twin(patch: &Value) -> Value {
         .clone()
 }
 
-/// Asserts the record in a status patch.
-fn assert_record(
-    patch: &Value,
-    rv: &str,
-    pinned: &str,
-    desired: &str,
-    generation: &str,
-    reason: Reason,
-) {
+/// Asserts the record in an annotations patch of the Device (and that it writes nothing else).
+fn assert_record(patch: &Value, pinned: &str, desired: &str, generation: &str, reason: Reason) {
     assert_eq!(
-        patch["metadata"]["resourceVersion"], rv,
-        "optimistic concurrency: {patch}"
+        patch.as_object().map(|m| m.keys().collect::<Vec<_>>()),
+        Some(vec![&"metadata".to_owned()]),
+        "metadata only, never status.twins: {patch}"
     );
-    let od = &firmware_twin(patch)["observedDesired"];
-    assert_eq!(od["value"], pinned, "{patch}");
-    assert_eq!(od["metadata"][META_DESIRED], desired);
-    assert_eq!(od["metadata"][META_GENERATION], generation);
-    assert_eq!(od["metadata"][META_REASON], reason.as_str());
-    assert_eq!(od["metadata"]["type"], "string");
+    let a = &patch["metadata"]["annotations"];
+    assert!(patch["metadata"]["resourceVersion"].is_null(), "{patch}");
+    assert_eq!(a[META_PINNED], pinned, "{patch}");
+    assert_eq!(a[META_DESIRED], desired);
+    assert_eq!(a[META_GENERATION], generation);
+    assert_eq!(a[META_REASON], reason.as_str());
+}
+
+/// The annotations of a patch.
+fn annotations(patch: &Value) -> Value {
+    patch["metadata"]["annotations"].clone()
 }
 
 fn assert_event(ev: &Value, type_: &str, reason: Reason) {
@@ -89,7 +92,22 @@ async fn publish_path_device_status_object_then_idempotent() {
     let p = pinned();
     t.resolver.insert(&p, artifact(&p, Some("nRF52840_xxAA")));
     let dev = Arc::new(device(&p, 2));
-    let (p1, p2) = (p.clone(), p.clone());
+    let p1 = p.clone();
+    let record = Record {
+        generation: 2,
+        desired: p.clone(),
+        pinned: p.clone(),
+        reason: Reason::IntentPublished,
+        message: "m".into(),
+    };
+    // What the watch shows after the record patch: the Device with its annotations.
+    let mut annotated = device(&p, 2);
+    annotated
+        .meta_mut()
+        .annotations
+        .get_or_insert_default()
+        .extend(record_annotations(&record));
+    let annotated = Arc::new(annotated);
     let server = t.verifier.run(vec![
         Expect::get(
             devices_path(&format!("devicestatuses/{NAME}")),
@@ -101,53 +119,54 @@ async fn publish_path_device_status_object_then_idempotent() {
             StatusCode::OK,
             model(Some("nRF52840_xxAA")),
         ),
+        // The record goes into the Device's annotations; DeviceStatus (cloudcore's) is not written.
         Expect {
-            respond: Some((StatusCode::OK, device_status_object(None))),
-            ..Expect::patch_status(
-                devices_path(&format!("devicestatuses/{NAME}/status")),
-                move |b| assert_record(b, "200", &p1, &p1, "2", Reason::IntentPublished),
-            )
+            respond: Some((StatusCode::OK, device_json(&annotated))),
+            ..Expect::record(move |b| assert_record(b, &p1, &p1, "2", Reason::IntentPublished))
         },
         Expect::event(|ev| assert_event(ev, "Normal", Reason::IntentPublished)),
-        // Second reconcile: the status now holds the record: one GET, nothing else.
+        // A restarted controller, before edgecore synced: cloudcore's observedDesired is empty.
         Expect::get(
             devices_path(&format!("devicestatuses/{NAME}")),
             StatusCode::OK,
-            device_status_object(Some(with_record(
-                None,
-                &Record {
-                    generation: 2,
-                    desired: p2.clone(),
-                    pinned: p2,
-                    reason: Reason::IntentPublished,
-                    message: "m".into(),
-                },
-                1,
-            ))),
+            device_status_object(None),
+        ),
+        // Again, after edgecore synced its expected: cloudcore's observedDesired is the intent.
+        Expect::get(
+            devices_path(&format!("devicestatuses/{NAME}")),
+            StatusCode::OK,
+            device_status_object(Some(with_observed_desired(None, &p, 1))),
         ),
     ]);
     let action = reconcile(dev.clone(), t.ctx.clone()).await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
     assert_eq!(t.sink.published(), vec![(key(), p.clone())]);
 
-    // A restarted controller (fresh memory) sees the record in the status: nothing is redone.
-    let restarted = Context::new(
+    // A restarted controller (fresh memory) finds the record in the annotations: nothing is redone.
+    let restarted = Arc::new(Context::new(
         t.ctx.client.clone(),
         Arc::new(t.sink.clone()),
         Arc::new(t.resolver.clone()),
         StatusLocation::DeviceStatus,
         Duration::from_secs(300),
         None,
-    );
-    reconcile(dev, Arc::new(restarted)).await.unwrap();
+    ));
+    reconcile(annotated.clone(), restarted.clone())
+        .await
+        .unwrap();
     assert_eq!(t.sink.published().len(), 1, "same intent published once");
-    // ...but the sink learns the intent, to redeliver it after a reconnect.
+    // edgecore is not known to hold it yet: the sink may deliver it again after a reconnect...
     assert_eq!(t.sink.restored(), vec![(key(), p.clone())]);
+    // ...and once cloudcore's observedDesired shows edgecore's expected, it need not.
+    reconcile(annotated, restarted).await.unwrap();
+    assert_eq!(t.sink.delivered(), vec![(key(), p.clone())]);
+    assert_eq!(t.sink.restored().len(), 1);
+    assert_eq!(t.sink.published().len(), 1);
     assert_eq!(t.resolver.calls(), vec![p]);
     assert_eq!(t.ctx.metrics.intents_published(), 1);
     drop(t.ctx);
     let seen = server.await.unwrap();
-    assert_eq!(seen.len(), 5);
+    assert_eq!(seen.len(), 6);
 }
 
 #[tokio::test]
@@ -168,9 +187,7 @@ async fn pin_path_tag_is_resolved_and_the_digest_published_device_status_in_devi
         // No DeviceModel GET: the Device's own annotation declares the chip.
         Expect {
             respond: Some((StatusCode::OK, device_json(&dev))),
-            ..Expect::patch_status(devices_path(&format!("devices/{NAME}/status")), move |b| {
-                assert_record(b, "100", &tp, tag, "4", Reason::IntentPublished)
-            })
+            ..Expect::record(move |b| assert_record(b, &tp, tag, "4", Reason::IntentPublished))
         },
         Expect::event(|ev| assert_event(ev, "Normal", Reason::IntentPublished)),
     ]);
@@ -202,12 +219,11 @@ async fn each_new_intent_on_a_device_gets_its_own_event_with_its_own_note() {
         Arc::new(d)
     };
     let (d1, d2) = (with_chip(&v1, 1), with_chip(&v2, 2));
-    let status_path = devices_path(&format!("devices/{NAME}/status"));
     let (n1, n2) = (v1.clone(), v2.clone());
     let server = t.verifier.run(vec![
         Expect {
             respond: Some((StatusCode::OK, device_json(&d1))),
-            ..Expect::patch_status(status_path.clone(), |_| {})
+            ..Expect::record(|_| {})
         },
         Expect::event(move |ev| {
             assert_event(ev, "Normal", Reason::IntentPublished);
@@ -215,7 +231,7 @@ async fn each_new_intent_on_a_device_gets_its_own_event_with_its_own_note() {
         }),
         Expect {
             respond: Some((StatusCode::OK, device_json(&d2))),
-            ..Expect::patch_status(status_path, |_| {})
+            ..Expect::record(|_| {})
         },
         // A new Event (POST), not a series patch of the first one that would keep its note.
         Expect::event(move |ev| {
@@ -239,9 +255,7 @@ async fn invalid_reference_gets_condition_and_warning_event_without_publish() {
     let server = t.verifier.run(vec![
         Expect {
             respond: Some((StatusCode::OK, device_json(&dev))),
-            ..Expect::patch_status(devices_path(&format!("devices/{NAME}/status")), move |b| {
-                assert_record(b, "100", "", bad, "3", Reason::InvalidReference)
-            })
+            ..Expect::record(move |b| assert_record(b, "", bad, "3", Reason::InvalidReference))
         },
         Expect::event(|ev| assert_event(ev, "Warning", Reason::InvalidReference)),
     ]);
@@ -276,7 +290,11 @@ async fn artifact_not_found_without_device_status_object_still_emits_the_event()
             not_found().0,
             not_found().1,
         ),
-        // No status patch: there is no DeviceStatus object to patch yet.
+        // The record needs no DeviceStatus object: it lives on the Device.
+        Expect {
+            respond: Some((StatusCode::OK, device_json(&dev))),
+            ..Expect::record(|b| assert_eq!(annotations(b)[META_REASON], "ArtifactNotFound"))
+        },
         Expect::event(|ev| assert_event(ev, "Warning", Reason::ArtifactNotFound)),
     ]);
     reconcile(dev, t.ctx.clone()).await.unwrap();
@@ -299,15 +317,10 @@ async fn chip_mismatch_from_the_device_model() {
         ),
         Expect {
             respond: Some((StatusCode::OK, device_json(&dev))),
-            ..Expect::patch_status(devices_path(&format!("devices/{NAME}/status")), |b| {
-                let od = &firmware_twin(b)["observedDesired"];
-                assert_eq!(od["metadata"][META_REASON], "ChipMismatch");
-                assert!(
-                    od["metadata"]["twinflash.io/message"]
-                        .as_str()
-                        .unwrap()
-                        .contains("STM32F411RETx")
-                );
+            ..Expect::record(|b| {
+                let a = annotations(b);
+                assert_eq!(a[META_REASON], "ChipMismatch");
+                assert!(a[META_MESSAGE].as_str().unwrap().contains("STM32F411RETx"));
             })
         },
         Expect::event(|ev| assert_event(ev, "Warning", Reason::ChipMismatch)),
@@ -333,7 +346,7 @@ async fn broker_failure_backs_off_then_publishes_once_healed() {
     let server = t.verifier.run(vec![
         Expect {
             respond: Some((StatusCode::OK, device_json(&dev))),
-            ..Expect::patch_status(devices_path(&format!("devices/{NAME}/status")), |_| {})
+            ..Expect::record(|_| {})
         },
         Expect::event(|ev| assert_event(ev, "Normal", Reason::IntentPublished)),
     ]);
@@ -367,14 +380,12 @@ async fn failed_status_patch_is_retried_without_republishing_and_stale_cache_is_
     let server = t.verifier.run(vec![
         Expect {
             respond: Some((StatusCode::SERVICE_UNAVAILABLE, unavailable)),
-            ..Expect::patch_status(devices_path(&format!("devices/{NAME}/status")), |_| {})
+            ..Expect::record(|_| {})
         },
         // Retry: status catch-up only, no second publish, no event.
         Expect {
             respond: Some((StatusCode::OK, device_json(&dev))),
-            ..Expect::patch_status(devices_path(&format!("devices/{NAME}/status")), move |b| {
-                assert_record(b, "100", &p1, &p1, "3", Reason::IntentPublished)
-            })
+            ..Expect::record(move |b| assert_record(b, &p1, &p1, "3", Reason::IntentPublished))
         },
     ]);
     let err = reconcile(dev.clone(), t.ctx.clone()).await.unwrap_err();
@@ -382,7 +393,7 @@ async fn failed_status_patch_is_retried_without_republishing_and_stale_cache_is_
         matches!(
             err,
             Error::Kube {
-                op: "patch status",
+                op: "patch device annotations",
                 ..
             }
         ),
@@ -402,11 +413,11 @@ async fn failed_status_patch_is_retried_without_republishing_and_stale_cache_is_
 }
 
 #[tokio::test]
-async fn a_conflicting_status_patch_is_read_again_and_the_event_still_emitted() {
+async fn direct_mode_writes_observed_desired_rereads_on_conflict_and_still_emits_the_event() {
     // Found end to end (tests/rollout_e2e.rs): in direct mode the relay writes the agent's reports
-    // into the same status; the record patch carrying the cached resourceVersion then conflicts.
-    // It used to fail the reconcile, and the retry took the "already done" path: no Event.
-    let t = Context::test(StatusLocation::Device);
+    // into the same status; the observedDesired patch carrying the cached resourceVersion then
+    // conflicts. It used to fail the reconcile, and the retry took the "already done" path: no Event.
+    let t = Context::test_in(StatusLocation::Device, Mode::Direct);
     let p = pinned();
     t.resolver.insert(&p, artifact(&p, None));
     let mut d = device(&p, 3);
@@ -419,11 +430,18 @@ async fn a_conflicting_status_patch_is_read_again_and_the_event_still_emitted() 
     fresh["metadata"]["resourceVersion"] = json!("101");
     fresh["status"] = json!({"twins": [{"propertyName": "firmware-state",
                                         "reported": {"value": "idle"}, "observedDesired": {}}]});
-    let p1 = p.clone();
+    let (p1, p2) = (p.clone(), p.clone());
+    let status_path = devices_path(&format!("devices/{NAME}/status"));
     let server = t.verifier.run(vec![
         Expect {
+            respond: Some((StatusCode::OK, device_json(&dev))),
+            ..Expect::record(move |b| assert_record(b, &p1, &p1, "3", Reason::IntentPublished))
+        },
+        Expect {
             respond: Some((StatusCode::CONFLICT, conflict)),
-            ..Expect::patch_status(devices_path(&format!("devices/{NAME}/status")), |_| {})
+            ..Expect::patch_status(status_path.clone(), |b| {
+                assert_eq!(b["metadata"]["resourceVersion"], "100", "{b}");
+            })
         },
         Expect::get(
             devices_path(&format!("devices/{NAME}")),
@@ -432,13 +450,21 @@ async fn a_conflicting_status_patch_is_read_again_and_the_event_still_emitted() 
         ),
         Expect {
             respond: Some((StatusCode::OK, device_json(&dev))),
-            ..Expect::patch_status(devices_path(&format!("devices/{NAME}/status")), move |b| {
-                assert_record(b, "101", &p1, &p1, "3", Reason::IntentPublished);
+            ..Expect::patch_status(status_path, move |b| {
+                assert_eq!(b["metadata"]["resourceVersion"], "101", "{b}");
                 let twins = b["status"]["twins"].as_array().unwrap();
                 assert!(
                     twins.iter().any(|t| t["propertyName"] == "firmware-state"
                         && t["reported"]["value"] == "idle"),
                     "the concurrent report is kept: {b}"
+                );
+                let od = &firmware_twin(b)["observedDesired"];
+                assert_eq!(od["value"], p2.as_str());
+                assert_eq!(od["metadata"]["type"], "string");
+                assert_eq!(
+                    od["metadata"].as_object().unwrap().len(),
+                    2,
+                    "as cloudcore: {od}"
                 );
             })
         },
@@ -485,18 +511,15 @@ async fn a_missing_artifact_is_rechecked_but_reported_once() {
     let server = t.verifier.run(vec![
         Expect {
             respond: Some((StatusCode::OK, device_json(&dev))),
-            ..Expect::patch_status(devices_path(&format!("devices/{NAME}/status")), |b| {
-                assert_eq!(
-                    firmware_twin(b)["observedDesired"]["metadata"][META_REASON],
-                    "ArtifactNotFound"
-                );
+            ..Expect::record(|b| {
+                assert_eq!(annotations(b)[META_REASON], "ArtifactNotFound");
             })
         },
         Expect::event(|ev| assert_event(ev, "Warning", Reason::ArtifactNotFound)),
         // Pushed meanwhile: the next resync finds it and publishes.
         Expect {
             respond: Some((StatusCode::OK, device_json(&dev))),
-            ..Expect::patch_status(devices_path(&format!("devices/{NAME}/status")), |_| {})
+            ..Expect::record(|_| {})
         },
         Expect::event(|ev| assert_event(ev, "Normal", Reason::IntentPublished)),
     ]);

@@ -84,6 +84,11 @@ impl Expect {
         }
     }
 
+    /// The merge patch of the record into the Device's annotations.
+    pub fn record(check: impl FnOnce(&Value) + Send + 'static) -> Expect {
+        Expect::patch_status(devices_path(&format!("devices/{NAME}")), check)
+    }
+
     pub fn event(check: impl FnOnce(&Value) + Send + 'static) -> Expect {
         Expect {
             method: Method::POST,
@@ -127,6 +132,11 @@ pub struct TestContext {
 impl Context {
     /// A context with a mocked API server and in-memory sink and resolver.
     pub fn test(status_location: StatusLocation) -> TestContext {
+        Context::test_in(status_location, crate::config::Mode::Edgecore)
+    }
+
+    /// [`Context::test`] in delivery mode `mode`.
+    pub fn test_in(status_location: StatusLocation, mode: crate::config::Mode) -> TestContext {
         let (mock_service, handle) = mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(mock_service, NS);
         let sink = MemorySink::default();
@@ -142,6 +152,7 @@ impl Context {
         // These tests are about reconciles, not about finding the status route (status_route_tests.rs).
         let mut ctx = ctx;
         ctx.status_route = Arc::new(StatusRoute::known(Route::Subresource));
+        ctx.mode = mode;
         TestContext {
             ctx: Arc::new(ctx),
             verifier: ApiServerVerifier(handle),

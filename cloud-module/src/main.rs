@@ -124,6 +124,7 @@ async fn lead(shared: Arc<Shared>, term: CancellationToken) {
     );
     ctx.metrics = shared.metrics.clone();
     ctx.status_route = route;
+    ctx.mode = cfg.mode;
     let ctx = Arc::new(ctx);
     // FirmwareRollouts change Devices' desired values; the Device controller above delivers them.
     let rollouts = Arc::new(twinflash_cloud::rollout::RolloutContext::new(

@@ -326,6 +326,17 @@ impl IntentSink for MqttSink {
             debug!(device = %device, error = %e, "intent restored while disconnected");
         }
     }
+
+    fn delivered(&self, device: &DeviceId, reference: &str) {
+        // edgecore stores `expected` in its database and keeps it across restarts: nothing left
+        // to republish. The relay of `direct` mode is its own edgecore and keeps its book.
+        if let Ok(mut book) = self.shared.book.lock()
+            && let Book::Edgecore(intents) = &mut *book
+            && intents.get(device).is_some_and(|r| r == reference)
+        {
+            intents.remove(device);
+        }
+    }
 }
 
 /// Largest inbound message the controller handles (the transport reads up to `twinflash_mqtt::MAX_INCOMING_PACKET`).

@@ -1,9 +1,17 @@
-//! Pure status bookkeeping: where twinflash keeps its [`Record`] (the `observedDesired` of the
-//! `firmware` twin, with `twinflash.io/*` metadata keys) and how an edge `actual` report becomes
-//! `status.twins[].reported`, the way cloudcore writes it.
+//! Pure status bookkeeping: where twinflash keeps its [`Record`] (`twinflash.io/*` annotations
+//! on the Device) and how an edge report becomes `status.twins[]`, the way cloudcore writes it.
 //!
-//! Why `observedDesired`: KubeEdge's CRD schemas have no `status.conditions`, and a structural
-//! schema prunes unknown fields, while the twin metadata is a free `map[string]string`.
+//! Why annotations on the Device: cloudcore owns `status.twins`. It merge-patches the whole list
+//! on every edge sync without a resourceVersion and replaces `observedDesired` with
+//! `{value, metadata {timestamp, type}}` (docs/kubeedge.md section 8), so a record kept there (the
+//! previous home: the `firmware` twin's `observedDesired` metadata) is erased within seconds.
+//! cloudcore never writes a Device's metadata; the annotations travel with the Device (the
+//! controller's watch cache has them, no extra read), are deleted with it, and need no object or
+//! RBAC of their own. A merge patch of the annotations map touches only twinflash's keys, so it
+//! needs no resourceVersion. KubeEdge's CRD schemas have no `status.conditions` either.
+//!
+//! The old place is still read ([`record_from_status`]) for one release, so a controller upgraded
+//! in place does not redo the intents its predecessor recorded there.
 
 use std::collections::BTreeMap;
 
@@ -20,8 +28,61 @@ pub const META_DESIRED: &str = "twinflash.io/desired";
 pub const META_REASON: &str = "twinflash.io/reason";
 /// Metadata key: the condition message.
 pub const META_MESSAGE: &str = "twinflash.io/message";
+/// Annotation key: the digest-pinned reference sent to the edge (empty when none).
+pub const META_PINNED: &str = "twinflash.io/pinned";
 
-/// The record kept in `status`, if one is there and readable.
+/// The record kept in a Device's annotations ([`record_annotations`]), if one is there and
+/// readable.
+pub fn record_from_annotations(annotations: &BTreeMap<String, String>) -> Option<Record> {
+    Some(Record {
+        generation: annotations.get(META_GENERATION)?.parse().ok()?,
+        desired: annotations.get(META_DESIRED)?.clone(),
+        pinned: annotations.get(META_PINNED)?.clone(),
+        reason: Reason::parse(annotations.get(META_REASON)?)?,
+        message: annotations.get(META_MESSAGE).cloned().unwrap_or_default(),
+    })
+}
+
+/// The annotations that hold `record` (the body of a merge patch's `metadata.annotations`).
+pub fn record_annotations(record: &Record) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (META_GENERATION.to_owned(), record.generation.to_string()),
+        (META_DESIRED.to_owned(), record.desired.clone()),
+        (META_PINNED.to_owned(), record.pinned.clone()),
+        (META_REASON.to_owned(), record.reason.as_str().to_owned()),
+        (META_MESSAGE.to_owned(), record.message.clone()),
+    ])
+}
+
+/// The `observedDesired` value of twin `name`, as cloudcore wrote it from edgecore's `expected`
+/// (empty when none).
+pub fn observed_desired<'a>(status: Option<&'a DeviceTwinStatus>, name: &str) -> &'a str {
+    status
+        .and_then(|s| s.twin(name))
+        .map_or("", |t| t.observed_desired.value.as_str())
+}
+
+/// `status` with the `firmware` twin's `observedDesired` set to `pinned` as cloudcore writes it
+/// from an edge sync carrying `expected`: `{value, metadata {timestamp: "<ms>", type: "string"}}`.
+/// In `direct` mode the relay plays edgecore, so the controller writes what cloudcore would.
+pub fn with_observed_desired(
+    status: Option<&DeviceTwinStatus>,
+    pinned: &str,
+    now_ms: i64,
+) -> DeviceTwinStatus {
+    let mut status = status.cloned().unwrap_or_default();
+    twin_mut(&mut status, FIRMWARE).observed_desired = TwinProperty {
+        value: pinned.to_owned(),
+        metadata: BTreeMap::from([
+            ("timestamp".to_owned(), now_ms.to_string()),
+            ("type".to_owned(), "string".to_owned()),
+        ]),
+    };
+    status
+}
+
+/// The record an older twinflash-cloud kept in `status` (the `firmware` twin's `observedDesired`
+/// metadata), if one is there and readable: the one-release fallback of [`record_from_annotations`].
 pub fn record_from_status(status: Option<&DeviceTwinStatus>) -> Option<Record> {
     let od = &status?.twin(FIRMWARE)?.observed_desired;
     Some(Record {
@@ -41,8 +102,9 @@ pub fn newest(memory: Option<Record>, stored: Option<Record>) -> Option<Record> 
     }
 }
 
-/// `status` with `record` written into the `firmware` twin's `observedDesired`; every other twin
-/// and field unchanged.
+/// `status` with `record` written into the `firmware` twin's `observedDesired` the way an older
+/// twinflash-cloud did (what [`record_from_status`] reads; tests and benches build old statuses
+/// with it); every other twin and field unchanged.
 pub fn with_record(
     status: Option<&DeviceTwinStatus>,
     record: &Record,
@@ -203,6 +265,35 @@ mod tests {
             Some(rec.clone())
         );
         assert_eq!(newest(None, Some(older.clone())), Some(older));
+    }
+
+    #[test]
+    fn record_round_trips_through_annotations_and_observed_desired_is_cloudcores() {
+        let rec = Record {
+            generation: 3,
+            desired: "r.local/fw/b:1".into(),
+            pinned: "r.local/fw/b:1@sha256:ab".into(),
+            reason: Reason::IntentPublished,
+            message: "published".into(),
+        };
+        let mut ann = record_annotations(&rec);
+        ann.insert("other.io/x".into(), "y".into());
+        assert_eq!(record_from_annotations(&ann), Some(rec.clone()));
+        ann.insert(META_REASON.into(), "Nonsense".into());
+        assert_eq!(record_from_annotations(&ann), None);
+        assert_eq!(record_from_annotations(&BTreeMap::new()), None);
+
+        let st = with_observed_desired(None, &rec.pinned, 42);
+        let od = &st.twin(FIRMWARE).unwrap().observed_desired;
+        assert_eq!(od.value, rec.pinned);
+        assert_eq!(
+            od.metadata.keys().collect::<Vec<_>>(),
+            ["timestamp", "type"],
+            "nothing cloudcore would not write"
+        );
+        assert_eq!(observed_desired(Some(&st), FIRMWARE), rec.pinned);
+        assert_eq!(observed_desired(None, FIRMWARE), "");
+        assert_eq!(record_from_status(Some(&st)), None);
     }
 
     #[test]

@@ -542,3 +542,211 @@ async fn a_resource_without_status_subresource_keeps_status_with_the_object() {
     assert_eq!(api_code(err), 404, "/status is not served");
     assert!(api.unknown_requests().is_empty());
 }
+
+/// `GET path` over a plain connection: (status code, JSON body).
+fn raw_get(api: &FakeApi, path: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(api.addr()).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    (code, serde_json::from_str(body).unwrap())
+}
+
+/// The `name` of each entry of a discovery array.
+fn names_of(list: &serde_json::Value) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn kubeedge(plural: &str, kind: &str) -> ApiResource {
+    ApiResource {
+        group: "devices.kubeedge.io".into(),
+        version: "v1beta1".into(),
+        api_version: "devices.kubeedge.io/v1beta1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+#[tokio::test]
+async fn kubeedge_resources_have_no_status_subresource_as_their_crds() {
+    let api = FakeApi::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let client = client_for(&api, dir.path()).await;
+    for (plural, kind) in [
+        ("devices", "Device"),
+        ("devicemodels", "DeviceModel"),
+        ("devicestatuses", "DeviceStatus"),
+    ] {
+        let r: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), "default", &kubeedge(plural, kind));
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "devices.kubeedge.io/v1beta1", "kind": kind,
+            "metadata": {"name": "d"}, "spec": {}, "status": {"twins": [{"propertyName": "a"}]}
+        }))
+        .unwrap();
+        let created = r.create(&PostParams::default(), &obj).await.unwrap();
+        assert_eq!(
+            created.data["status"]["twins"][0]["propertyName"], "a",
+            "{kind}: create keeps status"
+        );
+        let pp = PatchParams::default();
+        let twins = json!({"status": {"twins": [{"propertyName": "b"}]}});
+        let patched = r.patch("d", &pp, &Patch::Merge(&twins)).await.unwrap();
+        assert_eq!(
+            patched.data["status"], twins["status"],
+            "{kind}: a patch of the object writes status"
+        );
+        let err = r
+            .patch_status("d", &pp, &Patch::Merge(&twins))
+            .await
+            .unwrap_err();
+        assert_eq!(api_code(err), 404, "{kind}: no /status");
+        let err = r.get_status("d").await.unwrap_err();
+        assert_eq!(api_code(err), 404, "{kind}: no /status");
+        assert!(
+            !api.resource("devices.kubeedge.io", "v1beta1", plural)
+                .status_subresource
+        );
+    }
+    // FirmwareRollout's CRD declares the subresource; Events and Leases have no status.
+    assert!(
+        api.resource("twinflash.io", "v1alpha1", "firmwarerollouts")
+            .status_subresource
+    );
+    assert!(
+        !api.resource("events.k8s.io", "v1", "events")
+            .status_subresource
+    );
+    assert!(
+        !api.resource("coordination.k8s.io", "v1", "leases")
+            .status_subresource
+    );
+}
+
+#[tokio::test]
+async fn merge_patches_without_a_resource_version_apply_and_stale_ones_conflict() {
+    let api = FakeApi::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let client = client_for(&api, dir.path()).await;
+    let r: Api<DynamicObject> = Api::namespaced_with(
+        client,
+        "default",
+        &kubeedge("devicestatuses", "DeviceStatus"),
+    );
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "DeviceStatus", "metadata": {"name": "d"}
+    }))
+    .unwrap();
+    let created = r.create(&PostParams::default(), &obj).await.unwrap();
+    let rv0 = created.metadata.resource_version.clone().unwrap();
+    let pp = PatchParams::default();
+    let one = json!({"status": {"twins": [{"propertyName": "x", "reported": {"value": "1"}}]}});
+    let after = r.patch("d", &pp, &Patch::Merge(&one)).await.unwrap();
+    assert_eq!(after.data["status"], one["status"]);
+    // The same again, without a resourceVersion: applies (a no-op); a stale one: 409.
+    r.patch("d", &pp, &Patch::Merge(&one)).await.unwrap();
+    let stale = json!({"metadata": {"resourceVersion": rv0}, "status": {"twins": []}});
+    assert_eq!(
+        api_code(r.patch("d", &pp, &Patch::Merge(&stale)).await.unwrap_err()),
+        409
+    );
+    let current = after.metadata.resource_version.clone().unwrap();
+    let fresh = json!({"metadata": {"resourceVersion": current}, "status": {"twins": []}});
+    let out = r.patch("d", &pp, &Patch::Merge(&fresh)).await.unwrap();
+    assert_eq!(out.data["status"]["twins"], json!([]));
+}
+
+#[tokio::test]
+async fn lists_are_kind_lists_and_discovery_lists_what_is_served() {
+    let api = FakeApi::start().unwrap();
+    // Empty lists: `<Kind>List` with apiVersion, as client-go wants.
+    let (code, list) = raw_get(
+        &api,
+        "/apis/devices.kubeedge.io/v1beta1/namespaces/default/devices",
+    );
+    assert_eq!(
+        (code, list["kind"].as_str(), list["apiVersion"].as_str()),
+        (200, Some("DeviceList"), Some("devices.kubeedge.io/v1beta1"))
+    );
+    assert_eq!(list["items"], json!([]));
+    let (_, list) = raw_get(&api, "/apis/devices.kubeedge.io/v1beta1/devicestatuses");
+    assert_eq!(list["kind"], "DeviceStatusList");
+    let (_, list) = raw_get(&api, "/apis/coordination.k8s.io/v1/namespaces/x/leases");
+    assert_eq!(list["kind"], "LeaseList");
+    api.put(json!({"apiVersion": "example.io/v1", "kind": "Widget", "metadata": {"name": "w", "namespace": "default"}}))
+        .unwrap();
+    let (_, list) = raw_get(&api, "/apis/example.io/v1/namespaces/default/widgets");
+    assert_eq!(
+        (
+            list["kind"].as_str(),
+            list["items"].as_array().map(Vec::len)
+        ),
+        (Some("WidgetList"), Some(1))
+    );
+
+    let (code, core) = raw_get(&api, "/api");
+    assert_eq!((code, core["kind"].as_str()), (200, Some("APIVersions")));
+    assert_eq!(core["versions"], json!(["v1"]));
+    let (_, v1) = raw_get(&api, "/api/v1");
+    assert_eq!(v1["kind"], "APIResourceList");
+    let (_, groups) = raw_get(&api, "/apis");
+    assert_eq!(groups["kind"], "APIGroupList");
+    let names = names_of(&groups["groups"]);
+    for g in [
+        "devices.kubeedge.io",
+        "twinflash.io",
+        "events.k8s.io",
+        "coordination.k8s.io",
+        "example.io",
+    ] {
+        assert!(names.iter().any(|n| n == g), "{g} in {names:?}");
+    }
+    let (code, group) = raw_get(&api, "/apis/devices.kubeedge.io");
+    assert_eq!(
+        (code, group["preferredVersion"]["groupVersion"].as_str()),
+        (200, Some("devices.kubeedge.io/v1beta1"))
+    );
+    let served = |path: &str| -> Vec<String> {
+        let (_, res) = raw_get(&api, path);
+        names_of(&res["resources"])
+    };
+    assert_eq!(
+        served("/apis/devices.kubeedge.io/v1beta1"),
+        ["devicemodels", "devices", "devicestatuses"],
+        "no status subresources"
+    );
+    assert_eq!(
+        served("/apis/twinflash.io/v1alpha1"),
+        ["firmwarerollouts", "firmwarerollouts/status"]
+    );
+    assert_eq!(raw_get(&api, "/apis/nothing.io").0, 404);
+
+    // kube's own discovery reads them.
+    let dir = tempfile::tempdir().unwrap();
+    let client = client_for(&api, dir.path()).await;
+    let discovery = kube::discovery::Discovery::new(client).run().await.unwrap();
+    let (ar, caps) = discovery
+        .groups()
+        .find(|g| g.name() == "devices.kubeedge.io")
+        .and_then(|g| {
+            g.recommended_resources()
+                .into_iter()
+                .find(|(ar, _)| ar.plural == "devicestatuses")
+        })
+        .unwrap();
+    assert_eq!(ar.kind, "DeviceStatus");
+    assert!(caps.subresources.is_empty());
+    let unknown: Vec<String> = api.unknown_requests().into_iter().map(|r| r.path).collect();
+    assert!(unknown == ["/apis/nothing.io"], "{unknown:?}");
+}

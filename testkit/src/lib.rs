@@ -10,6 +10,7 @@ mod agent;
 mod binary;
 mod cloud;
 mod edgecore;
+mod cloudcore;
 mod observe;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ pub use edgecore::{
     Clock, CloudSync, Counters, Direction, EDGECORE_RECONNECT, Edgecore, EdgecoreOptions, Logged,
     StoredTwin, publish_once,
 };
+pub use cloudcore::{Cloudcore, CloudcoreWriter, sync_twin};
 pub use observe::{Message, Observer};
 
 /// Where the simulated flash starts, and where [`push`] places a BIN artifact.

@@ -62,6 +62,7 @@ impl StatusWriter for MemoryStatusWriter {
 pub struct MemorySink {
     published: Arc<Mutex<Vec<(DeviceId, String)>>>,
     restored: Arc<Mutex<Vec<(DeviceId, String)>>>,
+    delivered: Arc<Mutex<Vec<(DeviceId, String)>>>,
     fail_with: Arc<Mutex<Option<SinkError>>>,
 }
 
@@ -74,6 +75,11 @@ impl MemorySink {
     /// Every intent restored from a status record (never published by the sink itself).
     pub fn restored(&self) -> Vec<(DeviceId, String)> {
         self.restored.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Every intent the controller found held by the edge ([`IntentSink::delivered`]).
+    pub fn delivered(&self) -> Vec<(DeviceId, String)> {
+        self.delivered.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
     /// Makes every following publish fail with `err` (`None` heals it).
@@ -103,6 +109,12 @@ impl IntentSink for MemorySink {
 
     fn restore_intent(&self, device: &DeviceId, reference: &str) {
         if let Ok(mut r) = self.restored.lock() {
+            r.push((device.clone(), reference.to_owned()));
+        }
+    }
+
+    fn delivered(&self, device: &DeviceId, reference: &str) {
+        if let Ok(mut r) = self.delivered.lock() {
             r.push((device.clone(), reference.to_owned()));
         }
     }

@@ -35,6 +35,11 @@ pub trait IntentSink: Send + Sync {
     /// so it can be delivered again after a reconnect. Never publishes by itself in `edgecore`
     /// mode; in `direct` mode the relay re-establishes the retained delta. Default: nothing.
     fn restore_intent(&self, _device: &DeviceId, _reference: &str) {}
+
+    /// The edge holds `reference` for `device` (in `edgecore` mode: cloudcore's `observedDesired`,
+    /// written from edgecore's `expected`, is that value): the sink stops republishing it at every
+    /// reconnect and resync. Default: nothing.
+    fn delivered(&self, _device: &DeviceId, _reference: &str) {}
 }
 
 /// The sink could not deliver an intent.

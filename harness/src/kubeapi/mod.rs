@@ -2,17 +2,32 @@
 //! one; kube's own tests use tower mocks). Plain HTTP/1.1 on a free loopback port, generic over
 //! resources, serving what kube-rs `Api`, `watcher`/`Controller`, `Recorder` and kube-lease-manager send.
 //!
-//! Honest limits: no authentication, admission, validation against schemas, or defaulting; every
-//! resource is namespaced or cluster scoped by its path alone; every resource behaves as a CRD with
-//! the status subresource (writes to the main resource keep `.status`, writes to `/status` change only
-//! `.status`, create drops `.status`); server-side apply (`application/apply-patch+yaml`, body
-//! JSON) and strategic merge are applied as JSON merge patches (no field managers, no apply
-//! conflicts, lists replaced whole); `limit`/`continue` are ignored (one page, no continue token);
-//! a watch whose label selector stops matching a modified object does not turn it into DELETED.
-//! As the real server: a write that changes nothing gets no new resourceVersion and no event; a
-//! watch from a version older than the kept history ([`HISTORY`] writes) gets one `ERROR` event
-//! carrying a 410 `Expired` Status; `sendInitialEvents=true` ends the initial ADDED events with a
-//! BOOKMARK annotated `k8s.io/initial-events-end`.
+//! Like a real cluster where twinflash depends on it:
+//! - Each resource follows its definition ([`resources::builtin`]): KubeEdge's Device, DeviceModel
+//!   and DeviceStatus have no status subresource (`.status` is written with the object, by a
+//!   patch or replace of the object, and `.../status` answers 404), FirmwareRollout has one, Events
+//!   and Leases have no status. With a status subresource, writes of the object keep `.status`,
+//!   writes of `/status` change only `.status`, and create drops `.status`.
+//! - Lists are `<Kind>List` with `apiVersion`, empty ones included; discovery (`/api`,
+//!   `/api/v1`, `/apis`, `/apis/<group>`, `/apis/<group>/<version>`) lists the served resources.
+//! - A write carrying a stale `metadata.resourceVersion` is a 409 Conflict; a merge patch without
+//!   one applies unconditionally (what cloudcore relies on). A write that changes nothing gets no
+//!   new resourceVersion and no event; a watch from a version older than the kept history
+//!   ([`HISTORY`] writes) gets one `ERROR` event carrying a 410 `Expired` Status;
+//!   `sendInitialEvents=true` ends the initial ADDED events with a BOOKMARK annotated
+//!   `k8s.io/initial-events-end`.
+//!
+//! Where it differs from a real API server: no authentication, authorization, admission,
+//! validation against schemas (unknown fields are kept, not pruned), or defaulting; JSON only (no
+//! protobuf: cloudcore's own client, which speaks protobuf, cannot use it; its stand-in is
+//! `twinflash_testkit::Cloudcore`); a resource outside the table is served as a CRD with the
+//! status subresource, scoped by the path it is used with, and discovery knows it only once an
+//! object of it was written; server-side apply (`application/apply-patch+yaml`, body JSON) and
+//! strategic merge are applied as JSON merge patches (no field managers, no apply conflicts, lists
+//! replaced whole); `limit`/`continue` are ignored (one page, no continue token); a watch whose
+//! label selector stops matching a modified object does not turn it into DELETED; no
+//! `deletecollection`, finalizers, owner-reference garbage collection or namespaces lifecycle;
+//! one global resourceVersion counter for all resources (as etcd's revision).
 //!
 //! ```no_run
 //! use twinflash_harness::FakeApi;
@@ -32,6 +47,7 @@
 //! # }
 //! ```
 
+pub mod resources;
 mod selector;
 mod server;
 mod store;
@@ -45,6 +61,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::HarnessError;
+pub use resources::ResourceInfo;
 pub use selector::{FieldSelector, LabelSelector};
 pub use server::RequestRecord;
 use server::Shared;
@@ -181,12 +198,17 @@ impl FakeApi {
 
     /// Serves `group/version/plural` as a CRD without a status subresource, as KubeEdge's Device
     /// CRD is: `.status` is written by writes of the object itself, and `/status` answers 404.
+    /// KubeEdge's resources are already served so ([`resources::builtin`]); this is for others.
     pub fn without_status_subresource(&self, group: &str, version: &str, plural: &str) {
-        self.shared
-            .plain_status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(Gvr::new(group, version, plural));
+        let gvr = Gvr::new(group, version, plural);
+        let mut info = self.shared.info(&gvr, true);
+        info.status_subresource = false;
+        self.shared.resources().insert(gvr, info);
+    }
+
+    /// What the server knows of `group/version/plural` (kind, scope, status subresource).
+    pub fn resource(&self, group: &str, version: &str, plural: &str) -> ResourceInfo {
+        self.shared.info(&Gvr::new(group, version, plural), true)
     }
 
     /// Creates or replaces `obj` as given, status included (the test acting as the cluster admin
@@ -198,6 +220,7 @@ impl FakeApi {
             .unwrap_or("")
             .to_owned();
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_owned();
+        self.shared.learn(&gvr, &obj, !ns.is_empty());
         let mut store = self.shared.store();
         let result = if store.get(&gvr, &ns, &name).is_some() {
             let mut obj = obj;
@@ -232,8 +255,9 @@ impl FakeApi {
             .list(&Gvr::new(group, version, plural), ns)
     }
 
-    /// A JSON merge patch on the main resource (status untouched), as an operator's
-    /// `kubectl patch --type merge` would do; watchers see it.
+    /// A JSON merge patch on the main resource, as an operator's `kubectl patch --type merge`
+    /// would do; watchers see it. `.status` in the patch is kept out where the resource has a
+    /// status subresource and applied where it has none, as the API server does.
     pub fn patch_spec(
         &self,
         group: &str,
@@ -253,9 +277,12 @@ impl FakeApi {
                 message: format!("{plural} \"{ns}/{name}\" not found"),
             })?;
         json_patch::merge(&mut obj, merge_patch);
-        store
-            .update(&gvr, ns, name, obj, Part::Main)
-            .map_err(api_err)
+        let part = if self.shared.info(&gvr, !ns.is_empty()).status_subresource {
+            Part::Main
+        } else {
+            Part::Whole
+        };
+        store.update(&gvr, ns, name, obj, part).map_err(api_err)
     }
 
     /// Every write of a resource still in the history (at most [`HISTORY`] writes of all

@@ -2,6 +2,7 @@
 //! serves list, watch, get, create, replace, patch and delete from the [`Store`], and records
 //! every request (unknown ones answered 404 with a `Status`).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use futures_util::stream;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+use super::resources::{self, ResourceInfo};
 use super::selector::{FieldSelector, LabelSelector, labels_of};
 use super::store::{ApiError, Gvr, Part, Store, WatchRecord};
 
@@ -34,18 +36,59 @@ pub struct RequestRecord {
 }
 
 /// State shared by the handler and the test API.
-#[derive(Default)]
 pub struct Shared {
     /// The objects.
     pub store: Mutex<Store>,
     /// Every request, in arrival order.
     pub requests: Mutex<Vec<RequestRecord>>,
-    /// Resources whose CRD declares no status subresource: `.status` is written with the rest of
-    /// the object and `/status` is not served (KubeEdge's Device CRD is one).
-    pub plain_status: Mutex<std::collections::BTreeSet<Gvr>>,
+    /// What is known of each resource ([`resources::builtin`], then what objects taught).
+    pub resources: Mutex<BTreeMap<Gvr, ResourceInfo>>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            store: Mutex::default(),
+            requests: Mutex::default(),
+            resources: Mutex::new(resources::builtin()),
+        }
+    }
 }
 
 impl Shared {
+    /// The resource table, even if a panicking holder poisoned the lock.
+    pub fn resources(&self) -> std::sync::MutexGuard<'_, BTreeMap<Gvr, ResourceInfo>> {
+        self.resources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What is known of `gvr`: a resource outside the table is served as a CRD with the status
+    /// subresource (what kubebuilder generates), scoped by the path it was used with.
+    pub fn info(&self, gvr: &Gvr, namespaced: bool) -> ResourceInfo {
+        self.resources().get(gvr).cloned().unwrap_or(ResourceInfo {
+            kind: String::new(),
+            namespaced,
+            status_subresource: true,
+        })
+    }
+
+    /// Learns the kind of `gvr` from an object written to it (for `<Kind>List` and discovery).
+    pub fn learn(&self, gvr: &Gvr, obj: &Value, namespaced: bool) {
+        let Some(kind) = obj["kind"].as_str().filter(|k| !k.is_empty()) else {
+            return;
+        };
+        let mut r = self.resources();
+        let e = r.entry(gvr.clone()).or_insert_with(|| ResourceInfo {
+            kind: String::new(),
+            namespaced,
+            status_subresource: true,
+        });
+        if e.kind.is_empty() {
+            e.kind = kind.to_owned();
+        }
+    }
+
     /// The store, even if a panicking holder poisoned the lock.
     pub fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store
@@ -192,11 +235,12 @@ impl Filter {
     }
 }
 
-/// `<Kind>List` from the first item (kube does not read the list's kind), else `List`.
-fn kind_of_list(items: &[Value]) -> String {
-    items
-        .first()
-        .and_then(|o| o["kind"].as_str())
+/// `<Kind>List`, as the API server names every list (client-go decodes by it): from the known
+/// kind, else from the first item, else `List` (a resource never written and not in the table).
+fn kind_of_list(kind: &str, items: &[Value]) -> String {
+    Some(kind)
+        .filter(|k| !k.is_empty())
+        .or_else(|| items.first().and_then(|o| o["kind"].as_str()))
         .map_or_else(|| "List".to_owned(), |k| format!("{k}List"))
 }
 
@@ -246,9 +290,13 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let (resp, known) = match parse_path(&path) {
-        Some(t) => route(&shared, &method, &t, &query, &content_type, &body),
-        None => (None, false),
+    let discovered = (method == Method::GET)
+        .then(|| resources::discovery(&shared.resources(), &path))
+        .flatten();
+    let (resp, known) = match (discovered, parse_path(&path)) {
+        (Some(doc), _) => (Some(json_response(200, &doc)), true),
+        (None, Some(t)) => route(&shared, &method, &t, &query, &content_type, &body),
+        (None, None) => (None, false),
     };
     let resp = resp.unwrap_or_else(|| {
         error_response(&ApiError::new(
@@ -283,11 +331,8 @@ fn route(
     body: &[u8],
 ) -> (Option<Response>, bool) {
     let pairs = query_pairs(query);
-    let plain = shared
-        .plain_status
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .contains(&t.gvr);
+    let info = shared.info(&t.gvr, t.namespace.is_some());
+    let plain = !info.status_subresource;
     if plain && t.status {
         // As for a CRD without `subresources: {status: {}}`.
         let e = ApiError::new(
@@ -306,10 +351,13 @@ fn route(
         ("GET", None) if param(&pairs, "watch").is_some_and(|w| w == "true" || w == "1") => {
             return (Some(watch(shared, t, &pairs)), true);
         }
-        ("GET", None) if !t.status => list(shared, t, &pairs),
+        ("GET", None) if !t.status => list(shared, t, &info.kind, &pairs),
         ("POST", None) if !t.status => serde_json::from_slice::<Value>(body)
             .map_err(|e| ApiError::new(400, "BadRequest", format!("body is not JSON: {e}")))
-            .and_then(|obj| shared.store().create(&t.gvr, ns_key(t), obj, part))
+            .and_then(|obj| {
+                shared.learn(&t.gvr, &obj, t.namespace.is_some());
+                shared.store().create(&t.gvr, ns_key(t), obj, part)
+            })
             .map(|o| (201, o)),
         ("GET", Some(name)) => shared
             .store()
@@ -342,7 +390,12 @@ fn not_found(t: &Target, name: &str) -> ApiError {
     )
 }
 
-fn list(shared: &Shared, t: &Target, pairs: &[(String, String)]) -> Result<(u16, Value), ApiError> {
+fn list(
+    shared: &Shared,
+    t: &Target,
+    kind: &str,
+    pairs: &[(String, String)],
+) -> Result<(u16, Value), ApiError> {
     let filter = Filter::from(t, pairs)?;
     let store = shared.store();
     let items: Vec<Value> = store
@@ -353,7 +406,7 @@ fn list(shared: &Shared, t: &Target, pairs: &[(String, String)]) -> Result<(u16,
     Ok((
         200,
         json!({
-            "kind": kind_of_list(&items),
+            "kind": kind_of_list(kind, &items),
             "apiVersion": t.gvr.api_version(),
             "metadata": {"resourceVersion": store.resource_version().to_string()},
             "items": items,
@@ -373,13 +426,11 @@ fn patch(
     let old = store.get(&t.gvr, ns_key(t), name);
     let apply = content_type.starts_with("application/apply-patch");
     match old {
-        None if apply && part == Part::Main => {
+        None if apply && part != Part::Status => {
             // Server-side apply creates a missing object.
             let mut obj = patched(None, content_type, body)?;
             obj["metadata"]["name"] = json!(name);
-            store
-                .create(&t.gvr, ns_key(t), obj, Part::Main)
-                .map(|o| (201, o))
+            store.create(&t.gvr, ns_key(t), obj, part).map(|o| (201, o))
         }
         None => Err(not_found(t, name)),
         Some(old) => {
