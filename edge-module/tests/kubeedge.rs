@@ -22,7 +22,7 @@ use mqtt_schema::DeviceTwinUpdate;
 use mqtt_schema::gojson::decode;
 use support::{Agent, AgentSpec, image, init, push};
 use twinflash_harness::{Mosquitto, Registry};
-use twinflash_testkit::{Direction, Edgecore, EdgecoreOptions};
+use twinflash_testkit::{Direction, Edgecore, EdgecoreOptions, Observer};
 
 /// The anti-entropy period and retry cap of these agents.
 const PERIOD: Duration = Duration::from_secs(5);
@@ -169,9 +169,37 @@ async fn case_1_edgecore_restarted_during_a_download_holds_the_truth_within_a_pe
         .set_expected(&id, "firmware", &reference)
         .await;
     scene.wait_state("downloading", WAIT).await;
+    // A watcher on the broker sees the agent's final report go out while edgecore is away (the broker PUBACKs it,
+    // nobody stores it): only then does edgecore come back, so nothing but a retry can carry it.
+    let watcher = Observer::start(
+        scene.mqtt.port(),
+        "watcher",
+        &[&format!("$hw/events/device/{id}/twin/update")],
+    )
+    .await;
     let opts = scene.edgecore.options().clone();
     scene.edgecore.stop();
     scene.wait_flashed(&reference).await;
+    let deadline = Instant::now() + WAIT;
+    while !watcher.messages().iter().any(|(_, p, _)| {
+        decode::<DeviceTwinUpdate>(p)
+            .ok()
+            .and_then(|u| u.twin)
+            .is_some_and(|t| {
+                t.get("firmware-state")
+                    .and_then(Option::as_ref)
+                    .and_then(|t| t.actual.as_ref())
+                    .and_then(|a| a.value.as_deref())
+                    == Some("installed")
+            })
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never reported installed\n{}",
+            scene.agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The agent's broker link never dropped: nothing but the retries of unanswered reports and its periodic
     // twin/get can repair the restarted edgecore's stale store (it sends nothing when it starts).
     scene.edgecore = Edgecore::start(opts).await;

@@ -9,8 +9,8 @@
 mod agent;
 mod binary;
 mod cloud;
-mod edgecore;
 mod cloudcore;
+mod edgecore;
 mod observe;
 
 use std::collections::BTreeMap;
@@ -22,11 +22,11 @@ use twinflash_harness::Registry;
 pub use agent::{Agent, AgentSpec, SimDevice};
 pub use binary::{agent_binary, cloud_binary, set_agent_binary};
 pub use cloud::{Cloud, Seen};
+pub use cloudcore::{Cloudcore, CloudcoreWriter, sync_twin};
 pub use edgecore::{
     Clock, CloudSync, Counters, Direction, EDGECORE_RECONNECT, Edgecore, EdgecoreOptions, Logged,
     StoredTwin, publish_once,
 };
-pub use cloudcore::{Cloudcore, CloudcoreWriter, sync_twin};
 pub use observe::{Message, Observer};
 
 /// Where the simulated flash starts, and where [`push`] places a BIN artifact.
