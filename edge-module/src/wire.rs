@@ -21,6 +21,9 @@ pub const INVALID_PREFIX: usize = 64;
 /// parse as a reference, even when the prefix of a longer string happens to be one.
 pub const INVALID_MARK: char = '…';
 
+/// The event id prefix of `twinflash status`'s `twin/get` requests.
+pub const STATUS_GET_PREFIX: &str = "twinflash-status-";
+
 /// A firmware intent as the twin carried it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Intent {
@@ -67,8 +70,12 @@ pub enum Incoming {
         code: ErrorCode,
         error: String,
     },
-    /// Someone asked for the twin of a managed device (not this agent itself).
+    /// Someone asked for the twin of a managed device (not this agent itself): a nudge to report again
+    /// (twinflash-cloud's anti-entropy, edgecore's clients).
     Asked { device: String },
+    /// `twinflash status` read the twin store (its event ids start with [`STATUS_GET_PREFIX`]): edgecore answers it;
+    /// the agent reports again only where no twin store acknowledges reports.
+    Read { device: String },
     /// This agent's own twin/get request, echoed back by the broker.
     OwnGet { device: String },
     /// A delta or get result that carries no wanted firmware.
@@ -134,10 +141,13 @@ pub fn classify<'a>(
     };
     let wanted = match kind {
         DeviceTopicKind::TwinGet => {
-            let ours = decode::<TwinGetRequest>(payload)
-                .is_ok_and(|g| g.event_id.starts_with(own_get_prefix));
-            return if ours {
+            let id = decode::<TwinGetRequest>(payload)
+                .map(|g| g.event_id)
+                .unwrap_or_default();
+            return if id.starts_with(own_get_prefix) {
                 Incoming::OwnGet { device }
+            } else if id.starts_with(STATUS_GET_PREFIX) {
+                Incoming::Read { device }
             } else {
                 Incoming::Asked { device }
             };

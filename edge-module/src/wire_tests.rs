@@ -114,6 +114,11 @@ fn every_kind_of_message_is_classified() {
             Incoming::Asked { device: DEV.into() },
         ),
         (
+            topic("get"),
+            br#"{"event_id":"twinflash-status-12-1-1","timestamp":1}"#.to_vec(),
+            Incoming::Read { device: DEV.into() },
+        ),
+        (
             "$hw/events/device/default/other/twin/update/delta".into(),
             delta(REF),
             Incoming::Ignored {

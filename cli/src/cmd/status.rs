@@ -114,13 +114,20 @@ impl Row {
         self.firmware_state().is_some_and(|s| s.failure().is_some())
     }
 
-    /// Recomputes what is shown: edgecore's values where it answered, the agent's latest report over them for the
-    /// convergence check; the stale twins and the note.
+    /// Recomputes what is shown: what KubeEdge holds (edgecore's values) where edgecore answered, the agent's
+    /// latest report only where it did not; the stale twins and the note. `--until-installed` therefore ends when
+    /// edgecore holds `installed`, not when the agent says so.
     fn settle(&mut self, names: &TwinNames) {
         let e = self.edgecore.clone().unwrap_or_default();
         let a = &self.agent;
-        let pick = |agent: &Option<String>, edge: &Option<String>| agent.clone().or(edge.clone());
-        // Shown: the freshest facts (the agent's report wins), so --until-installed ends when the agent says so.
+        let answered = self.edgecore.is_some();
+        let pick = |agent: &Option<String>, edge: &Option<String>| {
+            if answered {
+                edge.clone()
+            } else {
+                agent.clone()
+            }
+        };
         self.reported = pick(&a.reported, &e.reported);
         self.version = pick(&a.version, &e.version);
         self.state = pick(&a.state, &e.state);
@@ -298,6 +305,8 @@ pub fn table(rows: &[Row]) -> String {
 const GET_RETRY: Duration = Duration::from_secs(1);
 /// How many `twin/get` requests a device gets at most in one wait (the first and two retries).
 const GET_TRIES: u32 = 3;
+/// While watching, edgecore is asked again after an agent report at most this often per device.
+const REASK: Duration = Duration::from_millis(500);
 /// After the wait, how long the final `twin/get` (edgecore's view after the agent's last report) may take.
 const REFRESH: Duration = Duration::from_secs(2);
 
@@ -363,6 +372,19 @@ impl Asker {
         Ok(())
     }
 
+    /// Asks again for `id` after the agent reported (edgecore stores a report before it answers it), unless a request
+    /// is on its way or went out less than [`REASK`] ago.
+    fn reask(&mut self, client: &rumqttc::AsyncClient, id: &DeviceId) -> anyhow::Result<bool> {
+        if let Some((_, at, answered)) = self.sent.get(&id.to_string())
+            && (!answered || at.elapsed() < REASK)
+        {
+            return Ok(false);
+        }
+        self.sent.remove(&id.to_string());
+        self.ask(client, id)?;
+        Ok(true)
+    }
+
     fn all_answered(&self) -> bool {
         self.ids
             .iter()
@@ -412,6 +434,8 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     // Reports that arrived after edgecore's last answer: edgecore is asked once more at the end.
     let mut reported_since_answer = false;
     let mut refreshing = false;
+    // Devices the agent reported for since edgecore was last asked (watch and --until-installed ask again).
+    let mut dirty: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut stderr = std::io::stderr();
     loop {
         let Some(left) = deadline.checked_duration_since(Instant::now()) else {
@@ -428,6 +452,17 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             break;
         };
         let tick = left.min(Duration::from_millis(250));
+        if subscribed && !refreshing && (cmd.watch || cmd.until_installed) {
+            // What did edgecore store of what the agent just reported?
+            let ready: Vec<String> = dirty.iter().cloned().collect();
+            for key in ready {
+                if let Some(id) = ids.iter().find(|i| i.to_string() == key)
+                    && asker.reask(&client, id)?
+                {
+                    dirty.remove(&key);
+                }
+            }
+        }
         let ev = match tokio::time::timeout(tick, events.poll()).await {
             Err(_) => {
                 if subscribed && !refreshing {
@@ -467,7 +502,10 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                             break;
                         }
                     }
-                    DeviceTopicKind::TwinUpdate => reported_since_answer = true,
+                    DeviceTopicKind::TwinUpdate => {
+                        reported_since_answer = true;
+                        dirty.insert(key.clone());
+                    }
                     _ => {}
                 }
                 if cmd.watch

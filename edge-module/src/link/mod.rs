@@ -305,6 +305,10 @@ impl Link {
                 }
             }
             Incoming::Asked { device } => self.asked(&device),
+            // Reading edgecore's store must not make edgecore write: only a lab without a twin store needs the
+            // agent to answer `twinflash status` by reporting again.
+            Incoming::Read { device } if self.ack == Acknowledgement::Broker => self.asked(&device),
+            Incoming::Read { .. } => {}
             Incoming::Intent { device, intent } => {
                 return self
                     .journal_intent(client, &device, intent, Some(p.clone()))
