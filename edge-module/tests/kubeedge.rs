@@ -4,6 +4,8 @@
 //!
 //! - case 1: edgecore restarts during a download and is back after the flash (it keeps its store, sends nothing);
 //! - case 2: mosquitto restarts shortly before a flash ends; the agent reconnects at once, edgecore only 5 s later;
+//! - case 5: cloudcore drops the first value of a twin its DeviceStatus does not hold yet (with the cloudcore
+//!   stand-in writing DeviceStatus into a FakeApi);
 //! - a Device unknown to edgecore (404, the KubeEdge bug about Devices created before the node connected);
 //! - the cost: a converged device costs one `twin/get` per period and no edgecore write, and one small install
 //!   stays within the message budget.
@@ -21,8 +23,8 @@ use std::time::{Duration, Instant};
 use mqtt_schema::DeviceTwinUpdate;
 use mqtt_schema::gojson::decode;
 use support::{Agent, AgentSpec, image, init, push};
-use twinflash_harness::{Mosquitto, Registry};
-use twinflash_testkit::{Direction, Edgecore, EdgecoreOptions, Observer};
+use twinflash_harness::{FakeApi, Mosquitto, Registry};
+use twinflash_testkit::{Cloudcore, Direction, Edgecore, EdgecoreOptions, Observer};
 
 /// The anti-entropy period and retry cap of these agents.
 const PERIOD: Duration = Duration::from_secs(5);
@@ -381,4 +383,100 @@ async fn one_small_install_stays_within_the_message_budget() {
         states[installed_at..].iter().all(|s| s == "installed"),
         "{states:?}"
     );
+}
+
+/// What DeviceStatus `name` reports for `twin`, if anything.
+fn device_status(api: &FakeApi, name: &str, twin: &str) -> Option<String> {
+    let ds = api.get(
+        "devices.kubeedge.io",
+        "v1beta1",
+        "devicestatuses",
+        "default",
+        name,
+    )?;
+    ds["status"]["twins"]
+        .as_array()?
+        .iter()
+        .find(|t| t["propertyName"] == twin)?["reported"]["value"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+async fn wait_device_status(api: &FakeApi, name: &str, twin: &str, value: &str, agent: &Agent) {
+    let deadline = Instant::now() + CONVERGE;
+    while device_status(api, name, twin).as_deref() != Some(value) {
+        assert!(
+            Instant::now() < deadline,
+            "DeviceStatus {name} never reported {twin}={value}: {:?}\n--- agent log ---\n{}",
+            api.get(
+                "devices.kubeedge.io",
+                "v1beta1",
+                "devicestatuses",
+                "default",
+                name
+            ),
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_5_cloudcores_first_write_loss_never_hides_a_settled_state() {
+    // cloudcore drops the first value of every twin its DeviceStatus does not hold yet (docs/kubeedge.md section 8).
+    // A settled state (idle, installed) is followed by nothing until something happens, so it must not be the only
+    // write: the first report edgecore acknowledges after a start is confirmed once.
+    let mut scene = Scene::start(true, |s| s).await;
+    let api = FakeApi::start().unwrap();
+    let id = scene.id();
+    let name = id.rsplit('/').next().unwrap().to_owned();
+    api.put(serde_json::json!({
+        "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"properties": TWINS.iter().map(|t| serde_json::json!({"name": t})).collect::<Vec<_>>()},
+    }))
+    .unwrap();
+    let cloudcore = Cloudcore::new(&api);
+    let wire = |edgecore: &Edgecore| {
+        let mut syncs = edgecore.syncs();
+        let cloudcore = cloudcore.clone();
+        tokio::spawn(async move {
+            while let Some(s) = syncs.recv().await {
+                cloudcore
+                    .apply_sync(
+                        s.namespace.as_deref().unwrap_or_default(),
+                        &s.name,
+                        &s.twins,
+                    )
+                    .await;
+            }
+        })
+    };
+    let wired = wire(&scene.edgecore);
+    // A fresh device: its only report is `idle`.
+    wait_device_status(&api, &name, "firmware-state", "idle", &scene.agent).await;
+    wait_device_status(&api, &name, "firmware", "", &scene.agent).await;
+    let reference = scene.push("case5:1.0.0", &image(5, 8_000)).await;
+    scene
+        .edgecore
+        .set_expected(&id, "firmware", &reference)
+        .await;
+    wait_device_status(&api, &name, "firmware", &reference, &scene.agent).await;
+    wait_device_status(&api, &name, "firmware-state", "installed", &scene.agent).await;
+    wait_device_status(&api, &name, "firmware-version", "1.0.0", &scene.agent).await;
+    // The Device is re-created (a fresh DeviceStatus) and the agent restarts: its only report is `installed`.
+    wired.abort();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    api.put(serde_json::json!({
+        "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "DeviceStatus",
+        "metadata": {"name": name, "namespace": "default"},
+        "status": {"twins": []},
+    }))
+    .unwrap();
+    let _wired = wire(&scene.edgecore);
+    scene.agent.kill9();
+    scene.agent.spawn();
+    wait_device_status(&api, &name, "firmware", &reference, &scene.agent).await;
+    wait_device_status(&api, &name, "firmware-state", "installed", &scene.agent).await;
+    wait_device_status(&api, &name, "firmware-version", "1.0.0", &scene.agent).await;
 }

@@ -22,12 +22,16 @@ pub struct Report {
 }
 
 impl Report {
-    /// True when this report ends an intent (installed, failed, rejected); such reports are kept on disk until
-    /// acknowledged.
+    /// True when this report is a settled state: it ends an intent (installed, failed, rejected), or there is none
+    /// (idle). Such reports are kept on disk until acknowledged, and confirmed once after a start (see the outbox):
+    /// nothing follows them until something happens, so they must not be lost.
     pub fn terminal(&self) -> bool {
         matches!(
             self.state,
-            FirmwareState::Installed | FirmwareState::Failed(_) | FirmwareState::Rejected(_)
+            FirmwareState::Idle
+                | FirmwareState::Installed
+                | FirmwareState::Failed(_)
+                | FirmwareState::Rejected(_)
         )
     }
 

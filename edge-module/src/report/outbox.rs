@@ -9,7 +9,7 @@
 //! its own entry, so it is reported even when the one before it is slow to be acknowledged; progress of the same
 //! stage (`downloading:40` after `downloading:20`) merges into the entry behind the front, and past
 //! [`MAX_QUEUE`] entries everything merges into the last one (every report carries all twins, so the latest wins),
-//! so a storm of intents costs bounded memory and bounded messages. A report that ends an intent (installed, failed,
+//! so a storm of intents costs bounded memory and bounded messages. A settled report (idle, or one that ends an intent: installed, failed,
 //! rejected) is kept on disk until acknowledged or replaced; when it is the first report acknowledged since the agent
 //! started it is sent once more ([`Pending::confirm`]: cloudcore drops the first value of a twin its DeviceStatus
 //! does not hold yet, section 8, so a final value is never the only write). Progress lives in memory only: after a crash the job re-derives its
