@@ -353,6 +353,27 @@ impl IntentSink for MqttSink {
     }
 }
 
+impl crate::anti_entropy::Nudger for MqttSink {
+    /// A `twin/get` (golden d10's shape) on the device's topic, QoS 1, not retained: the agent answers any get that
+    /// is not its own by reporting its state again, which edgecore syncs to the cloud. In `direct` mode the relay
+    /// ignores it ([`crate::direct::OWN_EVENT_PREFIX`]).
+    fn nudge(&self, device: &DeviceId, event_id: &str) -> Result<(), SinkError> {
+        let s = &self.shared;
+        let id = device_id(device, s.layout).map_err(|e| SinkError::Encode {
+            device: device.to_string(),
+            detail: e.to_string(),
+        })?;
+        let topic = Topic::device(&id, DeviceTopicKind::TwinGet).to_string();
+        let payload = to_go_json(&mqtt_schema::twin_get_request(event_id, now_ms()));
+        s.client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+            .map_err(|e| SinkError::BrokerUnreachable {
+                device: device.to_string(),
+                detail: e.to_string(),
+            })
+    }
+}
+
 /// Largest inbound message the controller handles (the transport reads up to `twinflash_mqtt::MAX_INCOMING_PACKET`).
 pub const MAX_MESSAGE: usize = twinflash_mqtt::DEFAULT_MAX_MESSAGE;
 
