@@ -484,13 +484,12 @@ async fn write_reports(
                 }
             }
         };
-        if let (Some(payload), Some(ack)) = (answer, ack) {
-            if let Err(e) = client
+        if let (Some(payload), Some(ack)) = (answer, ack)
+            && let Err(e) = client
                 .publish(ack.topic, QoS::AtLeastOnce, false, payload)
                 .await
-            {
-                debug!(device = %device, error = %e, "update/result not queued (the agent retries)");
-            }
+        {
+            debug!(device = %device, error = %e, "update/result not queued (the agent retries)");
         }
     }
 }
