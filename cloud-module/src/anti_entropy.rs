@@ -24,6 +24,7 @@ use mqtt_schema::{DeviceId, FirmwareState, TwinNames};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::controller::now_ms;
 use crate::crd::{Device, DeviceStatus, DeviceTwinStatus};
 use crate::decide::{Reason, Record};
 use crate::metrics::Metrics;
@@ -319,13 +320,6 @@ pub async fn run(
             );
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -54,10 +54,7 @@ fn device_status(name: &str, firmware: &str, state: &str) -> serde_json::Value {
 #[tokio::test]
 async fn a_stale_device_is_nudged_once_per_period_and_a_converged_one_never() {
     init();
-    let api = FakeApi::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mqtt = Mosquitto::start().unwrap();
-    let p = pinned();
+    let (p, api) = (pinned(), FakeApi::start().unwrap());
     let old = format!("registry.local:5000/fw/blinky@sha256:{}", "01".repeat(32));
     for obj in [
         device("stale"),
@@ -68,14 +65,13 @@ async fn a_stale_device_is_nudged_once_per_period_and_a_converged_one_never() {
         api.put(obj).unwrap();
     }
     let resolver = MemoryResolver::default();
-    resolver.insert(
-        &p,
-        Ok(ResolvedArtifact {
-            digest_ref: p.clone(),
-            chip: None,
-            version: Some("1.4.2".into()),
-        }),
-    );
+    let artifact = ResolvedArtifact {
+        digest_ref: p.clone(),
+        chip: None,
+        version: Some("1.4.2".into()),
+    };
+    resolver.insert(&p, Ok(artifact));
+    let (dir, mqtt) = (tempfile::tempdir().unwrap(), Mosquitto::start().unwrap());
     let obs = Observer::start(mqtt.port(), "observer", &["$hw/events/device/+/+/twin/get"]).await;
 
     let env = [(

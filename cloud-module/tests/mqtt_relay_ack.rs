@@ -27,6 +27,11 @@ fn report(event_id: &str, state: &str) -> Vec<u8> {
     ))
 }
 
+/// An agent-like client's one message on the device's `twin/update`.
+async fn send(port: u16, payload: Vec<u8>) {
+    publish_once("127.0.0.1", port, UPDATE, payload).await;
+}
+
 fn results(obs: &Observer, topic: &str) -> Vec<BaseMessage> {
     obs.messages()
         .into_iter()
@@ -67,13 +72,7 @@ async fn a_report_is_acknowledged_only_after_its_status_write() {
     tokio::time::sleep(Duration::from_millis(300)).await; // the relay's subscriptions land
 
     let key = DeviceId::namespaced("default", "blinky-01").unwrap();
-    publish_once(
-        "127.0.0.1",
-        mqtt.port(),
-        UPDATE,
-        report("twinflash-n-1-r1", "idle"),
-    )
-    .await;
+    send(mqtt.port(), report("twinflash-n-1-r1", "idle")).await;
     wait_until(
         || !results(&obs, RESULT).is_empty(),
         || format!("no update/result for the report: {:?}", obs.messages()),
@@ -102,13 +101,7 @@ async fn a_report_is_acknowledged_only_after_its_status_write() {
         device: key.to_string(),
         detail: "503".into(),
     }));
-    publish_once(
-        "127.0.0.1",
-        mqtt.port(),
-        UPDATE,
-        report("twinflash-n-1-r2", "pending"),
-    )
-    .await;
+    send(mqtt.port(), report("twinflash-n-1-r2", "pending")).await;
     // write_reports tries 3 times, 500 ms apart: well past that, still no answer.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
@@ -118,13 +111,7 @@ async fn a_report_is_acknowledged_only_after_its_status_write() {
     );
     // The agent's retry, once the API server is back, gets its result.
     writer.fail_with(None);
-    publish_once(
-        "127.0.0.1",
-        mqtt.port(),
-        UPDATE,
-        report("twinflash-n-1-r2", "pending"),
-    )
-    .await;
+    send(mqtt.port(), report("twinflash-n-1-r2", "pending")).await;
     wait_until(
         || {
             results(&obs, RESULT)
@@ -137,7 +124,7 @@ async fn a_report_is_acknowledged_only_after_its_status_write() {
     assert_eq!(writer.reported(&key)["firmware-state"], "pending");
 
     // Garbage: 400 with the empty id on `$hw/events/device//twin/update/result` (docs/kubeedge.md section 4).
-    publish_once("127.0.0.1", mqtt.port(), UPDATE, b"{not json".to_vec()).await;
+    send(mqtt.port(), b"{not json".to_vec()).await;
     let empty = "$hw/events/device//twin/update/result";
     wait_until(
         || !results(&obs, empty).is_empty(),
