@@ -61,6 +61,7 @@ run "Rollout planner over 10,000 Devices in 4 waves (issue 7)" target/release/ex
 run "Rollout through the API server: twinflash-cloud, FakeApi, registry, mosquitto, simulated fleet (issue 7, full path)" target/release/examples/bench_rollout_api "$api_devices"
 run "Controller: 10,000 Devices to MQTT intents (issue 6)" agent_table target/release/examples/bench_controller 10000
 run "Controller through the API server: twinflash-cloud, FakeApi, registry, mosquitto (issue 6, full path)" target/release/examples/bench_controller_api "$api_devices"
+run "Controller anti-entropy: 10,000 converged Devices, cost per period and CPU of one scan (issue 13, point 3)" target/release/examples/bench_anti_entropy 10000
 run "twinflash-edge release binary, stripped (issue 4)" bash -c 'echo "| date | commit | with probe-rs (goal <= 12 MiB) | without probe-rs |"; echo "|---|---|---|---|"; bash scripts/bench/binary-size.sh'
 
 {

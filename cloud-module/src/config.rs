@@ -37,6 +37,38 @@ pub struct Config {
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The nudge of Devices whose status went stale (`crate::anti_entropy`).
+    #[serde(default)]
+    pub anti_entropy: AntiEntropyConfig,
+}
+
+/// The controller's anti-entropy nudge (docs/operations.md section 8.2).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AntiEntropyConfig {
+    /// A Device whose status shows no final state of its intent, with a report older than this, gets a `twin/get`
+    /// (at most one per period). 0 disables the nudge.
+    #[serde(default = "default_anti_entropy_period")]
+    pub period_secs: u64,
+}
+
+impl Default for AntiEntropyConfig {
+    fn default() -> Self {
+        AntiEntropyConfig {
+            period_secs: default_anti_entropy_period(),
+        }
+    }
+}
+
+fn default_anti_entropy_period() -> u64 {
+    60
+}
+
+impl AntiEntropyConfig {
+    /// [`AntiEntropyConfig::period_secs`] as a duration (zero: disabled).
+    pub fn period(&self) -> Duration {
+        Duration::from_secs(self.period_secs)
+    }
 }
 
 fn default_resync() -> u64 {

@@ -162,3 +162,17 @@ fn bad_values_are_errors() {
         Config::load_with_env(Some(Path::new("/nonexistent/cloud.toml")), env(&[])).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/cloud.toml"), "{err}");
 }
+
+#[test]
+fn anti_entropy_period_defaults_to_60_s_and_0_disables_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let load = |extra: &str| {
+        let path = write(&dir, &format!("[mqtt]\nurl = \"mqtt://h:1\"\n{extra}"));
+        Config::load_with_env(Some(&path), Some(Default::default()))
+    };
+    let cfg = load("").unwrap();
+    assert_eq!(cfg.anti_entropy.period(), Duration::from_secs(60));
+    let off = load("[anti_entropy]\nperiod_secs = 0\n").unwrap();
+    assert!(off.anti_entropy.period().is_zero());
+    assert!(load("[anti_entropy]\nperiod = 5\n").is_err(), "unknown key");
+}

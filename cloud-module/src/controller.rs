@@ -24,6 +24,7 @@ use crate::config::{Mode, StatusLocation};
 use crate::crd::{Device, DeviceModel, DeviceStatus, DeviceTwinStatus};
 use mqtt_schema::firmware::TWIN_FIRMWARE as FIRMWARE;
 
+use crate::anti_entropy::{Caches, Nudger};
 use crate::decide::{CHIP_ANNOTATION, Decision, Input, Noop, Record, decide};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -62,7 +63,12 @@ pub const API_ACCESS: &[(&str, &str, &[&str])] = &[
         "devicemodels",
         &["get", "list", "watch"],
     ),
-    ("devices.kubeedge.io", "devicestatuses", &["get", "patch"]),
+    // `list`, `watch`: the anti-entropy scan reads DeviceStatus from a watch cache, never by a LIST per period.
+    (
+        "devices.kubeedge.io",
+        "devicestatuses",
+        &["get", "list", "watch", "patch"],
+    ),
     ("devices.kubeedge.io", "devices/status", &["patch"]),
     ("devices.kubeedge.io", "devicestatuses/status", &["patch"]),
     ("events.k8s.io", "events", &["create", "patch"]),
@@ -92,6 +98,10 @@ pub struct Context {
     pub status_route: Arc<StatusRoute>,
     /// Requeue period of a healthy Device.
     pub resync: Duration,
+    /// The anti-entropy period (`anti_entropy.period_secs`; zero: off).
+    pub anti_entropy: Duration,
+    /// Who nudges stale Devices (the MQTT sink); `None`: no anti-entropy loop.
+    pub nudger: Option<Arc<dyn Nudger>>,
     /// Newest record per Device, so a stale cache or a lagging status never redoes an intent.
     records: Mutex<HashMap<DeviceId, Record>>,
     /// Consecutive failures per Device (backoff).
@@ -122,6 +132,8 @@ impl Context {
             mode: Mode::Edgecore,
             status_route: Arc::new(StatusRoute::default()),
             resync,
+            anti_entropy: Duration::ZERO,
+            nudger: None,
             records: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
         }
@@ -484,7 +496,9 @@ pub fn error_policy(device: Arc<Device>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(delay)
 }
 
-/// Runs the controller until a termination signal.
+/// Runs the controller until a termination signal, and beside it the anti-entropy loop
+/// ([`crate::anti_entropy::run`]) when the context has a nudger and a period: it reads the controller's own
+/// Device store and, where the status lives in DeviceStatus objects, a reflector on `devicestatuses`.
 pub async fn run(ctx: Arc<Context>, namespace: Option<&str>, label_selector: Option<&str>) {
     let devices: Api<Device> = match namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
@@ -494,8 +508,11 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>, label_selector: Opt
     if let Some(sel) = label_selector.filter(|s| !s.is_empty()) {
         wc = wc.labels(sel);
     }
-    Controller::new(devices, wc)
-        .with_config(ControllerConfig::default().concurrency(CONCURRENCY))
+    let controller = Controller::new(devices, wc)
+        .with_config(ControllerConfig::default().concurrency(CONCURRENCY));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let background = spawn_anti_entropy(&ctx, controller.store(), namespace, &cancel);
+    controller
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -504,6 +521,74 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>, label_selector: Opt
             }
         })
         .await;
+    cancel.cancel();
+    for task in background {
+        task.abort();
+    }
+}
+
+/// The anti-entropy loop and, for `StatusLocation::DeviceStatus`, the reflector it reads (none when off).
+fn spawn_anti_entropy(
+    ctx: &Arc<Context>,
+    devices: kube::runtime::reflector::Store<Device>,
+    namespace: Option<&str>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let Some(nudger) = ctx.nudger.clone().filter(|_| !ctx.anti_entropy.is_zero()) else {
+        return Vec::new();
+    };
+    let mut tasks = Vec::new();
+    let statuses = match ctx.status_location {
+        StatusLocation::Device => None,
+        StatusLocation::DeviceStatus => {
+            use kube::runtime::WatchStreamExt;
+            let api: Api<DeviceStatus> = match namespace {
+                Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+                None => Api::all(ctx.client.clone()),
+            };
+            let (reader, writer) = kube::runtime::reflector::store();
+            let stream = kube::runtime::reflector(writer, watcher(api, watcher::Config::default()))
+                .default_backoff()
+                .applied_objects();
+            tasks.push(tokio::spawn(stream.for_each(|r| async move {
+                if let Err(e) = r {
+                    warn!(error = %e, "devicestatuses watch");
+                }
+            })));
+            Some(reader)
+        }
+    };
+    let (period, metrics, cancel) = (ctx.anti_entropy, ctx.metrics.clone(), cancel.clone());
+    tasks.push(tokio::spawn(async move {
+        // An empty DeviceStatus cache would make every Device look stale: scan only once both caches are filled.
+        let ready = async {
+            until_ready(&devices).await;
+            if let Some(s) = &statuses {
+                until_ready(s).await;
+            }
+        };
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = ready => {}
+        }
+        let caches = Caches { devices, statuses };
+        crate::anti_entropy::run(caches, nudger, period, metrics, cancel).await;
+    }));
+    tasks
+}
+
+/// Waits until `store` holds its first full list. Asked again every 200 ms: a single `wait_until_ready` that
+/// started before the list arrived was seen never to return (kube-runtime 5.0, against FakeApi), while a new call
+/// made after it returns at once.
+async fn until_ready<K>(store: &kube::runtime::reflector::Store<K>)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    while tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready())
+        .await
+        .is_err()
+    {}
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary (Event notes are limited to 1 kB).
@@ -515,7 +600,8 @@ fn truncate(s: &str, max: usize) -> String {
     s[..end].to_owned()
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the epoch (0 before it, saturating far after).
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -8,9 +8,12 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
+use mqtt_schema::gojson::decode;
+use mqtt_schema::topic::TWIN_UPDATE_ERROR_RESULT;
 use mqtt_schema::{
-    BaseMessage, DeviceId, DeviceTopicKind, FirmwareState, MsgTwin, Topic, TopicLayout, TwinMap,
-    TwinNames, TwinValue, TypeMetadata, ValueMetadata, to_go_json, unmarshal_device_twin_update,
+    BaseMessage, DeviceId, DeviceTopicKind, FirmwareState, MsgTwin, ResultMessage, Topic,
+    TopicLayout, TwinMap, TwinNames, TwinValue, TypeMetadata, ValueMetadata, to_go_json,
+    unmarshal_device_twin_update,
 };
 use serde_json::json;
 
@@ -33,7 +36,7 @@ pub enum Action {
         /// Whether the broker keeps it for later subscribers.
         retain: bool,
     },
-    /// Write the agent's `actual` values into the status of `device`.
+    /// Write the agent's `actual` values into the status of `device`, then publish `ack`.
     WriteStatus {
         /// The Device.
         device: DeviceId,
@@ -41,8 +44,39 @@ pub enum Action {
         actual: BTreeMap<String, String>,
         /// When the report arrived (ms since the epoch).
         timestamp_ms: i64,
+        /// The report's `update/result`, published only once the write is accepted: the agent keeps a report in
+        /// its outbox until that result arrives, so a write that fails is retried by the agent, not lost here.
+        ack: Option<Ack>,
     },
 }
+
+/// The `twin/update/result` owed to a report once its status write is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// `$hw/events/device/<id>/twin/update/result`.
+    pub topic: String,
+    /// The report's event id (a 404 for a Device the API server does not know carries it too).
+    pub event_id: String,
+    /// The DeviceTwinResult to publish on success.
+    pub payload: Vec<u8>,
+}
+
+impl Ack {
+    /// edgecore's answer for an unknown device (dtmanager `DealDeviceTwin`): 404 with the update's event id. The
+    /// agent treats it as no acknowledgement and retries with backoff.
+    pub fn not_found(&self, now_ms: i64) -> Vec<u8> {
+        let base = BaseMessage::new(self.event_id.clone(), now_ms);
+        to_go_json(&ResultMessage::error(
+            base,
+            404,
+            "update rejected due to the device is not existed",
+        ))
+    }
+}
+
+/// Event ids of the controller's own messages start so (`twinflash-cloud-<n>` for the anti-entropy nudges). The
+/// relay does not answer its own nudges: they are meant for the agent, which re-reports.
+pub const OWN_EVENT_PREFIX: &str = "twinflash-cloud-";
 
 #[derive(Debug, Clone, Default)]
 struct RelayDevice {
@@ -205,74 +239,154 @@ impl Relay {
         };
         let id = id.clone();
         match kind {
-            DeviceTopicKind::TwinGet => vec![self.get_result(&id, now_ms)],
+            DeviceTopicKind::TwinGet => self.get_result(&id, payload, now_ms),
             DeviceTopicKind::TwinUpdate => self.on_report(&id, payload, now_ms),
             _ => Vec::new(),
         }
     }
 
+    /// A `twin/update`, handled as edgecore's `DealDeviceTwin` would for the firmware twins: an unreadable or
+    /// invalid update gets 400 on `$hw/events/device//twin/update/result` with the empty id (docs/kubeedge.md
+    /// section 4, golden d01); `expected` of the firmware twin becomes the device's intent (the retained delta);
+    /// `actual` values go to the status. The result carries the update's event id and the updated twins as the
+    /// book now holds them (c10, p01/p02 `_01_twin_update_result`); it waits for the status write when there is one.
     fn on_report(&mut self, id: &DeviceId, payload: &[u8], now_ms: i64) -> Vec<Action> {
-        let Ok(update) = unmarshal_device_twin_update(payload) else {
-            return Vec::new();
+        let update = match unmarshal_device_twin_update(payload) {
+            Ok(u) => u,
+            Err(e) => {
+                let error = ResultMessage::error(BaseMessage::new("", now_ms), 400, e.reason());
+                return vec![Action::Publish {
+                    topic: TWIN_UPDATE_ERROR_RESULT.to_owned(),
+                    payload: to_go_json(&error),
+                    retain: false,
+                }];
+            }
         };
-        let actual: BTreeMap<String, String> = update
-            .twin
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(name, t)| Some((name, t?.actual?.value?)))
+        let event_id = update.base.event_id.clone();
+        let twins = update.twin.unwrap_or_default();
+        let expected = twins
+            .get(&self.names.firmware)
+            .and_then(|t| t.as_ref()?.expected.as_ref()?.value.clone())
+            .filter(|v| !v.is_empty());
+        let actual: BTreeMap<String, String> = twins
+            .iter()
+            .filter_map(|(name, t)| {
+                Some((name.clone(), t.as_ref()?.actual.as_ref()?.value.clone()?))
+            })
             .collect();
-        if actual.is_empty() {
-            return Vec::new();
-        }
         let dev = self.devices.entry(id.clone()).or_default();
         for (name, v) in &actual {
             dev.actual.insert(name.clone(), (v.clone(), now_ms));
         }
-        let key = dev
-            .key
-            .clone()
-            .or_else(|| id.namespace().map(|_| id.clone()));
+        if let Some(reference) = &expected {
+            dev.expected = Some((reference.clone(), now_ms));
+        }
+        if dev.key.is_none() && id.namespace().is_some() {
+            dev.key = Some(id.clone());
+        }
+        let key = dev.key.clone();
         let mut actions = Vec::new();
-        if actual.contains_key(&self.names.firmware) {
+        let result = self.update_result(id, &event_id, twins.keys(), now_ms);
+        if expected.is_some() || actual.contains_key(&self.names.firmware) {
             actions.extend(self.delta_actions(id, now_ms));
         }
-        if let Some(device) = key {
-            actions.push(Action::WriteStatus {
+        let topic = Topic::device(id, DeviceTopicKind::TwinUpdateResult).to_string();
+        match key.filter(|_| !actual.is_empty()) {
+            Some(device) => actions.push(Action::WriteStatus {
                 device,
                 actual,
                 timestamp_ms: now_ms,
-            });
+                ack: Some(Ack {
+                    topic,
+                    event_id,
+                    payload: result,
+                }),
+            }),
+            // Nothing to write (only `expected`, or a legacy-layout device whose namespace is unknown): the book
+            // holds it, so it is answered at once, before the delta as edgecore orders them.
+            None => actions.insert(
+                0,
+                Action::Publish {
+                    topic,
+                    payload: result,
+                    retain: false,
+                },
+            ),
         }
         actions
     }
 
-    fn get_result(&mut self, id: &DeviceId, now_ms: i64) -> Action {
+    /// One twin as the book holds it (`expected` only for the firmware twin, which is all the relay stores).
+    fn stored_twin(&self, dev: &RelayDevice, name: &str) -> MsgTwin {
+        let expected = (name == self.names.firmware)
+            .then(|| dev.expected.clone())
+            .flatten();
+        MsgTwin {
+            expected: expected.map(|(v, ts)| value(v, ts)),
+            actual: dev.actual.get(name).map(|(v, ts)| value(v.clone(), *ts)),
+            optional: Some(false),
+            metadata: Some(TypeMetadata::new("string")),
+            ..MsgTwin::default()
+        }
+    }
+
+    /// edgecore's `BuildDeviceTwinResult(base, twins, 0)` for an update: the update's event id and the twins it
+    /// named, as stored now (a twin named without a value the relay keeps is `null`, as edgecore's nil entries).
+    fn update_result<'a>(
+        &self,
+        id: &DeviceId,
+        event_id: &str,
+        names: impl Iterator<Item = &'a String>,
+        now_ms: i64,
+    ) -> Vec<u8> {
         let dev = self.devices.get(id).cloned().unwrap_or_default();
-        let mut twins = TwinMap::new();
+        let twins: TwinMap = names
+            .map(|name| {
+                let twin = self.stored_twin(&dev, name);
+                let held = twin.expected.is_some() || twin.actual.is_some();
+                (name.clone(), held.then_some(twin))
+            })
+            .collect();
+        let base = BaseMessage::new(event_id, now_ms);
+        to_go_json(&mqtt_schema::build_twin_get_result(base, &twins))
+    }
+
+    /// `twin/get`: the whole twin book of the device (expected and actual of each twin) with the request's event
+    /// id, as edgecore's `DealGetTwin` (p05). An unreadable request gets 400 with the empty id on the get result
+    /// topic; the controller's own nudges (`twinflash-cloud-*`) are not answered (they are for the agent).
+    fn get_result(&mut self, id: &DeviceId, payload: &[u8], now_ms: i64) -> Vec<Action> {
+        let topic = Topic::device(id, DeviceTopicKind::TwinGetResult).to_string();
+        let request = match decode::<BaseMessage>(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = format!("Unmarshal twin info failed: {e}");
+                let error = ResultMessage::error(BaseMessage::new("", now_ms), 400, reason);
+                return vec![Action::Publish {
+                    topic,
+                    payload: to_go_json(&error),
+                    retain: false,
+                }];
+            }
+        };
+        if request.event_id.starts_with(OWN_EVENT_PREFIX) {
+            return Vec::new();
+        }
+        let dev = self.devices.get(id).cloned().unwrap_or_default();
         let mut names: Vec<&String> = dev.actual.keys().collect();
         if dev.expected.is_some() && !names.contains(&&self.names.firmware) {
             names.push(&self.names.firmware);
         }
-        for name in names {
-            let expected = (*name == self.names.firmware)
-                .then(|| dev.expected.clone())
-                .flatten();
-            let twin = MsgTwin {
-                expected: expected.map(|(v, ts)| value(v, ts)),
-                actual: dev.actual.get(name).map(|(v, ts)| value(v.clone(), *ts)),
-                optional: Some(false),
-                metadata: Some(TypeMetadata::new("string")),
-                ..MsgTwin::default()
-            };
-            twins.insert(name.clone(), Some(twin));
-        }
-        let base = self.base(now_ms);
+        let twins: TwinMap = names
+            .into_iter()
+            .map(|name| (name.clone(), Some(self.stored_twin(&dev, name))))
+            .collect();
+        let base = BaseMessage::new(request.event_id, now_ms);
         let result = mqtt_schema::build_twin_get_result(base, &twins);
-        Action::Publish {
-            topic: Topic::device(id, DeviceTopicKind::TwinGetResult).to_string(),
+        vec![Action::Publish {
+            topic,
             payload: to_go_json(&result),
             retain: false,
-        }
+        }]
     }
 }
 

@@ -1,6 +1,6 @@
 use super::*;
 use mqtt_schema::gojson::decode;
-use mqtt_schema::{DeviceTwinDelta, DeviceTwinResult, DeviceTwinUpdate, MsgTwin};
+use mqtt_schema::{DeviceTwinDelta, DeviceTwinResult, DeviceTwinUpdate, MsgTwin, ResultMessage};
 
 const REF_A: &str =
     "r.local:5000/fw/b@sha256:98c66134049792d306ac83cef42f94bbebd970b95f54a26adc1120b4db8f5ad2";
@@ -51,6 +51,8 @@ fn publishes(actions: &[Action]) -> Vec<(&str, &[u8], bool)> {
 
 const DELTA: &str = "$hw/events/device/default/sim-00/twin/update/delta";
 const UPDATE: &str = "$hw/events/device/default/sim-00/twin/update";
+const RESULT: &str = "$hw/events/device/default/sim-00/twin/update/result";
+const GET: &str = "$hw/events/device/default/sim-00/twin/get";
 
 #[test]
 fn an_intent_becomes_a_retained_delta_that_is_cleared_once_installed() {
@@ -65,14 +67,24 @@ fn an_intent_becomes_a_retained_delta_that_is_cleared_once_installed() {
     // Progress reports: written to the status, no new delta.
     let acts = r.on_message(UPDATE, &report(&[("firmware-state", "downloading:5")]), 11);
     assert!(publishes(&acts).is_empty());
+    let [
+        Action::WriteStatus {
+            device,
+            actual,
+            timestamp_ms,
+            ack: Some(ack),
+        },
+    ] = &acts[..]
+    else {
+        panic!("one status write with its acknowledgement: {acts:?}");
+    };
+    assert_eq!((device, *timestamp_ms), (&key(), 11));
     assert_eq!(
-        acts,
-        vec![Action::WriteStatus {
-            device: key(),
-            actual: BTreeMap::from([("firmware-state".into(), "downloading:5".into())]),
-            timestamp_ms: 11,
-        }]
+        actual,
+        &BTreeMap::from([("firmware-state".into(), "downloading:5".into())])
     );
+    assert_eq!(ack.topic, RESULT);
+    assert_eq!(ack.event_id, "r");
 
     // Installed: the retained delta is cleared with an empty retained payload, once.
     let acts = r.on_message(
@@ -148,43 +160,140 @@ fn reconnect_republishes_pending_deltas_and_newer_intents_win() {
 }
 
 #[test]
-fn twin_get_is_answered_with_expected_and_actual() {
+fn twin_get_is_answered_with_the_whole_book_and_the_requests_event_id() {
     let mut r = relay();
-    r.on_message(UPDATE, &report(&[("firmware", REF_A)]), 5);
+    r.on_message(
+        UPDATE,
+        &report(&[("firmware", REF_A), ("firmware-state", "installed")]),
+        5,
+    );
     r.set_intent(&key(), REF_B, 10).unwrap();
-    let acts = r.on_message("$hw/events/device/default/sim-00/twin/get", b"{}", 11);
+    let acts = r.on_message(GET, br#"{"event_id":"g7","timestamp":3}"#, 11);
     let p = publishes(&acts);
     assert_eq!(p.len(), 1);
     assert_eq!(p[0].0, "$hw/events/device/default/sim-00/twin/get/result");
     assert!(!p[0].2, "a get result is not retained");
     let res: DeviceTwinResult = decode(p[0].1).unwrap();
+    assert_eq!(
+        res.base,
+        BaseMessage::new("g7", 11),
+        "the request's event id (p05)"
+    );
     let fw = res.twin("firmware").unwrap();
     assert_eq!(fw.expected_value(), REF_B);
     assert_eq!(fw.actual_value(), REF_A);
+    assert_eq!(
+        res.twin("firmware-state").unwrap().actual_value(),
+        "installed"
+    );
 
     // An unknown device gets an empty twin map (no intent), not silence.
-    let acts = r.on_message("$hw/events/device/default/other/twin/get", b"", 12);
+    let acts = r.on_message(
+        "$hw/events/device/default/other/twin/get",
+        br#"{"event_id":"g8","timestamp":0}"#,
+        12,
+    );
     let res: DeviceTwinResult = decode(publishes(&acts)[0].1).unwrap();
     assert_eq!(res.twin, Some(mqtt_schema::TwinMap::new()));
+    // An unreadable request: 400 with the empty id on the get result topic.
+    let acts = r.on_message(GET, b"", 13);
+    let err: ResultMessage = decode(publishes(&acts)[0].1).unwrap();
+    assert_eq!((err.base.event_id.as_str(), err.code), ("", 400));
+    // The controller's own nudge is for the agent: the relay stays silent.
+    let nudge = to_go_json(&mqtt_schema::twin_get_request("twinflash-cloud-3", 14));
+    assert!(r.on_message(GET, &nudge, 14).is_empty());
 }
 
 #[test]
-fn garbage_and_foreign_topics_are_ignored() {
+fn a_report_is_acknowledged_with_the_golden_result_shape() {
+    // c10_result_dealtype0_get_or_update: edgecore's BuildDeviceTwinResult(base, twins, 0) for a device whose
+    // firmware twin holds an expected (t = ...2000) and an actual (t = ...1000) value.
+    let g: serde_json::Value = serde_json::from_str(include_str!(
+        "../../mqtt-schema/tests/data/kubeedge/c10_result_dealtype0_get_or_update.json"
+    ))
+    .unwrap();
+    let expected = "registry.local:5000/fw/blinky@sha256:98c66134049792d306ac83cef42f94bbebd970b95f54a26adc1120b4db8f5ad2";
+    let actual = "registry.local:5000/fw/blinky@sha256:5d46f53d9fa65c9b2ea381117133b7bb9cfde3905da307dad7d4576efc76859f";
+    let key = DeviceId::namespaced("default", "blinky-01").unwrap();
     let mut r = relay();
-    assert!(r.on_message(UPDATE, b"{not json", 1).is_empty());
-    assert!(r.on_message(UPDATE, b"", 1).is_empty());
+    r.set_intent(&key, expected, 1_700_000_002_000).unwrap();
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&report(&[("firmware", actual)])).unwrap();
+    payload["event_id"] = "evt-c10".into();
+    let acts = r.on_message(
+        "$hw/events/device/default/blinky-01/twin/update",
+        payload.to_string().as_bytes(),
+        1_700_000_001_000,
+    );
+    let Some(Action::WriteStatus { ack: Some(ack), .. }) = acts.last() else {
+        panic!("the result waits for the status write: {acts:?}");
+    };
+    assert_eq!(ack.topic, g["topic"].as_str().unwrap());
+    assert_eq!(ack.event_id, "evt-c10");
+    // Byte for byte the golden payload, but for its extra nil twin `removed` and the server's clock.
+    let golden = g["payload"]
+        .as_str()
+        .unwrap()
+        .replace(r#","removed":null"#, "")
+        .replace(
+            "\"timestamp\":1700000000000,",
+            "\"timestamp\":1700000001000,",
+        );
+    assert_eq!(String::from_utf8(ack.payload.clone()).unwrap(), golden);
+    // The delta goes out at once (expected differs from actual); only the result waits.
+    let p = publishes(&acts);
+    assert_eq!(p.len(), 1);
+    assert_eq!(
+        p[0].0,
+        "$hw/events/device/default/blinky-01/twin/update/delta"
+    );
+}
+
+#[test]
+fn an_expected_update_is_stored_answered_and_delivered_as_the_retained_delta() {
+    // `twinflash set --mode direct`: a twin/update with expected (golden b01) and a unique event id.
+    let mut r = relay();
+    let set = to_go_json(&mqtt_schema::intent(
+        BaseMessage::new("twinflash-set-1-2-0", 2),
+        &TwinNames::default(),
+        &mqtt_schema::FirmwareRef::parse(REF_A).unwrap(),
+    ));
+    let acts = r.on_message(UPDATE, &set, 20);
+    let p = publishes(&acts);
+    assert_eq!(p.len(), 2, "{acts:?}");
+    assert_eq!((p[0].0, p[0].2), (RESULT, false));
+    let res: DeviceTwinResult = decode(p[0].1).unwrap();
+    assert_eq!(res.base, BaseMessage::new("twinflash-set-1-2-0", 20));
+    assert_eq!(res.twin("firmware").unwrap().expected_value(), REF_A);
+    assert_eq!((p[1].0, p[1].2), (DELTA, true));
+    let delta: DeviceTwinDelta = decode(p[1].1).unwrap();
+    assert_eq!(delta.wanted("firmware"), Some(REF_A));
+    assert_eq!(r.expected(&key()), Some(REF_A));
+    // An older run's intent restored later does not overwrite it.
+    assert!(r.restore_intent(&key(), REF_B, 21).unwrap().is_empty());
+}
+
+#[test]
+fn garbage_gets_400_on_the_empty_id_topic_and_foreign_topics_are_ignored() {
+    let mut r = relay();
+    for bad in [
+        &b"{not json"[..],
+        b"",
+        br#"{"event_id":"x","timestamp":1,"twin":{"a b":null}}"#,
+    ] {
+        let acts = r.on_message(UPDATE, bad, 1);
+        let p = publishes(&acts);
+        assert_eq!(p.len(), 1, "{acts:?}");
+        assert_eq!(p[0].0, "$hw/events/device//twin/update/result");
+        let err: ResultMessage = decode(p[0].1).unwrap();
+        assert_eq!((err.base.event_id.as_str(), err.code), ("", 400));
+        assert!(!err.reason.is_empty());
+    }
     assert!(
         r.on_message("$hw/events/node/n/membership/get", b"{}", 1)
             .is_empty()
     );
     assert!(r.on_message("not/a/kubeedge/topic", b"{}", 1).is_empty());
-    // A report with only expected values (someone else's intent) writes nothing.
-    let only_expected = to_go_json(&mqtt_schema::intent(
-        BaseMessage::new("x", 1),
-        &TwinNames::default(),
-        &mqtt_schema::FirmwareRef::parse(REF_A).unwrap(),
-    ));
-    assert!(r.on_message(UPDATE, &only_expected, 1).is_empty());
 }
 
 #[test]
@@ -192,8 +301,16 @@ fn legacy_layout_reports_need_a_known_device_for_the_namespace() {
     let mut r = Relay::new(TopicLayout::Legacy, TwinNames::default());
     let upd = "$hw/events/device/sim-00/twin/update";
     let acts = r.on_message(upd, &report(&[("firmware-state", "idle")]), 1);
-    assert!(acts.is_empty(), "namespace unknown: nothing to write");
+    let p = publishes(&acts);
+    assert_eq!(
+        acts.len(),
+        1,
+        "namespace unknown: nothing to write, answered at once"
+    );
+    assert_eq!(p[0].0, "$hw/events/device/sim-00/twin/update/result");
     r.set_intent(&key(), REF_A, 2).unwrap();
     let acts = r.on_message(upd, &report(&[("firmware-state", "idle")]), 3);
-    assert!(matches!(&acts[..], [Action::WriteStatus { device, .. }] if *device == key()));
+    assert!(
+        matches!(&acts[..], [Action::WriteStatus { device, ack: Some(_), .. }] if *device == key())
+    );
 }

@@ -2,6 +2,7 @@
 //! value into a twin intent on MQTT (since KubeEdge 1.15 cloudcore no longer does), and the pure
 //! pieces it is built from. See `README.md` of this crate for what is built and what is not.
 
+pub mod anti_entropy;
 pub mod config;
 pub mod controller;
 pub mod crd;

@@ -48,12 +48,13 @@ fn main() -> ExitCode {
     };
     if args.check_config {
         println!(
-            "configuration ok: mode={:?} status_location={:?} namespace={} mqtt={} resync={}s metrics={}",
+            "configuration ok: mode={:?} status_location={:?} namespace={} mqtt={} resync={}s anti_entropy={}s metrics={}",
             cfg.mode,
             cfg.status_location,
             cfg.namespace().unwrap_or("*"),
             cfg.mqtt.url,
             cfg.resync_period_secs,
+            cfg.anti_entropy.period_secs,
             cfg.metrics.listen
         );
         return ExitCode::SUCCESS;
@@ -114,6 +115,7 @@ async fn lead(shared: Arc<Shared>, term: CancellationToken) {
             return;
         }
     };
+    let nudger: Arc<dyn twinflash_cloud::anti_entropy::Nudger> = Arc::new(sink.clone());
     let mut ctx = Context::new(
         shared.client.clone(),
         Arc::new(sink),
@@ -125,6 +127,8 @@ async fn lead(shared: Arc<Shared>, term: CancellationToken) {
     ctx.metrics = shared.metrics.clone();
     ctx.status_route = route;
     ctx.mode = cfg.mode;
+    ctx.anti_entropy = cfg.anti_entropy.period();
+    ctx.nudger = Some(nudger);
     let ctx = Arc::new(ctx);
     // FirmwareRollouts change Devices' desired values; the Device controller above delivers them.
     let rollouts = Arc::new(twinflash_cloud::rollout::RolloutContext::new(

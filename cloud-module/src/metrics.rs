@@ -25,6 +25,8 @@ pub struct Metrics {
     reconciles: AtomicU64,
     intents_published: AtomicU64,
     leading: AtomicBool,
+    nudges: AtomicU64,
+    stale: AtomicU64,
     failures: Mutex<BTreeMap<&'static str, u64>>,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -62,6 +64,22 @@ impl Metrics {
     /// Whether this replica leads now.
     pub fn leading(&self) -> bool {
         self.leading.load(Ordering::Relaxed)
+    }
+
+    /// One anti-entropy nudge (a `twin/get`) was sent.
+    pub fn nudged(&self) {
+        self.nudges.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Anti-entropy nudges sent so far.
+    pub fn nudges(&self) -> u64 {
+        self.nudges.load(Ordering::Relaxed)
+    }
+
+    /// How many Devices the last anti-entropy scan found stale.
+    pub fn set_stale(&self, n: usize) {
+        self.stale
+            .store(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// Reconciles so far.
@@ -143,6 +161,32 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE twinflash_cloud_leader gauge");
         let _ = writeln!(out, "twinflash_cloud_leader {}", u8::from(self.leading()));
+        let _ = writeln!(
+            out,
+            "# HELP twinflash_cloud_anti_entropy_nudges_total twin/get nudges sent to agents of Devices whose status is stale."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE twinflash_cloud_anti_entropy_nudges_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "twinflash_cloud_anti_entropy_nudges_total {}",
+            self.nudges()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP twinflash_cloud_anti_entropy_stale_devices Devices whose status the last anti-entropy scan found stale."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE twinflash_cloud_anti_entropy_stale_devices gauge"
+        );
+        let _ = writeln!(
+            out,
+            "twinflash_cloud_anti_entropy_stale_devices {}",
+            self.stale.load(Ordering::Relaxed)
+        );
         let _ = writeln!(
             out,
             "# HELP twinflash_cloud_intents_rejected_total Intents rejected, by reason."

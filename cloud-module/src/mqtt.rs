@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{self, Mode, MqttConfig};
 use crate::direct::{Action, Relay, device_id};
-use crate::seams::{IntentSink, SinkError, StatusWriter};
+use crate::seams::{IntentSink, SinkError, StatusError, StatusWriter};
 use mqtt_schema::DeviceId;
 
 /// The MQTT connection cannot be set up.
@@ -122,11 +122,22 @@ impl Shared {
                         result = Err(e);
                     }
                 }
-                w @ Action::WriteStatus { .. } => {
-                    if let Some(tx) = &self.reports {
+                w @ Action::WriteStatus { .. } => match &self.reports {
+                    Some(tx) => {
                         let _ = tx.send(w);
                     }
-                }
+                    // No status writer (tests of the relay alone): nothing to wait for.
+                    None => {
+                        if let Action::WriteStatus { ack: Some(ack), .. } = w {
+                            let _ = self.client.try_publish(
+                                ack.topic,
+                                QoS::AtLeastOnce,
+                                false,
+                                ack.payload,
+                            );
+                        }
+                    }
+                },
             }
         }
         result
@@ -207,7 +218,10 @@ impl MqttSink {
         let (reports, writer) = match (mode, status) {
             (Mode::Direct, Some(w)) => {
                 let (tx, rx) = mpsc::unbounded_channel();
-                (Some(tx), Some(tokio::spawn(write_reports(rx, w))))
+                (
+                    Some(tx),
+                    Some(tokio::spawn(write_reports(rx, w, client.clone()))),
+                )
             }
             _ => (None, None),
         };
@@ -339,6 +353,27 @@ impl IntentSink for MqttSink {
     }
 }
 
+impl crate::anti_entropy::Nudger for MqttSink {
+    /// A `twin/get` (golden d10's shape) on the device's topic, QoS 1, not retained: the agent answers any get that
+    /// is not its own by reporting its state again, which edgecore syncs to the cloud. In `direct` mode the relay
+    /// ignores it ([`crate::direct::OWN_EVENT_PREFIX`]).
+    fn nudge(&self, device: &DeviceId, event_id: &str) -> Result<(), SinkError> {
+        let s = &self.shared;
+        let id = device_id(device, s.layout).map_err(|e| SinkError::Encode {
+            device: device.to_string(),
+            detail: e.to_string(),
+        })?;
+        let topic = Topic::device(&id, DeviceTopicKind::TwinGet).to_string();
+        let payload = to_go_json(&mqtt_schema::twin_get_request(event_id, now_ms()));
+        s.client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+            .map_err(|e| SinkError::BrokerUnreachable {
+                device: device.to_string(),
+                detail: e.to_string(),
+            })
+    }
+}
+
 /// Largest inbound message the controller handles (the transport reads up to `twinflash_mqtt::MAX_INCOMING_PACKET`).
 pub const MAX_MESSAGE: usize = twinflash_mqtt::DEFAULT_MAX_MESSAGE;
 
@@ -412,30 +447,49 @@ async fn connection(
     }
 }
 
-async fn write_reports(mut rx: mpsc::UnboundedReceiver<Action>, writer: Arc<dyn StatusWriter>) {
+/// Writes each report into the status, then acknowledges it with its `update/result`. A Device the API server does
+/// not know is answered 404 (edgecore's answer for an unknown device); a write that keeps failing is not answered
+/// at all, so the agent, which keeps the report until its result arrives, sends it again later.
+async fn write_reports(
+    mut rx: mpsc::UnboundedReceiver<Action>,
+    writer: Arc<dyn StatusWriter>,
+    client: AsyncClient,
+) {
     while let Some(action) = rx.recv().await {
         let Action::WriteStatus {
             device,
             actual,
             timestamp_ms,
+            ack,
         } = action
         else {
             continue;
         };
         let mut attempt = 0u32;
-        loop {
+        let answer = loop {
             attempt += 1;
             match writer.write_actual(&device, &actual, timestamp_ms).await {
-                Ok(()) => break,
+                Ok(()) => break ack.as_ref().map(|a| a.payload.clone()),
+                Err(StatusError::NotFound { .. }) => {
+                    debug!(device = %device, "report of a Device the API server does not know: 404");
+                    break ack.as_ref().map(|a| a.not_found(now_ms()));
+                }
                 Err(e) if attempt < 3 => {
                     debug!(device = %device, error = %e, attempt, "status write failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(e) => {
-                    warn!(device = %device, code = %e.code(), error = %e, "report not written into the status");
-                    break;
+                    warn!(device = %device, code = %e.code(), error = %e, "report not written into the status; not acknowledged (the agent retries)");
+                    break None;
                 }
             }
+        };
+        if let (Some(payload), Some(ack)) = (answer, ack)
+            && let Err(e) = client
+                .publish(ack.topic, QoS::AtLeastOnce, false, payload)
+                .await
+        {
+            debug!(device = %device, error = %e, "update/result not queued (the agent retries)");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The operator's flow across the real binaries: `twinflash push` (format detected), `twinflash-edge` with
 //! simulated devices (one A/B), `twinflash set` (a tag pinned through the registry, direct mode),
-//! `twinflash status --until-installed`, then an upgrade. Real mosquitto and registry.
+//! `twinflash status --until-installed`, then an upgrade. Real mosquitto and registry; twinflash-cloud's relay (its
+//! direct mode, in process and without Kubernetes) stores and acknowledges the intents as edgecore would.
 //!
 //! The binaries come from the target directory of this test: `cargo test --workspace` builds them before any test
 //! runs (run `cargo build --workspace` first when running this crate alone).
@@ -9,6 +10,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+use std::time::{Duration, Instant};
+
+use twinflash_cloud::config::{Config, Mode};
+use twinflash_cloud::mqtt::MqttSink;
 use twinflash_harness::{Mosquitto, Registry};
 
 fn bin(name: &str) -> PathBuf {
@@ -133,6 +138,28 @@ fn push_set_status_and_upgrade_across_the_binaries() {
             .unwrap(),
     );
 
+    // The relay `twinflash set --mode direct` talks to: it answers each intent with its update/result (the agent's
+    // reports too: no status writer here, so they are acknowledged at once) and publishes the retained delta.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_rt = rt.enter();
+    let env = [("TWINFLASH_CLOUD__MQTT__URL".to_owned(), mqtt.url())];
+    let cfg = Config::load_with_env(None, Some(env.into_iter().collect())).unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (relay, _relay_task) = MqttSink::start(
+        &cfg.mqtt,
+        Mode::Direct,
+        Duration::from_secs(3600),
+        None,
+        cancel.clone(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !relay.is_connected() {
+        assert!(Instant::now() < deadline, "the relay did not connect");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300)); // its subscriptions land
+
     let devices = ["default/blinky-01", "default/blinky-02"];
     let url = mqtt.url();
     for (tag, pinned) in [("1.0.0", &ref1), ("1.1.0", &ref2)] {
@@ -187,4 +214,5 @@ fn push_set_status_and_upgrade_across_the_binaries() {
         installed.to_string().contains(&ref2),
         "the A/B device runs 1.1.0: {installed}"
     );
+    cancel.cancel();
 }

@@ -18,6 +18,7 @@ use super::{
 pub struct MemoryStatusWriter {
     reported: Arc<Mutex<BTreeMap<DeviceId, BTreeMap<String, String>>>>,
     writes: Arc<Mutex<usize>>,
+    fail_with: Arc<Mutex<Option<StatusError>>>,
 }
 
 impl MemoryStatusWriter {
@@ -34,6 +35,13 @@ impl MemoryStatusWriter {
     pub fn writes(&self) -> usize {
         self.writes.lock().map(|n| *n).unwrap_or(0)
     }
+
+    /// Every write fails with `err` from now on (`None`: writes succeed again), as an API server outage would.
+    pub fn fail_with(&self, err: Option<StatusError>) {
+        if let Ok(mut f) = self.fail_with.lock() {
+            *f = err;
+        }
+    }
 }
 
 impl StatusWriter for MemoryStatusWriter {
@@ -44,6 +52,9 @@ impl StatusWriter for MemoryStatusWriter {
         _timestamp_ms: i64,
     ) -> BoxFuture<'a, Result<(), StatusError>> {
         Box::pin(async move {
+            if let Some(err) = self.fail_with.lock().ok().and_then(|f| f.clone()) {
+                return Err(err);
+            }
             if let Ok(mut m) = self.reported.lock() {
                 m.entry(device.clone())
                     .or_default()
