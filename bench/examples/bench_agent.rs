@@ -296,8 +296,7 @@ fn cpu_secs(pid: u32) -> f64 {
 /// (a report seen on the broker to edgecore's `update/result` with its event id, seen on the broker). Then the cost
 /// of anti-entropy for `devices` converged devices on one agent over three periods of `period` seconds.
 async fn twin(installs: usize, devices: usize, period: u64) {
-    use twinflash_testkit::{Direction, Edgecore, EdgecoreOptions};
-    const TWINS: [&str; 3] = ["firmware", "firmware-version", "firmware-state"];
+    use twinflash_testkit::{Direction, Edgecore, EdgecoreOptions, FIRMWARE_TWINS as TWINS};
     let dir = tempfile::tempdir().unwrap();
     let mqtt = Mosquitto::start().unwrap();
     let registry = Registry::start().unwrap();

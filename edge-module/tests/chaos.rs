@@ -25,7 +25,7 @@ use rand::{RngExt, SeedableRng};
 use serde_json::Value;
 use support::{Agent, AgentSpec, image, init, push};
 use twinflash_harness::{FakeApi, Fault, FaultProxy, Mosquitto, Registry};
-use twinflash_testkit::{Cloudcore, Edgecore, EdgecoreOptions};
+use twinflash_testkit::{Cloudcore, Edgecore, EdgecoreOptions, FIRMWARE_TWINS};
 
 const IMAGE: usize = 1024 * 1024;
 const CHECKPOINT: u64 = 256 * 1024;
@@ -62,21 +62,8 @@ const KINDS: [FaultKind; 9] = [
     FaultKind::CutCloudLink,
 ];
 
-const TWINS: [&str; 3] = ["firmware", "firmware-version", "firmware-state"];
 /// The nudger's period (twinflash-cloud's `anti_entropy.period_secs` in production).
 const NUDGE: Duration = Duration::from_secs(5);
-
-/// Forwards every sync of `edgecore` to `cloudcore`, in order (edgehub to cloudhub to the upstream controller).
-fn wire(edgecore: &Edgecore, cloudcore: &Cloudcore) -> tokio::task::JoinHandle<()> {
-    let mut syncs = edgecore.syncs();
-    let cloudcore = cloudcore.clone();
-    tokio::spawn(async move {
-        while let Some(sync) = syncs.recv().await {
-            let ns = sync.namespace.clone().unwrap_or_default();
-            cloudcore.apply_sync(&ns, &sync.name, &sync.twins).await;
-        }
-    })
-}
 
 /// What DeviceStatus reports for `name`: twin name to (value, timestamp ms).
 fn reported(api: &FakeApi, name: &str) -> BTreeMap<String, (String, i64)> {
@@ -209,20 +196,15 @@ async fn chaos_soak_every_intent_lands_exactly_once_and_kubeedge_ends_true() {
         .map(|id| id.rsplit('/').next().unwrap().to_owned())
         .collect();
     for name in &names {
-        api.put(serde_json::json!({
-            "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"properties": TWINS.iter().map(|t| serde_json::json!({"name": t})).collect::<Vec<_>>()},
-        }))
-        .unwrap();
+        Cloudcore::declare_device(&api, "default", name);
     }
     let cloudcore = Cloudcore::new(&api);
     let opts = EdgecoreOptions::new(mqtt.port(), dir.path().join("edgecore.json"));
     let mut edgecore = Edgecore::start(opts.clone()).await;
     for id in &ids {
-        edgecore.add_device(id, &TWINS);
+        edgecore.add_device(id, &FIRMWARE_TWINS);
     }
-    let mut wired = wire(&edgecore, &cloudcore);
+    let mut wired = cloudcore.follow(&edgecore);
 
     // The nudger (twinflash-cloud's anti-entropy): a twin/get for a Device whose DeviceStatus is not at the intent's
     // final state and has not been written for a period.
@@ -348,7 +330,7 @@ async fn chaos_soak_every_intent_lands_exactly_once_and_kubeedge_ends_true() {
                     ))
                     .await;
                     edgecore = Edgecore::start(opts.clone()).await;
-                    wired = wire(&edgecore, &cloudcore);
+                    wired = cloudcore.follow(&edgecore);
                 }
                 FaultKind::CutCloudLink => {
                     // Syncs made meanwhile are dropped, not queued.

@@ -24,7 +24,9 @@ use mqtt_schema::DeviceTwinUpdate;
 use mqtt_schema::gojson::decode;
 use support::{Agent, AgentSpec, image, init, push};
 use twinflash_harness::{FakeApi, Mosquitto, Registry};
-use twinflash_testkit::{Cloudcore, Direction, Edgecore, EdgecoreOptions, Observer};
+use twinflash_testkit::{
+    Cloudcore, Direction, Edgecore, EdgecoreOptions, FIRMWARE_TWINS, Observer,
+};
 
 /// The anti-entropy period and retry cap of these agents.
 const PERIOD: Duration = Duration::from_secs(5);
@@ -32,7 +34,7 @@ const PERIOD: Duration = Duration::from_secs(5);
 const CONVERGE: Duration = Duration::from_secs(20);
 /// Bound of waits that are not about convergence.
 const WAIT: Duration = Duration::from_secs(60);
-const TWINS: [&str; 3] = ["firmware", "firmware-version", "firmware-state"];
+const TWINS: [&str; 3] = FIRMWARE_TWINS;
 
 struct Scene {
     agent: Agent,
@@ -473,7 +475,7 @@ async fn case_5_cloudcores_first_write_loss_never_hides_a_settled_state() {
         "status": {"twins": []},
     }))
     .unwrap();
-    let _wired = wire(&scene.edgecore);
+    let _wired = cloudcore.follow(&scene.edgecore);
     scene.agent.kill9();
     scene.agent.spawn();
     wait_device_status(&api, &name, "firmware", &reference, &scene.agent).await;

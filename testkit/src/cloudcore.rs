@@ -85,10 +85,36 @@ pub fn sync_twin(actual: Option<&str>, expected: Option<&str>, timestamp_ms: i64
     }
 }
 
+/// The twins every twinflash Device declares in `spec.properties` (cloudcore keeps only declared twins).
+pub const FIRMWARE_TWINS: [&str; 3] = ["firmware", "firmware-version", "firmware-state"];
+
 impl Cloudcore {
     /// A stand-in writing to `api`.
     pub fn new(api: &FakeApi) -> Cloudcore {
         Cloudcore { addr: api.addr() }
+    }
+
+    /// Puts a Device `namespace/name` declaring [`FIRMWARE_TWINS`] (and nothing else) into `api`.
+    pub fn declare_device(api: &FakeApi, namespace: &str, name: &str) {
+        api.put(json!({
+            "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"properties": FIRMWARE_TWINS.iter().map(|t| json!({"name": t})).collect::<Vec<_>>()},
+        }))
+        .unwrap();
+    }
+
+    /// Applies every sync of `edgecore` from now on, in order (edgehub to cloudhub to the upstream controller). The
+    /// task ends with the stand-in; abort it to stop following.
+    pub fn follow(&self, edgecore: &crate::Edgecore) -> JoinHandle<()> {
+        let mut syncs = edgecore.syncs();
+        let cloudcore = self.clone();
+        tokio::spawn(async move {
+            while let Some(s) = syncs.recv().await {
+                let ns = s.namespace.clone().unwrap_or_default();
+                cloudcore.apply_sync(&ns, &s.name, &s.twins).await;
+            }
+        })
     }
 
     /// Applies one edge sync of Device `namespace/name` as cloudcore does; returns the merge-patch body sent, or

@@ -9,6 +9,7 @@
 mod agent;
 mod binary;
 mod cloud;
+mod cloud_process;
 mod cloudcore;
 mod edgecore;
 mod observe;
@@ -22,7 +23,8 @@ use twinflash_harness::Registry;
 pub use agent::{Agent, AgentSpec, SimDevice};
 pub use binary::{agent_binary, cloud_binary, set_agent_binary};
 pub use cloud::{Cloud, Seen};
-pub use cloudcore::{Cloudcore, CloudcoreWriter, sync_twin};
+pub use cloud_process::CloudProcess;
+pub use cloudcore::{Cloudcore, CloudcoreWriter, FIRMWARE_TWINS, sync_twin};
 pub use edgecore::{
     Clock, CloudSync, Counters, Direction, EDGECORE_RECONNECT, Edgecore, EdgecoreOptions, Logged,
     StoredTwin, publish_once,

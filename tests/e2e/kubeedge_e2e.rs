@@ -13,20 +13,18 @@
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-use std::path::Path;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use twinflash_harness::{FakeApi, Mosquitto, Registry, free_port};
+use twinflash_testkit::CloudProcess as Cloud;
 use twinflash_testkit::{
-    Agent, AgentSpec, CHIP, Cloudcore, Direction, Edgecore, EdgecoreOptions, cloud_binary, image,
+    Agent, AgentSpec, CHIP, Cloudcore, Direction, Edgecore, EdgecoreOptions, FIRMWARE_TWINS, image,
     init, push,
 };
 
 const NS: &str = "default";
 const DEV: (&str, &str, &str) = ("devices.kubeedge.io", "v1beta1", "devices");
-const TWINS: [&str; 3] = ["firmware", "firmware-version", "firmware-state"];
 /// twinflash-cloud's anti-entropy period in this test.
 const PERIOD: Duration = Duration::from_secs(5);
 /// DeviceStatus must be right this soon after the fault ends: one period, its scan interval and jitter, slack.
@@ -67,64 +65,17 @@ fn published_events(api: &FakeApi, name: &str) -> usize {
         .count()
 }
 
-/// `twinflash-cloud` in edgecore mode as a child process, killed when dropped.
-struct Cloud {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Cloud {
-    fn start(
-        dir: &Path,
-        kubeconfig: &Path,
-        mqtt_port: u16,
-        registry_host: &str,
-        period: Duration,
-    ) -> Cloud {
-        let config = dir.join("cloud.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "mode = \"edgecore\"\nstatus_location = \"device-status\"\n\
-                 [mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nclient_id = \"twinflash-cloud-ke\"\n\
-                 [registry]\nplain_http = [\"{registry_host}\"]\n\
-                 [anti_entropy]\nperiod_secs = {}\n\
-                 [metrics]\nlisten = \"127.0.0.1:{}\"\n",
-                period.as_secs(),
-                free_port()
-            ),
-        )
-        .unwrap();
-        let log = dir.join("cloud.log");
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(cloud_binary())
-            .arg("--config")
-            .arg(&config)
-            .env("KUBECONFIG", kubeconfig)
-            .env("POD_NAME", "twinflash-cloud-ke")
-            .env("RUST_LOG", "info,twinflash_cloud=debug")
-            .env("NO_COLOR", "1")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Cloud { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Cloud {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The controller's configuration: edgecore mode, DeviceStatus objects, nudge period `period` (0: off).
+fn cloud_config(mqtt_port: u16, registry_host: &str, period: Duration) -> String {
+    format!(
+        "mode = \"edgecore\"\nstatus_location = \"device-status\"\n\
+         [mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nclient_id = \"twinflash-cloud-ke\"\n\
+         [registry]\nplain_http = [\"{registry_host}\"]\n\
+         [anti_entropy]\nperiod_secs = {}\n\
+         [metrics]\nlisten = \"127.0.0.1:{}\"\n",
+        period.as_secs(),
+        free_port()
+    )
 }
 
 struct Scene {
@@ -151,22 +102,14 @@ impl Scene {
         ))
         .await;
         // edgecore's syncs reach DeviceStatus through cloudcore's upstream.
-        let mut syncs = edgecore.syncs();
-        let cloudcore = Cloudcore::new(&api);
-        tokio::spawn(async move {
-            while let Some(s) = syncs.recv().await {
-                cloudcore
-                    .apply_sync(s.namespace.as_deref().unwrap_or(NS), &s.name, &s.twins)
-                    .await;
-            }
-        });
+        Cloudcore::new(&api).follow(&edgecore);
         let agent_dir = dir.path().join("agent");
         let agent = Agent::start(AgentSpec {
             write_bytes_per_sec: Some(40_000),
             ..AgentSpec::new(&agent_dir, mqtt.port(), vec![registry.host()], 1)
         });
         // The membership update cloudcore sends when the Device is created.
-        edgecore.add_device(&agent.devices[0].id, &TWINS);
+        edgecore.add_device(&agent.devices[0].id, &FIRMWARE_TWINS);
         Scene {
             dir,
             api,
@@ -202,10 +145,8 @@ impl Scene {
     fn cloud(&self, period: Duration) -> Cloud {
         Cloud::start(
             self.dir.path(),
+            &cloud_config(self.mqtt.port(), &self.registry.host(), period),
             &self.kubeconfig,
-            self.mqtt.port(),
-            &self.registry.host(),
-            period,
         )
     }
 

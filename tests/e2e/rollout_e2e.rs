@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command};
 
 use serde_json::{Value, json};
 use twinflash_cloud::rollout::plan::threshold_crossed;
@@ -21,7 +20,7 @@ use twinflash_cloud::rollout::{
 };
 use twinflash_harness::{FakeApi, Mosquitto, Registry, free_port};
 use twinflash_testkit::{
-    Agent, AgentSpec, CHIP, SimDevice, cloud_binary, image, init, push, wait_until,
+    Agent, AgentSpec, CHIP, CloudProcess, SimDevice, image, init, push, wait_until,
 };
 
 const NS: &str = "default";
@@ -147,61 +146,17 @@ fn flashes(dir: &Path, which: &str) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// `twinflash-cloud` as a child process, killed when dropped.
-struct Cloud {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Cloud {
-    /// The controller with the default resync period (300 s): a rollout must progress on watch
-    /// events alone within the test's deadlines.
-    fn start(
-        dir: &Path,
-        kubeconfig: &Path,
-        mqtt_port: u16,
-        registry_host: &str,
-        location: Location,
-    ) -> Cloud {
-        let config = dir.join("cloud.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "mode = \"direct\"\nstatus_location = \"{}\"\n\
-                 [mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nclient_id = \"twinflash-cloud-e2e\"\n\
-                 [registry]\nplain_http = [\"{registry_host}\"]\n\
-                 [metrics]\nlisten = \"127.0.0.1:{}\"\n",
-                location.config(),
-                free_port()
-            ),
-        )
-        .unwrap();
-        let log = dir.join("cloud.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(cloud_binary())
-            .arg("--config")
-            .arg(&config)
-            .env("KUBECONFIG", kubeconfig)
-            .env("POD_NAME", "twinflash-cloud-e2e")
-            .env("RUST_LOG", "info,twinflash_cloud=debug")
-            .env("NO_COLOR", "1")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Cloud { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Cloud {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The controller with the default resync period (300 s): a rollout must progress on watch events alone within
+/// the test's deadlines.
+fn cloud_config(mqtt_port: u16, registry_host: &str, location: Location) -> String {
+    format!(
+        "mode = \"direct\"\nstatus_location = \"{}\"\n\
+         [mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nclient_id = \"twinflash-cloud-e2e\"\n\
+         [registry]\nplain_http = [\"{registry_host}\"]\n\
+         [metrics]\nlisten = \"127.0.0.1:{}\"\n",
+        location.config(),
+        free_port()
+    )
 }
 
 fn rollout(firmware: &str) -> Value {
@@ -304,12 +259,10 @@ async fn scenario(location: Location) {
         })
         .collect();
     let sims: Vec<&SimDevice> = agents.iter().flat_map(|a| a.devices.iter()).collect();
-    let cloud = Cloud::start(
+    let cloud = CloudProcess::start(
         dir.path(),
+        &cloud_config(mqtt.port(), &registry.host(), location),
         &kubeconfig,
-        mqtt.port(),
-        &registry.host(),
-        location,
     );
     let logs = || {
         let agent_logs: String = agents
