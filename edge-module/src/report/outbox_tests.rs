@@ -16,37 +16,22 @@ fn states(ob: &Outbox, device: &str) -> Vec<String> {
 
 const DL: Option<&str> = Some("downloading");
 
+/// Queues a report that carries only a state.
+fn put(ob: &mut Outbox, device: &str, state: &str, terminal: bool, merge: Option<&str>) -> u64 {
+    ob.put(device, tw(&[("firmware-state", state)]), terminal, merge)
+        .unwrap()
+}
+
 #[test]
 fn states_keep_their_own_entry_progress_of_a_stage_merges_behind_the_front() {
     let dir = tempfile::tempdir().unwrap();
     let mut ob = Outbox::open(dir.path()).unwrap();
-    let front = ob
-        .put("ns/a", tw(&[("firmware-state", "pending")]), false, None)
-        .unwrap();
-    ob.put(
-        "ns/a",
-        tw(&[("firmware-state", "downloading:10")]),
-        false,
-        DL,
-    )
-    .unwrap();
-    ob.put(
-        "ns/a",
-        tw(&[("firmware-state", "downloading:60")]),
-        false,
-        DL,
-    )
-    .unwrap();
+    let front = put(&mut ob, "ns/a", "pending", false, None);
+    put(&mut ob, "ns/a", "downloading:10", false, DL);
+    put(&mut ob, "ns/a", "downloading:60", false, DL);
     assert_eq!(states(&ob, "ns/a"), ["pending", "downloading:60"]);
-    ob.put("ns/a", tw(&[("firmware-state", "verifying")]), false, None)
-        .unwrap();
-    ob.put(
-        "ns/a",
-        tw(&[("firmware-state", "flashing:0")]),
-        false,
-        Some("flashing"),
-    )
-    .unwrap();
+    put(&mut ob, "ns/a", "verifying", false, None);
+    put(&mut ob, "ns/a", "flashing:0", false, Some("flashing"));
     let done = ob
         .put(
             "ns/a",
@@ -90,21 +75,8 @@ fn states_keep_their_own_entry_progress_of_a_stage_merges_behind_the_front() {
 fn progress_never_changes_the_front_report() {
     let dir = tempfile::tempdir().unwrap();
     let mut ob = Outbox::open(dir.path()).unwrap();
-    let front = ob
-        .put(
-            "ns/a",
-            tw(&[("firmware-state", "downloading:10")]),
-            false,
-            DL,
-        )
-        .unwrap();
-    ob.put(
-        "ns/a",
-        tw(&[("firmware-state", "downloading:20")]),
-        false,
-        DL,
-    )
-    .unwrap();
+    let front = put(&mut ob, "ns/a", "downloading:10", false, DL);
+    put(&mut ob, "ns/a", "downloading:20", false, DL);
     assert_eq!(states(&ob, "ns/a"), ["downloading:10", "downloading:20"]);
     assert_eq!(ob.pending_for("ns/a")[0].seq, front);
 }
@@ -131,24 +103,14 @@ fn a_final_report_is_sent_once_more_after_its_acknowledgement() {
     assert!(ob.acked("ns/a", confirm).unwrap());
     assert_eq!(ob.depth(), 0);
     // Only the first acknowledged report since the start is confirmed: later ones follow others.
-    let later = ob
-        .put(
-            "ns/a",
-            tw(&[("firmware-state", "failed:flash-failed")]),
-            true,
-            None,
-        )
-        .unwrap();
+    let later = put(&mut ob, "ns/a", "failed:flash-failed", true, None);
     ob.acked("ns/a", later).unwrap();
     assert_eq!(ob.depth(), 0);
     // With something newer queued behind it, the newer report makes the next write: no confirmation.
     let dir = tempfile::tempdir().unwrap();
     let mut ob = Outbox::open(dir.path()).unwrap();
-    let done = ob
-        .put("ns/b", tw(&[("firmware-state", "installed")]), true, None)
-        .unwrap();
-    ob.put("ns/b", tw(&[("firmware-state", "pending")]), false, None)
-        .unwrap();
+    let done = put(&mut ob, "ns/b", "installed", true, None);
+    put(&mut ob, "ns/b", "pending", false, None);
     ob.acked("ns/b", done).unwrap();
     assert_eq!(states(&ob, "ns/b"), ["pending"]);
 }
@@ -167,20 +129,8 @@ fn terminal_reports_survive_a_restart_progress_does_not() {
                 None,
             )
             .unwrap();
-        ob.put(
-            "ns/a",
-            tw(&[("firmware-state", "downloading:5")]),
-            false,
-            DL,
-        )
-        .unwrap();
-        ob.put(
-            "legacy",
-            tw(&[("firmware-state", "downloading:9")]),
-            false,
-            DL,
-        )
-        .unwrap();
+        put(&mut ob, "ns/a", "downloading:5", false, DL);
+        put(&mut ob, "legacy", "downloading:9", false, DL);
         assert_eq!(ob.depth(), 3);
     }
     let mut ob = Outbox::open(dir.path()).unwrap();
@@ -206,17 +156,8 @@ fn terminal_reports_survive_a_restart_progress_does_not() {
 fn clears_only_on_a_matching_ack() {
     let dir = tempfile::tempdir().unwrap();
     let mut ob = Outbox::open(dir.path()).unwrap();
-    let old = ob
-        .put(
-            "ns/a",
-            tw(&[("firmware-state", "downloading:5")]),
-            false,
-            DL,
-        )
-        .unwrap();
-    let new = ob
-        .put("ns/a", tw(&[("firmware-state", "verifying")]), false, None)
-        .unwrap();
+    let old = put(&mut ob, "ns/a", "downloading:5", false, DL);
+    let new = put(&mut ob, "ns/a", "verifying", false, None);
     assert!(ob.acked("ns/a", old).unwrap());
     assert!(!ob.acked("ns/a", old).unwrap(), "an ack counts once");
     assert_eq!(ob.depth(), 1);
@@ -229,14 +170,9 @@ fn clears_only_on_a_matching_ack() {
 fn an_unanswered_front_collapses_into_the_newest_state() {
     let dir = tempfile::tempdir().unwrap();
     let mut ob = Outbox::open(dir.path()).unwrap();
-    let old = ob
-        .put("ns/a", tw(&[("firmware-state", "installed")]), true, None)
-        .unwrap();
-    ob.put("ns/a", tw(&[("firmware-state", "pending")]), false, None)
-        .unwrap();
-    let newest = ob
-        .put("ns/a", tw(&[("firmware-state", "verifying")]), false, None)
-        .unwrap();
+    let old = put(&mut ob, "ns/a", "installed", true, None);
+    put(&mut ob, "ns/a", "pending", false, None);
+    let newest = put(&mut ob, "ns/a", "verifying", false, None);
     assert!(ob.collapse("ns/a").unwrap());
     assert_eq!(states(&ob, "ns/a"), ["verifying"]);
     assert_eq!(ob.pending_for("ns/a")[0].seq, newest);
