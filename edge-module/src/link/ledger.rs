@@ -196,6 +196,11 @@ impl Ledger {
         out
     }
 
+    /// Unanswered attempts in a row of `sent`'s kind for its device (reports, or twin/get requests).
+    pub fn attempts(&self, sent: &Sent) -> u32 {
+        self.attempts.get(&attempt_key(sent)).copied().unwrap_or(0)
+    }
+
     /// The earliest deadline of an answer, if anything waits for one.
     pub fn next_due(&self) -> Option<Instant> {
         self.reports
@@ -338,6 +343,7 @@ mod tests {
             now = due;
         }
         assert_eq!(waits, vec![2, 4, 8, 16, 30, 30]);
+        assert_eq!(l.attempts(&report("a", 0)), 6, "counted per device, whatever the seq");
         // Half the jitter halves the wait; an answer starts again from the first wait.
         l.handed(report("a", 9), now, 0.5);
         assert_eq!(l.next_due(), Some(now + Duration::from_secs(15)));

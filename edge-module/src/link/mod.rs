@@ -62,6 +62,9 @@ pub struct Link {
     held: Mutex<HashMap<String, Held>>,
     /// Answers the subscriber received for the publisher's sends (edgecore's results and get results).
     answers: Mutex<Vec<Sent>>,
+    /// The subscriber's subscriptions are in place: an answer to a report can be received. The publisher sends
+    /// nothing before (an answer published meanwhile would be lost, and the report retried for nothing).
+    subscribed: std::sync::atomic::AtomicBool,
     answers_changed: Notify,
     node: String,
     /// Unique per process start: event ids never repeat across restarts.
@@ -113,6 +116,7 @@ impl Link {
             held: Mutex::new(HashMap::new()),
             answers: Mutex::new(Vec::new()),
             answers_changed: Notify::new(),
+            subscribed: std::sync::atomic::AtomicBool::new(false),
             node: node.to_owned(),
             boot: format!("{:08x}", rand::random::<u32>()),
             reconnect_max: limits.reconnect_max,
@@ -178,6 +182,14 @@ impl Link {
 
     fn is_own_get(&self, event_id: &str) -> bool {
         event_id.starts_with(&format!("twinflash-{}-{}-g", self.node, self.boot))
+    }
+
+    fn set_subscribed(&self, up: bool) {
+        self.subscribed
+            .store(up, std::sync::atomic::Ordering::Release);
+        if up {
+            self.answers_changed.notify_one();
+        }
     }
 
     fn answer(&self, sent: Sent) {
@@ -503,6 +515,7 @@ impl Link {
                     }
                     self.forget_held_messages();
                     if ack.session_present {
+                        self.set_subscribed(true);
                         self.owe_gets();
                     } else if let Err(e) = client.try_subscribe_many(self.filters()) {
                         tracing::error!(error = %e, "cannot queue the subscription");
@@ -515,7 +528,10 @@ impl Link {
                         self.rereport_all();
                     }
                 }
-                Ok(Event::Incoming(Packet::SubAck(_))) => self.owe_gets(),
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    self.set_subscribed(true);
+                    self.owe_gets();
+                }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if self.on_publish(&client, &p).await
                         && let Err(e) = client.try_ack(&p)
@@ -526,6 +542,7 @@ impl Link {
                 Ok(_) => {}
                 Err(e) => {
                     self.metrics.set_broker_connected(false);
+                    self.set_subscribed(false);
                     if twinflash_mqtt::is_oversized(&e) {
                         self.metrics.dropped("over-transport-cap");
                         tracing::error!(
@@ -573,7 +590,7 @@ impl Link {
             }
             self.take_answers(&mut ledger);
             self.retry_overdue(&mut ledger, now);
-            let due = if connected {
+            let due = if connected && self.subscribed.load(std::sync::atomic::Ordering::Acquire) {
                 let owed = self.send_owed(&client, &mut ledger, &mut counter, now);
                 earliest(earliest(owed, ledger.next_due()), sweep)
             } else {
@@ -657,9 +674,18 @@ impl Link {
     fn retry_overdue(&self, ledger: &mut Ledger, now: Instant) {
         for sent in ledger.overdue(now) {
             match &sent {
+                // One missed answer is sent again as it was (the answer may just have been lost: every state stays
+                // reported); from the second on edgecore is away, and a backlog is not replayed.
+                Sent::Report { device, .. } if ledger.attempts(&sent) < 2 => {
+                    self.metrics.retried("report");
+                    tracing::debug!(device, "report unanswered; sending it again");
+                }
                 Sent::Report { device, .. } => {
                     self.metrics.retried("report");
-                    tracing::debug!(device, "report unanswered; sending the newest state again");
+                    tracing::debug!(
+                        device,
+                        "report unanswered again; sending only the newest state"
+                    );
                     if let Err(e) = self.reports.collapse(device) {
                         tracing::error!(code = %e.code(), error = %e, "cannot update the outbox");
                     }
