@@ -343,7 +343,11 @@ mod tests {
             now = due;
         }
         assert_eq!(waits, vec![2, 4, 8, 16, 30, 30]);
-        assert_eq!(l.attempts(&report("a", 0)), 6, "counted per device, whatever the seq");
+        assert_eq!(
+            l.attempts(&report("a", 0)),
+            6,
+            "counted per device, whatever the seq"
+        );
         // Half the jitter halves the wait; an answer starts again from the first wait.
         l.handed(report("a", 9), now, 0.5);
         assert_eq!(l.next_due(), Some(now + Duration::from_secs(15)));
