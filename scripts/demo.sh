@@ -5,7 +5,7 @@
 # images (Intel HEX and raw binary); pushes them as OCI artifacts with `twinflash push`; starts `twinflash-edge`
 # with three simulated devices (one in MCUboot-like A/B mode); sets the wanted firmware of each device through its
 # twin with `twinflash set`, through an edgecore stand-in (KubeEdge cannot be installed here: the test kit's
-# `edgecore` example, a TEST STAND-IN that stores twins, answers and reconnects as edgecore v1.23.1 does, see
+# `edgecore_standin` example, a TEST STAND-IN that stores twins, answers and reconnects as edgecore v1.23.1 does, see
 # docs/kubeedge.md section 9), waiting for its acknowledgement, and shows edgecore's view live; then upgrades all of them to
 # the second version; and ends with a table of every device's twin. Stops everything it started; exits non-zero if
 # a device did not converge.
@@ -28,7 +28,7 @@ trap cleanup EXIT
 
 tf_log "building release binaries (the first build takes several minutes)"
 cargo build --release --locked -q -p twinflash-cli -p twinflash-edge -p twinflash-cloud
-cargo build --release --locked -q -p twinflash-testkit --example edgecore
+cargo build --release --locked -q -p twinflash-testkit --example edgecore_standin
 bin=$PWD/target/release
 start=$SECONDS
 
@@ -100,7 +100,7 @@ TOML
 } >"$work/edge.toml"
 "$bin/twinflash-edge" --config "$work/edge.toml" --check-config >&2
 tf_log "starting the edgecore stand-in (a TEST STAND-IN for KubeEdge's edgecore, which cannot be installed here)"
-"$bin/examples/edgecore" --mqtt-port "$TF_MQTT_PORT" --store "$work/edgecore.json" \
+"$bin/examples/edgecore_standin" --mqtt-port "$TF_MQTT_PORT" --store "$work/edgecore.json" \
     --device default/blinky-01 --device default/blinky-02 --device default/blinky-03 2>"$work/edgecore.log" &
 TF_PIDS+=($!)
 "$bin/twinflash-edge" --config "$work/edge.toml" 2>"$work/edge.log" &

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use twinflash_testkit::{Direction, Edgecore, EdgecoreOptions};
 
-const HELP: &str = "edgecore: a TEST STAND-IN for KubeEdge's edgecore v1.23.1 (MQTT side only), for the demo and tests,
+const HELP: &str = "edgecore_standin: a TEST STAND-IN for KubeEdge's edgecore v1.23.1 (MQTT side only), for the demo and tests,
 because KubeEdge cannot be installed here. It is not edgecore: see docs/kubeedge.md section 9.
 
-Usage: edgecore --mqtt-port <PORT> --store <FILE> [--device <ns/name>]... [--reconnect-secs <SECS>]
+Usage: edgecore_standin --mqtt-port <PORT> --store <FILE> [--device <ns/name>]... [--reconnect-secs <SECS>]
 
   --mqtt-port <PORT>       the broker on 127.0.0.1
   --store <FILE>           the twin store (JSON; reloaded at start, written on every change)
@@ -28,7 +28,7 @@ fn main() {
     while let Some(a) = args.next() {
         let mut value = || {
             args.next().unwrap_or_else(|| {
-                eprintln!("edgecore: {a} needs a value\n\n{HELP}");
+                eprintln!("edgecore_standin: {a} needs a value\n\n{HELP}");
                 std::process::exit(2)
             })
         };
@@ -42,13 +42,13 @@ fn main() {
             "--device" => devices.push(value()),
             "--reconnect-secs" => reconnect = value().parse().unwrap_or(5),
             other => {
-                eprintln!("edgecore: unknown argument {other:?}\n\n{HELP}");
+                eprintln!("edgecore_standin: unknown argument {other:?}\n\n{HELP}");
                 std::process::exit(2);
             }
         }
     }
     let (Some(port), Some(store)) = (port, store) else {
-        eprintln!("edgecore: --mqtt-port and --store are required\n\n{HELP}");
+        eprintln!("edgecore_standin: --mqtt-port and --store are required\n\n{HELP}");
         std::process::exit(2);
     };
     let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
