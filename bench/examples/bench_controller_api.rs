@@ -2,7 +2,7 @@
 //! mode, `status_location = "device"`) against the harness's in-memory Kubernetes API server holding
 //! 10,000 KubeEdge Devices, a real docker-registry and a real mosquitto. After the cold start has
 //! published every Device's first intent, all desired values change to a second artifact at once;
-//! the figure is the time until all new intents reached a subscriber, and until every status record
+//! the figure is the time until all new intents reached a subscriber, and until every record
 //! and Event was written. Also: the controller's peak RSS and the API requests it made.
 //!
 //! `cargo build --release -p twinflash-cloud --bins -p twinflash-bench --examples &&
@@ -22,17 +22,12 @@ use serde_json::json;
 use twinflash_harness::kubeapi::RequestRecord;
 use twinflash_harness::{FakeApi, Mosquitto};
 
-/// Devices whose status holds the controller's record (`observedDesired` of `firmware`) of `pinned`.
+/// Devices whose `twinflash.io/*` annotations hold the controller's record of `pinned` (where it keeps it since
+/// issue 13: cloudcore never writes Device metadata).
 fn recorded(api: &FakeApi, pinned: &str) -> usize {
     api.list(DEV.0, DEV.1, DEV.2, Some(NS))
         .iter()
-        .filter(|d| {
-            d["status"]["twins"].as_array().is_some_and(|ts| {
-                ts.iter().any(|t| {
-                    t["propertyName"] == "firmware" && t["observedDesired"]["value"] == pinned
-                })
-            })
-        })
+        .filter(|d| d["metadata"]["annotations"][twinflash_cloud::status::META_PINNED] == pinned)
         .count()
 }
 
@@ -85,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
         .map_or(Duration::ZERO, |t| t - cloud.spawned);
     let mut reqs = Vec::new();
     wait_until(
-        "the first status records and Events",
+        "the first records and Events",
         limit,
         Duration::from_millis(250),
         || {
@@ -121,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
     .map_err(|e| fail(&cloud, e))?;
     let all_intents = intents.last_arrival(1).map_or(Duration::ZERO, |t| t - t0);
     wait_until(
-        "the new status records and Events",
+        "the new records and Events",
         limit,
         Duration::from_millis(100),
         || {
@@ -161,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|---|");
     println!(
-        "| {n} Devices all given a new desired firmware at once: watch event, decide, resolve in the registry, publish, until all {n} new intents reached a subscriber on local mosquitto | < 5 s; RSS < 150 MiB | **{}** ({:.0} intents/s); every status record and Event written after {} | {rss:.1} MiB ({rss_cold:.1} MiB after the cold start) | {} during the change ({}) |",
+        "| {n} Devices all given a new desired firmware at once: watch event, decide, resolve in the registry, publish, until all {n} new intents reached a subscriber on local mosquitto | < 5 s; RSS < 150 MiB | **{}** ({:.0} intents/s); every record and Event written after {} | {rss:.1} MiB ({rss_cold:.1} MiB after the cold start) | {} during the change ({}) |",
         ms(all_intents),
         n as f64 / all_intents.as_secs_f64().max(1e-9),
         ms(all_done),
@@ -169,7 +164,7 @@ async fn main() -> anyhow::Result<()> {
         summary(&reqs[before..]),
     );
     println!(
-        "| cold start: {n} Devices listed, every first intent published, recorded and announced | - | all first intents after {} from spawn; status records and Events after {} | (same process) | {} ({}) |",
+        "| cold start: {n} Devices listed, every first intent published, recorded and announced | - | all first intents after {} from spawn; records and Events after {} | (same process) | {} ({}) |",
         ms(cold_intents),
         ms(cold_all),
         before,
@@ -177,7 +172,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "During the change: {reconciles:.0} reconciles and {published:.0} intents published (controller metrics), {messages} intent messages at the subscriber, {conflicts} requests answered 409, reconcile failures: {}; unknown requests: {unknown}. The driver's {n} spec patches took {} of the figure. CPU time from the change until every status record was seen: twinflash-cloud {cpu:.2} s, this driver (API server, subscriber, polling) {own:.2} s, over {} of wall time on {} cores.",
+        "During the change: {reconciles:.0} reconciles and {published:.0} intents published (controller metrics), {messages} intent messages at the subscriber, {conflicts} requests answered 409, reconcile failures: {}; unknown requests: {unknown}. The driver's {n} spec patches took {} of the figure. CPU time from the change until every record was seen: twinflash-cloud {cpu:.2} s, this driver (API server, subscriber, polling) {own:.2} s, over {} of wall time on {} cores.",
         if failures.is_empty() {
             "none".to_owned()
         } else {
@@ -190,7 +185,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "Caveats: the API server is the harness's in-process, in-memory stand-in (`FakeApi`, plain HTTP, no etcd, no admission), \
          running in this driver together with the subscriber and sharing the machine's cores with twinflash-cloud, mosquitto and \
-         docker-registry; the Device CRD is served without a status subresource, as KubeEdge's; times of the status records are \
+         docker-registry; the Device CRD is served without a status subresource, as KubeEdge's; times of the records are \
          seen by polling every 100 ms."
     );
     Ok(())
