@@ -6,7 +6,7 @@
 //! valid digest-pinned reference is cut to a bounded [`Intent::Invalid`] before anything is journaled or logged.
 
 use mqtt_schema::clip::prefix;
-use mqtt_schema::gojson::decode;
+use mqtt_schema::gojson::{DecodeError, decode};
 use std::collections::BTreeMap;
 
 use mqtt_schema::{
@@ -156,21 +156,7 @@ pub fn classify<'a>(
             decode::<DeviceTwinDelta>(payload).map(|d| d.wanted(&names.firmware).map(str::to_owned))
         }
         DeviceTopicKind::TwinGetResult => {
-            return match get_result(payload, names) {
-                Ok((event_id, code, reason, wanted, actual)) => Incoming::GetResult {
-                    device,
-                    event_id,
-                    wanted: wanted.map(|w| Intent::from_twin(&w)),
-                    actual,
-                    code,
-                    reason,
-                },
-                Err(e) => Incoming::Malformed {
-                    device,
-                    code: e.code(),
-                    error: prefix(&e.to_string(), 256).to_owned(),
-                },
-            };
+            return get_result(&device, payload, names).unwrap_or_else(|e| malformed(device, &e));
         }
         DeviceTopicKind::TwinUpdateResult => {
             return match decode::<ResultMessage>(payload) {
@@ -180,11 +166,7 @@ pub fn classify<'a>(
                     code: r.code,
                     reason: prefix(&r.reason, 256).to_owned(),
                 },
-                Err(e) => Incoming::Malformed {
-                    device,
-                    code: e.code(),
-                    error: prefix(&e.to_string(), 256).to_owned(),
-                },
+                Err(e) => malformed(device, &e),
             };
         }
         _ => return Incoming::NoIntent { device },
@@ -195,38 +177,41 @@ pub fn classify<'a>(
             intent: Intent::from_twin(&w),
         },
         Ok(None) => Incoming::NoIntent { device },
-        Err(e) => Incoming::Malformed {
-            device,
-            code: e.code(),
-            error: prefix(&e.to_string(), 256).to_owned(),
-        },
+        Err(e) => malformed(device, &e),
     }
 }
 
-/// A get result's parts: event id, error code and reason, the wanted firmware, and the device's actual values.
-type GetParts = (
-    String,
-    i64,
-    String,
-    Option<String>,
-    BTreeMap<String, String>,
-);
+/// A twin message of `device` that does not decode (its error cut to 256 bytes).
+fn malformed(device: String, e: &DecodeError) -> Incoming {
+    Incoming::Malformed {
+        device,
+        code: e.code(),
+        error: prefix(&e.to_string(), 256).to_owned(),
+    }
+}
 
-fn get_result(
-    payload: &[u8],
-    names: &TwinNames,
-) -> Result<GetParts, mqtt_schema::gojson::DecodeError> {
+/// edgecore's answer to a `twin/get` of `device`: an error, or the wanted firmware and the device's actual values.
+fn get_result(device: &str, payload: &[u8], names: &TwinNames) -> Result<Incoming, DecodeError> {
     let status = decode::<ResultMessage>(payload)?;
     let event_id = prefix(&status.base.event_id, 256).to_owned();
     let reason = prefix(&status.reason, 256).to_owned();
+    let device = device.to_owned();
     if status.code != 0 {
-        return Ok((event_id, status.code, reason, None, BTreeMap::new()));
+        return Ok(Incoming::GetResult {
+            device,
+            event_id,
+            wanted: None,
+            actual: BTreeMap::new(),
+            code: status.code,
+            reason,
+        });
     }
     let r = decode::<DeviceTwinResult>(payload)?;
     let wanted = r
         .twin(&names.firmware)
-        .map(|t| t.expected_value().to_owned())
-        .filter(|v| !v.is_empty());
+        .map(|t| t.expected_value())
+        .filter(|v| !v.is_empty())
+        .map(Intent::from_twin);
     let actual = [&names.firmware, &names.version, &names.state]
         .into_iter()
         .filter_map(|n| {
@@ -235,7 +220,14 @@ fn get_result(
             Some((n.clone(), t.actual_value().to_owned()))
         })
         .collect();
-    Ok((event_id, 0, reason, wanted, actual))
+    Ok(Incoming::GetResult {
+        device,
+        event_id,
+        wanted,
+        actual,
+        code: 0,
+        reason,
+    })
 }
 
 #[cfg(test)]

@@ -226,7 +226,6 @@ async fn chaos_soak_every_intent_lands_exactly_once_and_kubeedge_ends_true() {
         let (api, target, names, nudges) =
             (api.clone(), target.clone(), names.clone(), nudges.clone());
         tokio::spawn(async move {
-            let mut n = 0u64;
             loop {
                 tokio::time::sleep(NUDGE / 2).await;
                 let want = target.lock().unwrap().clone();
@@ -238,8 +237,7 @@ async fn chaos_soak_every_intent_lands_exactly_once_and_kubeedge_ends_true() {
                     {
                         continue;
                     }
-                    n += 1;
-                    nudges.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let n = nudges.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                     let _ = nudger.try_publish(
                         format!("$hw/events/device/default/{name}/twin/get"),
                         rumqttc::QoS::AtLeastOnce,

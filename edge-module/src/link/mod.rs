@@ -211,11 +211,9 @@ impl Link {
             self.edgecore_error(device, code, reason, "a report");
             return;
         }
-        match self.reports.acked(device, seq) {
-            Ok(_) => self.metrics.set_outbox_depth(self.reports.depth()),
-            Err(e) => {
-                tracing::error!(code = %e.code(), error = %e, "cannot clear an acknowledged report")
-            }
+        // The publisher updates the outbox depth metric when it takes the answer.
+        if let Err(e) = self.reports.acked(device, seq) {
+            tracing::error!(code = %e.code(), error = %e, "cannot clear an acknowledged report");
         }
         self.answer(Sent::Report {
             device: device.to_owned(),
