@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use twinflash_artifact::{Credentials, FetchConfig, Fetcher, Mirror};
 
-use crate::config::{EdgeConfig, MirrorConfig};
+use crate::config::{DeliveryMode, EdgeConfig, MirrorConfig};
 use crate::device::Device;
 use crate::job::{self, JobContext};
 use crate::journal::Journal;
@@ -46,6 +46,12 @@ pub enum StartError {
     /// Another agent runs on the same state directory, or it cannot be locked.
     #[error(transparent)]
     StateDir(#[from] crate::state_dir::StateDirError),
+    /// The DMI journal cannot be opened.
+    #[error(transparent)]
+    DmiStore(#[from] crate::dmi::store::StoreError),
+    /// The DMI mapper cannot start (its socket, its registration settings).
+    #[error(transparent)]
+    Dmi(#[from] crate::dmi::DmiError),
 }
 
 /// The fetcher settings from the `[registry]` section.
@@ -79,7 +85,7 @@ pub fn fetch_config(cfg: &EdgeConfig) -> FetchConfig {
 }
 
 /// Rebuilds one device from its journal and from what the device reads back; pins what it needs in the cache.
-async fn load_device(
+pub(crate) async fn load_device(
     cfg: &EdgeConfig,
     dc: &crate::config::DeviceConfig,
     fetcher: &Fetcher,
@@ -127,7 +133,7 @@ async fn load_device(
 /// Runs the agent until `shutdown` is cancelled, then stops gracefully.
 pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), StartError> {
     let _lock = state_dir::lock(&cfg.state_dir)?;
-    for sub in ["journal", "outbox"] {
+    for sub in ["journal", "outbox", "dmi/devices", "dmi/models"] {
         let removed = state_dir::remove_stale_temps(&cfg.state_dir.join(sub));
         if removed > 0 {
             tracing::info!(
@@ -143,13 +149,8 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
     let reports = Arc::new(ReportQueue::new(Outbox::open(&cfg.state_dir)?));
     let fetcher = Arc::new(Fetcher::new(fetch_config(&cfg))?);
 
-    let mut devices = HashMap::new();
-    for dc in &cfg.devices {
-        devices.insert(dc.id.clone(), load_device(&cfg, dc, &fetcher).await?);
-    }
-
     let ctx = Arc::new(JobContext {
-        fetcher,
+        fetcher: fetcher.clone(),
         downloads: Arc::new(Semaphore::new(cfg.limits.downloads)),
         flashes: Arc::new(Semaphore::new(cfg.limits.flashes)),
         reports: reports.clone(),
@@ -160,6 +161,13 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
         retry_base: Duration::from_millis(500),
         progress_interval: Duration::from_millis(cfg.twin.progress_interval_ms),
     });
+    if cfg.kubeedge.mode == DeliveryMode::Dmi {
+        return run_dmi(cfg, ctx, fetcher, reports, metrics, shutdown).await;
+    }
+    let mut devices = HashMap::new();
+    for dc in &cfg.devices {
+        devices.insert(dc.id.clone(), load_device(&cfg, dc, &fetcher).await?);
+    }
     let mut jobs = JoinSet::new();
     for dev in devices.values() {
         jobs.spawn(job::run(dev.clone(), ctx.clone()));
@@ -217,6 +225,51 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
     tracing::info!("shutting down: downloads checkpoint and stop, running flashes finish");
     while jobs.join_next().await.is_some() {}
     // The link stays up while flashes finish, so their reports can still leave.
+    link_stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// DMI mode: the devices come from edgecore (and `[[devices]]`), the intents with them; reports go back through
+/// edgecore's DMI server. The same jobs, journals and outbox as the MQTT mode.
+async fn run_dmi(
+    cfg: EdgeConfig,
+    ctx: Arc<JobContext>,
+    fetcher: Arc<Fetcher>,
+    reports: Arc<ReportQueue>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let cfg = Arc::new(cfg);
+    let store = crate::dmi::store::Store::open(&cfg.state_dir)?;
+    let fleet =
+        crate::dmi::fleet::Fleet::new(cfg.clone(), ctx, fetcher, reports.clone(), store).await?;
+    let link_stop = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    crate::dmi::start(
+        &cfg,
+        fleet.clone(),
+        reports,
+        metrics.clone(),
+        &mut tasks,
+        link_stop.clone(),
+    )?;
+    let manager = tokio::spawn(fleet.clone().run(shutdown.clone()));
+    if let Some(listen) = cfg.metrics.listen.clone() {
+        let (m, stop) = (metrics.clone(), link_stop.clone());
+        tasks.spawn(async move {
+            if let Err(e) = metrics::serve(&listen, m, stop).await {
+                tracing::error!(listen = %listen, error = %e, "metrics listener failed");
+            }
+        });
+    }
+    metrics.set_ready();
+    tracing::info!(node = %cfg.node, configured_devices = cfg.devices.len(), "twinflash-edge running in DMI mode");
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: downloads checkpoint and stop, running flashes finish");
+    let _ = manager.await;
+    // The reporter stays up while flashes finish, so their reports can still leave.
     link_stop.cancel();
     while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");

@@ -19,7 +19,11 @@ pub struct EdgeConfig {
     pub node: String,
     /// Journals, outbox and the artifact cache live here.
     pub state_dir: PathBuf,
-    /// The MQTT link to the node's broker.
+    /// How devices and intents reach the agent: KubeEdge's MQTT twin topics (default) or DMI.
+    #[serde(default)]
+    pub kubeedge: KubeedgeConfig,
+    /// The MQTT link to the node's broker (required in `mqtt` mode; unused in `dmi` mode).
+    #[serde(default = "no_mqtt")]
     pub mqtt: MqttConfig,
     /// Where firmware comes from.
     #[serde(default)]
@@ -36,8 +40,99 @@ pub struct EdgeConfig {
     /// How reports are acknowledged and kept true in edgecore's twin store.
     #[serde(default)]
     pub twin: TwinConfig,
-    /// The devices this agent flashes.
+    /// The devices this agent flashes. In `dmi` mode optional: devices come from their Device objects, and an
+    /// entry here wins over a Device of the same `namespace/name`.
+    #[serde(default)]
     pub devices: Vec<DeviceConfig>,
+}
+
+/// How devices and intents reach the agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryMode {
+    /// KubeEdge's MQTT twin topics on the node's broker; devices from `[[devices]]`; the desired value published by
+    /// twinflash-cloud. The default, so an existing configuration keeps its transport on an upgrade.
+    #[default]
+    Mqtt,
+    /// KubeEdge's Device Management Interface: the agent registers with edgecore as the mapper of
+    /// `kubeedge.protocol`; devices, their settings and the desired value come from the Device objects.
+    Dmi,
+}
+
+/// `[kubeedge]`: the delivery path (docs/operations.md, "KubeEdge-native (DMI)").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeedgeConfig {
+    /// `mqtt` (default) or `dmi`.
+    #[serde(default)]
+    pub mode: DeliveryMode,
+    /// edgecore's DMI server: `modules.deviceTwin.dmiSockPath` of edgecore.yaml plus `dmi.sock`.
+    #[serde(default = "default_dmi_socket")]
+    pub dmi_socket: PathBuf,
+    /// The agent's own socket, where edgecore calls it (a plain absolute path); absent: `<state_dir>/dmi.sock`.
+    #[serde(default)]
+    pub mapper_socket: Option<PathBuf>,
+    /// The protocol name the Devices and DeviceModels of this agent use (`spec.protocol.protocolName`).
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    /// The mapper's name in edgecore.
+    #[serde(default = "default_protocol")]
+    pub mapper_name: String,
+    /// DMI calls per second this agent makes at most, sustained. edgecore allows one per second, with a burst of
+    /// 100, for all mappers of the node together.
+    #[serde(default = "default_dmi_rate")]
+    pub dmi_calls_per_sec: f64,
+    /// DMI calls this agent may make at once (its share of edgecore's burst of 100).
+    #[serde(default = "default_dmi_burst")]
+    pub dmi_burst: u32,
+    /// Two reports of one device are at least this far apart: edgecore applies a report's twins in no fixed order,
+    /// and a quick second report could be overtaken by the first.
+    #[serde(default = "default_dmi_spacing")]
+    pub report_spacing_ms: u64,
+}
+
+impl Default for KubeedgeConfig {
+    fn default() -> Self {
+        KubeedgeConfig {
+            mode: DeliveryMode::default(),
+            dmi_socket: default_dmi_socket(),
+            mapper_socket: None,
+            protocol: default_protocol(),
+            mapper_name: default_protocol(),
+            dmi_calls_per_sec: default_dmi_rate(),
+            dmi_burst: default_dmi_burst(),
+            report_spacing_ms: default_dmi_spacing(),
+        }
+    }
+}
+
+impl KubeedgeConfig {
+    /// The agent's own DMI socket.
+    pub fn mapper_socket(&self, state_dir: &Path) -> PathBuf {
+        self.mapper_socket
+            .clone()
+            .unwrap_or_else(|| state_dir.join("dmi.sock"))
+    }
+}
+
+fn no_mqtt() -> MqttConfig {
+    MqttConfig::new("")
+}
+
+fn default_dmi_socket() -> PathBuf {
+    PathBuf::from("/etc/kubeedge/dmi.sock")
+}
+fn default_protocol() -> String {
+    "twinflash".into()
+}
+fn default_dmi_rate() -> f64 {
+    1.0
+}
+fn default_dmi_burst() -> u32 {
+    90
+}
+fn default_dmi_spacing() -> u64 {
+    1_000
 }
 
 /// `[mqtt]`: the settings every twinflash program shares (`twinflash_mqtt::MqttSettings`). The agent's
@@ -306,7 +401,7 @@ impl Default for MetricsConfig {
 }
 
 /// `[[devices]]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
     /// `namespace/name` (namespaced layout) or `name` (legacy layout), as KubeEdge names the Device.
@@ -401,13 +496,21 @@ impl EdgeConfig {
             key,
             reason: reason.to_owned(),
         };
-        if !(self.mqtt.url.starts_with("mqtt://") || self.mqtt.url.starts_with("mqtts://")) {
+        let mqtt = self.kubeedge.mode == DeliveryMode::Mqtt;
+        if mqtt && self.mqtt.url.is_empty() {
+            return Err(invalid(
+                "mqtt.url".into(),
+                "missing: the [mqtt] section is required in mqtt mode (`kubeedge.mode`)",
+            ));
+        }
+        if mqtt && !(self.mqtt.url.starts_with("mqtt://") || self.mqtt.url.starts_with("mqtts://"))
+        {
             return Err(invalid(
                 "mqtt.url".into(),
                 "must start with mqtt:// or mqtts://",
             ));
         }
-        if self.mqtt.client_id.is_empty() {
+        if mqtt && self.mqtt.client_id.is_empty() {
             return Err(invalid(
                 "mqtt.client_id".into(),
                 "must not be empty (a persistent session needs a stable id)",
@@ -466,25 +569,25 @@ impl EdgeConfig {
                 "must be at least 1 and at least twin.ack_timeout_ms",
             ));
         }
-        if self.devices.is_empty() {
+        if mqtt && self.devices.is_empty() {
             return Err(invalid(
                 "devices".into(),
-                "at least one [[devices]] entry is needed",
+                "at least one [[devices]] entry is needed (or `kubeedge.mode = \"dmi\"`: devices from their Device objects)",
             ));
         }
+        if !mqtt {
+            self.check_dmi()?;
+        }
+        // Device ids of DMI devices are always `namespace/name`.
+        let layout = if mqtt {
+            self.mqtt.topic_layout
+        } else {
+            mqtt_schema::TopicLayout::Namespaced
+        };
         let mut seen = HashSet::new();
         for (i, d) in self.devices.iter().enumerate() {
-            if let Err(e) = mqtt_schema::DeviceId::parse(&d.id, self.mqtt.topic_layout) {
-                return Err(invalid(
-                    format!("devices[{i}].id"),
-                    &format!(
-                        "{:?} is not a Device id for the {:?} topic layout (namespaced: `namespace/name`, legacy: `name`): {e}",
-                        d.id, self.mqtt.topic_layout
-                    ),
-                ));
-            }
-            if let Err(e) = mqtt_schema::TwinNames::with_prefix(&d.twin_prefix) {
-                return Err(invalid(format!("devices[{i}].twin_prefix"), &e.to_string()));
+            if let Err((key, reason)) = d.check(layout) {
+                return Err(invalid(format!("devices[{i}].{key}"), &reason));
             }
             if !seen.insert(d.id.as_str()) {
                 return Err(invalid(
@@ -492,9 +595,67 @@ impl EdgeConfig {
                     &format!("{:?} appears twice", d.id),
                 ));
             }
-            if d.chip.is_empty() {
-                return Err(invalid(format!("devices[{i}].chip"), "must not be empty"));
-            }
+        }
+        Ok(())
+    }
+
+    fn check_dmi(&self) -> Result<(), ConfigError> {
+        let k = &self.kubeedge;
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            key: format!("kubeedge.{key}"),
+            reason,
+        };
+        if !k.dmi_socket.is_absolute() {
+            return Err(invalid("dmi_socket", "must be an absolute path".into()));
+        }
+        if let Err(e) = twinflash_dmi::mapper::MapperInfo::new(
+            &k.mapper_name,
+            env!("CARGO_PKG_VERSION"),
+            &k.protocol,
+            &k.mapper_socket(&self.state_dir),
+        ) {
+            let key = match e {
+                twinflash_dmi::mapper::MapperInfoError::Empty("name") => "mapper_name",
+                twinflash_dmi::mapper::MapperInfoError::Empty(_) => "protocol",
+                twinflash_dmi::mapper::MapperInfoError::Address(_) => "mapper_socket",
+            };
+            return Err(invalid(key, e.to_string()));
+        }
+        if !(k.dmi_calls_per_sec > 0.0 && k.dmi_calls_per_sec <= 100.0) {
+            return Err(invalid(
+                "dmi_calls_per_sec",
+                "must be above 0 and at most 100 (edgecore allows 1 per second for the whole node)"
+                    .into(),
+            ));
+        }
+        if k.dmi_burst == 0 || k.dmi_burst > 100 {
+            return Err(invalid(
+                "dmi_burst",
+                "must be between 1 and 100 (edgecore's burst for the whole node)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl DeviceConfig {
+    /// Checks what serde cannot, for a `[[devices]]` entry and for a Device's config data alike: the id fits the
+    /// topic layout, the twin prefix is usable, the chip is named. Returns the key (relative to the entry) and why.
+    pub fn check(&self, layout: mqtt_schema::TopicLayout) -> Result<(), (String, String)> {
+        if let Err(e) = mqtt_schema::DeviceId::parse(&self.id, layout) {
+            return Err((
+                "id".into(),
+                format!(
+                    "{:?} is not a Device id for the {layout:?} topic layout (namespaced: `namespace/name`, legacy: `name`): {e}",
+                    self.id
+                ),
+            ));
+        }
+        if let Err(e) = mqtt_schema::TwinNames::with_prefix(&self.twin_prefix) {
+            return Err(("twin_prefix".into(), e.to_string()));
+        }
+        if self.chip.is_empty() {
+            return Err(("chip".into(), "must not be empty".into()));
         }
         Ok(())
     }

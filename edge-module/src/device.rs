@@ -26,6 +26,8 @@ pub struct Device {
     journal: Journal,
     inner: Mutex<Inner>,
     wake: Notify,
+    /// Set when the device was removed (DMI): its job ends at the next step, after a running flash.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Device {
@@ -90,6 +92,7 @@ impl Device {
                 ..Inner::default()
             }),
             wake: Notify::new(),
+            retired: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -229,6 +232,22 @@ impl Device {
         self.lock()
             .churn_at
             .is_some_and(|t| now.saturating_duration_since(t) < CHURN_WINDOW)
+    }
+
+    /// The device is no longer managed (its Device was removed, or its settings changed): a running download stops
+    /// at once (its partial data stays in the cache), a running flash runs to its end, then the job ends.
+    pub fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::Release);
+        if let Some(token) = self.lock().download_cancel.take() {
+            token.cancel();
+        }
+        self.wake.notify_one();
+    }
+
+    /// True once [`Device::retire`] was called.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Asks the job to look at its state again (a re-report after a reconnect, a new intent).

@@ -22,6 +22,7 @@ pub mod wire;
 pub mod agent;
 pub mod config;
 pub mod device;
+pub mod dmi;
 pub mod metrics;
 pub mod quiet;
 pub mod state_dir;

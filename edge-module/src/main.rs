@@ -5,11 +5,13 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-use twinflash_edge::config::{EdgeConfig, LogFormat};
+use twinflash_edge::config::{DeliveryMode, EdgeConfig, LogFormat};
 
 /// The twinflash edge agent: one per KubeEdge edge node.
 ///
-/// Consumes firmware intents from the device twin over MQTT (`$hw/events/device/.../twin/update/delta`), fetches
+/// Consumes firmware intents from the device twin: over MQTT (`$hw/events/device/.../twin/update/delta`, the
+/// default), or as KubeEdge's DMI mapper of protocol `twinflash` (`[kubeedge] mode = "dmi"`: devices, settings and
+/// intents from the Device objects, no MQTT at all). It fetches
 /// the OCI artifact (resumable, sha256-verified, mirrors tried first), flashes the device (probe-rs, an external
 /// command, or a simulated device) and reports `firmware`, `firmware-version` and `firmware-state` back through
 /// the twin. Survives broker, registry and power outages; see docs/edge-config.example.toml for every setting.
@@ -34,20 +36,7 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
-        for d in &cfg.devices {
-            if let Err(e) = twinflash_flasher::build(&d.flasher, &d.chip) {
-                eprintln!("twinflash-edge: device {}: {e}", d.id);
-                return ExitCode::from(2);
-            }
-        }
-        println!(
-            "config ok: node {}, {} device(s), broker {}, state in {}",
-            cfg.node,
-            cfg.devices.len(),
-            cfg.mqtt.url,
-            cfg.state_dir.display()
-        );
-        return ExitCode::SUCCESS;
+        return check_config(&cfg);
     }
     init_logs(&cfg);
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -77,6 +66,77 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `--check-config`: every device's flasher settings are built, and the summary says where each device comes from.
+fn check_config(cfg: &EdgeConfig) -> ExitCode {
+    for d in &cfg.devices {
+        if let Err(e) = twinflash_flasher::build(&d.flasher, &d.chip) {
+            eprintln!("twinflash-edge: device {}: {e}", d.id);
+            return ExitCode::from(2);
+        }
+    }
+    match cfg.kubeedge.mode {
+        DeliveryMode::Mqtt => println!(
+            "config ok: node {}, {} device(s), broker {}, state in {}",
+            cfg.node,
+            cfg.devices.len(),
+            cfg.mqtt.url,
+            cfg.state_dir.display()
+        ),
+        DeliveryMode::Dmi => println!(
+            "config ok: node {}, DMI mapper of protocol {:?} (edgecore {}, mapper socket {}), {} configured device(s), state in {}",
+            cfg.node,
+            cfg.kubeedge.protocol,
+            cfg.kubeedge.dmi_socket.display(),
+            cfg.kubeedge.mapper_socket(&cfg.state_dir).display(),
+            cfg.devices.len(),
+            cfg.state_dir.display()
+        ),
+    }
+    for d in &cfg.devices {
+        let wins = if cfg.kubeedge.mode == DeliveryMode::Dmi {
+            "; wins over a Device of the same name"
+        } else {
+            ""
+        };
+        println!("  {}: [[devices]] entry ({}){wins}", d.id, kind(&d.flasher));
+    }
+    if cfg.kubeedge.mode == DeliveryMode::Dmi {
+        let journaled = twinflash_edge::dmi::store::Store::read_only(&cfg.state_dir).devices();
+        for dev in &journaled {
+            let Some(read) = twinflash_edge::dmi::spec::read(dev) else {
+                continue;
+            };
+            let from = "Device delivered by edgecore (journaled)";
+            match &read.settings {
+                _ if cfg.devices.iter().any(|d| d.id == read.id) => {
+                    println!(
+                        "  {}: {from}; its settings are overridden by the [[devices]] entry",
+                        read.id
+                    )
+                }
+                Ok(s) => println!("  {}: {from} ({})", read.id, kind(&s.flasher)),
+                Err(e) => println!(
+                    "  {}: {from}; refused, reported rejected:invalid-config: {e}",
+                    read.id
+                ),
+            }
+        }
+        println!(
+            "  further devices arrive from edgecore when the agent registers ({} journaled so far)",
+            journaled.len()
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn kind(f: &twinflash_flasher::FlasherConfig) -> &'static str {
+    match f {
+        twinflash_flasher::FlasherConfig::ProbeRs(_) => "probe-rs",
+        twinflash_flasher::FlasherConfig::Command(_) => "command",
+        twinflash_flasher::FlasherConfig::Simulated(_) => "simulated",
+    }
 }
 
 fn init_logs(cfg: &EdgeConfig) {

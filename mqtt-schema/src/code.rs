@@ -46,11 +46,14 @@ pub enum ErrorCode {
     /// A twin message for the device could not be decoded (malformed JSON, wrong field types). Added to the
     /// contract's list: the payload names no usable intent, so `invalid-reference` would mislead.
     InvalidMessage,
+    /// The device's own settings are not acceptable (in DMI mode: its Device's protocol config data, checked with
+    /// the rules of a TOML `[[devices]]` entry). The device is never flashed until its Device changes.
+    InvalidConfig,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::InvalidReference,
         ErrorCode::UnsupportedArtifact,
         ErrorCode::ChipMismatch,
@@ -69,6 +72,7 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::Internal,
         ErrorCode::InvalidMessage,
+        ErrorCode::InvalidConfig,
     ];
 
     /// The stable wire string, e.g. `digest-mismatch`.
@@ -92,6 +96,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
             ErrorCode::InvalidMessage => "invalid-message",
+            ErrorCode::InvalidConfig => "invalid-config",
         }
     }
 
@@ -105,6 +110,7 @@ impl ErrorCode {
                 | ErrorCode::ChipMismatch
                 | ErrorCode::DowngradeRefused
                 | ErrorCode::TooLarge
+                | ErrorCode::InvalidConfig
         )
     }
 }
@@ -162,6 +168,7 @@ mod tests {
                 ErrorCode::ChipMismatch,
                 ErrorCode::DowngradeRefused,
                 ErrorCode::TooLarge,
+                ErrorCode::InvalidConfig,
             ]
         );
     }

@@ -23,7 +23,7 @@ pub(super) async fn fetch(
     let cancel = ctx.shutdown.child_token();
     {
         let mut inner = device.lock();
-        if inner.state.wanted.as_deref() != Some(reference) {
+        if inner.state.wanted.as_deref() != Some(reference) || device.is_retired() {
             return None;
         }
         inner.download_cancel = Some(cancel.clone());

@@ -23,7 +23,8 @@ pub(super) async fn start_flash(
     let permit = ctx.flashes.clone().acquire_owned().await.ok()?;
     {
         let mut inner = device.lock();
-        if inner.state.wanted.as_deref() != Some(reference) {
+        // A removed device starts no flash (one already running finishes).
+        if inner.state.wanted.as_deref() != Some(reference) || device.is_retired() {
             return None;
         }
         inner.flashing = true;

@@ -54,7 +54,7 @@ pub struct JobContext {
 pub async fn run(device: Arc<Device>, ctx: Arc<JobContext>) {
     let mut last: Option<Report> = None;
     loop {
-        if ctx.shutdown.is_cancelled() {
+        if ctx.shutdown.is_cancelled() || device.is_retired() {
             return;
         }
         let state = device.state();

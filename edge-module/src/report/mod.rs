@@ -120,6 +120,16 @@ impl ReportQueue {
         self.lock().collapse(device)
     }
 
+    /// Forgets every report of a device no longer managed.
+    pub fn forget(&self, device: &str) -> Result<(), OutboxError> {
+        self.lock().forget(device)
+    }
+
+    /// The reports `device` still owes, in order.
+    pub fn pending_for(&self, device: &str) -> Vec<Pending> {
+        self.lock().pending_for(device).to_vec()
+    }
+
     /// True when `device` has a report queued or in flight.
     pub fn owes(&self, device: &str) -> bool {
         !self.lock().pending_for(device).is_empty()

@@ -216,6 +216,19 @@ impl Outbox {
         Ok(true)
     }
 
+    /// Forgets every report of `device` (a device no longer managed), on disk too.
+    pub fn forget(&mut self, device: &str) -> Result<(), OutboxError> {
+        if self.devices.remove(device).is_none() {
+            return Ok(());
+        }
+        let path = self.file(device);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(OutboxError { path, source }),
+        }
+    }
+
     /// Every report still owed, per device in queue order.
     pub fn pending(&self) -> impl Iterator<Item = (&str, &Pending)> {
         self.devices

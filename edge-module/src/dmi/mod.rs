@@ -1,0 +1,87 @@
+//! DMI mode: twinflash-edge as KubeEdge's device mapper of protocol `twinflash` (docs/operations.md,
+//! "KubeEdge-native (DMI)"; docs/kubeedge.md section 11).
+//!
+//! edgecore hands the agent its Devices (with their flasher settings and desired `firmware`) over the agent's own
+//! socket ([`server`]); every call is journaled ([`store`]) and applied by one manager task ([`fleet`]), which
+//! runs the same jobs, journals and outbox as the MQTT mode. Reports go back through edgecore's DMI server
+//! ([`reporter`]), within the node's rate limit. What a Device's config data and desired value mean is pure
+//! ([`spec`]).
+
+pub mod fleet;
+pub mod reporter;
+pub mod server;
+pub mod spec;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use twinflash_dmi::mapper::{EdgecoreClient, MapperInfo};
+
+use crate::config::EdgeConfig;
+use crate::metrics::Metrics;
+use crate::report::ReportQueue;
+
+/// The DMI tasks started, and why they could not be.
+#[derive(Debug, thiserror::Error)]
+pub enum DmiError {
+    /// The mapper socket cannot be created.
+    #[error("cannot serve the mapper socket {path}: {source}")]
+    Socket {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The registration settings are wrong.
+    #[error(transparent)]
+    Info(#[from] twinflash_dmi::mapper::MapperInfoError),
+}
+
+/// Starts the mapper service, the manager and the reporter on `tasks`; they stop when `stop` is cancelled.
+pub fn start(
+    cfg: &EdgeConfig,
+    fleet: Arc<fleet::Fleet>,
+    reports: Arc<ReportQueue>,
+    metrics: Arc<Metrics>,
+    tasks: &mut JoinSet<()>,
+    stop: CancellationToken,
+) -> Result<(), DmiError> {
+    let k = &cfg.kubeedge;
+    let socket = k.mapper_socket(&cfg.state_dir);
+    let info = MapperInfo::new(
+        &k.mapper_name,
+        env!("CARGO_PKG_VERSION"),
+        &k.protocol,
+        &socket,
+    )?;
+    let incoming = twinflash_dmi::transport::bind(&socket).map_err(|source| DmiError::Socket {
+        path: socket.clone(),
+        source,
+    })?;
+    let service = twinflash_dmi::pb::device_mapper_service_server::DeviceMapperServiceServer::new(
+        server::MapperService::new(fleet.clone()),
+    )
+    .max_decoding_message_size(cfg.limits.max_message_bytes);
+    let server_stop = stop.clone();
+    tasks.spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, server_stop.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the mapper socket stopped serving");
+        }
+    });
+    let budget = reporter::Budget {
+        rate: k.dmi_calls_per_sec,
+        burst: k.dmi_burst,
+        spacing: Duration::from_millis(k.report_spacing_ms),
+        period: Duration::from_secs(cfg.twin.anti_entropy_secs.max(1)),
+    };
+    let client = EdgecoreClient::new(k.dmi_socket.clone(), Duration::from_secs(2));
+    let reporter = reporter::Reporter::new(fleet, reports, metrics, client, info, budget);
+    tasks.spawn(reporter.run(stop));
+    tracing::info!(socket = %socket.display(), edgecore = %k.dmi_socket.display(), protocol = %k.protocol, "serving as a DMI mapper");
+    Ok(())
+}
