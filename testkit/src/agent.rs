@@ -12,9 +12,67 @@ pub struct SimDevice {
     pub id: String,
     pub dir: PathBuf,
     pub ab: bool,
+    /// Its flash size.
+    pub size: u64,
+    /// Its programming speed.
+    pub write_bytes_per_sec: Option<u64>,
+}
+
+/// The DeviceModel every DMI test device uses (`devices.kubeedge.io/v1beta1`, as cloudcore sends it): protocol
+/// `twinflash`, the three firmware properties.
+pub fn device_model(namespace: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "devices.kubeedge.io/v1beta1",
+        "kind": "DeviceModel",
+        "metadata": {"name": "sim-model", "namespace": namespace, "resourceVersion": "1"},
+        "spec": {
+            "protocol": "twinflash",
+            "properties": [
+                {"name": "firmware", "type": "STRING", "accessMode": "ReadWrite"},
+                {"name": "firmware-version", "type": "STRING", "accessMode": "ReadOnly"},
+                {"name": "firmware-state", "type": "STRING", "accessMode": "ReadOnly"},
+            ],
+        },
+    })
 }
 
 impl SimDevice {
+    /// Its Device object (`devices.kubeedge.io/v1beta1`, as cloudcore sends it) for the DMI mode: protocol
+    /// `twinflash` with the simulated backend's settings as flat config data (the origin, above 2^24, as a string),
+    /// and `wanted` as the `firmware` property's desired value.
+    pub fn device(&self, node: &str, wanted: &str) -> serde_json::Value {
+        let (namespace, name) = self
+            .id
+            .split_once('/')
+            .unwrap_or(("default", self.id.as_str()));
+        let mut config = serde_json::json!({
+            "flasher": "simulated",
+            "chip": CHIP,
+            "dir": self.dir.display().to_string(),
+            "size": self.size,
+            "origin": format!("0x{ORIGIN:x}"),
+        });
+        if let Some(w) = self.write_bytes_per_sec {
+            config["write_bytes_per_sec"] = serde_json::json!(w);
+        }
+        serde_json::json!({
+            "apiVersion": "devices.kubeedge.io/v1beta1",
+            "kind": "Device",
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": "1"},
+            "spec": {
+                "deviceModelRef": {"name": "sim-model"},
+                "nodeName": node,
+                "protocol": {"protocolName": "twinflash", "configData": config},
+                "properties": [
+                    {"name": "firmware", "desired": {"value": wanted, "metadata": {"type": "string"}}, "visitors": {}},
+                    {"name": "firmware-version", "desired": {"value": ""}, "visitors": {}},
+                    {"name": "firmware-state", "desired": {"value": ""}, "reportCycle": 60000, "visitors": {}},
+                ],
+            },
+            "status": {},
+        })
+    }
+
     pub fn flash(&self) -> Vec<u8> {
         std::fs::read(self.dir.join("flash.bin")).unwrap_or_default()
     }
@@ -87,6 +145,11 @@ pub struct AgentSpec<'a> {
     pub namespace: String,
     /// Extra lines in `[limits]`.
     pub limits_extra: String,
+    /// DMI mode: edgecore's DMI socket. The file then has `[kubeedge] mode = "dmi"`, no `[mqtt]` and no
+    /// `[[devices]]`: the simulated devices are declared by their Device objects ([`SimDevice::device`]).
+    pub dmi: Option<PathBuf>,
+    /// Extra lines in `[kubeedge]` (DMI mode).
+    pub kubeedge_extra: String,
 }
 
 impl<'a> AgentSpec<'a> {
@@ -114,6 +177,8 @@ impl<'a> AgentSpec<'a> {
             registry_extra: String::new(),
             namespace: "default".into(),
             limits_extra: String::new(),
+            dmi: None,
+            kubeedge_extra: String::new(),
         }
     }
 }
@@ -122,15 +187,23 @@ impl Agent {
     pub fn start(spec: AgentSpec<'_>) -> Agent {
         std::fs::create_dir_all(spec.dir).unwrap();
         let state_dir = spec.dir.join("state");
+        let transport = match &spec.dmi {
+            Some(socket) => format!(
+                "[kubeedge]\nmode = \"dmi\"\ndmi_socket = \"{}\"\n{}",
+                socket.display(),
+                spec.kubeedge_extra
+            ),
+            None => format!(
+                "[mqtt]\nurl = \"{}://127.0.0.1:{}\"\nclient_id = \"{}\"\n{}",
+                spec.mqtt_scheme, spec.mqtt_port, spec.client_id, spec.mqtt_extra,
+            ),
+        };
         let mut toml = format!(
-            "node = \"{}\"\nstate_dir = \"{}\"\n[mqtt]\nurl = \"{}://127.0.0.1:{}\"\nclient_id = \"{}\"\n{}\
+            "node = \"{}\"\nstate_dir = \"{}\"\n{}\
              [registry]\nplain_http = {:?}\n{}{}[limits]\nflash_attempts = {}\n{}[log]\nlevel = \"info,twinflash_edge=debug\"\n{}",
             spec.node,
             state_dir.display(),
-            spec.mqtt_scheme,
-            spec.mqtt_port,
-            spec.client_id,
-            spec.mqtt_extra,
+            transport,
             spec.registry_hosts,
             spec.rate_limit
                 .map(|r| format!("rate_limit_bytes_per_sec = {r}\n"))
@@ -148,6 +221,16 @@ impl Agent {
                 format!("{}/sim-{i:02}", spec.namespace)
             };
             let dir = spec.dir.join(format!("sim-{i:02}"));
+            if spec.dmi.is_some() {
+                devices.push(SimDevice {
+                    id,
+                    dir,
+                    ab: false,
+                    size: spec.flash_size,
+                    write_bytes_per_sec: spec.write_bytes_per_sec,
+                });
+                continue;
+            }
             toml.push_str(&format!(
                 "[[devices]]\nid = \"{id}\"\nchip = \"{CHIP}\"\n{}[devices.flasher]\nkind = \"simulated\"\ndir = \"{}\"\nsize = {}\norigin = {ORIGIN}\n{}",
                 spec.extra_device_toml,
@@ -155,7 +238,13 @@ impl Agent {
                 spec.flash_size,
                 spec.write_bytes_per_sec.map(|w| format!("write_bytes_per_sec = {w}\n")).unwrap_or_default(),
             ));
-            devices.push(SimDevice { id, dir, ab: false });
+            devices.push(SimDevice {
+                id,
+                dir,
+                ab: false,
+                size: spec.flash_size,
+                write_bytes_per_sec: spec.write_bytes_per_sec,
+            });
         }
         let config = spec.dir.join("edge.toml");
         std::fs::write(&config, toml).unwrap();

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use twinflash_harness::Registry;
 
-pub use agent::{Agent, AgentSpec, SimDevice};
+pub use agent::{Agent, AgentSpec, SimDevice, device_model};
 pub use binary::{agent_binary, cloud_binary, set_agent_binary};
 pub use cloud::{Cloud, Seen};
 pub use cloud_process::CloudProcess;
