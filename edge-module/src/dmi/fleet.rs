@@ -58,8 +58,9 @@ enum Command {
     Upsert(pb::Device),
     /// A Device removed.
     Remove { namespace: String, name: String },
-    /// The devices edgecore holds for this mapper (the answer to MapperRegister): everything else is removed.
-    Sync(Vec<pb::Device>),
+    /// The devices edgecore holds for this mapper (the answer to MapperRegister): everything else is removed. The
+    /// sender is told when it is applied.
+    Sync(Vec<pb::Device>, tokio::sync::oneshot::Sender<()>),
 }
 
 /// The fleet: the managed devices and the manager's queue.
@@ -201,8 +202,10 @@ impl Fleet {
         Ok(())
     }
 
-    /// The answer to MapperRegister: journals every Device in it and queues the catch-up.
-    pub fn sync(&self, devices: Vec<pb::Device>) {
+    /// The answer to MapperRegister: journals every Device in it and queues the catch-up; the receiver says when
+    /// the manager applied it.
+    pub fn sync(&self, devices: Vec<pb::Device>) -> tokio::sync::oneshot::Receiver<()> {
+        let (done, applied) = tokio::sync::oneshot::channel();
         let mut kept = Vec::new();
         for dev in devices {
             if spec::device_id(&dev.namespace, &dev.name).is_none() {
@@ -216,7 +219,8 @@ impl Fleet {
             }
             kept.push(dev);
         }
-        let _ = self.commands.send(Command::Sync(kept));
+        let _ = self.commands.send(Command::Sync(kept, done));
+        applied
     }
 
     /// The model calls: journaled for `GetDevice`-style inspection; edgecore already merged a model's defaults into
@@ -248,7 +252,7 @@ impl Fleet {
                         self.retire(&id, true).await;
                     }
                 }
-                Command::Sync(devices) => {
+                Command::Sync(devices, done) => {
                     let listed: HashSet<String> = devices
                         .iter()
                         .filter_map(|d| spec::device_id(&d.namespace, &d.name))
@@ -269,6 +273,7 @@ impl Fleet {
                         }
                         self.retire(&id, true).await;
                     }
+                    let _ = done.send(());
                 }
             }
             self.changed.notify_waiters();
@@ -325,22 +330,26 @@ impl Fleet {
                 }
                 match crate::agent::load_device(&self.cfg, &settings, &self.fetcher).await {
                     Ok(device) => {
-                        let job = tokio::spawn(job::run(device.clone(), self.ctx.clone()));
                         tracing::info!(device = %id, source = "dmi", "device added");
                         self.lock().insert(
                             id.clone(),
                             Member {
                                 source: Source::Dmi,
                                 names: device.names.clone(),
-                                device: Some(device),
-                                job: Some(job),
+                                device: Some(device.clone()),
+                                job: None,
                                 spec: None,
                                 settings: Some(settings),
                                 refused: None,
                                 report_cycle: read.report_cycle,
                             },
                         );
+                        // The intent first, so the job's first report is about it (not an idle from before).
                         self.apply(&id, dev, &read).await;
+                        let job = tokio::spawn(job::run(device, self.ctx.clone()));
+                        if let Some(m) = self.lock().get_mut(&id) {
+                            m.job = Some(job);
+                        }
                     }
                     Err(e) => {
                         self.refuse(&id, dev, &read, &e.to_string()).await;

@@ -10,10 +10,13 @@
 //!   below that (`kubeedge.dmi_calls_per_sec`, `kubeedge.dmi_burst`), drains it when edgecore still refuses, and
 //!   spends it on settled states first, then other states, then progress, then periodic re-reports, then device
 //!   reachability. When tokens are short, a device's queue collapses to its newest state.
-//! - **No races.** edgecore applies each twin of a report on its own goroutine, in no fixed order (golden d02), and
-//!   the cloud loses the first value of a new twin (cloud01). So two reports of one device are at least
-//!   `kubeedge.report_spacing_ms` apart, and every settled state is sent once more after that spacing: whatever
-//!   raced, the last write edgecore applies is the final state.
+//! - **No races.** edgecore applies each twin of a report on its own goroutine, in no fixed order (golden d02), so
+//!   two quick reports of one device could be applied in the wrong order. Two reports of one device are therefore at
+//!   least `kubeedge.report_spacing_ms` (1 s) apart: the first is applied long before the second arrives. The cloud's
+//!   loss of a new twin's first value (cloud01) is covered as in the MQTT mode: the first settled report after a
+//!   start is sent twice (the outbox's confirmation), and any other report is followed by more.
+//! - **First the catch-up.** Nothing is reported before the first registration's device list was applied, so a
+//!   device reports what it does with its intent, not an `idle` from before it knew it.
 //! - **Anti-entropy.** DMI has no way to read edgecore's twin. Each device's last report is sent again every
 //!   period: its `firmware-state` property's `reportCycle` (else `twin.anti_entropy_secs`), stretched so that these
 //!   re-reports use at most a quarter of the budget (100 devices at 1 call/s: every 400 s). A changed Device
@@ -71,13 +74,7 @@ impl std::fmt::Debug for Reporter {
 #[derive(Debug, Clone, PartialEq)]
 enum Job {
     /// The outbox's front report `seq`.
-    Outbox {
-        seq: u64,
-        twins: TwinValues,
-        terminal: bool,
-    },
-    /// The settled state sent once more.
-    Repeat(TwinValues),
+    Outbox { seq: u64, twins: TwinValues },
     /// The periodic re-report.
     Periodic(TwinValues),
     /// The device's reachability.
@@ -101,8 +98,6 @@ struct State {
     register_backoff: Duration,
     down_since: Option<Instant>,
     last_sent: HashMap<String, Instant>,
-    sent_values: HashMap<String, TwinValues>,
-    repeats: HashMap<String, (Instant, TwinValues)>,
     periodic: HashMap<String, Instant>,
     retry: HashMap<String, (Instant, Duration)>,
     reach_sent: HashMap<String, DeviceState>,
@@ -166,8 +161,6 @@ impl Reporter {
             register_backoff: Duration::from_secs(1),
             down_since: None,
             last_sent: HashMap::new(),
-            sent_values: HashMap::new(),
-            repeats: HashMap::new(),
             periodic: HashMap::new(),
             retry: HashMap::new(),
             reach_sent: HashMap::new(),
@@ -227,7 +220,9 @@ impl Reporter {
                 self.metrics.set_broker_connected(true);
                 let after = st.down_since.take().map(|t| t.elapsed().as_secs());
                 tracing::info!(protocol = self.info.protocol(), devices = answer.device_list.len(), after_secs = ?after, "registered with edgecore as a DMI mapper");
-                self.fleet.sync(answer.device_list);
+                // The catch-up is applied before anything is reported (see the module doc).
+                let applied = self.fleet.sync(answer.device_list);
+                let _ = applied.await;
             }
             Err(e) => {
                 self.metrics.set_broker_connected(false);
@@ -276,18 +271,7 @@ impl Reporter {
                 job: Job::Outbox {
                     seq: p.seq,
                     twins: p.twins,
-                    terminal: p.terminal,
                 },
-            });
-        }
-        st.repeats
-            .retain(|dev, _| !self.reports.owes(dev) && self.fleet.knows(dev));
-        for (dev, (at, values)) in &st.repeats {
-            cands.push(Candidate {
-                device: dev.clone(),
-                priority: 0,
-                ready: (*at).max(spacing(dev)),
-                job: Job::Repeat(values.clone()),
             });
         }
         let ids = self.fleet.ids();
@@ -299,7 +283,7 @@ impl Reporter {
                 .periodic
                 .entry(dev.clone())
                 .or_insert_with(|| now + period.mul_f64(rand::random_range(0.9..=1.0)));
-            if self.reports.owes(&dev) || st.repeats.contains_key(&dev) {
+            if self.reports.owes(&dev) {
                 continue;
             }
             if let Some(values) = self.fleet.last_values(&dev) {
@@ -339,7 +323,6 @@ impl Reporter {
             best.job = Job::Outbox {
                 seq: p.seq,
                 twins: p.twins.clone(),
-                terminal: p.terminal,
             };
         }
         Ok(best)
@@ -350,12 +333,10 @@ impl Reporter {
         let now = Instant::now();
         let dev = c.device.clone();
         let result = match &c.job {
-            Job::Outbox { twins, .. } | Job::Repeat(twins) | Job::Periodic(twins) => {
-                match self.status(&dev, twins) {
-                    Some(report) => self.client.report_status(&report).await,
-                    None => Ok(()),
-                }
-            }
+            Job::Outbox { twins, .. } | Job::Periodic(twins) => match self.status(&dev, twins) {
+                Some(report) => self.client.report_status(&report).await,
+                None => Ok(()),
+            },
             Job::Reach(state) => {
                 let (ns, name) = dev.split_once('/').unwrap_or(("", dev.as_str()));
                 match StateReport::new(ns, name, *state) {
@@ -368,22 +349,14 @@ impl Reporter {
             Ok(()) => {
                 st.retry.remove(&dev);
                 match c.job {
-                    Job::Outbox {
-                        seq,
-                        twins,
-                        terminal,
-                    } => {
+                    Job::Outbox { seq, twins } => {
                         if let Err(e) = self.reports.acked(&dev, seq) {
                             tracing::error!(code = %e.code(), error = %e, "cannot clear an acknowledged report");
                         }
                         self.metrics.set_outbox_depth(self.reports.depth());
-                        self.after_report(st, &dev, twins, terminal, now);
+                        self.after_report(st, &dev, &twins, now);
                     }
-                    Job::Repeat(twins) => {
-                        st.repeats.remove(&dev);
-                        self.after_report(st, &dev, twins, false, now);
-                    }
-                    Job::Periodic(twins) => self.after_report(st, &dev, twins, false, now),
+                    Job::Periodic(twins) => self.after_report(st, &dev, &twins, now),
                     Job::Reach(state) => {
                         st.reach_owed.remove(&dev);
                         st.reach_sent.insert(dev, state);
@@ -394,14 +367,7 @@ impl Reporter {
         }
     }
 
-    fn after_report(
-        &self,
-        st: &mut State,
-        dev: &str,
-        twins: TwinValues,
-        terminal: bool,
-        now: Instant,
-    ) {
+    fn after_report(&self, st: &mut State, dev: &str, twins: &TwinValues, now: Instant) {
         st.last_sent.insert(dev.to_owned(), now);
         let count = self.fleet.ids().len();
         let cycle = self
@@ -418,11 +384,6 @@ impl Reporter {
             && st.reach_sent.get(dev) != Some(&r)
         {
             st.reach_owed.insert(dev.to_owned(), r);
-        }
-        let previous = st.sent_values.insert(dev.to_owned(), twins.clone());
-        if terminal && previous.as_ref() != Some(&twins) && !self.reports.owes(dev) {
-            st.repeats
-                .insert(dev.to_owned(), (now + self.budget.spacing, twins));
         }
     }
 
