@@ -967,7 +967,7 @@ impl KillableIo {
 }
 
 fn reset() -> io::Error {
-    io::Error::from(io::ErrorKind::ConnectionReset)
+    io::Error::from(io::ErrorKind::BrokenPipe)
 }
 
 impl AsyncRead for KillableIo {
@@ -977,7 +977,8 @@ impl AsyncRead for KillableIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         if self.dead(cx) {
-            return Poll::Ready(Err(reset()));
+            // The peer of a dead process reads end-of-file.
+            return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
