@@ -107,7 +107,15 @@ impl Cloudcore {
     /// Applies every sync of `edgecore` from now on, in order (edgehub to cloudhub to the upstream controller). The
     /// task ends with the stand-in; abort it to stop following.
     pub fn follow(&self, edgecore: &crate::Edgecore) -> JoinHandle<()> {
-        let mut syncs = edgecore.syncs();
+        self.follow_syncs(edgecore.syncs())
+    }
+
+    /// Applies every sync of a stream, in order (e.g. [`crate::DmiEdgecore::syncs`]); the task ends with the
+    /// stream.
+    pub fn follow_syncs(
+        &self,
+        mut syncs: tokio::sync::mpsc::UnboundedReceiver<crate::CloudSync>,
+    ) -> JoinHandle<()> {
         let cloudcore = self.clone();
         tokio::spawn(async move {
             while let Some(s) = syncs.recv().await {

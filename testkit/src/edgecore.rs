@@ -223,7 +223,7 @@ fn save(path: &Path, devices: &BTreeMap<String, Device>) {
 
 /// The twin as sqlite gives it back (dttype `DeviceTwinToMsgTwin`): an empty or nil value is not stored, so its
 /// side is absent after a reload; `optional` and `metadata` are always present.
-fn reloaded(mut t: MsgTwin) -> MsgTwin {
+pub(crate) fn reloaded(mut t: MsgTwin) -> MsgTwin {
     for side in [&mut t.expected, &mut t.actual] {
         if side.as_ref().is_some_and(|v| v.value_or_empty().is_empty()) {
             *side = None;
@@ -279,10 +279,10 @@ fn type_of(t: &MsgTwin) -> String {
 /// What one `twin/update` does to a device's twins (dtmanager `DealMsgTwin` with RestDealType, the path of MQTT
 /// updates): the result twins, the documents and the sync twins; or the reason of a 400.
 #[derive(Default)]
-struct Dealt {
+pub(crate) struct Dealt {
     result: TwinMap,
     document: BTreeMap<String, Option<TwinDoc>>,
-    sync: BTreeMap<String, MsgTwin>,
+    pub(crate) sync: BTreeMap<String, MsgTwin>,
     changed: bool,
 }
 
@@ -470,7 +470,7 @@ fn add(out: &mut Dealt, key: &str, msg: &MsgTwin, now: i64) -> Result<MsgTwin, S
 
 /// dtmanager `DealMsgTwin`: applies `update` to a copy of `twins`; on a value error the copy is thrown away (edgecore
 /// reloads the device from sqlite) and the reason returned for a 400 on the device's result topic (e43, e46).
-fn deal(
+pub(crate) fn deal(
     twins: &BTreeMap<String, MsgTwin>,
     update: &TwinMap,
     now: i64,

@@ -2,7 +2,8 @@
 //! firmware pushed to a real registry with twinflash-artifact ([`push`]), real `twinflash-edge` processes with
 //! simulated devices ([`Agent`], found or built by [`agent_binary`]), and two MQTT observers in the cloud's place:
 //! [`Cloud`] plays edgecore (it interprets reports and answers `twin/get`), [`Observer`] records raw messages; and
-//! [`Edgecore`], a stand-in that behaves as the real edgecore v1.23.1 (store, reconnects, lost messages, cloud link).
+//! [`Edgecore`], a stand-in that behaves as the real edgecore v1.23.1 (store, reconnects, lost messages, cloud link);
+//! [`DmiEdgecore`], the same for edgecore's DMI side (the gRPC server and client a DMI mapper talks to).
 //! The broker and the registry themselves come from twinflash-harness.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
@@ -11,6 +12,7 @@ mod binary;
 mod cloud;
 mod cloud_process;
 mod cloudcore;
+mod dmi_edgecore;
 mod edgecore;
 mod observe;
 
@@ -25,6 +27,10 @@ pub use binary::{agent_binary, cloud_binary, set_agent_binary};
 pub use cloud::{Cloud, Seen};
 pub use cloud_process::CloudProcess;
 pub use cloudcore::{Cloudcore, CloudcoreWriter, FIRMWARE_TWINS, sync_twin};
+pub use dmi_edgecore::{
+    ACCEPTED_STATES, DeviceStateRecord, DmiCounters, DmiEdgecore, DmiLog, DmiLogKind,
+    MAPPER_CALL_DEADLINE, RATE_BURST, RATE_PER_SEC, StateSync, convert_device, convert_model,
+};
 pub use edgecore::{
     Clock, CloudSync, Counters, Direction, EDGECORE_RECONNECT, Edgecore, EdgecoreOptions, Logged,
     StoredTwin, publish_once,
