@@ -515,6 +515,17 @@ async fn c04_delete_of_the_last_device_removes_the_model_first() {
         vec![b64(&vector("c04")["payload_b64"])]
     );
     assert!(w.ec.cached_devices().is_empty() && w.ec.cached_models().is_empty());
+    // Added again: cloudcore sends the model first, as for any first device of a model on the node.
+    let n = w.mapper.calls().len();
+    w.ec.apply_device(&blinky1());
+    w.ec.wait_idle().await;
+    assert_eq!(
+        w.mapper.methods()[n..],
+        [
+            ("CreateDeviceModel", "default/blinky-model".to_owned()),
+            ("RegisterDevice", "default/blinky-1".to_owned()),
+        ]
+    );
 }
 
 #[tokio::test]
