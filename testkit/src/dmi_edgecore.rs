@@ -688,31 +688,26 @@ impl Inner {
                     self.store.lock().unwrap().devices.remove(&key);
                 }
             }
-            Op::ModelInsert(m) => {
-                // Model insert = cache + CreateDeviceModel, routed by spec.protocol (b01, e01).
-                let key = meta_id(&m);
+            op @ (Op::ModelInsert(_) | Op::ModelUpdate(_)) => {
+                // Model insert = cache + CreateDeviceModel (b01); update = cache + UpdateDeviceModel, always (b02);
+                // routed by spec.protocol (e01).
+                let (Op::ModelInsert(m) | Op::ModelUpdate(m)) = &op else {
+                    return;
+                };
+                let key = meta_id(m);
                 self.store
                     .lock()
                     .unwrap()
                     .models
                     .insert(key.clone(), m.clone());
                 let protocol = text(&m["spec"]["protocol"]);
-                let _ = self
-                    .call(&protocol, &key, MapperCall::CreateModel(convert_model(&m)))
-                    .await;
-            }
-            Op::ModelUpdate(m) => {
-                // Model update = cache + UpdateDeviceModel, always (b02).
-                let key = meta_id(&m);
-                self.store
-                    .lock()
-                    .unwrap()
-                    .models
-                    .insert(key.clone(), m.clone());
-                let protocol = text(&m["spec"]["protocol"]);
-                let _ = self
-                    .call(&protocol, &key, MapperCall::UpdateModel(convert_model(&m)))
-                    .await;
+                let model = convert_model(m);
+                let call = if matches!(op, Op::ModelInsert(_)) {
+                    MapperCall::CreateModel(model)
+                } else {
+                    MapperCall::UpdateModel(model)
+                };
+                let _ = self.call(&protocol, &key, call).await;
             }
             Op::ModelDelete(m) => {
                 // RemoveDeviceModel, then uncache only on success (b03).
