@@ -176,6 +176,8 @@ struct Store {
     members: BTreeMap<String, Member>,
     /// What cloudcore has sent (to tell an add from an update, and a spec change for the model companion).
     cloud: BTreeMap<String, Value>,
+    /// Models cloudcore has sent to the edge and not deleted since (`ns/name`).
+    models_sent: BTreeSet<String>,
     /// DMI clients: protocol -> mapper address (runtime state, rebuilt at start).
     clients: BTreeMap<String, Vec<u8>>,
 }
@@ -686,31 +688,26 @@ impl Inner {
                     self.store.lock().unwrap().devices.remove(&key);
                 }
             }
-            Op::ModelInsert(m) => {
-                // Model insert = cache + CreateDeviceModel, routed by spec.protocol (b01, e01).
-                let key = meta_id(&m);
+            op @ (Op::ModelInsert(_) | Op::ModelUpdate(_)) => {
+                // Model insert = cache + CreateDeviceModel (b01); update = cache + UpdateDeviceModel, always (b02);
+                // routed by spec.protocol (e01).
+                let (Op::ModelInsert(m) | Op::ModelUpdate(m)) = &op else {
+                    return;
+                };
+                let key = meta_id(m);
                 self.store
                     .lock()
                     .unwrap()
                     .models
                     .insert(key.clone(), m.clone());
                 let protocol = text(&m["spec"]["protocol"]);
-                let _ = self
-                    .call(&protocol, &key, MapperCall::CreateModel(convert_model(&m)))
-                    .await;
-            }
-            Op::ModelUpdate(m) => {
-                // Model update = cache + UpdateDeviceModel, always (b02).
-                let key = meta_id(&m);
-                self.store
-                    .lock()
-                    .unwrap()
-                    .models
-                    .insert(key.clone(), m.clone());
-                let protocol = text(&m["spec"]["protocol"]);
-                let _ = self
-                    .call(&protocol, &key, MapperCall::UpdateModel(convert_model(&m)))
-                    .await;
+                let model = convert_model(m);
+                let call = if matches!(op, Op::ModelInsert(_)) {
+                    MapperCall::CreateModel(model)
+                } else {
+                    MapperCall::UpdateModel(model)
+                };
+                let _ = self.call(&protocol, &key, call).await;
             }
             Op::ModelDelete(m) => {
                 // RemoveDeviceModel, then uncache only on success (b03).
@@ -1352,14 +1349,11 @@ impl DmiEdgecore {
     /// (CreateDeviceModel), an update afterwards (UpdateDeviceModel, always: b02).
     pub fn apply_model(&self, model: &Value) {
         let key = format!("model/{}", meta_id(model));
-        let known = self
-            .inner
-            .store
-            .lock()
-            .unwrap()
-            .cloud
-            .insert(key, model.clone())
-            .is_some();
+        let known = {
+            let mut store = self.inner.store.lock().unwrap();
+            store.models_sent.insert(meta_id(model));
+            store.cloud.insert(key, model.clone()).is_some()
+        };
         self.inner.enqueue(if known {
             Op::ModelUpdate(model.clone())
         } else {
@@ -1368,7 +1362,8 @@ impl DmiEdgecore {
     }
 
     /// A Device from the cloud, added or updated. An add makes the device known to the twin module (membership,
-    /// p00) and is a Device insert (RegisterDevice). An update whose spec differs from the previous one is sent
+    /// p00) and is a Device insert (RegisterDevice), preceded by its model's insert when the model was applied
+    /// before but is not on the edge any more (its last device was deleted). An update whose spec differs from the previous one is sent
     /// as cloudcore sends it: the DeviceModel update of its model first (b02, p00 "UpdateDeviceModel,
     /// UpdateDevice"), then the Device update, which edgecore passes on only when the sorted spec changed (c03).
     pub fn apply_device(&self, device: &Value) {
@@ -1380,7 +1375,21 @@ impl DmiEdgecore {
         store.members.entry(key).or_default();
         match previous {
             None => {
+                // cloudcore sends the model with the first device of the node that uses it (spec §4); a model
+                // given to apply_model (and not deleted since) is already there.
+                let model_key = id(&ns, &model_ref);
+                let model = store
+                    .cloud
+                    .get(&format!("model/{model_key}"))
+                    .filter(|_| !store.models_sent.contains(&model_key))
+                    .cloned();
+                if model.is_some() {
+                    store.models_sent.insert(model_key);
+                }
                 drop(store);
+                if let Some(m) = model {
+                    self.inner.enqueue(Op::ModelInsert(m));
+                }
                 self.inner.enqueue(Op::DeviceInsert(device.clone()));
             }
             Some(old) => {
@@ -1417,6 +1426,9 @@ impl DmiEdgecore {
             .get(&format!("model/{namespace}/{model_ref}"))
             .filter(|_| last_user)
             .cloned();
+        if model.is_some() {
+            store.models_sent.remove(&id(namespace, &model_ref));
+        }
         drop(store);
         if let Some(m) = model {
             self.inner.enqueue(Op::ModelDelete(m));
@@ -1427,7 +1439,11 @@ impl DmiEdgecore {
     /// The cloud deletes a DeviceModel: RemoveDeviceModel, then it leaves the cache (b03).
     pub fn delete_model(&self, namespace: &str, name: &str) {
         let key = format!("model/{}", id(namespace, name));
-        let model = self.inner.store.lock().unwrap().cloud.remove(&key);
+        let model = {
+            let mut store = self.inner.store.lock().unwrap();
+            store.models_sent.remove(&id(namespace, name));
+            store.cloud.remove(&key)
+        };
         if let Some(m) = model {
             self.inner.enqueue(Op::ModelDelete(m));
         }
