@@ -56,8 +56,14 @@ async fn start(
     let env = [("TWINFLASH_CLOUD__MQTT__URL".to_owned(), url)];
     let cfg = Config::load_with_env(None, Some(env.into_iter().collect())).unwrap();
     let cancel = CancellationToken::new();
-    let (sink, mqtt_task) =
-        MqttSink::start(&cfg.mqtt, Mode::Edgecore, RESYNC, None, cancel.clone()).unwrap();
+    let (sink, mqtt_task) = MqttSink::start(
+        cfg.mqtt.as_ref().unwrap(),
+        Mode::Edgecore,
+        RESYNC,
+        None,
+        cancel.clone(),
+    )
+    .unwrap();
     wait_until(|| sink.is_connected(), || "sink connected".into()).await;
     let ctx = Arc::new(Context::new(
         client(api, dir).await,

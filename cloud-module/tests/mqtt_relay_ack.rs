@@ -61,7 +61,7 @@ async fn a_report_is_acknowledged_only_after_its_status_write() {
     let writer = MemoryStatusWriter::default();
     let cancel = CancellationToken::new();
     let (sink, task) = MqttSink::start(
-        &cfg.mqtt,
+        cfg.mqtt.as_ref().unwrap(),
         Mode::Direct,
         HOUR,
         Some(Arc::new(writer.clone())),
