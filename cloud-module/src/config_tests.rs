@@ -186,13 +186,12 @@ fn anti_entropy_period_defaults_to_60_s_and_0_disables_it() {
 
 #[test]
 fn dmi_mode_needs_no_mqtt_section() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = write(&dir, "mode = \"dmi\"\n");
-    let c = Config::load_with_env(Some(&p), env(&[])).unwrap();
+    let c = Config::load_with_env(None, env(&[("TWINFLASH_CLOUD__MODE", "dmi")])).unwrap();
     assert_eq!(c.mode, Mode::Dmi);
     assert!(c.mqtt.is_none());
     assert!(!c.mode.uses_mqtt() && Mode::Edgecore.uses_mqtt() && Mode::Direct.uses_mqtt());
     // Given anyway, it is accepted (and unused), with the default client id filled in.
+    let dir = tempfile::tempdir().unwrap();
     let p = write(&dir, "mode = \"dmi\"\n[mqtt]\nurl = \"mqtt://h:1\"\n");
     let c = Config::load_with_env(Some(&p), env(&[])).unwrap();
     assert_eq!(c.mqtt.unwrap().client_id, DEFAULT_CLIENT_ID);

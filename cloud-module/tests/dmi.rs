@@ -6,6 +6,8 @@
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +16,10 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
 use twinflash_cloud::config::{Mode, StatusLocation};
 use twinflash_cloud::controller::{self, Context};
+use twinflash_cloud::crd::Device;
 use twinflash_cloud::dmi::{KubeNudger, NUDGE_KEY, NoMqtt, PINNED_KEY};
 use twinflash_cloud::seams::{MemoryResolver, ResolvedArtifact};
+use twinflash_cloud::status::apply_actual_report;
 use twinflash_harness::{FakeApi, Mosquitto};
 use twinflash_testkit::{Observer, init, wait_until};
 
@@ -47,16 +51,28 @@ fn device(name: &str, firmware: &str) -> Value {
     })
 }
 
+/// A DeviceStatus whose twins cloudcore wrote long ago (`apply_actual_report`: cloudcore's rules).
 fn device_status(name: &str, firmware: &str, state: &str) -> Value {
-    let twin = |n: &str, v: &str| {
-        json!({"propertyName": n, "reported": {"value": v, "metadata": {"timestamp": "1700000000000", "type": "string"}},
-               "observedDesired": {"value": "", "metadata": {}}})
-    };
+    let d: Device = serde_json::from_value(device(name, firmware)).unwrap();
+    let actual = BTreeMap::from([
+        ("firmware".to_owned(), firmware.to_owned()),
+        ("firmware-state".to_owned(), state.to_owned()),
+    ]);
+    let status = apply_actual_report(&d.spec.properties, None, &actual, 1_700_000_000_000);
     json!({
         "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "DeviceStatus",
         "metadata": {"name": name, "namespace": NS},
-        "status": {"twins": [twin("firmware", firmware), twin("firmware-state", state)]},
+        "status": status,
     })
+}
+
+/// A client of `api` (its kubeconfig written into `dir`).
+async fn client(api: &FakeApi, dir: &Path) -> kube::Client {
+    let kc = Kubeconfig::read_from(api.kubeconfig(dir).unwrap()).unwrap();
+    let kcfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(kcfg).unwrap()
 }
 
 struct Fleet {
@@ -70,11 +86,7 @@ impl Fleet {
     /// The controller in mode dmi (no MQTT client: [`NoMqtt`]), anti-entropy every `period` (zero: off).
     async fn start(api: FakeApi, resolver: MemoryResolver, period: Duration) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
-        let kc = Kubeconfig::read_from(api.kubeconfig(dir.path()).unwrap()).unwrap();
-        let kcfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .unwrap();
-        let client = kube::Client::try_from(kcfg).unwrap();
+        let client = client(&api, dir.path()).await;
         let mut ctx = Context::new(
             client.clone(),
             Arc::new(NoMqtt),
@@ -128,6 +140,12 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         self.run.abort();
     }
+}
+
+/// Mode dmi published nothing: the observer (subscribed to `#`) saw no message.
+fn assert_silent(obs: &Observer) {
+    let seen = obs.messages();
+    assert!(seen.is_empty(), "published over MQTT in mode dmi: {seen:?}");
 }
 
 fn firmware(d: &Value) -> &Value {
@@ -234,11 +252,7 @@ async fn a_tag_is_pinned_once_in_metadata_and_again_when_it_changes() {
         assert!(value == TAG || value == TAG2, "desired.value written: {v}");
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        obs.messages().is_empty(),
-        "published over MQTT in mode dmi: {:?}",
-        obs.messages()
-    );
+    assert_silent(&obs);
 }
 
 #[tokio::test]
@@ -256,11 +270,7 @@ async fn a_pin_refused_by_the_test_guard_is_not_forced() {
     ]);
     api.put(moved).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kc = Kubeconfig::read_from(api.kubeconfig(dir.path()).unwrap()).unwrap();
-    let kcfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    let client = kube::Client::try_from(kcfg).unwrap();
+    let client = client(&api, dir.path()).await;
     let key = mqtt_schema::DeviceId::namespaced(NS, "tagged").unwrap();
     let err = twinflash_cloud::dmi::patch_device(&client, &key, patch)
         .await
@@ -342,11 +352,7 @@ async fn a_stale_device_is_nudged_through_its_spec_and_a_converged_one_never() {
     let settled = nudges("stale").len();
     tokio::time::sleep(PERIOD * 3).await;
     assert_eq!(nudges("stale").len(), settled, "nudged after converging");
-    assert!(
-        obs.messages().is_empty(),
-        "published over MQTT in mode dmi: {:?}",
-        obs.messages()
-    );
+    assert_silent(&obs);
 }
 
 #[tokio::test]

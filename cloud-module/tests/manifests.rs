@@ -97,6 +97,17 @@ impl Docs {
         assert_eq!(found.len(), 1, "{kind}/{name}");
         found[0]
     }
+    /// The embedded cloud.toml, through the real loader (unknown keys would fail).
+    fn cloud_config(&self) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cloud.toml");
+        std::fs::write(
+            &path,
+            self.config_map_file("twinflash-cloud-config", "cloud.toml"),
+        )
+        .unwrap();
+        Config::load_with_env(Some(&path), Some(Default::default())).unwrap()
+    }
     fn config_map_file(&self, name: &str, key: &str) -> String {
         self.one("ConfigMap", name)["data"][key]
             .as_str()
@@ -268,14 +279,7 @@ fn controller_deployment_runs_with_its_account_and_a_valid_config() {
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
 
     // The embedded cloud.toml is accepted by the real loader (unknown keys would fail).
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("cloud.toml");
-    std::fs::write(
-        &path,
-        docs.config_map_file("twinflash-cloud-config", "cloud.toml"),
-    )
-    .unwrap();
-    let cfg = Config::load_with_env(Some(&path), Some(Default::default())).unwrap();
+    let cfg = docs.cloud_config();
     assert_eq!(cfg.mode, Mode::Edgecore);
     assert_eq!(cfg.status_location, StatusLocation::DeviceStatus);
     assert_eq!(c["ports"][0]["containerPort"], cfg.metrics.listen.port());
@@ -312,12 +316,7 @@ fn edge_daemonset_runs_on_edge_nodes_with_state_usb_and_config() {
         vec!["--config", "/etc/twinflash/edge.toml"]
     );
 
-    let volumes: BTreeMap<String, &Value> = pod["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| (v["name"].as_str().unwrap().to_owned(), v))
-        .collect();
+    let volumes = volumes_by_name(pod);
     let mounts: BTreeMap<String, String> = c["volumeMounts"]
         .as_array()
         .unwrap()
@@ -425,14 +424,7 @@ fn devices_and_model_declare_the_firmware_twins() {
         for twin in twins {
             assert!(d.declares(twin), "{name} declares {twin}");
         }
-        let desired = d.desired(FIRMWARE).unwrap();
-        assert!(
-            matches!(
-                mqtt_schema::FirmwareRef::classify(desired),
-                Ok(mqtt_schema::RefKind::Pinned(_))
-            ),
-            "{name}: {desired}"
-        );
+        assert_digest_pinned(&name, d);
         assert_eq!(
             d.spec.device_model_ref.as_ref().unwrap().name,
             model.metadata.name.clone().unwrap()
@@ -495,6 +487,28 @@ fn shipped_crd_is_the_one_the_rbac_and_the_controller_name() {
     assert_eq!(crd, &shipped, "manifests/crds is the generated CRD");
 }
 
+/// A pod's volumes by name.
+fn volumes_by_name(pod: &Value) -> BTreeMap<String, &Value> {
+    pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap().to_owned(), v))
+        .collect()
+}
+
+/// The example's `firmware` desired value is a digest-pinned reference (flashed as is, on either path).
+fn assert_digest_pinned(name: &str, d: &Device) {
+    let desired = d.desired(FIRMWARE).unwrap();
+    assert!(
+        matches!(
+            mqtt_schema::FirmwareRef::classify(desired),
+            Ok(mqtt_schema::RefKind::Pinned(_))
+        ),
+        "{name}: {desired}"
+    );
+}
+
 /// A flat configData: every value a string, a number or a boolean (KubeEdge
 /// cannot convert nested ones, golden e11), and no number above 2^24 (float32, `dataToAny`).
 fn assert_flat(what: &str, data: &Value) {
@@ -516,19 +530,13 @@ fn assert_flat(what: &str, data: &Value) {
 #[test]
 fn dmi_daemonset_mounts_the_dmi_socket_directory_and_its_own_socket() {
     let docs = Docs::load_dmi();
-    let ds = docs.one("DaemonSet", "twinflash-edge-dmi");
-    let pod = &ds["spec"]["template"]["spec"];
+    docs.one("ServiceAccount", "twinflash-edge-dmi");
+    let pod = &docs.one("DaemonSet", "twinflash-edge-dmi")["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "twinflash-edge-dmi");
     assert_eq!(pod["nodeSelector"]["twinflash.io/delivery"], "dmi");
     assert_eq!(pod["automountServiceAccountToken"], false);
-    assert_eq!(pod["serviceAccountName"], "twinflash-edge-dmi");
-    docs.one("ServiceAccount", "twinflash-edge-dmi");
     let c = &pod["containers"][0];
-    let volumes: BTreeMap<String, &Value> = pod["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| (v["name"].as_str().unwrap().to_owned(), v))
-        .collect();
+    let volumes = volumes_by_name(pod);
     let mount_of = |path: &str| -> &Value {
         let m = c["volumeMounts"]
             .as_array()
@@ -624,14 +632,7 @@ fn dmi_examples_declare_the_protocol_flat_config_and_the_firmware_twins() {
             }
         }
         let d: Device = serde_json::from_value(v.clone()).unwrap();
-        let desired = d.desired(FIRMWARE).unwrap();
-        assert!(
-            matches!(
-                mqtt_schema::FirmwareRef::classify(desired),
-                Ok(mqtt_schema::RefKind::Pinned(_))
-            ),
-            "{name}: {desired}"
-        );
+        assert_digest_pinned(name, &d);
         let props = spec["properties"].as_array().unwrap();
         let prop = |n: &str| {
             props
@@ -659,25 +660,11 @@ fn dmi_examples_declare_the_protocol_flat_config_and_the_firmware_twins() {
 #[test]
 fn dmi_cloud_config_needs_no_mqtt_and_replaces_the_default_one() {
     let docs = Docs::load_dmi();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("cloud.toml");
-    std::fs::write(
-        &path,
-        docs.config_map_file("twinflash-cloud-config", "cloud.toml"),
-    )
-    .unwrap();
-    let cfg = Config::load_with_env(Some(&path), Some(Default::default())).unwrap();
+    let cfg = docs.cloud_config();
     assert_eq!(cfg.mode, Mode::Dmi);
     assert!(cfg.mqtt.is_none());
     // Same selector as the default config, so the example Devices are managed.
-    let default = Docs::load();
-    std::fs::write(
-        &path,
-        default.config_map_file("twinflash-cloud-config", "cloud.toml"),
-    )
-    .unwrap();
-    let mqtt_cfg = Config::load_with_env(Some(&path), Some(Default::default())).unwrap();
-    assert_eq!(cfg.watch, mqtt_cfg.watch);
+    assert_eq!(cfg.watch, Docs::load().cloud_config().watch);
     let (k, v) = cfg
         .watch
         .label_selector
