@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{reflector, watcher};
 use mqtt_schema::TwinNames;
@@ -120,7 +121,13 @@ async fn main() -> anyhow::Result<()> {
     let cfg = Config::load_with_env(None, Some(env.into_iter().collect()))?;
     let cancel = CancellationToken::new();
     let hour = Duration::from_secs(3600);
-    let (sink, mqtt_task) = MqttSink::start(&cfg.mqtt, Mode::Edgecore, hour, None, cancel.clone())?;
+    let (sink, mqtt_task) = MqttSink::start(
+        cfg.mqtt.as_ref().context("the bench config has [mqtt]")?,
+        Mode::Edgecore,
+        hour,
+        None,
+        cancel.clone(),
+    )?;
     let kc = Kubeconfig::read_from(api.kubeconfig(dir.path())?)?;
     let kcfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
     let sink = Arc::new(sink);

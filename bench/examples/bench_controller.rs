@@ -69,7 +69,7 @@ async fn main() {
     .unwrap();
     let cfg = Config::load_with_env(Some(&cfg_path), Some(HashMap::new())).unwrap();
     let (sink, _task) = MqttSink::start(
-        &cfg.mqtt,
+        cfg.mqtt.as_ref().unwrap(),
         Mode::Edgecore,
         Duration::from_secs(3600),
         None,

@@ -1,5 +1,8 @@
 //! Anti-entropy from the cloud (issue 13, point 3): find Devices whose status stopped short of the final state of
-//! their intent, and nudge their agent with a `twin/get` on the device's topic.
+//! their intent, and nudge their agent with a `twin/get` on the device's topic (modes `edgecore`, `direct`) or, in
+//! mode `dmi`, with a bump of `desired.metadata["twinflash.io/nudge"]` on the `firmware` property: a spec change
+//! makes edgecore call the mapper's `UpdateDevice`, and the agent answers any UpdateDevice by reporting that device
+//! again (`crate::dmi`).
 //!
 //! Why: edgecore drops edge -> cloud syncs while its cloud link is down and never re-sends them
 //! (docs/kubeedge.md section 8, golden p08): an install that finishes during a cloudcore outage leaves DeviceStatus
@@ -18,6 +21,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::future::BoxFuture;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use mqtt_schema::{DeviceId, FirmwareState, TwinNames};
@@ -209,10 +214,17 @@ impl AntiEntropy {
     }
 }
 
-/// Sends a nudge: a `twin/get` with `event_id` on the device's topic (`MqttSink` in the controller).
+/// Sends a nudge: in modes `edgecore` and `direct` a `twin/get` with `event_id` on the device's topic
+/// (`MqttSink`); in mode `dmi` a bump of the `firmware` property's `desired.metadata["twinflash.io/nudge"]`
+/// (`crate::dmi::KubeNudger`), which makes edgecore call the mapper's `UpdateDevice`.
 pub trait Nudger: Send + Sync {
-    /// Publishes the nudge for `device`.
-    fn nudge(&self, device: &DeviceId, event_id: &str) -> Result<(), SinkError>;
+    /// Nudges the agent of `device` (`key` is its id; `device` the cached object, for a nudge that patches it).
+    fn nudge<'a>(
+        &'a self,
+        key: &'a DeviceId,
+        device: &'a Device,
+        event_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), SinkError>>;
 }
 
 /// The caches the scan reads.
@@ -253,6 +265,9 @@ impl Caches {
     }
 }
 
+/// Nudges sent at once (each is an API patch in mode `dmi`, a non-blocking publish otherwise).
+pub const NUDGE_CONCURRENCY: usize = 8;
+
 /// The interval between scans: a quarter of the period (at least 1 s) with up to 10 % jitter, so a stale Device is
 /// nudged within about 1.25 periods of going stale while "at most one nudge per period" still holds (the book
 /// checks it per Device); the jitter keeps replicas' and restarts' scans apart.
@@ -275,8 +290,20 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// One nudge, with what the loop logs about it (owned: the futures run a few at once).
+async fn send_nudge(
+    nudger: Arc<dyn Nudger>,
+    key: DeviceId,
+    device: Arc<Device>,
+    event_id: String,
+) -> (DeviceId, String, Result<(), SinkError>) {
+    let result = nudger.nudge(&key, &device, &event_id).await;
+    (key, event_id, result)
+}
+
 /// Runs the anti-entropy loop until `cancel` (returns at once for period 0): scans the caches, nudges stale
-/// Devices (event id `twinflash-cloud-<n>`), counts nudges and stale Devices in `metrics`.
+/// Devices (event id `twinflash-cloud-<n>`; a Device gone from the cache since the scan is skipped), counts nudges
+/// and stale Devices in `metrics`.
 pub async fn run(
     caches: Caches,
     nudger: Arc<dyn Nudger>,
@@ -300,13 +327,22 @@ pub async fn run(
         }
         let scan = caches.scan(&mut book, now_ms());
         metrics.set_stale(scan.stale);
+        let mut nudges = Vec::with_capacity(scan.nudge.len());
         for key in &scan.nudge {
-            n += 1;
-            let event_id = format!("{}{n}", crate::direct::OWN_EVENT_PREFIX);
-            match nudger.nudge(key, &event_id) {
+            let at = ObjectRef::new(key.name()).within(key.namespace().unwrap_or_default());
+            if let Some(device) = caches.devices.get(&at) {
+                n += 1;
+                let event_id = format!("{}{n}", crate::direct::OWN_EVENT_PREFIX);
+                nudges.push(send_nudge(nudger.clone(), key.clone(), device, event_id));
+            }
+        }
+        // A few at once: a dmi-mode nudge is an API request, and a fleet-wide outage makes every Device stale.
+        let mut results = futures::stream::iter(nudges).buffer_unordered(NUDGE_CONCURRENCY);
+        while let Some((key, event_id, result)) = results.next().await {
+            match result {
                 Ok(()) => {
                     metrics.nudged();
-                    debug!(device = %key, %event_id, "stale status: agent nudged with a twin/get");
+                    debug!(device = %key, %event_id, "stale status: agent nudged");
                 }
                 Err(e) => warn!(device = %key, error = %e, "nudge not sent"),
             }

@@ -29,8 +29,10 @@ pub struct Config {
     /// Which Devices to watch.
     #[serde(default)]
     pub watch: WatchConfig,
-    /// The MQTT broker the intents go to.
-    pub mqtt: MqttConfig,
+    /// The MQTT broker the intents go to. Required in modes `edgecore` and `direct`; unused (and optional) in
+    /// `dmi`, where KubeEdge itself delivers the Device's spec to the mapper.
+    #[serde(default)]
+    pub mqtt: Option<MqttConfig>,
     /// Registry access.
     #[serde(default)]
     pub registry: RegistryConfig,
@@ -84,6 +86,17 @@ pub enum Mode {
     Edgecore,
     /// No edgecore: twinflash-cloud publishes the delta and answers `twin/get` itself.
     Direct,
+    /// KubeEdge >= 1.15 with twinflash-edge as the DMI mapper: edgecore hands the Device's spec to the agent
+    /// itself, so nothing is published over MQTT. The controller pins tags into the `firmware` property's
+    /// `desired.metadata` and nudges stale Devices through a spec change (`crate::dmi`).
+    Dmi,
+}
+
+impl Mode {
+    /// Whether intents travel over MQTT in this mode (and so `[mqtt]` is required).
+    pub const fn uses_mqtt(self) -> bool {
+        !matches!(self, Mode::Dmi)
+    }
 }
 
 /// Where `status.twins` lives.
@@ -211,8 +224,8 @@ impl Config {
             .map_err(load_err)?
             .try_deserialize()
             .map_err(load_err)?;
-        if cfg.mqtt.client_id.is_empty() {
-            cfg.mqtt.client_id = DEFAULT_CLIENT_ID.to_owned();
+        if let Some(mqtt) = cfg.mqtt.as_mut().filter(|m| m.client_id.is_empty()) {
+            mqtt.client_id = DEFAULT_CLIENT_ID.to_owned();
         }
         cfg.validate()?;
         Ok(cfg)
@@ -220,36 +233,15 @@ impl Config {
 
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                reason: reason.to_owned(),
-            })
-        };
-        let scheme = self.mqtt.url.split_once("://").map(|(s, _)| s);
-        let tls = match scheme {
-            Some("mqtt" | "tcp") => false,
-            Some("mqtts" | "ssl") => true,
-            _ => {
+        match &self.mqtt {
+            Some(mqtt) => validate_mqtt(mqtt)?,
+            None if self.mode.uses_mqtt() => {
                 return invalid(
-                    "mqtt.url",
-                    "must start with mqtt://, mqtts://, tcp:// or ssl://",
+                    "mqtt",
+                    "an [mqtt] section is required in modes edgecore and direct (only mode dmi delivers without MQTT)",
                 );
             }
-        };
-        if self
-            .mqtt
-            .url
-            .split_once("://")
-            .is_none_or(|(_, rest)| rest.is_empty())
-        {
-            return invalid("mqtt.url", "has no host");
-        }
-        if self.mqtt.cert_file.is_some() != self.mqtt.key_file.is_some() {
-            return invalid("mqtt.cert_file", "cert_file and key_file go together");
-        }
-        if !tls && (self.mqtt.ca_file.is_some() || self.mqtt.cert_file.is_some()) {
-            return invalid("mqtt.ca_file", "TLS files given for a plain mqtt:// url");
+            None => {}
         }
         if self.resync_period_secs == 0 {
             return invalid("resync_period_secs", "must be at least 1");
@@ -274,6 +266,43 @@ impl Config {
     pub fn namespace(&self) -> Option<&str> {
         self.watch.namespace.as_deref().filter(|n| !n.is_empty())
     }
+}
+
+/// The refusal of a well-formed but unacceptable value.
+fn invalid(key: &'static str, reason: &str) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid {
+        key,
+        reason: reason.to_owned(),
+    })
+}
+
+/// Checks the `[mqtt]` section: a usable URL scheme and host, and TLS files that fit it.
+fn validate_mqtt(mqtt: &MqttConfig) -> Result<(), ConfigError> {
+    let scheme = mqtt.url.split_once("://").map(|(s, _)| s);
+    let tls = match scheme {
+        Some("mqtt" | "tcp") => false,
+        Some("mqtts" | "ssl") => true,
+        _ => {
+            return invalid(
+                "mqtt.url",
+                "must start with mqtt://, mqtts://, tcp:// or ssl://",
+            );
+        }
+    };
+    if mqtt
+        .url
+        .split_once("://")
+        .is_none_or(|(_, rest)| rest.is_empty())
+    {
+        return invalid("mqtt.url", "has no host");
+    }
+    if mqtt.cert_file.is_some() != mqtt.key_file.is_some() {
+        return invalid("mqtt.cert_file", "cert_file and key_file go together");
+    }
+    if !tls && (mqtt.ca_file.is_some() || mqtt.cert_file.is_some()) {
+        return invalid("mqtt.ca_file", "TLS files given for a plain mqtt:// url");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

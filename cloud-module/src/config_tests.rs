@@ -47,7 +47,10 @@ listen = "127.0.0.1:9200"
     assert_eq!(c.status_location, StatusLocation::Device);
     assert_eq!(c.resync_period(), Duration::from_secs(60));
     assert_eq!(c.namespace(), Some("fleet"));
-    assert_eq!(c.mqtt.topic_layout, mqtt_schema::TopicLayout::Legacy);
+    assert_eq!(
+        c.mqtt.as_ref().unwrap().topic_layout,
+        mqtt_schema::TopicLayout::Legacy
+    );
     assert_eq!(
         c.registry.plain_http,
         vec!["registry.local:5000".to_owned()]
@@ -62,7 +65,7 @@ fn defaults_and_env_overrides() {
     let c = Config::load_with_env(Some(&p), env(&[])).unwrap();
     assert_eq!(c.mode, Mode::Edgecore);
     assert_eq!(c.status_location, StatusLocation::DeviceStatus);
-    assert_eq!(c.mqtt.client_id, "twinflash-cloud");
+    assert_eq!(c.mqtt.as_ref().unwrap().client_id, "twinflash-cloud");
     assert_eq!(c.namespace(), None);
     assert_eq!(c.resync_period_secs, 300);
 
@@ -80,7 +83,7 @@ fn defaults_and_env_overrides() {
         ]),
     )
     .unwrap();
-    assert_eq!(c.mqtt.url, "mqtt://127.0.0.1:1999");
+    assert_eq!(c.mqtt.as_ref().unwrap().url, "mqtt://127.0.0.1:1999");
     assert_eq!(c.status_location, StatusLocation::Device);
     assert_eq!(c.resync_period_secs, 42);
     assert_eq!(
@@ -94,7 +97,7 @@ fn defaults_and_env_overrides() {
         env(&[("TWINFLASH_CLOUD__MQTT__URL", "tcp://127.0.0.1:1")]),
     )
     .unwrap();
-    assert_eq!(c.mqtt.url, "tcp://127.0.0.1:1");
+    assert_eq!(c.mqtt.as_ref().unwrap().url, "tcp://127.0.0.1:1");
 }
 
 #[test]
@@ -147,6 +150,10 @@ fn bad_values_are_errors() {
             "[watch]\nnamespace = \"a/b\"\n[mqtt]\nurl = \"mqtt://h:1\"\n",
             "watch.namespace",
         ),
+        // Only dmi mode may leave out [mqtt]; a given one is checked in every mode.
+        ("resync_period_secs = 5\n", "mqtt"),
+        ("mode = \"direct\"\n", "mqtt"),
+        ("mode = \"dmi\"\n[mqtt]\nurl = \"http://h:1\"\n", "mqtt.url"),
     ];
     for (body, want) in cases {
         let p = write(&dir, body);
@@ -175,4 +182,17 @@ fn anti_entropy_period_defaults_to_60_s_and_0_disables_it() {
     let off = load("[anti_entropy]\nperiod_secs = 0\n").unwrap();
     assert!(off.anti_entropy.period().is_zero());
     assert!(load("[anti_entropy]\nperiod = 5\n").is_err(), "unknown key");
+}
+
+#[test]
+fn dmi_mode_needs_no_mqtt_section() {
+    let c = Config::load_with_env(None, env(&[("TWINFLASH_CLOUD__MODE", "dmi")])).unwrap();
+    assert_eq!(c.mode, Mode::Dmi);
+    assert!(c.mqtt.is_none());
+    assert!(!c.mode.uses_mqtt() && Mode::Edgecore.uses_mqtt() && Mode::Direct.uses_mqtt());
+    // Given anyway, it is accepted (and unused), with the default client id filled in.
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, "mode = \"dmi\"\n[mqtt]\nurl = \"mqtt://h:1\"\n");
+    let c = Config::load_with_env(Some(&p), env(&[])).unwrap();
+    assert_eq!(c.mqtt.unwrap().client_id, DEFAULT_CLIENT_ID);
 }

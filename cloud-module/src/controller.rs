@@ -5,7 +5,9 @@
 //!
 //! `status.twins` belongs to cloudcore (it merge-patches the whole list on every edge sync): in
 //! `edgecore` mode the controller only reads it, in `direct` mode (no cloudcore) it writes the
-//! `firmware` twin's `observedDesired` as cloudcore would, with a resourceVersion.
+//! `firmware` twin's `observedDesired` as cloudcore would, with a resourceVersion. In `dmi` mode
+//! it publishes nothing: KubeEdge delivers the spec, and the controller writes a tag's pin next to
+//! the desired value ([`crate::dmi`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -92,7 +94,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Where `status.twins` lives.
     pub status_location: StatusLocation,
-    /// `edgecore` (cloudcore owns `status.twins`: never written) or `direct` (written here).
+    /// `edgecore` (cloudcore owns `status.twins`: never written), `direct` (written here) or `dmi`
+    /// (nothing published; tags pinned in the Device's `desired.metadata`).
     pub mode: Mode,
     /// How status patches reach it (learnt on the first write).
     pub status_route: Arc<StatusRoute>,
@@ -100,7 +103,7 @@ pub struct Context {
     pub resync: Duration,
     /// The anti-entropy period (`anti_entropy.period_secs`; zero: off).
     pub anti_entropy: Duration,
-    /// Who nudges stale Devices (the MQTT sink); `None`: no anti-entropy loop.
+    /// Who nudges stale Devices (the MQTT sink, or `dmi::KubeNudger`); `None`: no anti-entropy loop.
     pub nudger: Option<Arc<dyn Nudger>>,
     /// Newest record per Device, so a stale cache or a lagging status never redoes an intent.
     records: Mutex<HashMap<DeviceId, Record>>,
@@ -276,6 +279,27 @@ async fn write_record(key: &DeviceId, record: &Record, ctx: &Context) -> Result<
         })
 }
 
+/// `dmi` mode: writes `record`'s pin into the `firmware` property's `desired.metadata` when the Device's desired
+/// value is tag-only and the pin is not there yet ([`crate::dmi::pin_patch`]); nothing otherwise.
+async fn write_pin(
+    device: &Device,
+    key: &DeviceId,
+    record: &Record,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let Some(patch) = crate::dmi::pin_patch(device, record) else {
+        return Ok(());
+    };
+    crate::dmi::patch_device(&ctx.client, key, patch)
+        .await
+        .map(|_| info!(device = %key, pinned = %record.pinned, "tag pinned in desired.metadata"))
+        .map_err(|source| Error::Kube {
+            op: "patch device pin",
+            object: key.to_string(),
+            source,
+        })
+}
+
 /// `direct` mode only: the `firmware` twin's `observedDesired` set to `pinned`, as cloudcore
 /// writes it from edgecore's `expected` (the relay plays edgecore, and there is no cloudcore).
 async fn write_status(
@@ -422,6 +446,16 @@ pub async fn reconcile(device: Arc<Device>, ctx: Arc<Context>) -> Result<Action,
         });
     }
     match decision {
+        Decision::Nothing(Noop::AlreadyDone) if ctx.mode == Mode::Dmi => {
+            // A `kubectl apply` of the Device's manifest replaces the properties list and drops the pin with
+            // it: write it again (nothing when it is there).
+            if let Some(l) = last.as_ref() {
+                write_pin(&device, &key, l, &ctx).await?;
+            }
+            if let Some(m) = memory.filter(|m| annotated.as_ref() != Some(m)) {
+                write_record(&key, &m, &ctx).await?;
+            }
+        }
         Decision::Nothing(Noop::AlreadyDone) => {
             let held = observed_desired(stored.status.as_ref(), FIRMWARE);
             if let Some(l) = last.as_ref().filter(|l| !l.pinned.is_empty()) {
@@ -452,7 +486,12 @@ pub async fn reconcile(device: Arc<Device>, ctx: Arc<Context>) -> Result<Action,
             });
         }
         Decision::Publish(record) => {
-            ctx.sink.publish_intent(&key, &record.pinned).await?;
+            if ctx.mode == Mode::Dmi {
+                // KubeEdge delivers the spec; a tag-only value needs its pin next to it.
+                write_pin(&device, &key, &record, &ctx).await?;
+            } else {
+                ctx.sink.publish_intent(&key, &record.pinned).await?;
+            }
             ctx.remember(&key, &record);
             ctx.metrics.published();
             info!(device = %key, reference = %record.pinned, generation = record.generation, "intent published");

@@ -1,6 +1,6 @@
 //! twinflash-cloud: the kube-rs controller that turns a KubeEdge Device's desired `firmware`
-//! value into a twin intent on MQTT (since KubeEdge 1.15 cloudcore no longer does), and the pure
-//! pieces it is built from. See `README.md` of this crate for what is built and what is not.
+//! value into a twin intent on MQTT (since KubeEdge 1.15 cloudcore no longer does) or, in mode
+//! `dmi`, pins it where the DMI mapper reads it ([`dmi`]), and the pure pieces it is built from. See `README.md` of this crate for what is built and what is not.
 
 pub mod anti_entropy;
 pub mod config;
@@ -8,6 +8,7 @@ pub mod controller;
 pub mod crd;
 pub mod decide;
 pub mod direct;
+pub mod dmi;
 pub mod error;
 pub mod leader;
 pub mod metrics;

@@ -1,5 +1,6 @@
 //! `twinflash-cloud`: the controller binary. Loads the configuration, serves metrics and health,
-//! competes for the Lease and, while leading, runs the MQTT delivery and the Device controller.
+//! competes for the Lease and, while leading, runs the MQTT delivery (none in mode `dmi`) and the
+//! Device and rollout controllers.
 //! `--check-config` only validates the configuration. SIGTERM/SIGINT shut down gracefully.
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,19 +11,24 @@ use anyhow::Context as _;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+use twinflash_cloud::anti_entropy::Nudger;
 use twinflash_cloud::config::{Config, Mode};
 use twinflash_cloud::controller::{self, Context};
 use twinflash_cloud::direct::KubeStatusWriter;
+use twinflash_cloud::dmi::{KubeNudger, NoMqtt};
 use twinflash_cloud::mqtt::{self, MqttSink};
 use twinflash_cloud::resolver::{PinnedCache, RegistryResolver};
-use twinflash_cloud::seams::{ArtifactResolver, StatusWriter};
+use twinflash_cloud::seams::{ArtifactResolver, IntentSink, StatusWriter};
 use twinflash_cloud::status_route::StatusRoute;
 use twinflash_cloud::{leader, metrics};
 
 /// The twinflash cloud controller (kube-rs).
 ///
 /// Watches KubeEdge Devices whose `firmware` twin has a desired value, pins tags to digests and
-/// delivers the intent to the edge over MQTT (modes `edgecore` and `direct`).
+/// delivers the intent to the edge over MQTT (modes `edgecore` and `direct`). In mode `dmi`
+/// KubeEdge delivers the Devices to twinflash-edge itself: nothing is published over MQTT, no
+/// `[mqtt]` section is needed, and a tag's pin is written into the `firmware` property's
+/// `desired.metadata["twinflash.io/pinned"]`.
 #[derive(Debug, Parser)]
 #[command(name = "twinflash-cloud", version, about, long_about)]
 struct Args {
@@ -52,7 +58,7 @@ fn main() -> ExitCode {
             cfg.mode,
             cfg.status_location,
             cfg.namespace().unwrap_or("*"),
-            cfg.mqtt.url,
+            mqtt_summary(&cfg),
             cfg.resync_period_secs,
             cfg.anti_entropy.period_secs,
             cfg.metrics.listen
@@ -77,6 +83,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// The `mqtt=` part of `--check-config`: the broker URL, or why there is none.
+fn mqtt_summary(cfg: &Config) -> String {
+    match (&cfg.mqtt, cfg.mode.uses_mqtt()) {
+        (Some(m), true) => m.url.clone(),
+        (Some(_), false) => {
+            "unused (mode dmi: KubeEdge delivers the Devices; [mqtt] is ignored)".to_owned()
+        }
+        (None, _) => "none (mode dmi: KubeEdge delivers the Devices; no [mqtt] needed)".to_owned(),
+    }
+}
+
 /// Everything a leadership term shares with the next one.
 struct Shared {
     cfg: Config,
@@ -88,37 +105,55 @@ struct Shared {
     root: CancellationToken,
 }
 
-/// One leadership term: the MQTT delivery and the controller, until `term` fires.
+/// One leadership term: the delivery (MQTT, or none in mode `dmi`) and the controllers, until `term` fires.
 async fn lead(shared: Arc<Shared>, term: CancellationToken) {
     let cfg = &shared.cfg;
     // One learnt status route for the controller's records and the relay's reports.
     let route = Arc::new(StatusRoute::default());
-    let status: Option<Arc<dyn StatusWriter>> = match cfg.mode {
-        Mode::Direct => Some(Arc::new(
-            KubeStatusWriter::new(shared.client.clone(), cfg.status_location)
-                .with_route(route.clone()),
-        )),
-        Mode::Edgecore => None,
-    };
     let mqtt_cancel = CancellationToken::new();
-    let (sink, mqtt_task) = match MqttSink::start(
-        &cfg.mqtt,
-        cfg.mode,
-        cfg.resync_period(),
-        status,
-        mqtt_cancel.clone(),
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            error!(code = %e.code(), error = %e, "cannot start the MQTT delivery");
+    let (sink, nudger, mqtt_task): (Arc<dyn IntentSink>, Arc<dyn Nudger>, _) = match &cfg.mqtt {
+        // KubeEdge delivers the Device's spec to the mapper: no MQTT client exists in this mode.
+        _ if cfg.mode == Mode::Dmi => {
+            info!("mode dmi: KubeEdge delivers the Devices; nothing is published over MQTT");
+            (
+                Arc::new(NoMqtt),
+                Arc::new(KubeNudger::new(shared.client.clone())),
+                None,
+            )
+        }
+        Some(mqtt_cfg) => {
+            let status: Option<Arc<dyn StatusWriter>> = match cfg.mode {
+                Mode::Direct => Some(Arc::new(
+                    KubeStatusWriter::new(shared.client.clone(), cfg.status_location)
+                        .with_route(route.clone()),
+                )),
+                Mode::Edgecore | Mode::Dmi => None,
+            };
+            match MqttSink::start(
+                mqtt_cfg,
+                cfg.mode,
+                cfg.resync_period(),
+                status,
+                mqtt_cancel.clone(),
+            ) {
+                Ok((sink, task)) => (Arc::new(sink.clone()), Arc::new(sink), Some(task)),
+                Err(e) => {
+                    error!(code = %e.code(), error = %e, "cannot start the MQTT delivery");
+                    shared.root.cancel();
+                    return;
+                }
+            }
+        }
+        None => {
+            // `Config::validate` refuses this; stop rather than run without a delivery.
+            error!(mode = ?cfg.mode, "no [mqtt] section for a mode that delivers over MQTT");
             shared.root.cancel();
             return;
         }
     };
-    let nudger: Arc<dyn twinflash_cloud::anti_entropy::Nudger> = Arc::new(sink.clone());
     let mut ctx = Context::new(
         shared.client.clone(),
-        Arc::new(sink),
+        sink,
         shared.resolver.clone(),
         cfg.status_location,
         cfg.resync_period(),
@@ -130,7 +165,8 @@ async fn lead(shared: Arc<Shared>, term: CancellationToken) {
     ctx.anti_entropy = cfg.anti_entropy.period();
     ctx.nudger = Some(nudger);
     let ctx = Arc::new(ctx);
-    // FirmwareRollouts change Devices' desired values; the Device controller above delivers them.
+    // FirmwareRollouts change Devices' desired values; the Device controller above delivers them
+    // (or, in mode dmi, KubeEdge does and the Device controller pins them).
     let rollouts = Arc::new(twinflash_cloud::rollout::RolloutContext::new(
         shared.client.clone(),
         shared.resolver.clone(),
@@ -153,7 +189,9 @@ async fn lead(shared: Arc<Shared>, term: CancellationToken) {
     }
     // The controller is stopped (dropped): nothing publishes any more; close MQTT cleanly.
     mqtt_cancel.cancel();
-    if let Err(e) = mqtt_task.await {
+    if let Some(task) = mqtt_task
+        && let Err(e) = task.await
+    {
         warn!(error = %e, "MQTT task ended abnormally");
     }
 }
@@ -187,7 +225,9 @@ async fn shutdown_signal() {
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
     // Fail fast on an unusable broker configuration (bad URL, unreadable TLS files).
-    mqtt::mqtt_options(&cfg.mqtt).context("MQTT configuration")?;
+    if let Some(mqtt_cfg) = cfg.mqtt.as_ref().filter(|_| cfg.mode.uses_mqtt()) {
+        mqtt::mqtt_options(mqtt_cfg).context("MQTT configuration")?;
+    }
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes credentials (in-cluster or KUBECONFIG)")?;

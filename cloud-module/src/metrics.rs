@@ -131,7 +131,7 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP twinflash_cloud_intents_published_total Intents published to the edge."
+            "# HELP twinflash_cloud_intents_published_total Intents published to the edge (in mode dmi: accepted and, for a tag, pinned on the Device)."
         );
         let _ = writeln!(
             out,
@@ -163,7 +163,7 @@ impl Metrics {
         let _ = writeln!(out, "twinflash_cloud_leader {}", u8::from(self.leading()));
         let _ = writeln!(
             out,
-            "# HELP twinflash_cloud_anti_entropy_nudges_total twin/get nudges sent to agents of Devices whose status is stale."
+            "# HELP twinflash_cloud_anti_entropy_nudges_total Nudges sent to agents of Devices whose status is stale (twin/get; in mode dmi a desired.metadata bump)."
         );
         let _ = writeln!(
             out,

@@ -226,7 +226,8 @@ impl MqttSink {
             _ => (None, None),
         };
         let book = match mode {
-            Mode::Edgecore => Book::Edgecore(BTreeMap::new()),
+            // dmi mode starts no MqttSink (main.rs); an edgecore book is the harmless answer if one is made anyway.
+            Mode::Edgecore | Mode::Dmi => Book::Edgecore(BTreeMap::new()),
             Mode::Direct => Book::Direct(Relay::new(layout, names.clone())),
         };
         let shared = Arc::new(Shared {
@@ -357,7 +358,19 @@ impl crate::anti_entropy::Nudger for MqttSink {
     /// A `twin/get` (golden d10's shape) on the device's topic, QoS 1, not retained: the agent answers any get that
     /// is not its own by reporting its state again, which edgecore syncs to the cloud. In `direct` mode the relay
     /// ignores it ([`crate::direct::OWN_EVENT_PREFIX`]).
-    fn nudge(&self, device: &DeviceId, event_id: &str) -> Result<(), SinkError> {
+    fn nudge<'a>(
+        &'a self,
+        device: &'a DeviceId,
+        _cached: &'a crate::crd::Device,
+        event_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(std::future::ready(self.publish_get(device, event_id)))
+    }
+}
+
+impl MqttSink {
+    /// The nudge's `twin/get`, queued without waiting (`try_publish`).
+    fn publish_get(&self, device: &DeviceId, event_id: &str) -> Result<(), SinkError> {
         let s = &self.shared;
         let id = device_id(device, s.layout).map_err(|e| SinkError::Encode {
             device: device.to_string(),

@@ -61,6 +61,7 @@ fn mqtt_cfg(url: &str) -> MqttConfig {
     Config::load_with_env(Some(&path), Some(Default::default()))
         .unwrap()
         .mqtt
+        .unwrap()
 }
 
 #[test]

@@ -78,10 +78,13 @@ async fn a_stale_device_is_nudged_once_per_period_and_a_converged_one_never() {
         "TWINFLASH_CLOUD__MQTT__URL".to_owned(),
         format!("mqtt://127.0.0.1:{}", mqtt.port()),
     )];
-    let cfg = Config::load_with_env(None, Some(env.into_iter().collect())).unwrap();
+    let cfg = Config::load_with_env(None, Some(env.into_iter().collect()))
+        .unwrap()
+        .mqtt
+        .unwrap();
     let cancel = CancellationToken::new();
     let (sink, mqtt_task) =
-        MqttSink::start(&cfg.mqtt, Mode::Edgecore, HOUR, None, cancel.clone()).unwrap();
+        MqttSink::start(&cfg, Mode::Edgecore, HOUR, None, cancel.clone()).unwrap();
     wait_until(|| sink.is_connected(), || "sink connected".into()).await;
     let kc = Kubeconfig::read_from(api.kubeconfig(dir.path()).unwrap()).unwrap();
     let kcfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())

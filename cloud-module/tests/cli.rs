@@ -117,3 +117,30 @@ fn running_fails_clearly_without_usable_mqtt_files_or_cluster_credentials() {
     let err = text(&out.stderr);
     assert!(err.contains("no Kubernetes credentials"), "{err}");
 }
+
+#[test]
+fn check_config_in_mode_dmi_needs_no_mqtt_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cloud.toml");
+    std::fs::write(&path, "mode = \"dmi\"\n").unwrap();
+    let out = run(&["--config", path.to_str().unwrap(), "--check-config"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary = text(&out.stdout);
+    assert!(
+        summary.contains("mode=Dmi") && summary.contains("mqtt=none (mode dmi"),
+        "{summary}"
+    );
+    // Any other mode still requires [mqtt].
+    let out = run(
+        &["--config", path.to_str().unwrap(), "--check-config"],
+        &[("TWINFLASH_CLOUD__MODE", "edgecore")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("[mqtt]"),
+        "{}",
+        text(&out.stderr)
+    );
+    let help = text(&run(&["--help"], &[]).stdout);
+    assert!(help.contains("dmi"), "{help}");
+}

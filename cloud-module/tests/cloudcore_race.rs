@@ -54,10 +54,13 @@ async fn start(
 ) -> Run {
     let url = format!("mqtt://127.0.0.1:{}", mqtt.port());
     let env = [("TWINFLASH_CLOUD__MQTT__URL".to_owned(), url)];
-    let cfg = Config::load_with_env(None, Some(env.into_iter().collect())).unwrap();
+    let cfg = Config::load_with_env(None, Some(env.into_iter().collect()))
+        .unwrap()
+        .mqtt
+        .unwrap();
     let cancel = CancellationToken::new();
     let (sink, mqtt_task) =
-        MqttSink::start(&cfg.mqtt, Mode::Edgecore, RESYNC, None, cancel.clone()).unwrap();
+        MqttSink::start(&cfg, Mode::Edgecore, RESYNC, None, cancel.clone()).unwrap();
     wait_until(|| sink.is_connected(), || "sink connected".into()).await;
     let ctx = Arc::new(Context::new(
         client(api, dir).await,

@@ -59,9 +59,27 @@ fn documents() -> Vec<(PathBuf, Value)> {
 
 struct Docs(Vec<(PathBuf, Value)>);
 
+/// Whether `path` belongs to the KubeEdge-native (DMI) variant (`*dmi*` files and `dmi/` directories).
+fn is_dmi(path: &Path) -> bool {
+    path.strip_prefix(manifests_dir())
+        .unwrap_or(path)
+        .to_string_lossy()
+        .contains("dmi")
+}
+
 impl Docs {
+    /// The MQTT-path manifests (every file but the DMI variant's).
     fn load() -> Docs {
-        Docs(documents())
+        Docs(
+            documents()
+                .into_iter()
+                .filter(|(p, _)| !is_dmi(p))
+                .collect(),
+        )
+    }
+    /// The DMI variant's manifests only.
+    fn load_dmi() -> Docs {
+        Docs(documents().into_iter().filter(|(p, _)| is_dmi(p)).collect())
     }
     fn of_kind(&self, kind: &str) -> Vec<&Value> {
         self.0
@@ -78,6 +96,17 @@ impl Docs {
             .collect();
         assert_eq!(found.len(), 1, "{kind}/{name}");
         found[0]
+    }
+    /// The embedded cloud.toml, through the real loader (unknown keys would fail).
+    fn cloud_config(&self) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cloud.toml");
+        std::fs::write(
+            &path,
+            self.config_map_file("twinflash-cloud-config", "cloud.toml"),
+        )
+        .unwrap();
+        Config::load_with_env(Some(&path), Some(Default::default())).unwrap()
     }
     fn config_map_file(&self, name: &str, key: &str) -> String {
         self.one("ConfigMap", name)["data"][key]
@@ -250,14 +279,7 @@ fn controller_deployment_runs_with_its_account_and_a_valid_config() {
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
 
     // The embedded cloud.toml is accepted by the real loader (unknown keys would fail).
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("cloud.toml");
-    std::fs::write(
-        &path,
-        docs.config_map_file("twinflash-cloud-config", "cloud.toml"),
-    )
-    .unwrap();
-    let cfg = Config::load_with_env(Some(&path), Some(Default::default())).unwrap();
+    let cfg = docs.cloud_config();
     assert_eq!(cfg.mode, Mode::Edgecore);
     assert_eq!(cfg.status_location, StatusLocation::DeviceStatus);
     assert_eq!(c["ports"][0]["containerPort"], cfg.metrics.listen.port());
@@ -294,12 +316,7 @@ fn edge_daemonset_runs_on_edge_nodes_with_state_usb_and_config() {
         vec!["--config", "/etc/twinflash/edge.toml"]
     );
 
-    let volumes: BTreeMap<String, &Value> = pod["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| (v["name"].as_str().unwrap().to_owned(), v))
-        .collect();
+    let volumes = volumes_by_name(pod);
     let mounts: BTreeMap<String, String> = c["volumeMounts"]
         .as_array()
         .unwrap()
@@ -407,14 +424,7 @@ fn devices_and_model_declare_the_firmware_twins() {
         for twin in twins {
             assert!(d.declares(twin), "{name} declares {twin}");
         }
-        let desired = d.desired(FIRMWARE).unwrap();
-        assert!(
-            matches!(
-                mqtt_schema::FirmwareRef::classify(desired),
-                Ok(mqtt_schema::RefKind::Pinned(_))
-            ),
-            "{name}: {desired}"
-        );
+        assert_digest_pinned(&name, d);
         assert_eq!(
             d.spec.device_model_ref.as_ref().unwrap().name,
             model.metadata.name.clone().unwrap()
@@ -475,4 +485,194 @@ fn shipped_crd_is_the_one_the_rbac_and_the_controller_name() {
     }
     let shipped: Value = serde_json::to_value(&twinflash_cloud::rollout::crds()[0]).unwrap();
     assert_eq!(crd, &shipped, "manifests/crds is the generated CRD");
+}
+
+/// A pod's volumes by name.
+fn volumes_by_name(pod: &Value) -> BTreeMap<String, &Value> {
+    pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap().to_owned(), v))
+        .collect()
+}
+
+/// The example's `firmware` desired value is a digest-pinned reference (flashed as is, on either path).
+fn assert_digest_pinned(name: &str, d: &Device) {
+    let desired = d.desired(FIRMWARE).unwrap();
+    assert!(
+        matches!(
+            mqtt_schema::FirmwareRef::classify(desired),
+            Ok(mqtt_schema::RefKind::Pinned(_))
+        ),
+        "{name}: {desired}"
+    );
+}
+
+/// A flat configData: every value a string, a number or a boolean (KubeEdge
+/// cannot convert nested ones, golden e11), and no number above 2^24 (float32, `dataToAny`).
+fn assert_flat(what: &str, data: &Value) {
+    for (k, v) in data
+        .as_object()
+        .unwrap_or_else(|| panic!("{what}: no configData"))
+    {
+        match v {
+            Value::String(_) | Value::Bool(_) => {}
+            Value::Number(n) => assert!(
+                n.as_f64().unwrap().abs() <= 16_777_216.0,
+                "{what}: {k} = {n} does not survive float32; write it as a string"
+            ),
+            other => panic!("{what}: {k} = {other} is nested: KubeEdge drops the Device"),
+        }
+    }
+}
+
+#[test]
+fn dmi_daemonset_mounts_the_dmi_socket_directory_and_its_own_socket() {
+    let docs = Docs::load_dmi();
+    docs.one("ServiceAccount", "twinflash-edge-dmi");
+    let pod = &docs.one("DaemonSet", "twinflash-edge-dmi")["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "twinflash-edge-dmi");
+    assert_eq!(pod["nodeSelector"]["twinflash.io/delivery"], "dmi");
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let c = &pod["containers"][0];
+    let volumes = volumes_by_name(pod);
+    let mount_of = |path: &str| -> &Value {
+        let m = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| panic!("nothing mounted at {path}"));
+        volumes[m["name"].as_str().unwrap()]
+    };
+    let edge: toml::Value =
+        toml::from_str(&docs.config_map_file("twinflash-edge-dmi-config", "edge.toml")).unwrap();
+    assert_eq!(
+        mount_of("/etc/twinflash")["configMap"]["name"],
+        "twinflash-edge-dmi-config"
+    );
+    let kubeedge = &edge["kubeedge"];
+    assert_eq!(kubeedge["mode"].as_str(), Some("dmi"));
+    assert_eq!(kubeedge["protocol"].as_str(), Some("twinflash"));
+    assert!(
+        edge.get("mqtt").is_none() && edge.get("devices").is_none(),
+        "{edge}"
+    );
+    // edgecore's socket directory, as a directory (edgecore recreates dmi.sock at every start).
+    let dmi_socket = Path::new(kubeedge["dmi_socket"].as_str().unwrap());
+    assert_eq!(dmi_socket.file_name().unwrap(), "dmi.sock");
+    let dir = dmi_socket.parent().unwrap().to_str().unwrap();
+    assert_eq!(dir, "/etc/kubeedge");
+    assert_eq!(mount_of(dir)["hostPath"]["path"], dir);
+    assert_eq!(mount_of(dir)["hostPath"]["type"], "Directory");
+    // The agent's socket: a plain absolute path, inside the state directory, the same path on the host (edgecore
+    // dials it from there).
+    let state_dir = edge["state_dir"].as_str().unwrap();
+    let mapper = kubeedge["mapper_socket"].as_str().unwrap();
+    assert!(
+        mapper.starts_with('/') && !mapper.contains("://"),
+        "{mapper}"
+    );
+    assert_eq!(Path::new(mapper).parent().unwrap(), Path::new(state_dir));
+    assert_eq!(mount_of(state_dir)["hostPath"]["path"], state_dir);
+    assert_eq!(mount_of(state_dir)["hostPath"]["type"], "DirectoryOrCreate");
+
+    // The MQTT agent stays off the nodes labelled for DMI: one agent per node.
+    let mqtt = Docs::load();
+    let term = &mqtt.one("DaemonSet", "twinflash-edge")["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+        ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"]
+        [0];
+    assert_eq!(term["key"], "twinflash.io/delivery");
+    assert_eq!(term["operator"], "NotIn");
+    assert_eq!(strs(&term["values"]), vec!["dmi"]);
+}
+
+#[test]
+fn dmi_examples_declare_the_protocol_flat_config_and_the_firmware_twins() {
+    let docs = Docs::load_dmi();
+    let model = docs.one("DeviceModel", "twinflash-board");
+    assert_eq!(model["spec"]["protocol"], "twinflash");
+    assert_flat(
+        "DeviceModel protocolConfigData",
+        &model["spec"]["protocolConfigData"],
+    );
+    let parsed: DeviceModel = serde_json::from_value(model.clone()).unwrap();
+    for name in [FIRMWARE, FIRMWARE_VERSION, FIRMWARE_STATE] {
+        assert!(
+            parsed.spec.properties.iter().any(|p| p.name == name),
+            "{name}"
+        );
+    }
+    let mut backends = BTreeSet::new();
+    for v in docs.of_kind("Device") {
+        let name = v["metadata"]["name"].as_str().unwrap();
+        let spec = &v["spec"];
+        assert_eq!(spec["protocol"]["protocolName"], "twinflash", "{name}");
+        assert_eq!(spec["deviceModelRef"]["name"], "twinflash-board", "{name}");
+        assert_eq!(
+            v["metadata"]["namespace"], model["metadata"]["namespace"],
+            "{name}: the model's namespace"
+        );
+        assert!(
+            spec["nodeName"].as_str().is_some_and(|n| !n.is_empty()),
+            "{name}"
+        );
+        let data = &spec["protocol"]["configData"];
+        assert_flat(name, data);
+        backends.insert(data["flasher"].as_str().unwrap().to_owned());
+        assert!(data["chip"].is_string(), "{name}: chip");
+        for key in ["flash", "verify"] {
+            if let Some(argv) = data.get(key) {
+                let list: Vec<String> = serde_json::from_str(argv.as_str().unwrap()).unwrap();
+                assert!(
+                    list.iter().any(|a| a == "{file}"),
+                    "{name}: {key} = {list:?}"
+                );
+            }
+        }
+        let d: Device = serde_json::from_value(v.clone()).unwrap();
+        assert_digest_pinned(name, &d);
+        let props = spec["properties"].as_array().unwrap();
+        let prop = |n: &str| {
+            props
+                .iter()
+                .find(|p| p["name"] == n)
+                .unwrap_or_else(|| panic!("{name}: {n}"))
+        };
+        assert_eq!(
+            prop(FIRMWARE)["desired"]["metadata"]["type"],
+            "string",
+            "{name}"
+        );
+        assert!(prop(FIRMWARE_VERSION).is_object());
+        assert_eq!(prop(FIRMWARE_STATE)["reportCycle"], 60000, "{name}");
+    }
+    assert_eq!(
+        backends,
+        ["command", "probe-rs", "simulated"]
+            .map(str::to_owned)
+            .into(),
+        "one Device per backend"
+    );
+}
+
+#[test]
+fn dmi_cloud_config_needs_no_mqtt_and_replaces_the_default_one() {
+    let docs = Docs::load_dmi();
+    let cfg = docs.cloud_config();
+    assert_eq!(cfg.mode, Mode::Dmi);
+    assert!(cfg.mqtt.is_none());
+    // Same selector as the default config, so the example Devices are managed.
+    assert_eq!(cfg.watch, Docs::load().cloud_config().watch);
+    let (k, v) = cfg
+        .watch
+        .label_selector
+        .as_deref()
+        .unwrap()
+        .split_once('=')
+        .unwrap();
+    for d in docs.of_kind("Device") {
+        assert_eq!(d["metadata"]["labels"][k], v, "{}", d["metadata"]["name"]);
+    }
 }

@@ -65,9 +65,8 @@ async fn intent_is_a_valid_twin_update_on_the_device_topic() {
     let mqtt = Mosquitto::start().unwrap();
     let obs = Observer::start(mqtt.port(), "observer-1", &[FILTER]).await;
     let cancel = CancellationToken::new();
-    let cfg = config(mqtt.port());
-    let (sink, task) =
-        MqttSink::start(&cfg.mqtt, Mode::Edgecore, HOUR, None, cancel.clone()).unwrap();
+    let cfg = config(mqtt.port()).mqtt.unwrap();
+    let (sink, task) = MqttSink::start(&cfg, Mode::Edgecore, HOUR, None, cancel.clone()).unwrap();
     connected(&sink, true).await;
     sink.publish_intent(&key("blinky-01"), &pinned(1))
         .await
@@ -98,9 +97,8 @@ async fn an_outage_ends_with_every_pending_intent_republished() {
     let proxy = FaultProxy::start(mqtt.addr()).unwrap();
     let obs = Observer::start(mqtt.port(), "observer-2", &[FILTER]).await;
     let cancel = CancellationToken::new();
-    let cfg = config(proxy.port());
-    let (sink, task) =
-        MqttSink::start(&cfg.mqtt, Mode::Edgecore, HOUR, None, cancel.clone()).unwrap();
+    let cfg = config(proxy.port()).mqtt.unwrap();
+    let (sink, task) = MqttSink::start(&cfg, Mode::Edgecore, HOUR, None, cancel.clone()).unwrap();
     connected(&sink, true).await;
     sink.publish_intent(&key("a"), &pinned(1)).await.unwrap();
     sink.publish_intent(&key("d"), &pinned(5)).await.unwrap();
@@ -185,10 +183,9 @@ async fn the_periodic_resync_republishes_known_intents() {
     let mqtt = Mosquitto::start().unwrap();
     let obs = Observer::start(mqtt.port(), "observer-3", &[FILTER]).await;
     let cancel = CancellationToken::new();
-    let cfg = config(mqtt.port());
+    let cfg = config(mqtt.port()).mqtt.unwrap();
     let resync = Duration::from_millis(200);
-    let (sink, task) =
-        MqttSink::start(&cfg.mqtt, Mode::Edgecore, resync, None, cancel.clone()).unwrap();
+    let (sink, task) = MqttSink::start(&cfg, Mode::Edgecore, resync, None, cancel.clone()).unwrap();
     connected(&sink, true).await;
     sink.publish_intent(&key("e"), &pinned(6)).await.unwrap();
     wait_until(

@@ -33,10 +33,12 @@ async fn an_oversized_report_is_dropped_and_the_relay_keeps_working() {
         "TWINFLASH_CLOUD__MQTT__URL".to_owned(),
         format!("mqtt://127.0.0.1:{}", mqtt.port()),
     );
-    let cfg = Config::load_with_env(None, Some(env)).unwrap();
+    let cfg = Config::load_with_env(None, Some(env))
+        .unwrap()
+        .mqtt
+        .unwrap();
     let cancel = CancellationToken::new();
-    let (sink, task) =
-        MqttSink::start(&cfg.mqtt, Mode::Direct, HOUR, None, cancel.clone()).unwrap();
+    let (sink, task) = MqttSink::start(&cfg, Mode::Direct, HOUR, None, cancel.clone()).unwrap();
     wait_until(|| sink.is_connected(), || "connected".into()).await;
     // Let the relay's subscription land before the hostile report.
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -57,11 +57,14 @@ async fn a_report_is_acknowledged_only_after_its_status_write() {
         "TWINFLASH_CLOUD__MQTT__URL".to_owned(),
         format!("mqtt://127.0.0.1:{}", mqtt.port()),
     )];
-    let cfg = Config::load_with_env(None, Some(env.into_iter().collect())).unwrap();
+    let cfg = Config::load_with_env(None, Some(env.into_iter().collect()))
+        .unwrap()
+        .mqtt
+        .unwrap();
     let writer = MemoryStatusWriter::default();
     let cancel = CancellationToken::new();
     let (sink, task) = MqttSink::start(
-        &cfg.mqtt,
+        &cfg,
         Mode::Direct,
         HOUR,
         Some(Arc::new(writer.clone())),

@@ -1,6 +1,6 @@
 //! Leader election: a Kubernetes Lease held through kube-lease-manager, guarded by a
 //! [`watchdog`] that reads the Lease itself, and [`run_as_leader`], which runs the work
-//! (controller + MQTT delivery) only while this replica holds the lease and cancels it as soon as
+//! (controllers + delivery) only while this replica holds the lease and cancels it as soon as
 //! the lease is lost or cannot be renewed in time, so two replicas never publish at once.
 
 pub mod watchdog;
@@ -105,7 +105,7 @@ pub async fn run_as_leader<F, Fut>(
                 },
             }
         }
-        info!("leading: starting the controller and the MQTT delivery");
+        info!("leading: starting the controllers and the delivery");
         let term = cancel.child_token();
         let job = work(term.clone());
         tokio::pin!(job);
@@ -125,9 +125,9 @@ pub async fn run_as_leader<F, Fut>(
         job.await;
         match stop {
             None => return,
-            Some(true) => warn!("lease lost: controller and MQTT delivery stopped"),
+            Some(true) => warn!("lease lost: controllers and delivery stopped"),
             Some(false) => {
-                warn!("lease task ended: controller and MQTT delivery stopped");
+                warn!("lease task ended: controllers and delivery stopped");
                 cancel.cancelled().await;
                 return;
             }

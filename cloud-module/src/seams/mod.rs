@@ -61,6 +61,20 @@ pub enum SinkError {
         /// Why.
         detail: String,
     },
+    /// Mode `dmi` has no MQTT client: KubeEdge delivers the Device's spec itself (a bug if ever returned).
+    #[error("mode dmi publishes nothing over MQTT (asked to for {device})")]
+    NoMqtt {
+        /// Device the intent was for.
+        device: String,
+    },
+    /// The API server refused or failed a Device patch (mode `dmi`'s nudge).
+    #[error("cannot patch Device {device}: {detail}")]
+    Api {
+        /// The Device.
+        device: String,
+        /// What the API server said.
+        detail: String,
+    },
 }
 
 impl SinkError {
@@ -68,7 +82,9 @@ impl SinkError {
     pub fn code(&self) -> ErrorCode {
         match self {
             SinkError::BrokerUnreachable { .. } => ErrorCode::BrokerUnreachable,
-            SinkError::Encode { .. } => ErrorCode::Internal,
+            SinkError::Encode { .. } | SinkError::NoMqtt { .. } | SinkError::Api { .. } => {
+                ErrorCode::Internal
+            }
         }
     }
 }
