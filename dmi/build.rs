@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .btree_map(".")
         .build_client(true)
         .build_server(true)
+        // No tonic::transport (see twinflash_dmi::transport).
+        .build_transport(false)
         .compile_fds(fds)?;
     Ok(())
 }

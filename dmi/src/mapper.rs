@@ -286,7 +286,9 @@ impl From<tonic::Status> for CallError {
 /// The mapper's client of edgecore's DeviceManagerService on its `dmi.sock`: it sends only the checked types.
 #[derive(Debug, Clone)]
 pub struct EdgecoreClient {
-    inner: pb::device_manager_service_client::DeviceManagerServiceClient<tonic::transport::Channel>,
+    inner: pb::device_manager_service_client::DeviceManagerServiceClient<
+        crate::transport::UnixConnector,
+    >,
     timeout: Duration,
 }
 
@@ -294,8 +296,9 @@ impl EdgecoreClient {
     /// A client of the DMI server on `socket`; each call waits at most `timeout` (mapper-framework uses 1 s).
     pub fn new(socket: PathBuf, timeout: Duration) -> EdgecoreClient {
         EdgecoreClient {
-            inner: pb::device_manager_service_client::DeviceManagerServiceClient::new(
-                crate::transport::channel(socket, timeout),
+            inner: pb::device_manager_service_client::DeviceManagerServiceClient::with_origin(
+                crate::transport::UnixConnector::new(socket, timeout),
+                crate::transport::origin(),
             ),
             timeout,
         }

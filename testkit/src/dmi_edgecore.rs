@@ -502,10 +502,10 @@ async fn call_mapper(address: &[u8], call: MapperCall) -> Result<(), String> {
             )
         })?;
         drop(dial); // reachable: the channel below dials it again for the call
-        let mut client = DeviceMapperServiceClient::new(twinflash_dmi::transport::channel(
-            path,
-            MAPPER_CALL_DEADLINE,
-        ));
+        let mut client = DeviceMapperServiceClient::with_origin(
+            twinflash_dmi::transport::UnixConnector::new(path, MAPPER_CALL_DEADLINE),
+            twinflash_dmi::transport::origin(),
+        );
         let status = match call {
             MapperCall::Register(d) => client
                 .register_device(pb::RegisterDeviceRequest { device: Some(d) })

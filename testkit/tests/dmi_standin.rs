@@ -229,11 +229,11 @@ impl World {
         self.client.register(&self.info).await.unwrap()
     }
 
-    fn raw(&self) -> DeviceManagerServiceClient<tonic::transport::Channel> {
-        DeviceManagerServiceClient::new(twinflash_dmi::transport::channel(
-            self.ec.socket(),
-            Duration::from_secs(5),
-        ))
+    fn raw(&self) -> DeviceManagerServiceClient<twinflash_dmi::transport::UnixConnector> {
+        DeviceManagerServiceClient::with_origin(
+            twinflash_dmi::transport::UnixConnector::new(self.ec.socket(), Duration::from_secs(5)),
+            twinflash_dmi::transport::origin(),
+        )
     }
 
     /// The mapper of `info`, registered with `withData` and an address given as text (e13).

@@ -64,15 +64,11 @@ pub fn start(
     )
     .max_decoding_message_size(cfg.limits.max_message_bytes);
     let server_stop = stop.clone();
-    tasks.spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, server_stop.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "the mapper socket stopped serving");
-        }
-    });
+    tasks.spawn(twinflash_dmi::transport::serve(
+        incoming,
+        service,
+        server_stop.cancelled_owned(),
+    ));
     let budget = reporter::Budget {
         rate: k.dmi_calls_per_sec,
         burst: k.dmi_burst,

@@ -1,0 +1,394 @@
+//! The real `twinflash-edge` in DMI mode against the harness's DMI stand-in (`twinflash_testkit::DmiEdgecore`,
+//! which plays edgecore v1.23.1's side of DMI as the golden vectors in dmi/tests/data show it: one worker calling the
+//! mapper with a 10 s deadline and no retry, the node-wide rate limit of one call per second with a burst of 100,
+//! each twin of a report applied on its own, crashes on incomplete messages, a store that survives restarts).
+//! Devices are declared only by their Device objects (no `[[devices]]`, no MQTT); convergence is judged by the
+//! twins the stand-in STORES.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // tests: a panic is a failed test
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Agent, AgentSpec, image, init, push};
+use twinflash_harness::Registry;
+use twinflash_testkit::{DmiEdgecore, DmiLogKind, SimDevice, device_model};
+
+/// Bound of every wait (a loaded CI machine; a passing run takes seconds).
+const WAIT: Duration = Duration::from_secs(60);
+const NS: &str = "default";
+
+struct Scene {
+    agent: Agent,
+    edgecore: DmiEdgecore,
+    registry: Registry,
+    dir: tempfile::TempDir,
+}
+
+impl Scene {
+    async fn start(devices: usize, tweak: impl FnOnce(AgentSpec<'_>) -> AgentSpec<'_>) -> Scene {
+        init();
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::start().unwrap();
+        let edgecore = DmiEdgecore::start_in(&dir.path().join("edgecore"))
+            .await
+            .unwrap();
+        edgecore.apply_model(&device_model(NS));
+        let agent_dir = dir.path().join("agent");
+        let spec = AgentSpec {
+            dmi: Some(edgecore.socket()),
+            ..AgentSpec::new(&agent_dir, 0, vec![registry.host()], devices)
+        };
+        let agent = Agent::start(tweak(spec));
+        Scene {
+            agent,
+            edgecore,
+            registry,
+            dir,
+        }
+    }
+
+    fn sim(&self, i: usize) -> &SimDevice {
+        &self.agent.devices[i]
+    }
+
+    fn name(&self, i: usize) -> String {
+        self.sim(i).id.split_once('/').unwrap().1.to_owned()
+    }
+
+    /// The cloud creates or changes device `i`'s Device with `wanted` as its desired firmware.
+    fn want(&self, i: usize, wanted: &str) {
+        self.edgecore
+            .apply_device(&self.sim(i).device("node-a", wanted));
+    }
+
+    fn actual(&self, i: usize, twin: &str) -> Option<String> {
+        self.edgecore.actual(NS, &self.name(i), twin)
+    }
+
+    async fn wait_actual(&self, i: usize, twin: &str, value: &str) {
+        self.edgecore
+            .wait_actual(NS, &self.name(i), twin, value, WAIT)
+            .await;
+    }
+
+    /// Waits until edgecore stores all three twins of an installed `reference`.
+    async fn wait_installed(&self, i: usize, reference: &str, version: &str) {
+        self.wait_actual(i, "firmware-state", "installed").await;
+        self.wait_actual(i, "firmware", reference).await;
+        self.wait_actual(i, "firmware-version", version).await;
+    }
+
+    async fn push(&self, tag: &str, seed: u8, len: usize, version: &str) -> String {
+        push(
+            &self.registry,
+            self.dir.path(),
+            &format!("fw/blinky:{tag}"),
+            &image(seed, len),
+            version,
+            twinflash_testkit::CHIP,
+        )
+        .await
+    }
+}
+
+async fn until(what: &str, agent: &Agent, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}\nagent log:\n{}", agent.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_declared_only_by_its_device_object_installs_upgrades_and_is_removed() {
+    let s = Scene::start(1, |s| s).await;
+    let v1 = s.push("1.0.0", 1, 16 * 1024, "1.0.0").await;
+    let v2 = s.push("1.1.0", 2, 16 * 1024, "1.1.0").await;
+
+    s.want(0, &v1);
+    s.wait_installed(0, &v1, "1.0.0").await;
+    // observedDesired: edgecore holds the reference acted on as the twin's expected value.
+    assert_eq!(
+        s.edgecore.expected(NS, &s.name(0), "firmware").as_deref(),
+        Some(v1.as_str())
+    );
+    assert!(s.sim(0).holds(&image(1, 16 * 1024)));
+    // Reachability, where the backend knows it: a device that was flashed is online.
+    until(
+        "the device's state online in edgecore's store",
+        &s.agent,
+        || {
+            s.edgecore
+                .state(NS, &s.name(0))
+                .is_some_and(|r| r.state == "online" && r.last_online_time.is_some())
+        },
+    )
+    .await;
+    // GetDevice (edgecore 1.23 never calls it) answers with the Device as edgecore delivered it.
+    let mut mapper =
+        twinflash_dmi::pb::device_mapper_service_client::DeviceMapperServiceClient::with_origin(
+            twinflash_dmi::transport::UnixConnector::new(
+                s.agent.state_dir.join("dmi.sock"),
+                Duration::from_secs(5),
+            ),
+            twinflash_dmi::transport::origin(),
+        );
+    let got = mapper
+        .get_device(twinflash_dmi::pb::GetDeviceRequest {
+            device_name: s.name(0),
+            device_namespace: NS.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .device
+        .unwrap();
+    assert_eq!(got.name, s.name(0));
+    let unknown = mapper
+        .get_device(twinflash_dmi::pb::GetDeviceRequest {
+            device_name: "nobody".into(),
+            device_namespace: NS.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+    s.want(0, &v2);
+    s.wait_installed(0, &v2, "1.1.0").await;
+    assert_eq!(s.sim(0).completed(&v1), 1);
+    assert_eq!(s.sim(0).completed(&v2), 1);
+
+    // The same Device again (a cloudcore restart replays every Device): nothing is flashed again.
+    s.want(0, &v2);
+    s.edgecore.wait_idle().await;
+
+    s.edgecore.delete_device(NS, &s.name(0));
+    s.edgecore.wait_idle().await;
+    let removed = s.agent.state_dir.join("dmi/devices/default__sim-00.pb");
+    until("the agent to forget the removed Device", &s.agent, || {
+        !removed.exists() && s.agent.log().contains("device removed")
+    })
+    .await;
+    assert!(
+        s.edgecore
+            .logged(DmiLogKind::Call)
+            .iter()
+            .any(|l| l.starts_with("RemoveDevice")),
+        "{}",
+        s.edgecore.dump()
+    );
+    assert_eq!(s.sim(0).completed(&v2), 1, "flashed once");
+    let c = s.edgecore.counters();
+    assert_eq!((c.rate_limited, c.crashes), (0, 0), "{c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_during_a_download_resumes_from_its_journal_even_without_edgecore() {
+    // 256 KiB at 64 KiB/s: a download of about 4 s.
+    let mut s = Scene::start(1, |s| AgentSpec {
+        rate_limit: Some(64 * 1024),
+        ..s
+    })
+    .await;
+    let v1 = s.push("1.0.0", 3, 256 * 1024, "1.0.0").await;
+    s.want(0, &v1);
+    until(
+        "a download in progress in edgecore's store",
+        &s.agent,
+        || {
+            s.actual(0, "firmware-state")
+                .is_some_and(|v| v.starts_with("downloading:"))
+        },
+    )
+    .await;
+    s.agent.kill9();
+    // edgecore is down while the agent comes back: the Device and its intent come from the agent's own journal.
+    s.edgecore.stop();
+    s.agent.spawn();
+    let sim = s.sim(0).clone();
+    until("the flash to complete with edgecore down", &s.agent, || {
+        sim.completed(&v1) == 1
+    })
+    .await;
+    s.edgecore.start().await.unwrap();
+    s.wait_installed(0, &v1, "1.0.0").await;
+    assert_eq!(sim.started(&v1), 1, "flashed once");
+    assert!(sim.holds(&image(3, 256 * 1024)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edgecore_restarted_during_a_flash_holds_the_final_state_once_it_is_back() {
+    // 128 KiB at 32 KiB/s: a flash of about 4 s.
+    let s = Scene::start(1, |s| AgentSpec {
+        write_bytes_per_sec: Some(32 * 1024),
+        ..s
+    })
+    .await;
+    let v1 = s.push("1.0.0", 4, 128 * 1024, "1.0.0").await;
+    s.want(0, &v1);
+    until("a flash in progress in edgecore's store", &s.agent, || {
+        s.actual(0, "firmware-state")
+            .is_some_and(|v| v.starts_with("flashing:"))
+    })
+    .await;
+    s.edgecore.stop();
+    let sim = s.sim(0).clone();
+    until("the flash to complete", &s.agent, || {
+        sim.completed(&v1) == 1
+    })
+    .await;
+    assert!(
+        s.actual(0, "firmware-state")
+            .is_some_and(|v| v.starts_with("flashing:")),
+        "edgecore was down: its store still holds the flash in progress"
+    );
+    s.edgecore.start().await.unwrap();
+    s.wait_installed(0, &v1, "1.0.0").await;
+    assert!(
+        s.edgecore.counters().mapper_register >= 2,
+        "the agent registered again after edgecore came back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_with_bad_protocol_config_is_rejected_and_never_flashed_until_it_is_fixed() {
+    let s = Scene::start(1, |s| s).await;
+    let v1 = s.push("1.0.0", 5, 8 * 1024, "1.0.0").await;
+    let mut bad = s.sim(0).device("node-a", &v1);
+    // `verify` is not a key of the simulated backend (nor of probe-rs): refused as a [[devices]] entry would be.
+    bad["spec"]["protocol"]["configData"]["verify"] = Value::Bool(true);
+    s.edgecore.apply_device(&bad);
+    s.wait_actual(0, "firmware-state", "rejected:invalid-config")
+        .await;
+    // Nothing installed: reported empty, which edgecore stores as a twin without an actual value.
+    assert_eq!(
+        s.actual(0, "firmware").unwrap_or_default(),
+        "",
+        "{}",
+        s.edgecore.dump()
+    );
+    assert_eq!(s.sim(0).started(&v1), 0, "never flashed");
+    assert!(
+        s.agent.log().contains("unknown field `verify`"),
+        "the log names the key"
+    );
+
+    // Fixed: the Device changes, and the device installs.
+    s.want(0, &v1);
+    s.wait_installed(0, &v1, "1.0.0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_is_flashed_only_through_the_pin_twinflash_cloud_wrote() {
+    let s = Scene::start(1, |s| s).await;
+    let pinned = s.push("1.0.0", 6, 8 * 1024, "1.0.0").await;
+    let tag = pinned.split_once('@').unwrap().0.to_owned();
+    s.want(0, &tag);
+    s.wait_actual(0, "firmware-state", "rejected:invalid-reference")
+        .await;
+    assert_eq!(s.sim(0).started(&pinned), 0);
+
+    let mut dev = s.sim(0).device("node-a", &tag);
+    dev["spec"]["properties"][0]["desired"]["metadata"]["twinflash.io/pinned"] =
+        Value::String(pinned.clone());
+    s.edgecore.apply_device(&dev);
+    // The reported firmware is the pinned reference, never the tag.
+    s.wait_installed(0, &pinned, "1.0.0").await;
+    assert_eq!(
+        s.edgecore.expected(NS, &s.name(0), "firmware").as_deref(),
+        Some(pinned.as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nudge_or_the_report_cycle_repairs_what_the_cloud_lost() {
+    let s = Scene::start(1, |s| s).await;
+    let v1 = s.push("1.0.0", 7, 8 * 1024, "1.0.0").await;
+    // Reports made while edgecore's cloud link is down are dropped and never re-sent (golden p08).
+    s.edgecore.cut_cloud_link();
+    let mut dev = s.sim(0).device("node-a", &v1);
+    dev["spec"]["properties"][2]["reportCycle"] = Value::from(3_000);
+    s.edgecore.apply_device(&dev);
+    s.wait_installed(0, &v1, "1.0.0").await;
+    let synced_installed = |ec: &DmiEdgecore| {
+        ec.cloud_syncs().iter().any(|c| {
+            c.twins.get("firmware-state").is_some_and(|t| {
+                t.actual.as_ref().and_then(|a| a.value.as_deref()) == Some("installed")
+            })
+        })
+    };
+    assert!(!synced_installed(&s.edgecore));
+    s.edgecore.restore_cloud_link();
+    // Within one report cycle (3 s, stretched by nothing for one device) the agent reports again.
+    until(
+        "the periodic re-report to reach the cloud",
+        &s.agent,
+        || synced_installed(&s.edgecore),
+    )
+    .await;
+
+    // A nudge (twinflash-cloud bumps a metadata key; edgecore sees a spec change and calls UpdateDevice) makes the
+    // device report at once, without flashing again.
+    dev["spec"]["properties"][2]["reportCycle"] = Value::from(600_000);
+    s.edgecore.apply_device(&dev);
+    s.edgecore.wait_idle().await;
+    let before = s.edgecore.counters().report_status;
+    dev["spec"]["properties"][0]["desired"]["metadata"]["twinflash.io/nudge"] = Value::from("1");
+    s.edgecore.apply_device(&dev);
+    until("a report after the nudge", &s.agent, || {
+        s.edgecore.counters().report_status > before
+    })
+    .await;
+    assert_eq!(s.sim(0).started(&v1), 1, "flashed once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_devices_through_one_agent_within_edgecores_node_budget() {
+    const N: usize = 100;
+    let s = Scene::start(N, |s| s).await;
+    let v1 = s.push("1.0.0", 8, 4 * 1024, "1.0.0").await;
+    let started = Instant::now();
+    for i in 0..N {
+        s.want(i, &v1);
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done = (0..N)
+            .filter(|&i| {
+                s.actual(i, "firmware-state").as_deref() == Some("installed")
+                    && s.actual(i, "firmware").as_deref() == Some(v1.as_str())
+            })
+            .count();
+        if done == N {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done}/{N} installed in edgecore's store after 600 s\n{}",
+            s.agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let c = s.edgecore.counters();
+    println!(
+        "100 devices: all installed in edgecore's store after {:.1} s; {} ReportDeviceStatus, {} ReportDeviceStates, {} MapperRegister, {} refused by the rate limit",
+        started.elapsed().as_secs_f64(),
+        c.report_status,
+        c.report_states,
+        c.mapper_register,
+        c.rate_limited
+    );
+    assert_eq!(c.rate_limited, 0, "the agent kept within the node's budget");
+    assert_eq!(
+        c.crashes, 0,
+        "no message the agent sent could crash edgecore"
+    );
+    for i in 0..N {
+        assert_eq!(s.sim(i).completed(&v1), 1, "device {i} flashed once");
+    }
+}
