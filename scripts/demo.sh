@@ -9,12 +9,31 @@
 # docs/kubeedge.md section 9), waiting for its acknowledgement, and shows edgecore's view live; then upgrades all of them to
 # the second version; and ends with a table of every device's twin. Stops everything it started; exits non-zero if
 # a device did not converge.
+#
+# scripts/demo.sh --dmi runs the KubeEdge-native path instead: no broker, no `twinflash set`. twinflash-edge runs
+# as edgecore's DMI mapper against the test kit's `dmi_edgecore_standin` (a TEST STAND-IN for edgecore's DMI side,
+# see docs/kubeedge.md section 11), the devices are declared only by Device objects (YAML files the stand-in
+# watches, as cloudcore would deliver them), and an upgrade is a change of the Device's desired `firmware`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/deps.sh
 source scripts/lib/deps.sh
 # shellcheck source=scripts/lib/services.sh
 source scripts/lib/services.sh
+
+path=mqtt
+case "${1:-}" in
+--dmi) path=dmi ;;
+"") ;;
+-h | --help)
+    sed -n '2,17p' "$0"
+    exit 0
+    ;;
+*)
+    echo "usage: scripts/demo.sh [--dmi]" >&2
+    exit 2
+    ;;
+esac
 
 tf_need_rust
 tf_need_services
@@ -28,15 +47,23 @@ trap cleanup EXIT
 
 tf_log "building release binaries (the first build takes several minutes)"
 cargo build --release --locked -q -p twinflash-cli -p twinflash-edge -p twinflash-cloud
-cargo build --release --locked -q -p twinflash-testkit --example edgecore_standin
+cargo build --release --locked -q -p twinflash-testkit --example edgecore_standin --example dmi_edgecore_standin
 bin=$PWD/target/release
 start=$SECONDS
 
-tf_log "starting docker-registry and mosquitto on free loopback ports"
-tf_start_registry "$work/registry"
-tf_start_mosquitto "$work/mqtt"
-mqtt="mqtt://127.0.0.1:$TF_MQTT_PORT"
-echo "  registry $TF_REGISTRY, broker $mqtt" >&2
+if [ "$path" = dmi ]; then
+    tf_log "this demo runs the KubeEdge-native DMI path (scripts/demo.sh without --dmi runs the MQTT path)"
+    tf_log "starting docker-registry on a free loopback port (no broker: DMI needs none)"
+    tf_start_registry "$work/registry"
+    echo "  registry $TF_REGISTRY" >&2
+else
+    tf_log "this demo runs the MQTT twin path (scripts/demo.sh --dmi runs the KubeEdge-native DMI path)"
+    tf_log "starting docker-registry and mosquitto on free loopback ports"
+    tf_start_registry "$work/registry"
+    tf_start_mosquitto "$work/mqtt"
+    mqtt="mqtt://127.0.0.1:$TF_MQTT_PORT"
+    echo "  registry $TF_REGISTRY, broker $mqtt" >&2
+fi
 
 tf_log "making two firmware images for an STM32F411 (flash at 0x08000000)"
 python3 - "$work" <<'PY'
@@ -66,6 +93,107 @@ ref2=$("$bin/twinflash" push "$TF_REGISTRY/fw/blinky:1.1.0" "$work/blinky-1.1.0.
 echo "  1.0.0 -> $ref1" >&2
 echo "  1.1.0 -> $ref2" >&2
 "$bin/twinflash" inspect "$ref2" --plain-http >&2
+
+if [ "$path" = dmi ]; then
+    # The Devices as cloudcore delivers them: protocol twinflash, flat config data (the origin, above 2^24, as a
+    # string: KubeEdge passes numbers through float32), the wanted firmware as the desired value of `firmware`.
+    cluster() { # reference
+        cat >"$work/cluster/00-model.yaml" <<YAML
+apiVersion: devices.kubeedge.io/v1beta1
+kind: DeviceModel
+metadata: {name: blinky-model, namespace: default}
+spec:
+  protocol: twinflash
+  properties:
+  - {name: firmware, type: STRING, accessMode: ReadWrite}
+  - {name: firmware-version, type: STRING, accessMode: ReadOnly}
+  - {name: firmware-state, type: STRING, accessMode: ReadOnly}
+YAML
+        for i in 1 2 3; do
+            ab=false
+            [ "$i" = 3 ] && ab=true
+            cat >"$work/cluster/blinky-0$i.yaml.tmp" <<YAML
+apiVersion: devices.kubeedge.io/v1beta1
+kind: Device
+metadata: {name: blinky-0$i, namespace: default}
+spec:
+  deviceModelRef: {name: blinky-model}
+  nodeName: demo-node
+  protocol:
+    protocolName: twinflash
+    configData: {flasher: simulated, chip: STM32F411RETx, dir: "$work/devices/blinky-0$i", size: 262144,
+                 origin: "0x08000000", ab: $ab, write_bytes_per_sec: 65536}
+  properties:
+  - {name: firmware, desired: {value: "$1", metadata: {type: string}}, visitors: {}}
+  - {name: firmware-version, desired: {value: ""}, visitors: {}}
+  - {name: firmware-state, desired: {value: ""}, reportCycle: 60000, visitors: {}}
+YAML
+            mv "$work/cluster/blinky-0$i.yaml.tmp" "$work/cluster/blinky-0$i.yaml"
+        done
+    }
+    wait_installed() { # reference
+        local deadline=$((SECONDS + 120)) i line ok
+        while :; do
+            ok=0
+            for i in 1 2 3; do
+                line=$(grep "^twins default/blinky-0$i " "$work/edgecore.out" | tail -n 1 || true)
+                case "$line" in
+                *"firmware=$1 "*"firmware-state=installed "*) ok=$((ok + 1)) ;;
+                esac
+            done
+            [ "$ok" = 3 ] && return 0
+            if [ $SECONDS -gt $deadline ]; then
+                echo "demo: not every device converged to $1; edgecore's view:" >&2
+                tail -n 20 "$work/edgecore.out" >&2
+                return 1
+            fi
+            sleep 0.5
+        done
+    }
+    mkdir -p "$work/cluster" "$work/edgecore"
+    cat >"$work/edge.toml" <<TOML
+node = "demo-node"
+state_dir = "$work/edge"
+[kubeedge]
+mode = "dmi"
+dmi_socket = "$work/edgecore/dmi.sock"
+[registry]
+plain_http = ["$TF_REGISTRY"]
+[log]
+level = "warn"
+TOML
+    tf_log "twinflash-edge in DMI mode: no [mqtt], no [[devices]]; devices come from their Device objects"
+    "$bin/twinflash-edge" --config "$work/edge.toml" --check-config >&2
+    tf_log "starting the DMI edgecore stand-in (a TEST STAND-IN for edgecore's DMI side; KubeEdge cannot be installed here)"
+    "$bin/examples/dmi_edgecore_standin" --dir "$work/edgecore" --watch "$work/cluster" \
+        >"$work/edgecore.out" 2>"$work/edgecore.log" &
+    TF_PIDS+=($!)
+    "$bin/twinflash-edge" --config "$work/edge.toml" 2>"$work/edge.log" &
+    TF_PIDS+=($!)
+    for step in "1.0.0 $ref1" "1.1.0 $ref2"; do
+        set -- $step
+        tf_log "the cloud sets every Device's desired firmware to fw/blinky:$1 (digest-pinned: no twinflash-cloud runs here to pin tags)"
+        cluster "$2"
+        tf_log "edgecore's stored twins, as the agent's ReportDeviceStatus calls change them"
+        wait_installed "$2"
+        grep '^twins ' "$work/edgecore.out" | tail -n 6 | sed 's/^/  /' >&2
+    done
+    tf_log "every device's twin in edgecore's store"
+    for i in 1 2 3; do
+        grep "^twins default/blinky-0$i " "$work/edgecore.out" | tail -n 1
+    done
+    python3 - "$work" <<'PY' >&2
+import sys
+w = sys.argv[1]
+want = open(f"{w}/blinky-1.1.0.bin", "rb").read()
+for i in (1, 2):
+    flash = open(f"{w}/devices/blinky-0{i}/flash.bin", "rb").read()
+    assert flash[:len(want)] == want, f"blinky-0{i}: flash.bin does not hold 1.1.0"
+print("  flash.bin of the single-bank devices holds exactly the 1.1.0 image")
+PY
+    echo "demo (DMI path) converged in $((SECONDS - start)) s after the build" >&2
+    exit 0
+fi
 
 tf_log "starting twinflash-edge with three simulated devices (blinky-03 in A/B mode)"
 devices=(default/blinky-01 default/blinky-02 default/blinky-03)
@@ -132,4 +260,4 @@ for i in (1, 2):
     assert flash[:len(want)] == want, f"blinky-0{i}: flash.bin does not hold 1.1.0"
 print("  flash.bin of the single-bank devices holds exactly the 1.1.0 image")
 PY
-echo "demo converged in $((SECONDS - start)) s after the build" >&2
+echo "demo (MQTT path) converged in $((SECONDS - start)) s after the build" >&2

@@ -392,3 +392,76 @@ async fn a_hundred_devices_through_one_agent_within_edgecores_node_budget() {
         assert_eq!(s.sim(i).completed(&v1), 1, "device {i} flashed once");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_says_which_devices_came_from_where() {
+    let mut s = Scene::start(2, |s| s).await;
+    let v1 = s.push("1.0.0", 9, 4 * 1024, "1.0.0").await;
+    s.want(0, &v1);
+    let mut bad = s.sim(1).device("node-a", &v1);
+    bad["spec"]["protocol"]["configData"]["chip"] = Value::from("");
+    s.edgecore.apply_device(&bad);
+    s.wait_installed(0, &v1, "1.0.0").await;
+    s.wait_actual(1, "firmware-state", "rejected:invalid-config")
+        .await;
+    s.agent.terminate();
+
+    let check = |config: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_twinflash-edge"))
+            .arg("--config")
+            .arg(config)
+            .arg("--check-config")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = check(&s.agent.config);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("DMI mapper of protocol \"twinflash\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("default/sim-00: Device delivered by edgecore (journaled) (simulated)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("default/sim-01: Device delivered by edgecore (journaled); refused, reported rejected:invalid-config: config data key `chip`: must not be empty"),
+        "{out}"
+    );
+
+    // A [[devices]] entry wins over the Device of the same name.
+    let toml = std::fs::read_to_string(&s.agent.config).unwrap();
+    let with_entry = format!(
+        "{toml}[[devices]]\nid = \"default/sim-01\"\nchip = \"{}\"\n[devices.flasher]\nkind = \"simulated\"\ndir = \"{}\"\nsize = 262144\n",
+        twinflash_testkit::CHIP,
+        s.sim(1).dir.display()
+    );
+    let file = s.dir.path().join("with-entry.toml");
+    std::fs::write(&file, with_entry).unwrap();
+    let (code, out) = check(&file);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(
+            "default/sim-01: [[devices]] entry (simulated); wins over a Device of the same name"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "default/sim-01: Device delivered by edgecore (journaled); its settings are overridden"
+        ),
+        "{out}"
+    );
+
+    // The MQTT mode still needs its [mqtt] section.
+    let file = s.dir.path().join("mqtt-without-broker.toml");
+    std::fs::write(&file, toml.replace("mode = \"dmi\"", "mode = \"mqtt\"")).unwrap();
+    let (code, out) = check(&file);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("mqtt.url"), "{out}");
+}
