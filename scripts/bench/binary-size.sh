@@ -24,8 +24,8 @@ cargo build --release --locked -p twinflash-edge --no-default-features >&2
 without=$(size_of)
 
 echo "| $(date -u +%Y-%m-%d) | $(git rev-parse --short HEAD 2>/dev/null || echo unknown) | $(mib "$with") | $(mib "$without") |"
-limit=$((12 * 1024 * 1024))
+limit=$((13 * 1024 * 1024))
 if [ "$with" -gt "$limit" ]; then
-  echo "twinflash-edge with probe-rs is over the 12 MiB goal" >&2
+  echo "twinflash-edge with probe-rs (and DMI) is over the 13 MiB goal of issue 14" >&2
   exit 1
 fi
