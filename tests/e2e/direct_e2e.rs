@@ -57,7 +57,7 @@ async fn direct_mode_converges_with_a_real_agent_and_survives_an_outage() {
     let cancel = CancellationToken::new();
     let cfg = config(proxy.port());
     let (sink, task) = MqttSink::start(
-        &cfg.mqtt,
+        cfg.mqtt.as_ref().expect("direct mode has [mqtt]"),
         Mode::Direct,
         std::time::Duration::from_secs(3600),
         Some(Arc::new(status.clone())),

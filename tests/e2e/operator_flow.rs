@@ -146,7 +146,7 @@ fn push_set_status_and_upgrade_across_the_binaries() {
     let cfg = Config::load_with_env(None, Some(env.into_iter().collect())).unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
     let (relay, _relay_task) = MqttSink::start(
-        &cfg.mqtt,
+        cfg.mqtt.as_ref().expect("direct mode has [mqtt]"),
         Mode::Direct,
         Duration::from_secs(3600),
         None,
