@@ -56,6 +56,8 @@ NOTES=scripts/bench/notes/agent-memory.md run "Edge agent: memory (issue 5)" age
 run "Edge agent: 100 devices on one agent (issue 5)" agent_table target/release/examples/bench_agent fleet 100 1024
 run "Fleet: 1,000 devices across 10 agents on one broker (issue 8)" agent_table target/release/examples/bench_agent fleet-multi 10 100 64
 run "Twin: messages per install, edgecore-acknowledged latency, anti-entropy cost (issue 13; against the edgecore stand-in)" agent_table target/release/examples/bench_agent twin "$installs" 100 10
+run "DMI mode: 100 new Devices through one agent (issue 14; against the DMI stand-in)" agent_table target/release/examples/bench_dmi fleet 100
+run "DMI mode: anti-entropy cost of converged devices (issue 14; against the DMI stand-in)" agent_table target/release/examples/bench_dmi cost
 NOTES=scripts/bench/notes/fetch.md run "Fetcher: B1, B2, peak RSS (issue 3)" bash scripts/bench/fetch.sh "$fetch_mib"
 run "Rollout planner over 10,000 Devices in 4 waves (issue 7)" target/release/examples/bench_rollout
 run "Rollout through the API server: twinflash-cloud, FakeApi, registry, mosquitto, simulated fleet (issue 7, full path)" target/release/examples/bench_rollout_api "$api_devices"

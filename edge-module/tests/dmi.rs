@@ -465,3 +465,118 @@ async fn check_config_says_which_devices_came_from_where() {
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("mqtt.url"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_dmi_calls_are_refused_and_lose_nothing_else() {
+    use twinflash_dmi::pb;
+    let s = Scene::start(1, |s| s).await;
+    let v1 = s.push("1.0.0", 10, 4 * 1024, "1.0.0").await;
+    s.want(0, &v1);
+    s.wait_installed(0, &v1, "1.0.0").await;
+    let socket = s.agent.state_dir.join("dmi.sock");
+    let mut mapper = pb::device_mapper_service_client::DeviceMapperServiceClient::with_origin(
+        twinflash_dmi::transport::UnixConnector::new(socket.clone(), Duration::from_secs(5)),
+        twinflash_dmi::transport::origin(),
+    );
+    let device = |namespace: &str, name: &str, protocol: &str| pb::Device {
+        name: name.into(),
+        namespace: namespace.into(),
+        spec: Some(pb::DeviceSpec {
+            protocol: Some(pb::ProtocolConfig {
+                protocol_name: protocol.into(),
+                config_data: None,
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    // A name that would leave the state directory, another protocol's Device, no device at all.
+    for (dev, code) in [
+        (
+            Some(device("default", "../../etc", "twinflash")),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            Some(device("..", "x", "twinflash")),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            Some(device("default", "modbus-1", "modbus")),
+            tonic::Code::InvalidArgument,
+        ),
+        (None, tonic::Code::InvalidArgument),
+    ] {
+        let e = mapper
+            .register_device(pb::RegisterDeviceRequest { device: dev })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), code, "{e:?}");
+    }
+    let e = mapper
+        .remove_device(pb::RemoveDeviceRequest {
+            device_name: "../x".into(),
+            device_namespace: NS.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    // Bytes that are not protobuf, and a message over limits.max_message_bytes, as raw gRPC frames.
+    for body in [vec![0xff; 64], vec![0x0a; 2 * 1024 * 1024]] {
+        let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+        frame.extend_from_slice(&body);
+        let req =
+            http::Request::post("http://localhost/v1beta1.DeviceMapperService/RegisterDevice")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(http_body_util::Full::new(bytes::Bytes::from(frame)))
+                .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let status = resp
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map(|b| {
+                b.trailers()
+                    .and_then(|t| t.get("grpc-status"))
+                    .map(|v| v.to_str().unwrap().to_owned())
+            })
+            .ok()
+            .flatten();
+        let code = status.or(body).expect("a grpc-status");
+        assert_ne!(code, "0", "refused");
+    }
+    assert!(
+        !s.agent.state_dir.join("etc").exists()
+            && !s
+                .agent
+                .state_dir
+                .join("dmi/devices/default__..__..__etc.pb")
+                .exists(),
+        "nothing written outside the journal"
+    );
+    // The agent still serves, and the managed device is untouched.
+    let got = mapper
+        .get_device(pb::GetDeviceRequest {
+            device_name: s.name(0),
+            device_namespace: NS.into(),
+        })
+        .await
+        .unwrap();
+    assert!(got.into_inner().device.is_some());
+    let pid = s.agent.pid().unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    assert!(!stat.contains(") Z "), "the agent process is alive: {stat}");
+    assert_eq!(s.actual(0, "firmware-state").as_deref(), Some("installed"));
+    assert_eq!(s.sim(0).completed(&v1), 1);
+}
