@@ -94,6 +94,19 @@ echo "  1.0.0 -> $ref1" >&2
 echo "  1.1.0 -> $ref2" >&2
 "$bin/twinflash" inspect "$ref2" --plain-http >&2
 
+# The single-bank devices' flash holds exactly the last image.
+check_flash() {
+    python3 - "$work" <<'PY' >&2
+import sys
+w = sys.argv[1]
+want = open(f"{w}/blinky-1.1.0.bin", "rb").read()
+for i in (1, 2):
+    flash = open(f"{w}/devices/blinky-0{i}/flash.bin", "rb").read()
+    assert flash[:len(want)] == want, f"blinky-0{i}: flash.bin does not hold 1.1.0"
+print("  flash.bin of the single-bank devices holds exactly the 1.1.0 image")
+PY
+}
+
 if [ "$path" = dmi ]; then
     # The Devices as cloudcore delivers them: protocol twinflash, flat config data (the origin, above 2^24, as a
     # string: KubeEdge passes numbers through float32), the wanted firmware as the desired value of `firmware`.
@@ -182,15 +195,7 @@ TOML
     for i in 1 2 3; do
         grep "^twins default/blinky-0$i " "$work/edgecore.out" | tail -n 1
     done
-    python3 - "$work" <<'PY' >&2
-import sys
-w = sys.argv[1]
-want = open(f"{w}/blinky-1.1.0.bin", "rb").read()
-for i in (1, 2):
-    flash = open(f"{w}/devices/blinky-0{i}/flash.bin", "rb").read()
-    assert flash[:len(want)] == want, f"blinky-0{i}: flash.bin does not hold 1.1.0"
-print("  flash.bin of the single-bank devices holds exactly the 1.1.0 image")
-PY
+    check_flash
     echo "demo (DMI path) converged in $((SECONDS - start)) s after the build" >&2
     exit 0
 fi
@@ -251,13 +256,5 @@ echo
 for i in 1 2 3; do
     echo "  blinky-0$i: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d)' "$work/devices/blinky-0$i/installed.json" 2>/dev/null | head -c 160)" >&2
 done
-python3 - "$work" <<'PY' >&2
-import sys
-w = sys.argv[1]
-want = open(f"{w}/blinky-1.1.0.bin", "rb").read()
-for i in (1, 2):
-    flash = open(f"{w}/devices/blinky-0{i}/flash.bin", "rb").read()
-    assert flash[:len(want)] == want, f"blinky-0{i}: flash.bin does not hold 1.1.0"
-print("  flash.bin of the single-bank devices holds exactly the 1.1.0 image")
-PY
+check_flash
 echo "demo (MQTT path) converged in $((SECONDS - start)) s after the build" >&2

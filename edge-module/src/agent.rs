@@ -210,14 +210,7 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
         link.clone()
             .run_publisher(pub_client, pub_events, link_stop.clone()),
     );
-    if let Some(listen) = cfg.metrics.listen.clone() {
-        let (m, stop) = (metrics.clone(), link_stop.clone());
-        tasks.spawn(async move {
-            if let Err(e) = metrics::serve(&listen, m, stop).await {
-                tracing::error!(listen = %listen, error = %e, "metrics listener failed");
-            }
-        });
-    }
+    serve_metrics(&cfg, &metrics, &mut tasks, &link_stop);
     metrics.set_ready();
     tracing::info!(node = %cfg.node, devices = cfg.devices.len(), "twinflash-edge running");
 
@@ -229,6 +222,23 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
     while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The `/metrics`, `/healthz` and `/readyz` listener, when `metrics.listen` is set.
+fn serve_metrics(
+    cfg: &EdgeConfig,
+    metrics: &Arc<Metrics>,
+    tasks: &mut JoinSet<()>,
+    stop: &CancellationToken,
+) {
+    if let Some(listen) = cfg.metrics.listen.clone() {
+        let (m, stop) = (metrics.clone(), stop.clone());
+        tasks.spawn(async move {
+            if let Err(e) = metrics::serve(&listen, m, stop).await {
+                tracing::error!(listen = %listen, error = %e, "metrics listener failed");
+            }
+        });
+    }
 }
 
 /// DMI mode: the devices come from edgecore (and `[[devices]]`), the intents with them; reports go back through
@@ -256,14 +266,7 @@ async fn run_dmi(
         link_stop.clone(),
     )?;
     let manager = tokio::spawn(fleet.clone().run(shutdown.clone()));
-    if let Some(listen) = cfg.metrics.listen.clone() {
-        let (m, stop) = (metrics.clone(), link_stop.clone());
-        tasks.spawn(async move {
-            if let Err(e) = metrics::serve(&listen, m, stop).await {
-                tracing::error!(listen = %listen, error = %e, "metrics listener failed");
-            }
-        });
-    }
+    serve_metrics(&cfg, &metrics, &mut tasks, &link_stop);
     metrics.set_ready();
     tracing::info!(node = %cfg.node, configured_devices = cfg.devices.len(), "twinflash-edge running in DMI mode");
     shutdown.cancelled().await;

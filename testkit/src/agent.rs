@@ -221,14 +221,15 @@ impl Agent {
                 format!("{}/sim-{i:02}", spec.namespace)
             };
             let dir = spec.dir.join(format!("sim-{i:02}"));
+            devices.push(SimDevice {
+                id: id.clone(),
+                dir: dir.clone(),
+                ab: false,
+                size: spec.flash_size,
+                write_bytes_per_sec: spec.write_bytes_per_sec,
+            });
+            // In DMI mode the device is declared by its Device object (SimDevice::device).
             if spec.dmi.is_some() {
-                devices.push(SimDevice {
-                    id,
-                    dir,
-                    ab: false,
-                    size: spec.flash_size,
-                    write_bytes_per_sec: spec.write_bytes_per_sec,
-                });
                 continue;
             }
             toml.push_str(&format!(
@@ -238,13 +239,6 @@ impl Agent {
                 spec.flash_size,
                 spec.write_bytes_per_sec.map(|w| format!("write_bytes_per_sec = {w}\n")).unwrap_or_default(),
             ));
-            devices.push(SimDevice {
-                id,
-                dir,
-                ab: false,
-                size: spec.flash_size,
-                write_bytes_per_sec: spec.write_bytes_per_sec,
-            });
         }
         let config = spec.dir.join("edge.toml");
         std::fs::write(&config, toml).unwrap();

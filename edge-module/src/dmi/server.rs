@@ -32,11 +32,18 @@ fn refused(e: &DeliverError) -> Status {
     }
 }
 
-fn model_ids(model: Option<&pb::DeviceModel>) -> Result<(&pb::DeviceModel, String), Status> {
+/// CreateDeviceModel and UpdateDeviceModel: the model is journaled (edgecore already merged its defaults into
+/// every Device it sends, so the agent reads nothing else from it).
+fn store_model(fleet: &Fleet, model: Option<&pb::DeviceModel>, call: &str) -> Result<(), Status> {
     let model = model.ok_or_else(|| Status::invalid_argument("the request carries no model"))?;
     let id = spec::device_id(&model.namespace, &model.name)
         .ok_or_else(|| Status::invalid_argument("the DeviceModel has no valid Kubernetes name"))?;
-    Ok((model, id))
+    fleet
+        .store()
+        .put(Kind::Model, &model.namespace, &model.name, model)
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    tracing::debug!(model = %id, "{call}");
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -87,16 +94,12 @@ impl DeviceMapperService for MapperService {
         &self,
         request: Request<pb::CreateDeviceModelRequest>,
     ) -> Result<Response<pb::CreateDeviceModelResponse>, Status> {
-        let r = request.into_inner();
-        let (model, id) = model_ids(r.model.as_ref())?;
-        self.fleet
-            .store()
-            .put(Kind::Model, &model.namespace, &model.name, model)
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        tracing::debug!(model = %id, "CreateDeviceModel");
+        let model = request.into_inner().model;
+        store_model(&self.fleet, model.as_ref(), "CreateDeviceModel")?;
+        let model = model.unwrap_or_default();
         Ok(Response::new(pb::CreateDeviceModelResponse {
-            device_model_name: model.name.clone(),
-            device_model_namespace: model.namespace.clone(),
+            device_model_name: model.name,
+            device_model_namespace: model.namespace,
         }))
     }
 
@@ -104,13 +107,11 @@ impl DeviceMapperService for MapperService {
         &self,
         request: Request<pb::UpdateDeviceModelRequest>,
     ) -> Result<Response<pb::UpdateDeviceModelResponse>, Status> {
-        let r = request.into_inner();
-        let (model, id) = model_ids(r.model.as_ref())?;
-        self.fleet
-            .store()
-            .put(Kind::Model, &model.namespace, &model.name, model)
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        tracing::debug!(model = %id, "UpdateDeviceModel");
+        store_model(
+            &self.fleet,
+            request.into_inner().model.as_ref(),
+            "UpdateDeviceModel",
+        )?;
         Ok(Response::new(pb::UpdateDeviceModelResponse {}))
     }
 
