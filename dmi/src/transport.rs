@@ -26,8 +26,10 @@ use tonic::Status;
 type StdError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Binds a unix socket at `path`: the parent directory is created, a stale socket file left by an earlier run is
-/// removed first (as edgecore does with its own dmi.sock).
+/// removed first (as edgecore does with its own dmi.sock). DMI has no authentication, so the socket is made `0600`:
+/// only its owner (and root, as edgecore runs) can connect.
 pub fn bind(path: &Path) -> io::Result<UnixListenerStream> {
+    use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -36,7 +38,9 @@ pub fn bind(path: &Path) -> io::Result<UnixListenerStream> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    Ok(UnixListenerStream::new(UnixListener::bind(path)?))
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(UnixListenerStream::new(listener))
 }
 
 /// Serves `service` (a generated `...Server`) on every connection of `incoming` until `shutdown`. Connections

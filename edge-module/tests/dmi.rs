@@ -474,6 +474,12 @@ async fn hostile_dmi_calls_are_refused_and_lose_nothing_else() {
     s.want(0, &v1);
     s.wait_installed(0, &v1, "1.0.0").await;
     let socket = s.agent.state_dir.join("dmi.sock");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "DMI has no authentication: only the agent's user (and root) may connect"
+    );
     let mut mapper = pb::device_mapper_service_client::DeviceMapperServiceClient::with_origin(
         twinflash_dmi::transport::UnixConnector::new(socket.clone(), Duration::from_secs(5)),
         twinflash_dmi::transport::origin(),
