@@ -1,7 +1,7 @@
 //! [`DmiEdgecore`]: an in-process stand-in for edgecore v1.23.1's side of KubeEdge DMI (v1beta1), the gRPC interface
 //! between edgecore and a device mapper on unix sockets. The end-to-end tests run the real `twinflash-edge` in DMI
 //! mode against it, so it is no kinder than edgecore: every rule below is traced, in the comment where it is
-//! implemented, to /work/shared/spec/kubeedge-dmi.md (`spec §N`) or to a golden vector of dmi/tests/data/ (named
+//! implemented, to docs/kubeedge-dmi.md (`spec §N`) or to a golden vector of dmi/tests/data/ (named
 //! by its prefix, e.g. `c05`).
 //!
 //! - **Cloud objects in, DMI calls out.** A test hands it Devices and DeviceModels as cloudcore sends them
