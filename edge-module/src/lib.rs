@@ -8,6 +8,9 @@
 //! - `journal`: the durable per-device state, written before an intent is acknowledged;
 //! - `report`: what goes back through the twin (`report::outbox`, durable; `report::progress`, throttling).
 //!
+//! - `dmi`: the other delivery path, as KubeEdge's DMI device mapper (devices and intents from edgecore over gRPC,
+//!   reports through its DMI server), on the same jobs, journals and outbox.
+//!
 //! Around them: `device` (what link and job share about one device), `config`, `metrics`, `quiet` (rate-limited
 //! warnings), `state_dir` (one agent per directory); `agent` wires them together. The design is recorded in
 //! docs/decisions/0002-edge-agent-design.md.
