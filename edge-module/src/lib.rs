@@ -6,8 +6,7 @@
 //! - `plan`: every decision of a device's job, pure and table-tested;
 //! - `job`: the driver over those decisions, with its two I/O steps `job::fetch` and `job::flash`;
 //! - `journal`: the durable per-device state, written before an intent is acknowledged;
-//! - `report`: what goes back through the twin (`report::outbox`, durable; `report::progress`, throttling).
-//!
+//! - `report`: what goes back through the twin (`report::outbox`, durable; `report::progress`, throttling);
 //! - `dmi`: the other delivery path, as KubeEdge's DMI device mapper (devices and intents from edgecore over gRPC,
 //!   reports through its DMI server), on the same jobs, journals and outbox.
 //!
