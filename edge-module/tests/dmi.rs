@@ -586,3 +586,26 @@ async fn hostile_dmi_calls_are_refused_and_lose_nothing_else() {
     assert_eq!(s.actual(0, "firmware-state").as_deref(), Some("installed"));
     assert_eq!(s.sim(0).completed(&v1), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_models_defaults_fill_what_the_device_leaves_out() {
+    let s = Scene::start(1, |s| s).await;
+    let v1 = s.push("1.0.0", 11, 8 * 1024, "1.0.0").await;
+    // The model carries the backend, the chip and the geometry; the Device only its own directory. edgecore merges
+    // them, the Device's keys winning (golden c05).
+    let mut model = device_model(NS);
+    model["spec"]["protocolConfigData"] = serde_json::json!({
+        "flasher": "simulated",
+        "chip": twinflash_testkit::CHIP,
+        "size": 262_144,
+        "origin": "0x08000000",
+        "dir": "/nonexistent/overridden-by-the-device",
+    });
+    s.edgecore.apply_model(&model);
+    let mut dev = s.sim(0).device("node-a", &v1);
+    dev["spec"]["protocol"]["configData"] =
+        serde_json::json!({"dir": s.sim(0).dir.display().to_string()});
+    s.edgecore.apply_device(&dev);
+    s.wait_installed(0, &v1, "1.0.0").await;
+    assert!(s.sim(0).holds(&image(11, 8 * 1024)));
+}
