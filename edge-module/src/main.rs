@@ -100,7 +100,7 @@ fn check_config(cfg: &EdgeConfig) -> ExitCode {
         } else {
             ""
         };
-        println!("  {}: [[devices]] entry ({}){wins}", d.id, kind(&d.flasher));
+        println!("  {}: [[devices]] entry ({}){wins}", d.id, d.flasher.kind());
     }
     if cfg.kubeedge.mode == DeliveryMode::Dmi {
         let journaled = twinflash_edge::dmi::store::Store::read_only(&cfg.state_dir).devices();
@@ -116,7 +116,7 @@ fn check_config(cfg: &EdgeConfig) -> ExitCode {
                         read.id
                     )
                 }
-                Ok(s) => println!("  {}: {from} ({})", read.id, kind(&s.flasher)),
+                Ok(s) => println!("  {}: {from} ({})", read.id, s.flasher.kind()),
                 Err(e) => println!(
                     "  {}: {from}; refused, reported rejected:invalid-config: {e}",
                     read.id
@@ -129,14 +129,6 @@ fn check_config(cfg: &EdgeConfig) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
-}
-
-fn kind(f: &twinflash_flasher::FlasherConfig) -> &'static str {
-    match f {
-        twinflash_flasher::FlasherConfig::ProbeRs(_) => "probe-rs",
-        twinflash_flasher::FlasherConfig::Command(_) => "command",
-        twinflash_flasher::FlasherConfig::Simulated(_) => "simulated",
-    }
 }
 
 fn init_logs(cfg: &EdgeConfig) {

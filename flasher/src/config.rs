@@ -19,6 +19,17 @@ pub enum FlasherConfig {
     Simulated(SimulatedConfig),
 }
 
+impl FlasherConfig {
+    /// The backend's `kind`, as the configuration names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FlasherConfig::ProbeRs(_) => "probe-rs",
+            FlasherConfig::Command(_) => "command",
+            FlasherConfig::Simulated(_) => "simulated",
+        }
+    }
+}
+
 /// `kind = "probe-rs"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

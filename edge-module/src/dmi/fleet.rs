@@ -89,7 +89,7 @@ impl std::fmt::Debug for Fleet {
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
     /// The Device has no usable namespace/name.
-    #[error("Device {namespace:?}/{name:?} has no valid Kubernetes name")]
+    #[error("{namespace:?}/{name:?} is not a valid Kubernetes namespace and name")]
     Name { namespace: String, name: String },
     /// It is not a Device of this mapper's protocol.
     #[error("Device {id} uses protocol {protocol:?}, not {ours:?}")]
@@ -102,6 +102,14 @@ pub enum DeliverError {
     /// over again after the agent restarts).
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The id of `namespace/name`, or the error naming both (clipped: they come from outside).
+pub fn checked_id(namespace: &str, name: &str) -> Result<String, DeliverError> {
+    spec::device_id(namespace, name).ok_or_else(|| DeliverError::Name {
+        namespace: mqtt_schema::clip::clip(namespace).to_string(),
+        name: mqtt_schema::clip::clip(name).to_string(),
+    })
 }
 
 impl Fleet {
@@ -161,12 +169,7 @@ impl Fleet {
 
     /// RegisterDevice / UpdateDevice: journals the Device, then queues it for the manager. Returns at once.
     pub fn deliver(&self, dev: pb::Device) -> Result<String, DeliverError> {
-        let Some(id) = spec::device_id(&dev.namespace, &dev.name) else {
-            return Err(DeliverError::Name {
-                namespace: mqtt_schema::clip::clip(&dev.namespace).to_string(),
-                name: mqtt_schema::clip::clip(&dev.name).to_string(),
-            });
-        };
+        let id = checked_id(&dev.namespace, &dev.name)?;
         let protocol = dev
             .spec
             .as_ref()
@@ -188,12 +191,7 @@ impl Fleet {
 
     /// RemoveDevice: journals the removal, then queues it.
     pub fn remove(&self, namespace: &str, name: &str) -> Result<(), DeliverError> {
-        if spec::device_id(namespace, name).is_none() {
-            return Err(DeliverError::Name {
-                namespace: mqtt_schema::clip::clip(namespace).to_string(),
-                name: mqtt_schema::clip::clip(name).to_string(),
-            });
-        }
+        checked_id(namespace, name)?;
         self.store.remove(Kind::Device, namespace, name)?;
         let _ = self.commands.send(Command::Remove {
             namespace: namespace.to_owned(),

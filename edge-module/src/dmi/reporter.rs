@@ -369,15 +369,10 @@ impl Reporter {
 
     fn after_report(&self, st: &mut State, dev: &str, twins: &TwinValues, now: Instant) {
         st.last_sent.insert(dev.to_owned(), now);
-        let count = self.fleet.ids().len();
-        let cycle = self
-            .fleet
-            .ids()
-            .into_iter()
-            .find(|(d, _)| d == dev)
-            .and_then(|(_, c)| c);
+        let ids = self.fleet.ids();
+        let cycle = ids.iter().find(|(d, _)| d == dev).and_then(|(_, c)| *c);
         st.periodic
-            .insert(dev.to_owned(), now + self.period(cycle, count));
+            .insert(dev.to_owned(), now + self.period(cycle, ids.len()));
         if let Some(names) = self.fleet.names(dev)
             && let Some(state) = twins.get(&names.state)
             && let Some(r) = reachability(state)
@@ -404,12 +399,10 @@ impl Reporter {
                 tracing::warn!(device = dev, error = %e, "edgecore's node-wide DMI rate limit refused a report (other mappers share it); slowing down");
             });
         } else {
-            let (at, wait) = st
+            let wait = st
                 .retry
                 .get(dev)
-                .copied()
-                .unwrap_or((Instant::now(), Duration::from_secs(1)));
-            let _ = at;
+                .map_or(Duration::from_secs(1), |(_, next)| *next);
             let next = (wait * 2).min(Duration::from_secs(30));
             st.retry
                 .insert(dev.to_owned(), (Instant::now() + wait, next));

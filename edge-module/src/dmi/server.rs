@@ -7,8 +7,7 @@ use tonic::{Request, Response, Status};
 use twinflash_dmi::pb;
 use twinflash_dmi::pb::device_mapper_service_server::DeviceMapperService;
 
-use super::fleet::{DeliverError, Fleet};
-use super::spec;
+use super::fleet::{self, DeliverError, Fleet};
 use super::store::Kind;
 
 /// See the module doc.
@@ -32,12 +31,16 @@ fn refused(e: &DeliverError) -> Status {
     }
 }
 
+/// `namespace/name` when both are valid Kubernetes names (they name files), else InvalidArgument.
+fn checked(namespace: &str, name: &str) -> Result<String, Status> {
+    fleet::checked_id(namespace, name).map_err(|e| refused(&e))
+}
+
 /// CreateDeviceModel and UpdateDeviceModel: the model is journaled (edgecore already merged its defaults into
 /// every Device it sends, so the agent reads nothing else from it).
 fn store_model(fleet: &Fleet, model: Option<&pb::DeviceModel>, call: &str) -> Result<(), Status> {
     let model = model.ok_or_else(|| Status::invalid_argument("the request carries no model"))?;
-    let id = spec::device_id(&model.namespace, &model.name)
-        .ok_or_else(|| Status::invalid_argument("the DeviceModel has no valid Kubernetes name"))?;
+    let id = checked(&model.namespace, &model.name)?;
     fleet
         .store()
         .put(Kind::Model, &model.namespace, &model.name, model)
@@ -120,11 +123,7 @@ impl DeviceMapperService for MapperService {
         request: Request<pb::RemoveDeviceModelRequest>,
     ) -> Result<Response<pb::RemoveDeviceModelResponse>, Status> {
         let r = request.into_inner();
-        if spec::device_id(&r.model_namespace, &r.model_name).is_none() {
-            return Err(Status::invalid_argument(
-                "the DeviceModel has no valid Kubernetes name",
-            ));
-        }
+        checked(&r.model_namespace, &r.model_name)?;
         self.fleet
             .store()
             .remove(Kind::Model, &r.model_namespace, &r.model_name)
@@ -137,11 +136,7 @@ impl DeviceMapperService for MapperService {
         request: Request<pb::GetDeviceRequest>,
     ) -> Result<Response<pb::GetDeviceResponse>, Status> {
         let r = request.into_inner();
-        if spec::device_id(&r.device_namespace, &r.device_name).is_none() {
-            return Err(Status::invalid_argument(
-                "the Device has no valid Kubernetes name",
-            ));
-        }
+        checked(&r.device_namespace, &r.device_name)?;
         match self
             .fleet
             .store()

@@ -11,36 +11,15 @@ fn golden(name: &str) -> pb::Device {
         env!("CARGO_MANIFEST_DIR")
     );
     let v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    let bytes = base64_decode(v["payload_b64"].as_str().unwrap());
+    let bytes = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        v["payload_b64"].as_str().unwrap(),
+    )
+    .unwrap();
     pb::RegisterDeviceRequest::decode(bytes.as_slice())
         .unwrap()
         .device
         .unwrap()
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    // A tiny decoder keeps base64 out of the agent's dependencies.
-    let table = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => u32::from(c - b'A'),
-            b'a'..=b'z' => u32::from(c - b'a') + 26,
-            b'0'..=b'9' => u32::from(c - b'0') + 52,
-            b'+' => 62,
-            _ => 63,
-        }
-    };
-    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
-    let mut out = Vec::new();
-    for chunk in bytes.chunks(4) {
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= table(c) << (18 - 6 * i);
-        }
-        for i in 0..chunk.len().saturating_sub(1) {
-            out.push((n >> (16 - 8 * i)) as u8);
-        }
-    }
-    out
 }
 
 fn config(pairs: &[(&str, Value)]) -> pb::ProtocolConfig {
