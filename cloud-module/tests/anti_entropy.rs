@@ -4,15 +4,16 @@
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use mqtt_schema::BaseMessage;
 use mqtt_schema::gojson::decode;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use twinflash_cloud::config::{Config, Mode, StatusLocation};
+use twinflash_cloud::config::{Mode, StatusLocation};
 use twinflash_cloud::controller::{self, Context};
 use twinflash_cloud::mqtt::MqttSink;
 use twinflash_cloud::seams::{MemoryResolver, ResolvedArtifact};
@@ -74,25 +75,14 @@ async fn a_stale_device_is_nudged_once_per_period_and_a_converged_one_never() {
     let (dir, mqtt) = (tempfile::tempdir().unwrap(), Mosquitto::start().unwrap());
     let obs = Observer::start(mqtt.port(), "observer", &["$hw/events/device/+/+/twin/get"]).await;
 
-    let env = [(
-        "TWINFLASH_CLOUD__MQTT__URL".to_owned(),
-        format!("mqtt://127.0.0.1:{}", mqtt.port()),
-    )];
-    let cfg = Config::load_with_env(None, Some(env.into_iter().collect()))
-        .unwrap()
-        .mqtt
-        .unwrap();
+    let cfg = support::mqtt_settings(mqtt.port());
     let cancel = CancellationToken::new();
     let (sink, mqtt_task) =
         MqttSink::start(&cfg, Mode::Edgecore, HOUR, None, cancel.clone()).unwrap();
     wait_until(|| sink.is_connected(), || "sink connected".into()).await;
-    let kc = Kubeconfig::read_from(api.kubeconfig(dir.path()).unwrap()).unwrap();
-    let kcfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
     let sink = Arc::new(sink);
     let mut ctx = Context::new(
-        kube::Client::try_from(kcfg).unwrap(),
+        support::client(&api, dir.path()).await,
         sink.clone(),
         Arc::new(resolver),
         StatusLocation::DeviceStatus,

@@ -8,14 +8,16 @@
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::json;
+use support::client;
 use tokio_util::sync::CancellationToken;
-use twinflash_cloud::config::{Config, Mode, StatusLocation};
+use twinflash_cloud::config::{Mode, StatusLocation};
 use twinflash_cloud::controller::{self, Context};
 use twinflash_cloud::mqtt::MqttSink;
 use twinflash_cloud::seams::{MemoryResolver, ResolvedArtifact};
@@ -31,14 +33,6 @@ fn pinned() -> String {
     format!("registry.local:5000/fw/blinky@sha256:{}", "ab".repeat(32))
 }
 
-async fn client(api: &FakeApi, dir: &std::path::Path) -> kube::Client {
-    let kc = Kubeconfig::read_from(api.kubeconfig(dir).unwrap()).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(cfg).unwrap()
-}
-
 /// One controller run: its MQTT sink and the Device controller, until `stop`.
 struct Run {
     ctx: Arc<Context>,
@@ -52,12 +46,7 @@ async fn start(
     mqtt: &Mosquitto,
     resolver: &MemoryResolver,
 ) -> Run {
-    let url = format!("mqtt://127.0.0.1:{}", mqtt.port());
-    let env = [("TWINFLASH_CLOUD__MQTT__URL".to_owned(), url)];
-    let cfg = Config::load_with_env(None, Some(env.into_iter().collect()))
-        .unwrap()
-        .mqtt
-        .unwrap();
+    let cfg = support::mqtt_settings(mqtt.port());
     let cancel = CancellationToken::new();
     let (sink, mqtt_task) =
         MqttSink::start(&cfg, Mode::Edgecore, RESYNC, None, cancel.clone()).unwrap();

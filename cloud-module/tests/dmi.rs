@@ -6,14 +6,15 @@
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
+use support::client;
 use twinflash_cloud::config::{Mode, StatusLocation};
 use twinflash_cloud::controller::{self, Context};
 use twinflash_cloud::crd::Device;
@@ -67,14 +68,6 @@ fn device_status(name: &str, firmware: &str, state: &str) -> Value {
 }
 
 /// A client of `api` (its kubeconfig written into `dir`).
-async fn client(api: &FakeApi, dir: &Path) -> kube::Client {
-    let kc = Kubeconfig::read_from(api.kubeconfig(dir).unwrap()).unwrap();
-    let kcfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(kcfg).unwrap()
-}
-
 struct Fleet {
     api: FakeApi,
     ctx: Arc<Context>,

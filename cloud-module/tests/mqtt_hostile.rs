@@ -3,13 +3,15 @@
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mqtt_schema::DeviceId;
 use tokio_util::sync::CancellationToken;
-use twinflash_cloud::config::{Config, Mode};
+use twinflash_cloud::config::Mode;
 use twinflash_cloud::metrics::MQTT_DROPPED_OVERSIZED;
 use twinflash_cloud::mqtt::MqttSink;
 use twinflash_cloud::seams::IntentSink;
@@ -28,15 +30,7 @@ async fn an_oversized_report_is_dropped_and_the_relay_keeps_working() {
         &["$hw/events/device/+/+/twin/update/delta"],
     )
     .await;
-    let mut env = std::collections::HashMap::new();
-    env.insert(
-        "TWINFLASH_CLOUD__MQTT__URL".to_owned(),
-        format!("mqtt://127.0.0.1:{}", mqtt.port()),
-    );
-    let cfg = Config::load_with_env(None, Some(env))
-        .unwrap()
-        .mqtt
-        .unwrap();
+    let cfg = support::mqtt_settings(mqtt.port());
     let cancel = CancellationToken::new();
     let (sink, task) = MqttSink::start(&cfg, Mode::Direct, HOUR, None, cancel.clone()).unwrap();
     wait_until(|| sink.is_connected(), || "connected".into()).await;

@@ -4,13 +4,15 @@
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use mqtt_schema::gojson::decode;
 use mqtt_schema::{BaseMessage, DeviceId, DeviceTwinResult, ResultMessage, TwinNames, to_go_json};
 use tokio_util::sync::CancellationToken;
-use twinflash_cloud::config::{Config, Mode};
+use twinflash_cloud::config::Mode;
 use twinflash_cloud::mqtt::MqttSink;
 use twinflash_cloud::seams::{MemoryStatusWriter, StatusError};
 use twinflash_harness::Mosquitto;
@@ -53,14 +55,7 @@ async fn a_report_is_acknowledged_only_after_its_status_write() {
         ],
     )
     .await;
-    let env = [(
-        "TWINFLASH_CLOUD__MQTT__URL".to_owned(),
-        format!("mqtt://127.0.0.1:{}", mqtt.port()),
-    )];
-    let cfg = Config::load_with_env(None, Some(env.into_iter().collect()))
-        .unwrap()
-        .mqtt
-        .unwrap();
+    let cfg = support::mqtt_settings(mqtt.port());
     let writer = MemoryStatusWriter::default();
     let cancel = CancellationToken::new();
     let (sink, task) = MqttSink::start(
