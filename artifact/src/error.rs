@@ -83,6 +83,18 @@ pub enum FetchError {
     /// The configuration cannot work (bad CA file, unsupported option).
     #[error("invalid fetch configuration: {0}")]
     Config(String),
+    /// The policy requires a signature and none was found.
+    #[error("unsigned: {detail}")]
+    Unsigned {
+        /// Where it was looked for.
+        detail: String,
+    },
+    /// Signatures were found and none verifies with a trusted key.
+    #[error("signature invalid: {detail}")]
+    SignatureInvalid {
+        /// Why each one failed.
+        detail: String,
+    },
     /// The caller cancelled the fetch; the partial download was checkpointed.
     #[error("fetch cancelled")]
     Cancelled,
@@ -99,6 +111,8 @@ impl FetchError {
             Self::Auth { .. } | Self::Credentials(_) => ErrorCode::RegistryAuth,
             Self::NotFound { .. } => ErrorCode::NotFound,
             Self::DigestMismatch { .. } => ErrorCode::DigestMismatch,
+            Self::Unsigned { .. } => ErrorCode::Unsigned,
+            Self::SignatureInvalid { .. } => ErrorCode::SignatureInvalid,
             Self::Io { source, .. } if is_disk_full(source) => ErrorCode::DiskFull,
             Self::Io { .. } | Self::Config(_) | Self::Cancelled => ErrorCode::Internal,
         }
@@ -107,6 +121,18 @@ impl FetchError {
     /// Whether the same request may succeed later (reported as `waiting:<code>`).
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Unreachable { .. })
+    }
+
+    /// The rejection a verdict that is not verified stands for.
+    pub fn from_verdict(verdict: &crate::signature::Verdict) -> Self {
+        match verdict {
+            crate::signature::Verdict::Unsigned { .. } => Self::Unsigned {
+                detail: verdict.describe(),
+            },
+            _ => Self::SignatureInvalid {
+                detail: verdict.describe(),
+            },
+        }
     }
 
     pub(crate) fn io(

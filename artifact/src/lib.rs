@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod manifest;
 pub mod push;
 pub mod registry;
+pub mod signature;
 
 pub use auth::Credentials;
 pub use error::FetchError;

@@ -49,11 +49,17 @@ pub enum ErrorCode {
     /// The device's own settings are not acceptable (in DMI mode: its Device's protocol config data, checked with
     /// the rules of a TOML `[[devices]]` entry). The device is never flashed until its Device changes.
     InvalidConfig,
+    /// The signature policy requires a signature and no source holds one for the artifact's manifest digest
+    /// (neither an OCI 1.1 referrer nor a cosign `sha256-<hex>.sig` tag).
+    Unsigned,
+    /// Signatures were found for the artifact, but none verifies with a trusted key: a wrong key, a tampered
+    /// payload, or a signature of another digest.
+    SignatureInvalid,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::InvalidReference,
         ErrorCode::UnsupportedArtifact,
         ErrorCode::ChipMismatch,
@@ -73,6 +79,8 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::InvalidMessage,
         ErrorCode::InvalidConfig,
+        ErrorCode::Unsigned,
+        ErrorCode::SignatureInvalid,
     ];
 
     /// The stable wire string, e.g. `digest-mismatch`.
@@ -97,6 +105,8 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::InvalidMessage => "invalid-message",
             ErrorCode::InvalidConfig => "invalid-config",
+            ErrorCode::Unsigned => "unsigned",
+            ErrorCode::SignatureInvalid => "signature-invalid",
         }
     }
 
@@ -111,6 +121,8 @@ impl ErrorCode {
                 | ErrorCode::DowngradeRefused
                 | ErrorCode::TooLarge
                 | ErrorCode::InvalidConfig
+                | ErrorCode::Unsigned
+                | ErrorCode::SignatureInvalid
         )
     }
 }
@@ -169,6 +181,8 @@ mod tests {
                 ErrorCode::DowngradeRefused,
                 ErrorCode::TooLarge,
                 ErrorCode::InvalidConfig,
+                ErrorCode::Unsigned,
+                ErrorCode::SignatureInvalid,
             ]
         );
     }

@@ -15,6 +15,8 @@ use crate::manifest::Manifest;
 #[derive(Debug, Clone)]
 pub struct Cache {
     blobs: PathBuf,
+    /// Verified signatures, `<hex>.json` per manifest digest (re-verified at each use).
+    signatures: PathBuf,
 }
 
 /// `sha256:<hex>` -> `<hex>`, for digests already validated.
@@ -27,7 +29,33 @@ impl Cache {
     pub fn open(root: &Path) -> Result<Self, FetchError> {
         let blobs = root.join("blobs").join("sha256");
         std::fs::create_dir_all(&blobs).map_err(|e| FetchError::io("create cache", &blobs, e))?;
-        Ok(Self { blobs })
+        Ok(Self {
+            blobs,
+            signatures: root.join("signatures"),
+        })
+    }
+
+    /// The signatures that verified for `digest` last time, if any (unverified now: the caller
+    /// checks them with the keys it trusts today).
+    pub fn signatures(&self, digest: &str) -> Option<Vec<crate::signature::Found>> {
+        let bytes = std::fs::read(self.signatures.join(format!("{}.json", hex_of(digest)))).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Keeps the signatures that verified for `digest`.
+    pub fn put_signatures(
+        &self,
+        digest: &str,
+        found: &[crate::signature::Found],
+    ) -> Result<(), FetchError> {
+        std::fs::create_dir_all(&self.signatures)
+            .map_err(|e| FetchError::io("create cache", &self.signatures, e))?;
+        let bytes = serde_json::to_vec(found)
+            .map_err(|e| FetchError::Config(format!("signature cache: {e}")))?;
+        write_atomic(
+            &self.signatures.join(format!("{}.json", hex_of(digest))),
+            &bytes,
+        )
     }
 
     /// The directory holding blobs and partials.

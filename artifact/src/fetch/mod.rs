@@ -7,7 +7,7 @@ mod download;
 mod resume;
 mod retry;
 mod sink;
-mod source;
+pub(crate) mod source;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -29,8 +29,9 @@ use crate::error::FetchError;
 use crate::http::RegistryClient;
 use crate::manifest::{FirmwareArtifact, is_sha256_digest};
 use crate::registry::{Timeouts, TlsOptions};
+use crate::signature::{Mode, Verdict, Verified, discover_all, judge};
 use download::{AttemptStats, DownloadOpts, Run, download};
-use source::Source;
+pub(crate) use source::Source;
 
 /// Everything the fetcher needs to know.
 #[derive(Debug, Clone)]
@@ -62,6 +63,9 @@ pub struct FetchConfig {
     /// Idle timeout and total deadlines of registry requests (manifest, token, blob); each one
     /// that is hit is a transient `registry-unreachable`, retried per `retry`.
     pub timeouts: Timeouts,
+    /// The signature policy checked after the manifest and before the layer is downloaded
+    /// (docs/security.md). Off by default.
+    pub signatures: crate::signature::Policy,
 }
 
 impl FetchConfig {
@@ -81,6 +85,18 @@ impl FetchConfig {
             retry: RetryPolicy::default(),
             checkpoint_every: 4 * 1024 * 1024,
             timeouts: Timeouts::default(),
+            signatures: crate::signature::Policy::default(),
+        }
+    }
+
+    /// The TLS and credential options of the registry client.
+    pub(crate) fn tls(&self) -> TlsOptions {
+        TlsOptions {
+            plain_http: self.plain_http.clone(),
+            ca_file: self.ca_file.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+            timeouts: self.timeouts,
         }
     }
 }
@@ -121,6 +137,10 @@ pub struct Fetched {
     pub source: String,
     /// Layer bytes received over the network in this call.
     pub bytes_received: u64,
+    /// The signature that verified (policy `warn` or `require`).
+    pub signature: Option<crate::signature::Verified>,
+    /// Under `warn`: why the artifact is used without a good signature.
+    pub signature_warning: Option<String>,
 }
 
 /// The fetcher. Cheap to share behind an `Arc`; fetches of different digests run concurrently.
@@ -175,6 +195,11 @@ pub fn pinned(firmware: &mqtt_schema::FirmwareRef) -> Result<PinnedRef, FetchErr
     })
 }
 
+/// `sha256:<hex>` of `bytes`.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    sha256_of(bytes)
+}
+
 fn sha256_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
@@ -192,17 +217,44 @@ fn pick_error(errors: Vec<FetchError>) -> FetchError {
     last.unwrap_or_else(|| FetchError::Config("no source configured".to_owned()))
 }
 
+/// The mirrors in order, then the origin.
+pub(crate) fn sources(
+    client: &Arc<RegistryClient>,
+    mirrors: &[Mirror],
+    pinned: &PinnedRef,
+) -> Vec<Source> {
+    let mut out = Vec::new();
+    for mirror in mirrors {
+        out.push(match mirror {
+            Mirror::Registry(host) => {
+                let reference = Reference::with_digest(
+                    host.clone(),
+                    pinned.reference.repository().to_owned(),
+                    pinned.digest.clone(),
+                );
+                Source::Registry {
+                    client: client.clone(),
+                    reference,
+                }
+            }
+            Mirror::Layout(dir) => Source::Layout(dir.clone()),
+        });
+    }
+    out.push(Source::Registry {
+        client: client.clone(),
+        reference: pinned.reference.clone(),
+    });
+    out
+}
+
 impl Fetcher {
     /// Builds the fetcher: reads credentials, CA and client certificate, creates the cache
     /// directory.
     pub fn new(cfg: FetchConfig) -> Result<Self, FetchError> {
-        let tls = TlsOptions {
-            plain_http: cfg.plain_http.clone(),
-            ca_file: cfg.ca_file.clone(),
-            client_cert: cfg.client_cert.clone(),
-            client_key: cfg.client_key.clone(),
-            timeouts: cfg.timeouts,
-        };
+        cfg.signatures
+            .check()
+            .map_err(|e| FetchError::Config(e.0))?;
+        let tls = cfg.tls();
         let creds = Arc::new(cfg.credentials.resolve()?);
         let client = Arc::new(RegistryClient::new(&tls, creds)?);
         let cache = Cache::open(&cfg.cache_dir)?;
@@ -254,28 +306,7 @@ impl Fetcher {
     }
 
     fn sources(&self, pinned: &PinnedRef) -> Vec<Source> {
-        let mut out = Vec::new();
-        for mirror in &self.cfg.mirrors {
-            out.push(match mirror {
-                Mirror::Registry(host) => {
-                    let reference = Reference::with_digest(
-                        host.clone(),
-                        pinned.reference.repository().to_owned(),
-                        pinned.digest.clone(),
-                    );
-                    Source::Registry {
-                        client: self.client.clone(),
-                        reference,
-                    }
-                }
-                Mirror::Layout(dir) => Source::Layout(dir.clone()),
-            });
-        }
-        out.push(Source::Registry {
-            client: self.client.clone(),
-            reference: pinned.reference.clone(),
-        });
-        out
+        sources(&self.client, &self.cfg.mirrors, pinned)
     }
 
     /// Fetches and verifies a digest-pinned firmware reference into the cache. Transient
@@ -369,6 +400,50 @@ impl Fetcher {
         Err(pick_error(errors))
     }
 
+    /// The signature policy on `pinned`: `(verified, warning)`, or the rejection. A verified
+    /// signature is kept in the cache and re-verified with the current keys at the next use, so a
+    /// cached firmware stays usable offline and a removed key stops being trusted at once.
+    async fn check_signatures(
+        &self,
+        pinned: &PinnedRef,
+        sources: &[Source],
+        manifest: &[u8],
+    ) -> Result<(Option<Verified>, Option<String>), FetchError> {
+        let policy = &self.cfg.signatures;
+        if policy.mode == Mode::Off {
+            return Ok((None, None));
+        }
+        let digest = &pinned.digest;
+        if let Some(found) = self.cache.signatures(digest)
+            && let Verdict::Verified(v) = judge(digest, manifest, &found, &policy.keys, Vec::new())
+        {
+            return Ok((Some(v), None));
+        }
+        let discovery = discover_all(sources, digest, manifest).await;
+        let verdict = discovery.judge(digest, &policy.keys);
+        if let Verdict::Verified(v) = &verdict {
+            if let Some(f) = discovery.found.iter().find(|f| f.location == v.location) {
+                self.cache.put_signatures(digest, std::slice::from_ref(f))?;
+            }
+            tracing::info!(reference = %pinned.reference, signature = %v, "signature verified");
+            return Ok((Some(v.clone()), None));
+        }
+        match policy.mode {
+            Mode::Require => {
+                // A source that could not be asked may hold the signature: wait for it.
+                if let Some(e) = discovery.transient.into_iter().next() {
+                    return Err(e);
+                }
+                Err(FetchError::from_verdict(&verdict))
+            }
+            _ => {
+                let warning = verdict.describe();
+                tracing::warn!(reference = %pinned.reference, %warning, "signature policy warn: using the artifact anyway");
+                Ok((None, Some(warning)))
+            }
+        }
+    }
+
     async fn try_once(
         &self,
         pinned: &PinnedRef,
@@ -388,6 +463,11 @@ impl Fetcher {
                 max: self.cfg.max_size,
             });
         }
+        // Before a byte of the layer is read, and before a cached layer is handed out.
+        let (signature, signature_warning) = tokio::select! {
+            () = cancel.cancelled() => return Err(FetchError::Cancelled),
+            s = self.check_signatures(pinned, sources, &manifest) => s?,
+        };
         let dest = self.cache.blob_path(&artifact.layer_digest);
         let fetched = |source: String| Fetched {
             path: dest.clone(),
@@ -401,6 +481,8 @@ impl Fetcher {
             artifact: artifact.clone(),
             source,
             bytes_received: 0,
+            signature: signature.clone(),
+            signature_warning: signature_warning.clone(),
         };
         if self.cache.has_blob(&artifact.layer_digest, artifact.size) {
             // The manifest enters the cache only beside a verified layer.

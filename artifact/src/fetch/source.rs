@@ -35,7 +35,7 @@ pub(crate) enum Source {
     Layout(PathBuf),
 }
 
-fn repo(reference: &Reference) -> Repo<'_> {
+pub(crate) fn repo(reference: &Reference) -> Repo<'_> {
     Repo {
         registry: reference.resolve_registry(),
         repository: reference.repository(),

@@ -26,6 +26,8 @@ pub(crate) use errors::{describe, from_reqwest};
 
 /// Largest manifest accepted (a firmware manifest is about 1 KiB).
 const MAX_MANIFEST: usize = 4 * 1024 * 1024;
+/// The OCI image index media type (referrers answers and the referrers tag schema).
+pub(crate) const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 /// Largest token-service answer accepted.
 const MAX_TOKEN_ANSWER: usize = 1024 * 1024;
 
@@ -155,6 +157,57 @@ impl RegistryClient {
             read_limited(repo, response, MAX_MANIFEST, "manifest", &self.timeouts).await
         };
         self.within(repo, "manifest", self.timeouts.manifest, fetch)
+            .await
+    }
+
+    /// `GET /v2/<repo>/referrers/<digest>` (OCI distribution-spec 1.1): the image index of the
+    /// manifests whose `subject` is `digest`. `None` when the registry has no referrers API (it
+    /// answers 404 to the route: the caller falls back to the referrers tag schema).
+    pub async fn referrers(
+        &self,
+        repo: Repo<'_>,
+        digest: &str,
+    ) -> Result<Option<Vec<u8>>, FetchError> {
+        let url = format!(
+            "{}/{}/referrers/{digest}",
+            self.base(repo.registry),
+            repo.repository
+        );
+        let fetch = async {
+            let response = self
+                .send(repo, |r| r.get(&url).header(ACCEPT, INDEX_MEDIA_TYPE))
+                .await;
+            match response {
+                Ok(response) => {
+                    read_limited(repo, response, MAX_MANIFEST, "referrers", &self.timeouts)
+                        .await
+                        .map(Some)
+                }
+                Err(FetchError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        self.within(repo, "referrers", self.timeouts.manifest, fetch)
+            .await
+    }
+
+    /// A small blob in full (a signature payload or bundle), refused beyond `max` bytes. Unverified.
+    pub async fn small_blob(
+        &self,
+        repo: Repo<'_>,
+        digest: &str,
+        max: usize,
+    ) -> Result<Vec<u8>, FetchError> {
+        let url = format!(
+            "{}/{}/blobs/{digest}",
+            self.base(repo.registry),
+            repo.repository
+        );
+        let fetch = async {
+            let response = self.send(repo, |r| r.get(&url)).await?;
+            read_limited(repo, response, max, "signature blob", &self.timeouts).await
+        };
+        self.within(repo, "signature blob", self.timeouts.manifest, fetch)
             .await
     }
 
