@@ -59,6 +59,28 @@ pub struct SignerCertArgs {
     pub cert_key: Option<PathBuf>,
 }
 
+/// The registry options of `sign` and `verify`: [`RegistryArgs`] and a client certificate
+/// spelled `--cert` + `--cert-key`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SignerRegistryArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub client_cert: SignerCertArgs,
+}
+
+impl SignerRegistryArgs {
+    /// The client certificate.
+    pub fn client(&self) -> ClientCert {
+        (&self.client_cert).into()
+    }
+
+    /// TLS and plain-HTTP options for a reference.
+    pub fn tls(&self, reference: &str) -> TlsOptions {
+        self.registry.tls(reference, &self.client())
+    }
+}
+
 /// A client certificate and its key, from either spelling.
 #[derive(Debug, Clone, Default)]
 pub struct ClientCert {

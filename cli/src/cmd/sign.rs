@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use twinflash_artifact::signature::SigningKey;
 use twinflash_artifact::signature::write::{SignFormat, Signed};
 
-use crate::cmd::registry::{RegistryArgs, SignerCertArgs, with_code};
+use crate::cmd::registry::{RegistryArgs, SignerRegistryArgs, with_code};
 pub use crate::cmd::sigs::load_signing_key;
 
 /// Where a signature is stored.
@@ -46,16 +46,21 @@ pub struct Cmd {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub registry: RegistryArgs,
-    #[command(flatten)]
-    pub client_cert: SignerCertArgs,
+    pub registry: SignerRegistryArgs,
 }
 
 /// Runs `sign`.
 pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
-    let tls = cmd.registry.tls(&cmd.reference, &(&cmd.client_cert).into());
+    let tls = cmd.registry.tls(&cmd.reference);
     let key = load_signing_key(&cmd.key)?;
-    let signed = sign(&tls, &cmd.registry, &cmd.reference, &key, cmd.format.into()).await?;
+    let signed = sign(
+        &tls,
+        &cmd.registry.registry,
+        &cmd.reference,
+        &key,
+        cmd.format.into(),
+    )
+    .await?;
     if cmd.json {
         let out = serde_json::json!({
             "reference": signed.pinned_reference,

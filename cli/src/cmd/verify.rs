@@ -6,7 +6,7 @@
 use serde_json::json;
 use twinflash_artifact::signature::{Verdict, Verifier};
 
-use crate::cmd::registry::{DeadlineArgs, RegistryArgs, SignerCertArgs, with_code};
+use crate::cmd::registry::{DeadlineArgs, SignerRegistryArgs, with_code};
 use crate::cmd::sigs::{Seen, fetch_config, parse_mirror, trusted_keys};
 
 /// Exit status of `verify` when no signature was found.
@@ -34,9 +34,7 @@ pub struct Cmd {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub registry: RegistryArgs,
-    #[command(flatten)]
-    pub client_cert: SignerCertArgs,
+    pub registry: SignerRegistryArgs,
     #[command(flatten)]
     pub deadlines: DeadlineArgs,
 }
@@ -61,13 +59,10 @@ impl std::error::Error for Rejected {}
 /// Runs `verify`.
 pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     let keys = trusted_keys(&cmd.keys)?;
-    let client = (&cmd.client_cert).into();
-    let tls = {
-        let mut t = cmd.registry.tls(&cmd.reference, &client);
-        t.timeouts = cmd.deadlines.timeouts();
-        t
-    };
-    let creds = cmd.registry.credentials()?;
+    let client = cmd.registry.client();
+    let mut tls = cmd.registry.tls(&cmd.reference);
+    tls.timeouts = cmd.deadlines.timeouts();
+    let creds = cmd.registry.registry.credentials()?;
     let pinned = crate::cmd::inspect::pin(&tls, &creds, &cmd.reference).await?;
     let mut mirrors: Vec<_> = cmd.mirrors.iter().map(|m| parse_mirror(m)).collect();
     mirrors.extend(
@@ -78,7 +73,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     );
     let cfg = fetch_config(
         std::env::temp_dir(),
-        &cmd.registry,
+        &cmd.registry.registry,
         &client,
         pinned.as_str(),
         mirrors,
