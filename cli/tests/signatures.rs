@@ -58,18 +58,15 @@ fn fails_with(out: Output, code: i32) -> String {
     stderr
 }
 
+/// The metadata every pushed artifact gets.
+const ARTIFACT_ARGS: &[&str] = &["--version=1.0.0", "--chip=nRF52840_xxAA", "--plain-http"];
+
 /// `twinflash push` of blinky.elf as `<host>/<repo>:1.0.0`, to be completed and run.
 fn push(host: &str, repo: &str) -> Command {
     let mut cmd = twinflash();
     cmd.args(["push", &format!("{host}/{repo}:1.0.0")])
         .arg(fixture("blinky.elf"))
-        .args([
-            "--version",
-            "1.0.0",
-            "--chip",
-            "nRF52840_xxAA",
-            "--plain-http",
-        ]);
+        .args(ARTIFACT_ARGS);
     cmd
 }
 
@@ -279,6 +276,33 @@ fn skopeo() -> Option<PathBuf> {
 /// What a skopeo built without sigstore support says (Debian's 1.9.3 package patches it out).
 const SIGSTORE_DISABLED: &str = "sigstore disabled";
 
+/// Whether skopeo failed because it was built without sigstore (then the test says SKIPPED: it
+/// cannot `what` sigstore signatures at all, so it can neither confirm nor refute ours).
+fn sigstore_disabled(out: &Output, what: &str) -> bool {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let disabled = !out.status.success() && stderr.contains(SIGSTORE_DISABLED);
+    if disabled {
+        eprintln!(
+            "SKIPPED: this skopeo cannot {what} sigstore signatures ({}); Debian's 1.9.3 package is built so",
+            stderr.trim()
+        );
+    }
+    disabled
+}
+
+/// containers/image's per-registry config turning on sigstore attachments (the `.sig` tag) for
+/// `host`, in `dir/registries.d`.
+fn registries_d(dir: &Path, host: &str) -> PathBuf {
+    let d = dir.join("registries.d");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("twinflash.yaml"),
+        format!("docker:\n  {host}:\n    use-sigstore-attachments: true\n"),
+    )
+    .unwrap();
+    d
+}
+
 /// `skopeo copy` of `docker://<host>/<repo>@<digest>` to an OCI layout under a policy that
 /// requires a sigstore signature by `public` on that repository.
 fn skopeo_copy_verified(
@@ -304,13 +328,7 @@ fn skopeo_copy_verified(
         .to_string(),
     )
     .unwrap();
-    let registries_d = dir.join("registries.d");
-    std::fs::create_dir_all(&registries_d).unwrap();
-    std::fs::write(
-        registries_d.join("twinflash.yaml"),
-        format!("docker:\n  {host}:\n    use-sigstore-attachments: true\n"),
-    )
-    .unwrap();
+    let registries_d = registries_d(dir, host);
     let out = dir.join(format!("oci-{}", rand::random::<u32>()));
     Command::new(skopeo)
         .arg("copy")
@@ -340,14 +358,10 @@ fn skopeo_verifies_what_twinflash_signs() {
     sign(&pinned, &key, "cosign");
 
     let good = skopeo_copy_verified(&skopeo, dir.path(), &host, &pinned, &public);
-    let stderr = String::from_utf8_lossy(&good.stderr);
-    if stderr.contains(SIGSTORE_DISABLED) {
-        eprintln!(
-            "SKIPPED: this skopeo cannot check sigstore signatures ({}); Debian's 1.9.3 package is built so",
-            stderr.trim()
-        );
+    if sigstore_disabled(&good, "check") {
         return;
     }
+    let stderr = String::from_utf8_lossy(&good.stderr);
     assert!(
         good.status.success(),
         "skopeo refused a good signature: {stderr}"
@@ -372,13 +386,7 @@ fn twinflash_verifies_what_skopeo_signs() {
     let public = cosign_key("cosign-keys_test-pemsigstorekey.pub");
     let passphrase = dir.path().join("passphrase");
     std::fs::write(&passphrase, "hello").unwrap();
-    let registries_d = dir.path().join("registries.d");
-    std::fs::create_dir_all(&registries_d).unwrap();
-    std::fs::write(
-        registries_d.join("twinflash.yaml"),
-        format!("docker:\n  {host}:\n    use-sigstore-attachments: true\n"),
-    )
-    .unwrap();
+    let registries_d = registries_d(dir.path(), &host);
     let policy = dir.path().join("policy.json");
     std::fs::write(
         &policy,
@@ -401,14 +409,10 @@ fn twinflash_verifies_what_skopeo_signs() {
         .arg(format!("docker://{host}/fw/skopeo-signed:1.0.0"))
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if stderr.contains(SIGSTORE_DISABLED) {
-        eprintln!(
-            "SKIPPED: this skopeo cannot write sigstore signatures ({}); Debian's 1.9.3 package is built so",
-            stderr.trim()
-        );
+    if sigstore_disabled(&out, "write") {
         return;
     }
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
         "skopeo copy --sign-by-sigstore-private-key: {stderr}"
