@@ -424,3 +424,49 @@ fn twinflash_verifies_what_skopeo_signs() {
         "{text}"
     );
 }
+
+#[test]
+fn verify_finds_the_signature_in_an_oci_layout_with_the_origin_stopped() {
+    let Some(skopeo) = skopeo() else { return };
+    let mut registry = Registry::start().unwrap();
+    let host = registry.host();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = key_pair(dir.path(), "release");
+    let pinned = pushed(&host, "fw/offline");
+    sign(&pinned, &key, "cosign");
+    let digest = pinned.split_once('@').unwrap().1;
+    let layout = dir.path().join("layout");
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .unwrap();
+    // The artifact and its `.sig` tag copied as plain images (skopeo accepts the firmware
+    // artifact: an OCI manifest with the empty config).
+    let sig_tag = format!("sha256-{}.sig", digest.trim_start_matches("sha256:"));
+    for tag in ["1.0.0", sig_tag.as_str()] {
+        let out = Command::new(&skopeo)
+            .arg("copy")
+            .arg("--policy")
+            .arg(&policy)
+            .arg("--src-tls-verify=false")
+            .arg(format!("docker://{host}/fw/offline:{tag}"))
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo copy {tag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    registry.stop();
+    let layout_arg = layout.display().to_string();
+    let text = ok(verify(&pinned, &[&public], &["--layout", &layout_arg]));
+    assert!(text.contains("signed by release"), "{text}");
+    assert!(text.contains(&sig_tag), "{text}");
+    // Without the layout nothing can be asked: an error, not a verdict.
+    let line = fails_with(verify(&pinned, &[&public], &[]), 1);
+    assert!(line.contains("[registry-unreachable]"), "{line}");
+}
