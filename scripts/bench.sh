@@ -13,7 +13,7 @@ tf_need_services
 
 quick=false
 [ "${1:-}" = "--quick" ] && quick=true
-if $quick; then fetch_mib=64; rss_mib=64; intents=50; api_devices=1000; installs=5; else fetch_mib=512; rss_mib=512; intents=200; api_devices=10000; installs=20; fi
+if $quick; then fetch_mib=64; rss_mib=64; intents=50; api_devices=1000; installs=5; sig_mib=16; else fetch_mib=512; rss_mib=512; intents=200; api_devices=10000; installs=20; sig_mib=64; fi
 
 out=docs/benchmarks.md
 tmp=$(mktemp -d)
@@ -64,6 +64,7 @@ run "Rollout through the API server: twinflash-cloud, FakeApi, registry, mosquit
 run "Controller: 10,000 Devices to MQTT intents (issue 6)" agent_table target/release/examples/bench_controller 10000
 run "Controller through the API server: twinflash-cloud, FakeApi, registry, mosquitto (issue 6, full path)" target/release/examples/bench_controller_api "$api_devices"
 run "Controller anti-entropy: 10,000 converged Devices, cost per period and CPU of one scan (issue 13, point 3)" target/release/examples/bench_anti_entropy 10000
+run "Signatures: verification time (issue 15; real registry on loopback)" agent_table target/release/examples/bench_signature "$sig_mib"
 run "twinflash-edge release binary, stripped (issues 4 and 14)" bash -c 'echo "| date | commit | with probe-rs and DMI (goal <= 13 MiB) | without probe-rs |"; echo "|---|---|---|---|"; bash scripts/bench/binary-size.sh'
 
 {
