@@ -29,10 +29,11 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// cosign's encrypted test keys (artifact/tests/data/cosign-keys/SOURCE.md).
+/// cosign's encrypted test keys and their public halves (`.pub.derived`), with their passwords in
+/// artifact/tests/data/cosign/README.md.
 fn cosign_key(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../artifact/tests/data/cosign-keys")
+        .join("../artifact/tests/data/cosign/cosign-encrypted-keys")
         .join(name)
 }
 
@@ -226,7 +227,7 @@ fn push_with_a_cosign_key_signs_right_after_the_push() {
     let registry = Registry::start().unwrap();
     let host = registry.host();
     let key = cosign_key("cosign-keys_test-pemsigstorekey.key");
-    let public = cosign_key("cosign-keys_test-pemsigstorekey.pub");
+    let public = cosign_key("cosign-keys_test-pemsigstorekey.pub.derived");
 
     // Without the password and without a terminal: refused before anything is pushed.
     let out = push(&host, "fw/signed")
@@ -383,7 +384,7 @@ fn twinflash_verifies_what_skopeo_signs() {
     let dir = tempfile::tempdir().unwrap();
     let pinned = pushed(&host, "fw/unsigned-source");
     let key = cosign_key("cosign-keys_test-pemsigstorekey.key");
-    let public = cosign_key("cosign-keys_test-pemsigstorekey.pub");
+    let public = cosign_key("cosign-keys_test-pemsigstorekey.pub.derived");
     let passphrase = dir.path().join("passphrase");
     std::fs::write(&passphrase, "hello").unwrap();
     let registries_d = registries_d(dir.path(), &host);

@@ -148,13 +148,13 @@ impl SigningKey {
 #[cfg(test)]
 mod tests {
     //! Keys written by cosign (and sigstore-rs), with their published passwords:
-    //! tests/data/cosign-keys/SOURCE.md.
+    //! tests/data/cosign/README.md, section 3 (the `.pub.derived` files are their public halves).
     use super::*;
     use crate::signature::PublicKey;
 
     fn data(name: &str) -> Vec<u8> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/cosign-keys")
+            .join("tests/data/cosign/cosign-encrypted-keys")
             .join(name);
         std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
@@ -164,7 +164,7 @@ mod tests {
         assert!(is_cosign_pem(&pem), "{stem}");
         let key = SigningKey::from_cosign_pem(&pem, password.as_bytes())
             .unwrap_or_else(|e| panic!("{stem}: {e}"));
-        let public = PublicKey::from_pem(&data(&format!("{stem}.pub"))).unwrap();
+        let public = PublicKey::from_pem(&data(&format!("{stem}.pub.derived"))).unwrap();
         assert_eq!(key.public(), &public, "{stem}");
         let sig = key.sign(b"payload").unwrap();
         assert!(public.verifies(b"payload", &sig), "{stem}");
