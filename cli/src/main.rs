@@ -25,6 +25,10 @@ enum Command {
     Inspect(cmd::inspect::Cmd),
     /// Fetch and verify an artifact (resumable) and write its firmware file.
     Pull(cmd::pull::Cmd),
+    /// Sign an artifact (cosign-compatible: a `.sig` tag, or a Sigstore bundle referrer).
+    Sign(cmd::sign::Cmd),
+    /// Verify an artifact's signatures with public keys; exit 0 verified, 3 unsigned, 4 invalid.
+    Verify(cmd::verify::Cmd),
     /// Set the wanted firmware of a device through its twin, over MQTT (no cluster needed).
     Set(cmd::set::Cmd),
     /// Show what devices report through their twins: wanted and installed firmware, version, state.
@@ -60,6 +64,8 @@ fn main() -> ExitCode {
             Command::Push(c) => cmd::push::run(c).await,
             Command::Inspect(c) => cmd::inspect::run(c).await,
             Command::Pull(c) => cmd::pull::run(c).await,
+            Command::Sign(c) => cmd::sign::run(c).await,
+            Command::Verify(c) => cmd::verify::run(c).await,
             Command::Set(c) => cmd::set::run(c).await,
             Command::Status(c) => cmd::status::run(c).await,
             Command::Rollout(c) => cmd::rollout::run(c).await,
@@ -70,7 +76,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("twinflash: {}", one_line(&e));
-            ExitCode::FAILURE
+            // verify's verdicts have their own statuses (docs/contract.md §6); all else is 1.
+            e.downcast_ref::<cmd::verify::Rejected>()
+                .map_or(ExitCode::FAILURE, |r| ExitCode::from(r.exit))
         }
     }
 }

@@ -12,6 +12,8 @@
 
 pub mod bundle;
 pub mod cosign;
+#[cfg(feature = "cosign-keys")]
+pub mod cosign_key;
 pub(crate) mod discover;
 pub mod key;
 

@@ -9,4 +9,7 @@ pub mod push;
 pub mod registry;
 pub mod rollout;
 pub mod set;
+pub mod sign;
+pub mod sigs;
 pub mod status;
+pub mod verify;

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use mqtt_schema::{FirmwareRef, FirmwareRefError, RefKind};
 use tokio_util::sync::CancellationToken;
-use twinflash_artifact::{FetchConfig, FetchEvent, Fetcher, Mirror, RetryPolicy};
+use twinflash_artifact::{FetchEvent, Fetcher, Mirror, RetryPolicy};
 
-use crate::cmd::registry::{DeadlineArgs, RegistryArgs, progress_bar, registry_of, with_code};
+use crate::cmd::registry::{ClientCertArgs, DeadlineArgs, RegistryArgs, progress_bar, with_code};
+use crate::cmd::sigs::{fetch_config, parse_mirror};
 
 /// Fetch and verify an artifact and write its firmware file.
 #[derive(Debug, clap::Args)]
@@ -55,6 +55,8 @@ pub struct Cmd {
     #[command(flatten)]
     pub registry: RegistryArgs,
     #[command(flatten)]
+    pub client_cert: ClientCertArgs,
+    #[command(flatten)]
     pub deadlines: DeadlineArgs,
 }
 
@@ -66,52 +68,27 @@ fn default_cache_dir() -> PathBuf {
         .join("twinflash")
 }
 
-fn parse_mirror(s: &str) -> Mirror {
-    match s.strip_prefix("oci:") {
-        Some(dir) => Mirror::Layout(PathBuf::from(dir)),
-        None => Mirror::Registry(s.to_owned()),
-    }
-}
-
 /// Runs `pull`.
 pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     // Refused before anything is downloaded, and checked again before writing.
     output_target(&cmd.output, cmd.force)?;
-    let mut tls = cmd.registry.tls(&cmd.reference);
+    let mut tls = cmd.registry.tls(&cmd.reference, &(&cmd.client_cert).into());
     tls.timeouts = cmd.deadlines.timeouts();
     tls.timeouts.blob_request = Duration::from_secs(cmd.blob_timeout);
     let creds = cmd.registry.credentials()?;
-    let invalid = |e: FirmwareRefError| with_code(&e, e.code());
-    let reference = match FirmwareRef::classify(&cmd.reference).map_err(invalid)? {
-        RefKind::Pinned(r) => r,
-        RefKind::Tag => twinflash_artifact::inspect(&tls, &creds, &cmd.reference)
-            .await
-            .map_err(|e| with_code(&e, e.code()))?
-            .pinned_reference
-            .parse()
-            .map_err(invalid)?,
-    };
+    let reference = crate::cmd::inspect::pin(&tls, &creds, &cmd.reference).await?;
     let mirrors: Vec<Mirror> = cmd.mirrors.iter().map(|m| parse_mirror(m)).collect();
-    let mut plain_http = tls.plain_http.clone();
-    if cmd.registry.plain_http {
-        for m in &mirrors {
-            if let Mirror::Registry(host) = m {
-                plain_http.push(host.clone());
-            }
-        }
-        plain_http.push(registry_of(reference.as_str()));
-    }
-    let mut cfg = FetchConfig::new(cmd.cache_dir.clone().unwrap_or_else(default_cache_dir));
+    let mut cfg = fetch_config(
+        cmd.cache_dir.clone().unwrap_or_else(default_cache_dir),
+        &cmd.registry,
+        &(&cmd.client_cert).into(),
+        reference.as_str(),
+        mirrors,
+        tls.timeouts,
+    )?;
     cfg.max_size = cmd.max_size;
     cfg.rate_limit_bps = cmd.rate_limit;
-    cfg.plain_http = plain_http;
-    cfg.mirrors = mirrors;
-    cfg.credentials = creds;
-    cfg.ca_file = cmd.registry.ca_file.clone();
-    cfg.client_cert = cmd.registry.cert.clone();
-    cfg.client_key = cmd.registry.key.clone();
     cfg.checkpoint_every = cmd.checkpoint_every;
-    cfg.timeouts = tls.timeouts;
     cfg.retry = RetryPolicy {
         max_attempts: (cmd.retries > 0).then_some(cmd.retries),
         ..RetryPolicy::default()

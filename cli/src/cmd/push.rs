@@ -1,5 +1,5 @@
-//! `twinflash push <ref> <file> --version <v> --chip <chip>`: validate, upload, print the
-//! digest-pinned reference as the last line of stdout.
+//! `twinflash push <ref> <file> --version <v> --chip <chip> [--sign-key <file>]`: validate,
+//! upload, sign if asked, print the digest-pinned reference as the last line of stdout.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use twinflash_artifact::format::parse_base_address;
 use twinflash_artifact::{FirmwareFormat, PushRequest};
 
-use crate::cmd::registry::{RegistryArgs, parse_annotation, progress_bar, with_code};
+use crate::cmd::registry::{
+    ClientCertArgs, RegistryArgs, parse_annotation, progress_bar, with_code,
+};
+use crate::cmd::sign::{FormatArg, load_signing_key, sign, summary};
 
 /// Push a firmware file as a twinflash artifact.
 #[derive(Debug, clap::Args)]
@@ -31,8 +34,16 @@ pub struct Cmd {
     /// Extra manifest annotation key=value (repeatable).
     #[arg(long = "annotation", value_name = "K=V")]
     pub annotations: Vec<String>,
+    /// Sign the pushed artifact with this private key (as `twinflash sign --key`).
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
+    /// Where the signature goes (with --sign-key).
+    #[arg(long, value_enum, default_value_t = FormatArg::Cosign, requires = "sign_key")]
+    pub sign_format: FormatArg,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub client_cert: ClientCertArgs,
 }
 
 /// Runs `push`.
@@ -69,7 +80,8 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
         base_address,
         annotations,
     };
-    let tls = cmd.registry.tls(&cmd.reference);
+    let sign_key = cmd.sign_key.as_deref().map(load_signing_key).transpose()?;
+    let tls = cmd.registry.tls(&cmd.reference, &(&cmd.client_cert).into());
     let creds = cmd.registry.credentials()?;
     let bar = progress_bar(0);
     let pushed = twinflash_artifact::push(&tls, &creds, &req, |done, total| {
@@ -83,6 +95,17 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
         "pushed {} {} for {} ({} bytes)",
         pushed.artifact.format, pushed.artifact.version, pushed.artifact.chip, pushed.artifact.size
     );
+    if let Some(key) = &sign_key {
+        let signed = sign(
+            &tls,
+            &cmd.registry,
+            &pushed.pinned_reference,
+            key,
+            cmd.sign_format.into(),
+        )
+        .await?;
+        eprintln!("{}", summary(&signed));
+    }
     outln!("{}", pushed.pinned_reference);
     Ok(())
 }

@@ -21,13 +21,6 @@ pub struct RegistryArgs {
     /// Extra CA certificates (PEM) to trust.
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) for registries that require mutual TLS (with --key). Used by
-    /// pull, inspect and set; push cannot present one and refuses it.
-    #[arg(long, value_name = "FILE", requires = "key")]
-    pub cert: Option<PathBuf>,
-    /// Key (PEM) of the --cert client certificate.
-    #[arg(long, value_name = "FILE", requires = "cert")]
-    pub key: Option<PathBuf>,
     /// Username for basic auth (with --password-file).
     #[arg(long, env = "TWINFLASH_REGISTRY_USERNAME")]
     pub username: Option<String>,
@@ -38,6 +31,81 @@ pub struct RegistryArgs {
     /// ~/.docker/config.json when present].
     #[arg(long, value_name = "FILE")]
     pub docker_config: Option<PathBuf>,
+}
+
+/// A client certificate for registries that require mutual TLS: `--cert` + `--key` (pull, inspect,
+/// set; push cannot present one and refuses it).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientCertArgs {
+    /// Client certificate (PEM) for registries that require mutual TLS (with --key). Used by
+    /// pull, inspect and set; push cannot present one and refuses it.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Key (PEM) of the --cert client certificate (also spelled --cert-key, as sign and verify
+    /// spell it).
+    #[arg(long, alias = "cert-key", value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+/// The client certificate of `sign` and `verify`, whose `--key` is the signature key (as in
+/// cosign): `--cert` + `--cert-key`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SignerCertArgs {
+    /// Client certificate (PEM) for registries that require mutual TLS (with --cert-key).
+    #[arg(long, value_name = "FILE", requires = "cert_key")]
+    pub cert: Option<PathBuf>,
+    /// Key (PEM) of the --cert client certificate.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub cert_key: Option<PathBuf>,
+}
+
+/// The registry options of `sign` and `verify`: [`RegistryArgs`] and a client certificate
+/// spelled `--cert` + `--cert-key`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SignerRegistryArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub client_cert: SignerCertArgs,
+}
+
+impl SignerRegistryArgs {
+    /// The client certificate.
+    pub fn client(&self) -> ClientCert {
+        (&self.client_cert).into()
+    }
+
+    /// TLS and plain-HTTP options for a reference.
+    pub fn tls(&self, reference: &str) -> TlsOptions {
+        self.registry.tls(reference, &self.client())
+    }
+}
+
+/// A client certificate and its key, from either spelling.
+#[derive(Debug, Clone, Default)]
+pub struct ClientCert {
+    /// The certificate (PEM).
+    pub cert: Option<PathBuf>,
+    /// Its key (PEM).
+    pub key: Option<PathBuf>,
+}
+
+impl From<&ClientCertArgs> for ClientCert {
+    fn from(a: &ClientCertArgs) -> Self {
+        Self {
+            cert: a.cert.clone(),
+            key: a.key.clone(),
+        }
+    }
+}
+
+impl From<&SignerCertArgs> for ClientCert {
+    fn from(a: &SignerCertArgs) -> Self {
+        Self {
+            cert: a.cert.clone(),
+            key: a.cert_key.clone(),
+        }
+    }
 }
 
 /// Idle timeout and total deadlines of registry requests, in seconds (docs/security.md). A limit
@@ -72,8 +140,8 @@ impl DeadlineArgs {
 }
 
 impl RegistryArgs {
-    /// TLS and plain-HTTP options for a reference.
-    pub fn tls(&self, reference: &str) -> TlsOptions {
+    /// TLS and plain-HTTP options for a reference, with a client certificate if given.
+    pub fn tls(&self, reference: &str, client: &ClientCert) -> TlsOptions {
         let mut plain_http = self.insecure_hosts.clone();
         if self.plain_http {
             plain_http.push(registry_of(reference));
@@ -81,8 +149,8 @@ impl RegistryArgs {
         TlsOptions {
             plain_http,
             ca_file: self.ca_file.clone(),
-            client_cert: self.cert.clone(),
-            client_key: self.key.clone(),
+            client_cert: client.cert.clone(),
+            client_key: client.key.clone(),
             ..TlsOptions::default()
         }
     }

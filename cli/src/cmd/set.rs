@@ -16,7 +16,7 @@ use mqtt_schema::{
 use rumqttc::{Event, Packet, QoS};
 
 use super::mqtt::{MqttArgs, now_ms};
-use super::registry::RegistryArgs;
+use super::registry::{ClientCertArgs, RegistryArgs};
 
 /// How an intent reaches the agent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -68,6 +68,8 @@ pub struct Cmd {
     pub mqtt: MqttArgs,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub client_cert: ClientCertArgs,
     /// Print what was published (and what edgecore stored) as JSON.
     #[arg(long)]
     pub json: bool,
@@ -80,7 +82,7 @@ async fn pin(cmd: &Cmd) -> anyhow::Result<FirmwareRef> {
             .with_context(|| format!("{} [invalid-reference]", cmd.reference));
     }
     let inspected = twinflash_artifact::inspect(
-        &cmd.registry.tls(&cmd.reference),
+        &cmd.registry.tls(&cmd.reference, &(&cmd.client_cert).into()),
         &cmd.registry.credentials()?,
         &cmd.reference,
     )
