@@ -70,7 +70,9 @@ pub(super) async fn fetch(
         Err(e) => {
             let code = e.code();
             match e {
-                FetchError::Unsigned { .. } => ctx.metrics.signature_check(SignatureCheck::Unsigned),
+                FetchError::Unsigned { .. } => {
+                    ctx.metrics.signature_check(SignatureCheck::Unsigned)
+                }
                 FetchError::SignatureInvalid { .. } => {
                     ctx.metrics.signature_check(SignatureCheck::Invalid)
                 }
