@@ -1,60 +1,17 @@
 //! The agent's signature policy end to end (issue #15): the real binary with `[signatures]`, a real mosquitto, real
 //! registries (Debian's docker-registry, distribution 2.8.2: no referrers API), signatures written by
-//! `twinflash_artifact::signature::write`, simulated devices. Judged by what the cloud stand-in (MQTT) or edgecore's
-//! stand-in (DMI) stores and by the simulated device's flash: a refused artifact leaves the device's content and
-//! counters as they were, and the installed firmware twins unchanged.
+//! `twinflash_artifact::signature::write`, simulated devices. Judged by what the cloud stand-in stores and by the
+//! simulated device's flash: a refused artifact leaves the device's content and counters as they were, and the
+//! installed firmware twins unchanged. The DMI mode's case is in dmi.rs, beside that mode's scene.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{Agent, AgentSpec, Env, SimDevice, WAIT, image, init, push};
-use twinflash_artifact::signature::SigningKey;
-use twinflash_artifact::signature::write::{SignFormat, Signed, sign};
-use twinflash_artifact::{Credentials, TlsOptions};
+use support::{AgentSpec, Env, Key, SimDevice, check_config, image, init, policy, push};
+use twinflash_artifact::signature::write::SignFormat;
 use twinflash_harness::Registry;
-use twinflash_testkit::{DmiEdgecore, device_model};
-
-/// A signing key and its public half as a PEM file `<name>.pub` (the signer's name in logs is `name`).
-struct Key {
-    signing: SigningKey,
-    public: PathBuf,
-}
-
-fn key(dir: &Path, name: &str) -> Key {
-    let signing = SigningKey::from_pkcs8_der(&SigningKey::generate_p256_pkcs8().unwrap()).unwrap();
-    let public = dir.join(format!("{name}.pub"));
-    std::fs::write(&public, signing.public().to_pem()).unwrap();
-    Key { signing, public }
-}
-
-/// The `[signatures]` section trusting `keys`.
-fn policy(mode: &str, keys: &[&Key]) -> String {
-    let files: Vec<String> = keys
-        .iter()
-        .map(|k| k.public.display().to_string())
-        .collect();
-    format!("[signatures]\nmode = \"{mode}\"\nkeys = {files:?}\n")
-}
-
-/// Signs `reference` (on the registry `host`) with `key`.
-async fn signed(host: &str, reference: &str, key: &Key, format: SignFormat) -> Signed {
-    let tls = TlsOptions {
-        plain_http: vec![host.to_owned()],
-        ..TlsOptions::default()
-    };
-    sign(
-        &tls,
-        &Credentials::default(),
-        reference,
-        &key.signing,
-        format,
-    )
-    .await
-    .unwrap()
-}
 
 fn digest(reference: &str) -> &str {
     reference.rsplit_once('@').unwrap().1
@@ -109,79 +66,103 @@ fn snapshot(dev: &SimDevice) -> (Vec<u8>, serde_json::Value) {
     (dev.flash(), dev.counters())
 }
 
-/// An MQTT scene whose agent applies `section`, with `v1` (signed by `trusted`) installed on device 0.
-struct Installed {
+/// An MQTT scene (support's [`Env`], one device) whose agent applies `mode`, trusting `release.pub` of `keys`;
+/// `tweak` changes the rest of the agent's settings.
+struct Scene {
     env: Env,
-    v1: String,
+    release: Key,
+    keys: tempfile::TempDir,
 }
 
-impl Installed {
-    async fn start(section: String, trusted: &Key) -> Installed {
-        let env = Env::start(1, |s| AgentSpec {
-            extra_sections: section,
-            ..s
+impl Scene {
+    async fn start(mode: &str, tweak: impl FnOnce(AgentSpec<'_>) -> AgentSpec<'_>) -> Scene {
+        let keys = tempfile::tempdir().unwrap();
+        let release = Key::new(keys.path(), "release");
+        let section = policy(mode, &[&release]);
+        let env = Env::start(1, |mut s| {
+            s.extra_sections.push_str(&section);
+            tweak(s)
         })
         .await;
-        let v1 = env.push("blinky:1.0.0", &image(1, 12_000), "1.0.0").await;
-        signed(&env.registry.host(), &v1, trusted, SignFormat::Cosign).await;
-        env.intent(0, &v1).await;
-        env.wait(0, "firmware-state", "installed").await;
-        Installed { env, v1 }
+        Scene { env, release, keys }
     }
 
-    /// Offers `reference` and expects `rejected:<code>` with nothing flashed and the installed twins still v1's.
-    async fn refuses(&self, reference: &str, code: &str) {
-        let env = &self.env;
-        let dev = env.device(0);
-        let before = snapshot(&dev);
-        env.intent(0, reference).await;
-        env.wait(0, "firmware-state", &format!("rejected:{code}"))
-            .await;
-        assert_eq!(snapshot(&dev), before, "nothing flashed");
-        assert_eq!(dev.started(reference), 0);
-        assert_eq!(env.actual(0, "firmware").as_deref(), Some(self.v1.as_str()));
-        assert_eq!(env.actual(0, "firmware-version").as_deref(), Some("1.0.0"));
-        assert!(dev.holds(&image(1, 12_000)), "v1 still on the device");
+    /// Pushes `image(seed, 12_000)` as `fw/blinky:<version>`; its digest-pinned reference.
+    async fn push(&self, version: &str, seed: u8) -> String {
+        self.env
+            .push(&format!("blinky:{version}"), &image(seed, 12_000), version)
+            .await
     }
+
+    fn host(&self) -> String {
+        self.env.registry.host()
+    }
+
+    /// Sends the intent `reference` and waits for `installed`; the device then holds `image(seed, ...)`.
+    async fn installs(&self, reference: &str, seed: u8) {
+        self.env.intent(0, reference).await;
+        self.env.wait(0, "firmware", reference).await;
+        self.env.wait(0, "firmware-state", "installed").await;
+        assert!(self.env.device(0).holds(&image(seed, 12_000)));
+    }
+
+    /// The line of the agent's log that reports the flash.
+    fn flash_line(&self) -> String {
+        let log = self.env.agent.log();
+        log.lines()
+            .find(|l| l.contains("flashed and verified"))
+            .unwrap_or_else(|| panic!("no flash logged:\n{log}"))
+            .to_owned()
+    }
+}
+
+/// Under `require`, with `v1` (seed 1, signed by the trusted key) installed on device 0.
+async fn with_v1_installed() -> (Scene, String) {
+    let scene = Scene::start("require", |s| s).await;
+    let v1 = scene.push("1.0.0", 1).await;
+    scene
+        .release
+        .sign(&scene.host(), &v1, SignFormat::Cosign)
+        .await;
+    scene.installs(&v1, 1).await;
+    (scene, v1)
+}
+
+/// Offers `reference` and expects `rejected:<code>`: nothing flashed, the installed twins still `v1`'s.
+async fn refuses(scene: &Scene, v1: &str, reference: &str, code: &str) {
+    let env = &scene.env;
+    let dev = env.device(0);
+    let before = snapshot(&dev);
+    env.intent(0, reference).await;
+    env.wait(0, "firmware-state", &format!("rejected:{code}"))
+        .await;
+    let after = snapshot(&dev);
+    assert!(after.0 == before.0, "the flash changed");
+    assert_eq!(after.1, before.1, "flash operations counted");
+    assert_eq!(dev.started(reference), 0);
+    assert_eq!(env.actual(0, "firmware").as_deref(), Some(v1));
+    assert_eq!(env.actual(0, "firmware-version").as_deref(), Some("1.0.0"));
+    assert!(dev.holds(&image(1, 12_000)), "v1 still on the device");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_artifact_installs_under_require_and_its_signer_is_logged() {
-    let keys = tempfile::tempdir().unwrap();
-    let release = key(keys.path(), "release");
     let port = twinflash_harness::free_port();
-    let env = Env::start(1, |s| AgentSpec {
-        extra_sections: format!(
-            "{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
-            policy("require", &[&release])
-        ),
-        ..s
+    let scene = Scene::start("require", |mut s| {
+        s.extra_sections
+            .push_str(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+        s
     })
     .await;
-    let fw = image(7, 20_000);
-    let reference = env.push("blinky:2.0.0", &fw, "2.0.0").await;
-    let s = signed(
-        &env.registry.host(),
-        &reference,
-        &release,
-        SignFormat::Cosign,
-    )
-    .await;
+    let reference = scene.push("2.0.0", 7).await;
+    let s = scene
+        .release
+        .sign(&scene.host(), &reference, SignFormat::Cosign)
+        .await;
     assert_eq!(s.location, format!("tag sha256-{}.sig", hex(&reference)));
-    env.intent(0, &reference).await;
-    env.wait(0, "firmware-state", "installed").await;
-    assert_eq!(
-        env.actual(0, "firmware").as_deref(),
-        Some(reference.as_str())
-    );
-    let dev = env.device(0);
-    assert!(dev.holds(&fw));
-    assert_eq!(dev.completed(&reference), 1);
-    let log = env.agent.log();
-    let flashed = log
-        .lines()
-        .find(|l| l.contains("flashed and verified"))
-        .unwrap_or_else(|| panic!("no flash logged:\n{log}"));
+    scene.installs(&reference, 7).await;
+    assert_eq!(scene.env.device(0).completed(&reference), 1);
+    let flashed = scene.flash_line();
     assert!(
         flashed.contains("signed by release") && flashed.contains(&s.key_id),
         "{flashed}"
@@ -192,133 +173,107 @@ async fn a_signed_artifact_installs_under_require_and_its_signer_is_logged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsigned_artifact_is_rejected_under_require_and_not_retried_until_the_intent_changes() {
-    let keys = tempfile::tempdir().unwrap();
-    let release = key(keys.path(), "release");
-    let scene = Installed::start(policy("require", &[&release]), &release).await;
+    let (scene, v1) = with_v1_installed().await;
     let env = &scene.env;
-    let v2 = env.push("blinky:1.1.0", &image(2, 12_000), "1.1.0").await;
-    scene.refuses(&v2, "unsigned").await;
+    let v2 = scene.push("1.1.0", 2).await;
+    refuses(&scene, &v1, &v2, "unsigned").await;
     assert!(env.agent.log().contains("no signature found"));
 
     // Signed afterwards, the same intent again (edgecore repeats deltas): a rejection stays until the intent
     // changes. The next intent, handled after that one, installs: the repeated delta was seen and did nothing.
-    signed(&env.registry.host(), &v2, &release, SignFormat::Cosign).await;
+    let host = scene.host();
+    scene.release.sign(&host, &v2, SignFormat::Cosign).await;
     env.intent(0, &v2).await;
-    let fw3 = image(3, 12_000);
-    let v3 = env.push("blinky:1.2.0", &fw3, "1.2.0").await;
-    signed(&env.registry.host(), &v3, &release, SignFormat::Cosign).await;
-    env.intent(0, &v3).await;
-    env.wait(0, "firmware", &v3).await;
+    let v3 = scene.push("1.2.0", 3).await;
+    scene.release.sign(&host, &v3, SignFormat::Cosign).await;
+    scene.installs(&v3, 3).await;
     let dev = env.device(0);
     assert_eq!(dev.started(&v2), 0, "{:?}", dev.counters());
-    assert!(dev.holds(&fw3));
-    assert_eq!(
-        env.actual(0, "firmware-state").as_deref(),
-        Some("installed")
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signature_by_an_untrusted_key_is_rejected_as_invalid() {
-    let keys = tempfile::tempdir().unwrap();
-    let release = key(keys.path(), "release");
-    let stranger = key(keys.path(), "stranger");
-    let scene = Installed::start(policy("require", &[&release]), &release).await;
-    let env = &scene.env;
-    let v2 = env.push("blinky:1.1.0", &image(2, 12_000), "1.1.0").await;
-    signed(&env.registry.host(), &v2, &stranger, SignFormat::Cosign).await;
-    scene.refuses(&v2, "signature-invalid").await;
-    assert!(env.agent.log().contains("does not verify"));
+    let (scene, v1) = with_v1_installed().await;
+    let stranger = Key::new(scene.keys.path(), "stranger");
+    let v2 = scene.push("1.1.0", 2).await;
+    stranger.sign(&scene.host(), &v2, SignFormat::Cosign).await;
+    refuses(&scene, &v1, &v2, "signature-invalid").await;
+    assert!(scene.env.agent.log().contains("does not verify"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signature_of_another_digest_is_rejected_as_invalid() {
-    let keys = tempfile::tempdir().unwrap();
-    let release = key(keys.path(), "release");
-    let scene = Installed::start(policy("require", &[&release]), &release).await;
-    let env = &scene.env;
-    let host = env.registry.host();
+    let (scene, v1) = with_v1_installed().await;
+    let host = scene.host();
     // v1's good `.sig` manifest, copied byte for byte to v2's signature tag in the same repository.
-    let v2 = env.push("blinky:1.1.0", &image(2, 12_000), "1.1.0").await;
+    let v2 = scene.push("1.1.0", 2).await;
     skopeo(&[
         "copy",
         "--src-tls-verify=false",
         "--dest-tls-verify=false",
         "--preserve-digests",
-        &format!("docker://{host}/fw/blinky:sha256-{}.sig", hex(&scene.v1)),
+        &format!("docker://{host}/fw/blinky:sha256-{}.sig", hex(&v1)),
         &format!("docker://{host}/fw/blinky:sha256-{}.sig", hex(&v2)),
     ]);
-    scene.refuses(&v2, "signature-invalid").await;
-    assert!(env.agent.log().contains("another digest"));
+    refuses(&scene, &v1, &v2, "signature-invalid").await;
+    assert!(scene.env.agent.log().contains("another digest"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signature_only_a_mirror_serves_installs() {
     init();
-    let keys = tempfile::tempdir().unwrap();
-    let release = key(keys.path(), "release");
     let mirror = Registry::start().unwrap();
     let m = mirror.host();
-    let env = Env::start(1, |mut s| {
+    let scene = Scene::start("require", |mut s| {
         s.registry_hosts.push(m.clone());
-        AgentSpec {
-            registry_extra: format!("[[registry.mirrors]]\nkind = \"registry\"\nhost = \"{m}\"\n"),
-            extra_sections: policy("require", &[&release]),
-            ..s
-        }
+        s.registry_extra = format!("[[registry.mirrors]]\nkind = \"registry\"\nhost = \"{m}\"\n");
+        s
     })
     .await;
-    let fw = image(5, 12_000);
-    let reference = env.push("blinky:1.0.0", &fw, "1.0.0").await;
+    let reference = scene.push("1.0.0", 5).await;
     // The same artifact on the mirror; only the mirror holds a signature.
     let on_mirror = push(
         &mirror,
-        env.dir.path(),
+        scene.env.dir.path(),
         "fw/blinky:1.0.0",
-        &fw,
+        &image(5, 12_000),
         "1.0.0",
         support::CHIP,
     )
     .await;
     assert_eq!(digest(&on_mirror), digest(&reference));
-    signed(&m, &on_mirror, &release, SignFormat::Cosign).await;
+    scene.release.sign(&m, &on_mirror, SignFormat::Cosign).await;
+    let origin_tags = tags(&scene.host(), "fw/blinky");
     assert!(
-        !tags(&env.registry.host(), "fw/blinky")
-            .iter()
-            .any(|t| t.ends_with(".sig"))
+        !origin_tags.iter().any(|t| t.ends_with(".sig")),
+        "{origin_tags:?}"
     );
-    env.intent(0, &reference).await;
-    env.wait(0, "firmware-state", "installed").await;
-    assert!(env.device(0).holds(&fw));
-    let log = env.agent.log();
+    scene.installs(&reference, 5).await;
+    let flashed = scene.flash_line();
     assert!(
-        log.lines()
-            .any(|l| l.contains("flashed and verified")
-                && l.contains(&format!("at {m} tag sha256-"))),
-        "{log}"
+        flashed.contains(&format!("at {m} tag sha256-")),
+        "{flashed}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oci_layout_with_the_signature_installs_with_the_origin_stopped() {
-    init();
-    let keys = tempfile::tempdir().unwrap();
-    let release = key(keys.path(), "release");
     let usb = tempfile::tempdir().unwrap();
     let layout = usb.path().join("layout");
-    let mut env = Env::start(1, |s| AgentSpec {
-        registry_extra: format!(
+    let mut scene = Scene::start("require", |mut s| {
+        s.registry_extra = format!(
             "[[registry.mirrors]]\nkind = \"layout\"\npath = \"{}\"\n",
             layout.display()
-        ),
-        extra_sections: policy("require", &[&release]),
-        ..s
+        );
+        s
     })
     .await;
-    let host = env.registry.host();
-    let fw = image(6, 12_000);
-    let reference = env.push("blinky:1.0.0", &fw, "1.0.0").await;
-    signed(&host, &reference, &release, SignFormat::Cosign).await;
+    let host = scene.host();
+    let reference = scene.push("1.0.0", 6).await;
+    scene
+        .release
+        .sign(&host, &reference, SignFormat::Cosign)
+        .await;
     // What `skopeo copy` puts on a USB stick: the artifact and cosign's `.sig` tag, both in index.json.
     let sig_tag = format!("sha256-{}.sig", hex(&reference));
     for (from, tag) in [
@@ -333,53 +288,39 @@ async fn an_oci_layout_with_the_signature_installs_with_the_origin_stopped() {
             &format!("oci:{}:{tag}", layout.display()),
         ]);
     }
-    env.registry.stop();
-    env.intent(0, &reference).await;
-    env.wait(0, "firmware-state", "installed").await;
-    assert!(env.device(0).holds(&fw));
-    let log = env.agent.log();
+    scene.env.registry.stop();
+    scene.installs(&reference, 6).await;
+    let flashed = scene.flash_line();
     let at = format!("at oci-layout:{} tag {sig_tag}", layout.display());
-    assert!(
-        log.lines()
-            .any(|l| l.contains("flashed and verified") && l.contains(&at)),
-        "no flash signed {at}:\n{log}"
-    );
+    assert!(flashed.contains(&at), "{at} not in {flashed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_referrer_in_the_referrers_tag_schema_installs_without_a_referrers_api() {
-    let keys = tempfile::tempdir().unwrap();
-    let release = key(keys.path(), "release");
-    let env = Env::start(1, |s| AgentSpec {
-        extra_sections: policy("require", &[&release]),
-        ..s
-    })
-    .await;
-    let host = env.registry.host();
-    let fw = image(8, 12_000);
-    let reference = env.push("blinky:1.0.0", &fw, "1.0.0").await;
+    let scene = Scene::start("require", |s| s).await;
+    let host = scene.host();
+    let reference = scene.push("1.0.0", 8).await;
     // This registry answers 404 to the referrers API: the writer lists the referrer in the tag schema index.
     let status = http_status(&format!(
         "http://{host}/v2/fw/blinky/referrers/{}",
         digest(&reference)
     ));
     assert_eq!(status, "404");
-    let s = signed(&host, &reference, &release, SignFormat::Bundle).await;
+    let s = scene
+        .release
+        .sign(&host, &reference, SignFormat::Bundle)
+        .await;
     let tags = tags(&host, "fw/blinky");
     assert!(
         tags.contains(&format!("sha256-{}", hex(&reference))),
         "{tags:?}"
     );
     assert!(!tags.iter().any(|t| t.ends_with(".sig")), "{tags:?}");
-    env.intent(0, &reference).await;
-    env.wait(0, "firmware-state", "installed").await;
-    assert!(env.device(0).holds(&fw));
-    let log = env.agent.log();
+    scene.installs(&reference, 8).await;
+    let flashed = scene.flash_line();
     assert!(
-        log.lines().any(|l| l.contains("flashed and verified")
-            && l.contains("sigstore bundle")
-            && l.contains(&s.location)),
-        "{} not in the flash line:\n{log}",
+        flashed.contains("sigstore bundle") && flashed.contains(&s.location),
+        "{} not in {flashed}",
         s.location
     );
 }
@@ -395,95 +336,25 @@ fn http_status(url: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warn_installs_an_unsigned_artifact_and_logs_why() {
-    let keys = tempfile::tempdir().unwrap();
-    let release = key(keys.path(), "release");
-    let env = Env::start(1, |s| AgentSpec {
-        extra_sections: policy("warn", &[&release]),
-        ..s
-    })
-    .await;
-    let fw = image(9, 12_000);
-    let reference = env.push("blinky:1.0.0", &fw, "1.0.0").await;
-    env.intent(0, &reference).await;
-    env.wait(0, "firmware-state", "installed").await;
-    assert!(env.device(0).holds(&fw));
-    let log = env.agent.log();
+    let scene = Scene::start("warn", |s| s).await;
+    let reference = scene.push("1.0.0", 9).await;
+    scene.installs(&reference, 9).await;
+    let log = scene.env.agent.log();
     let warned = log
         .lines()
         .find(|l| l.contains("WARN") && l.contains("signatures = warn"))
         .unwrap_or_else(|| panic!("no warning:\n{log}"));
     assert!(warned.contains("no signature found"), "{warned}");
     assert!(warned.contains("sim-00"), "names the device: {warned}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dmi_mode_rejects_an_unsigned_artifact_and_installs_a_signed_one() {
-    init();
-    let dir = tempfile::tempdir().unwrap();
-    let release = key(dir.path(), "release");
-    let registry = Registry::start().unwrap();
-    let edgecore = DmiEdgecore::start_in(&dir.path().join("edgecore"))
-        .await
-        .unwrap();
-    edgecore.apply_model(&device_model("default"));
-    let agent_dir = dir.path().join("agent");
-    let agent = Agent::start(AgentSpec {
-        dmi: Some(edgecore.socket()),
-        extra_sections: policy("require", &[&release]),
-        ..AgentSpec::new(&agent_dir, 0, vec![registry.host()], 1)
-    });
-    let dev = agent.devices[0].clone();
-    let unsigned = push_seeded(&registry, dir.path(), "1.0.0", 1).await;
-    edgecore.apply_device(&dev.device("node-a", &unsigned));
-    edgecore
-        .wait_actual(
-            "default",
-            "sim-00",
-            "firmware-state",
-            "rejected:unsigned",
-            WAIT,
-        )
-        .await;
-    assert_eq!(dev.started(&unsigned), 0);
-    assert_eq!(
-        edgecore
-            .actual("default", "sim-00", "firmware")
-            .unwrap_or_default(),
-        ""
-    );
-
-    let good = push_seeded(&registry, dir.path(), "1.1.0", 2).await;
-    signed(&registry.host(), &good, &release, SignFormat::Cosign).await;
-    edgecore.apply_device(&dev.device("node-a", &good));
-    edgecore
-        .wait_actual("default", "sim-00", "firmware", &good, WAIT)
-        .await;
-    edgecore
-        .wait_actual("default", "sim-00", "firmware-state", "installed", WAIT)
-        .await;
-    assert!(dev.holds(&image(2, 12_000)));
-    assert_eq!(dev.started(&unsigned), 0);
-}
-
-/// Pushes `image(seed, 12_000)` as `fw/blinky:<version>`.
-async fn push_seeded(registry: &Registry, dir: &Path, version: &str, seed: u8) -> String {
-    push(
-        registry,
-        dir,
-        &format!("fw/blinky:{version}"),
-        &image(seed, 12_000),
-        version,
-        support::CHIP,
-    )
-    .await
+    assert!(!scene.flash_line().contains("signed by"));
 }
 
 #[test]
 fn check_config_prints_the_policy_and_a_missing_key_stops_the_agent() {
     let dir = tempfile::tempdir().unwrap();
-    let release = key(dir.path(), "release");
+    let release = Key::new(dir.path(), "release");
+    let file = dir.path().join("edge.toml");
     let run = |section: &str| {
-        let file = dir.path().join("edge.toml");
         std::fs::write(
             &file,
             format!(
@@ -494,17 +365,7 @@ fn check_config_prints_the_policy_and_a_missing_key_stops_the_agent() {
             ),
         )
         .unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_twinflash-edge"))
-            .arg("--config")
-            .arg(&file)
-            .arg("--check-config")
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
+        check_config(&file, &[])
     };
     let (code, out) = run(&policy("require", &[&release]));
     assert_eq!(code, Some(0), "{out}");
