@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use twinflash_artifact::{Credentials, FetchConfig, Fetcher, Mirror};
 
-use crate::config::{DeliveryMode, EdgeConfig, MirrorConfig};
+use crate::config::{ConfigError, DeliveryMode, EdgeConfig, MirrorConfig};
 use crate::device::Device;
 use crate::job::{self, JobContext};
 use crate::journal::Journal;
@@ -52,10 +52,14 @@ pub enum StartError {
     /// The DMI mapper cannot start (its socket, its registration settings).
     #[error(transparent)]
     Dmi(#[from] crate::dmi::DmiError),
+    /// A setting checked at load time no longer holds (a key file removed since).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
-/// The fetcher settings from the `[registry]` section.
-pub fn fetch_config(cfg: &EdgeConfig) -> FetchConfig {
+/// The fetcher settings from the `[registry]` and `[signatures]` sections. Fails when a signature key cannot be
+/// read (the check at load time read it too; this is the copy the agent runs with).
+pub fn fetch_config(cfg: &EdgeConfig) -> Result<FetchConfig, ConfigError> {
     let r = &cfg.registry;
     let mut fc = FetchConfig::new(cfg.state_dir.join("cache"));
     fc.max_size = r.max_artifact_bytes;
@@ -81,7 +85,8 @@ pub fn fetch_config(cfg: &EdgeConfig) -> FetchConfig {
     fc.client_cert = r.cert_file.clone();
     fc.client_key = r.key_file.clone();
     fc.timeouts = r.timeouts();
-    fc
+    fc.signatures = cfg.signatures.policy()?;
+    Ok(fc)
 }
 
 /// Rebuilds one device from its journal and from what the device reads back; pins what it needs in the cache.
@@ -147,7 +152,7 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
     let unready = cfg.metrics.unready_after_broker_down_secs;
     metrics.set_unready_after_broker_down((unready > 0).then(|| Duration::from_secs(unready)));
     let reports = Arc::new(ReportQueue::new(Outbox::open(&cfg.state_dir)?));
-    let fetcher = Arc::new(Fetcher::new(fetch_config(&cfg))?);
+    let fetcher = Arc::new(Fetcher::new(fetch_config(&cfg)?)?);
 
     let ctx = Arc::new(JobContext {
         fetcher: fetcher.clone(),

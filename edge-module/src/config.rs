@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use twinflash_artifact::Timeouts;
+use twinflash_artifact::signature::{Mode, Policy};
 use twinflash_flasher::FlasherConfig;
 
 /// Prefix of the environment overrides: `TWINFLASH_EDGE__MQTT__URL=mqtt://...` sets `mqtt.url`.
@@ -37,6 +38,9 @@ pub struct EdgeConfig {
     /// Prometheus metrics and health endpoints.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Which firmware signatures the agent trusts, and whether it insists on one.
+    #[serde(default)]
+    pub signatures: SignaturesConfig,
     /// How reports are acknowledged and kept true in edgecore's twin store.
     #[serde(default)]
     pub twin: TwinConfig,
@@ -250,6 +254,32 @@ pub enum MirrorConfig {
         /// The directory holding `index.json` and `blobs/`.
         path: PathBuf,
     },
+}
+
+/// `[signatures]`: the signature policy the fetcher applies after the manifest and before a byte of the layer
+/// (docs/security.md). Off by default, so an existing configuration keeps working on an upgrade.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignaturesConfig {
+    /// `off` (default: not looked up), `warn` (checked, logged, used anyway) or `require` (only an artifact signed by
+    /// a trusted key is flashed: otherwise `rejected:unsigned` or `rejected:signature-invalid`).
+    #[serde(default)]
+    pub mode: Mode,
+    /// PEM public keys (cosign's `cosign.pub`); any one suffices. A signer is reported by its file's stem.
+    #[serde(default)]
+    pub keys: Vec<PathBuf>,
+}
+
+impl SignaturesConfig {
+    /// Reads the key files into the fetcher's policy. A missing or unreadable key, or `warn`/`require` without a
+    /// key, is a config error naming the file: an agent that was told to require signatures must not start
+    /// without being able to check them.
+    pub fn policy(&self) -> Result<Policy, ConfigError> {
+        Policy::load(self.mode, &self.keys).map_err(|e| ConfigError::Invalid {
+            key: "signatures.keys".into(),
+            reason: e.0,
+        })
+    }
 }
 
 /// `[limits]`.
@@ -578,6 +608,7 @@ impl EdgeConfig {
         if !mqtt {
             self.check_dmi()?;
         }
+        self.signatures.policy()?;
         // Device ids of DMI devices are always `namespace/name`.
         let layout = if mqtt {
             self.mqtt.topic_layout

@@ -52,7 +52,7 @@ fn registry_deadlines_have_defaults_reach_the_fetcher_and_must_be_positive() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = EdgeConfig::load(&write(dir.path(), MINIMAL)).unwrap();
     assert_eq!(
-        crate::agent::fetch_config(&cfg).timeouts,
+        crate::agent::fetch_config(&cfg).unwrap().timeouts,
         twinflash_artifact::Timeouts::default()
     );
     let text = format!(
@@ -60,7 +60,7 @@ fn registry_deadlines_have_defaults_reach_the_fetcher_and_must_be_positive() {
          idle_timeout_secs = 3\nconnect_timeout_secs = 2\nblob_request_timeout_secs = 600\n"
     );
     let cfg = EdgeConfig::load(&write(dir.path(), &text)).unwrap();
-    let t = crate::agent::fetch_config(&cfg).timeouts;
+    let t = crate::agent::fetch_config(&cfg).unwrap().timeouts;
     assert_eq!(
         [t.manifest, t.token, t.idle, t.connect, t.blob_request].map(|d| d.as_secs()),
         [5, 4, 3, 2, 600]
@@ -167,5 +167,69 @@ fn twin_settings_default_to_edgecore_acks_and_a_period_of_at_most_a_minute() {
         assert!(err.to_string().contains(key), "{bad}: {err}");
     }
     let typo = format!("{MINIMAL}\n[twin]\nacknowledgment = \"broker\"\n");
+    assert!(EdgeConfig::load(&write(dir.path(), &typo)).is_err());
+}
+
+/// A fresh P-256 public key as PEM (what `cosign generate-key-pair` writes to `cosign.pub`).
+fn public_pem() -> String {
+    use twinflash_artifact::signature::SigningKey;
+    let der = SigningKey::generate_p256_pkcs8().unwrap();
+    SigningKey::from_pkcs8_der(&der).unwrap().public().to_pem()
+}
+
+#[test]
+fn signatures_are_off_by_default_and_a_policy_reaches_the_fetcher_with_named_keys() {
+    use twinflash_artifact::signature::Mode;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = EdgeConfig::load(&write(dir.path(), MINIMAL)).unwrap();
+    assert_eq!(cfg.signatures.mode, Mode::Off);
+    assert_eq!(
+        crate::agent::fetch_config(&cfg).unwrap().signatures,
+        twinflash_artifact::signature::Policy::default()
+    );
+    let key = dir.path().join("release.pub");
+    std::fs::write(&key, public_pem()).unwrap();
+    let text = format!(
+        "{MINIMAL}\n[signatures]\nmode = \"require\"\nkeys = [\"{}\"]\n",
+        key.display()
+    );
+    let cfg = EdgeConfig::load(&write(dir.path(), &text)).unwrap();
+    let policy = crate::agent::fetch_config(&cfg).unwrap().signatures;
+    assert_eq!(policy.mode, Mode::Require);
+    assert_eq!(policy.keys.len(), 1);
+    assert_eq!(policy.keys[0].name, "release");
+}
+
+#[test]
+fn a_missing_or_bad_key_file_and_a_policy_without_keys_are_errors_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("gone.pub");
+    let garbage = dir.path().join("garbage.pub");
+    std::fs::write(&garbage, "not a key").unwrap();
+    for (section, expect) in [
+        (
+            format!("mode = \"require\"\nkeys = [\"{}\"]", missing.display()),
+            missing.display().to_string(),
+        ),
+        (
+            format!("mode = \"warn\"\nkeys = [\"{}\"]", garbage.display()),
+            garbage.display().to_string(),
+        ),
+        // Even with the policy off: a key that is listed must be readable.
+        (
+            format!("keys = [\"{}\"]", missing.display()),
+            missing.display().to_string(),
+        ),
+        ("mode = \"require\"".to_owned(), "require".to_owned()),
+        ("mode = \"warn\"\nkeys = []".to_owned(), "warn".to_owned()),
+    ] {
+        let text = format!("{MINIMAL}\n[signatures]\n{section}\n");
+        let err = EdgeConfig::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("signatures.keys"), "{section}: {err}");
+        assert!(err.contains(&expect), "{section}: {err}");
+    }
+    let typo = format!("{MINIMAL}\n[signatures]\nmode = \"enforce\"\n");
     assert!(EdgeConfig::load(&write(dir.path(), &typo)).is_err());
 }

@@ -68,7 +68,8 @@ fn main() -> ExitCode {
     })
 }
 
-/// `--check-config`: every device's flasher settings are built, and the summary says where each device comes from.
+/// `--check-config`: every device's flasher settings are built, and the summary says where each device comes from
+/// and which signature policy and keys the agent applies.
 fn check_config(cfg: &EdgeConfig) -> ExitCode {
     for d in &cfg.devices {
         if let Err(e) = twinflash_flasher::build(&d.flasher, &d.chip) {
@@ -93,6 +94,27 @@ fn check_config(cfg: &EdgeConfig) -> ExitCode {
             cfg.devices.len(),
             cfg.state_dir.display()
         ),
+    }
+    // Read again (the load checked them): the summary shows what the agent would trust.
+    let policy = match cfg.signatures.policy() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("twinflash-edge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!(
+        "  signatures: {}, {} trusted key(s)",
+        policy.mode.as_str(),
+        policy.keys.len()
+    );
+    for k in &policy.keys {
+        println!(
+            "    {}: {} {}",
+            k.name,
+            k.key.kind().as_str(),
+            k.key.key_id()
+        );
     }
     for d in &cfg.devices {
         let wins = if cfg.kubeedge.mode == DeliveryMode::Dmi {

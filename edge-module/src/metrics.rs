@@ -35,6 +35,36 @@ struct WhatLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// How the signature check of one fetch ended: the `result` label of `twinflash_edge_signature_checks_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignatureCheck {
+    /// A signature by a trusted key verified.
+    Verified,
+    /// Rejected under `require`: no signature found (`rejected:unsigned`).
+    Unsigned,
+    /// Rejected under `require`: signatures found, none verifies (`rejected:signature-invalid`).
+    Invalid,
+    /// Under `warn`: no good signature, used anyway.
+    Warned,
+}
+
+impl SignatureCheck {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Verified => "verified",
+            Self::Unsigned => "unsigned",
+            Self::Invalid => "invalid",
+            Self::Warned => "warned",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabel {
     code: i64,
 }
@@ -59,6 +89,7 @@ pub struct Metrics {
     retries: Family<WhatLabel, Counter>,
     edgecore_errors: Family<CodeLabel, Counter>,
     repairs: Counter,
+    signature_checks: Family<ResultLabel, Counter>,
     ready: AtomicBool,
     /// Since when the broker link is down (None: up, or never connected yet: see `down_at_start`).
     broker_down_since: Mutex<Option<Instant>>,
@@ -132,8 +163,15 @@ impl Metrics {
             "Times edgecore's stored twin differed from a device's state and the agent reported again",
             repairs.clone(),
         );
+        let signature_checks = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "signature_checks",
+            "Signature checks of fetched artifacts (signatures = warn or require), by result: verified, unsigned and invalid (rejected under require), warned (no good signature, used under warn)",
+            signature_checks.clone(),
+        );
         Metrics {
             registry,
+            signature_checks,
             dropped,
             retries,
             edgecore_errors,
@@ -159,6 +197,15 @@ impl Metrics {
     pub fn edgecore_error(&self, code: i64) {
         self.edgecore_errors
             .get_or_create(&CodeLabel { code })
+            .inc();
+    }
+
+    /// Counts one signature check of a fetch.
+    pub fn signature_check(&self, result: SignatureCheck) {
+        self.signature_checks
+            .get_or_create(&ResultLabel {
+                result: result.as_str(),
+            })
             .inc();
     }
 
@@ -328,6 +375,22 @@ mod tests {
             m.encode()
                 .contains("twinflash_edge_mqtt_dropped_messages_total{reason=\"oversized\"} 1")
         );
+    }
+
+    #[test]
+    fn signature_checks_are_counted_by_result() {
+        let m = Metrics::new();
+        m.signature_check(SignatureCheck::Verified);
+        m.signature_check(SignatureCheck::Verified);
+        m.signature_check(SignatureCheck::Unsigned);
+        let text = m.encode();
+        for line in [
+            "twinflash_edge_signature_checks_total{result=\"verified\"} 2",
+            "twinflash_edge_signature_checks_total{result=\"unsigned\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
+        assert!(!text.contains("result=\"invalid\""), "{text}");
     }
 
     #[test]

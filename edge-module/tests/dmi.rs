@@ -406,19 +406,7 @@ async fn check_config_says_which_devices_came_from_where() {
         .await;
     s.agent.terminate();
 
-    let check = |config: &std::path::Path| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_twinflash-edge"))
-            .arg("--config")
-            .arg(config)
-            .arg("--check-config")
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let check = |config: &std::path::Path| support::check_config(config, &[]);
     let (code, out) = check(&s.agent.config);
     assert_eq!(code, Some(0), "{out}");
     assert!(
@@ -464,6 +452,39 @@ async fn check_config_says_which_devices_came_from_where() {
     let (code, out) = check(&file);
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("mqtt.url"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_signatures_require_an_unsigned_artifact_is_rejected_and_a_signed_one_installs() {
+    let keys = tempfile::tempdir().unwrap();
+    let release = support::Key::new(keys.path(), "release");
+    let s = Scene::start(1, |mut spec| {
+        spec.extra_sections
+            .push_str(&support::policy("require", &[&release]));
+        spec
+    })
+    .await;
+    let unsigned = s.push("1.0.0", 1, 12 * 1024, "1.0.0").await;
+    s.want(0, &unsigned);
+    s.wait_actual(0, "firmware-state", "rejected:unsigned")
+        .await;
+    // Nothing flashed: the flash the Device's backend created is still blank, no operation was counted.
+    assert!(s.sim(0).flash().iter().all(|&b| b == 0xff), "flash written");
+    assert_eq!(s.sim(0).counters(), Value::Null);
+    assert_eq!(s.actual(0, "firmware").unwrap_or_default(), "");
+
+    let signed = s.push("1.1.0", 2, 12 * 1024, "1.1.0").await;
+    release
+        .sign(
+            &s.registry.host(),
+            &signed,
+            twinflash_artifact::signature::write::SignFormat::Cosign,
+        )
+        .await;
+    s.want(0, &signed);
+    s.wait_installed(0, &signed, "1.1.0").await;
+    assert!(s.sim(0).holds(&image(2, 12 * 1024)));
+    assert_eq!(s.sim(0).started(&unsigned), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

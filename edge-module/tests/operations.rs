@@ -5,7 +5,6 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::process::Command;
 use std::time::Duration;
 
 use mqtt_schema::TopicLayout;
@@ -209,20 +208,7 @@ fn check_config_names_the_key_and_reads_environment_overrides() {
     );
     let file = dir.path().join("edge.toml");
     std::fs::write(&file, &good).unwrap();
-    let run = |envs: &[(&str, &str)]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_twinflash-edge"))
-            .arg("--config")
-            .arg(&file)
-            .arg("--check-config")
-            .envs(envs.iter().copied())
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let run = |envs: &[(&str, &str)]| support::check_config(&file, envs);
     let (code, out) = run(&[]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("config ok"), "{out}");

@@ -1,13 +1,17 @@
 //! The fetch step of a job: the artifact from the registry (or a mirror, or the cache), resumable and verified.
-//! Cancelled by a newer intent or by shutdown (the partial stays and is resumed later).
+//! Cancelled by a newer intent or by shutdown (the partial stays and is resumed later). The fetcher applies the
+//! signature policy before the layer: `unsigned` and `signature-invalid` are rejections like any other, settled
+//! here and never retried until the intent changes.
 
 use std::time::Instant;
 
 use mqtt_schema::{FirmwareRef, FirmwareState};
+use twinflash_artifact::FetchError;
 use twinflash_artifact::fetch::{FetchEvent, Fetched};
 
 use super::{JobContext, backoff, progress, settle};
 use crate::device::Device;
+use crate::metrics::SignatureCheck;
 use crate::plan::{self, Outcome, Verdict};
 use crate::report::progress::Throttle;
 
@@ -52,12 +56,28 @@ pub(super) async fn fetch(
     match fetched {
         Ok(f) => {
             ctx.metrics.add_bytes_fetched(f.bytes_received);
-            tracing::info!(device = device.id(), reference, bytes = f.bytes_received, secs = started.elapsed().as_secs_f32(), source = %f.source, "fetched and verified");
+            tracing::info!(device = device.id(), reference, bytes = f.bytes_received, secs = started.elapsed().as_secs_f32(), source = %f.source, signature = f.signature.as_ref().map(tracing::field::display), "fetched and verified");
+            if f.signature.is_some() {
+                ctx.metrics.signature_check(SignatureCheck::Verified);
+            }
+            if let Some(warning) = &f.signature_warning {
+                ctx.metrics.signature_check(SignatureCheck::Warned);
+                tracing::warn!(device = device.id(), reference, %warning, "signatures = warn: installing an artifact without a good signature");
+            }
             Some(f)
         }
         Err(_) if cancel.is_cancelled() => None,
         Err(e) => {
             let code = e.code();
+            match e {
+                FetchError::Unsigned { .. } => {
+                    ctx.metrics.signature_check(SignatureCheck::Unsigned)
+                }
+                FetchError::SignatureInvalid { .. } => {
+                    ctx.metrics.signature_check(SignatureCheck::Invalid)
+                }
+                _ => {}
+            }
             tracing::warn!(device = device.id(), reference, %code, error = %e, "fetch failed");
             if plan::verdict(code, false) == Verdict::Retry {
                 progress(device, ctx, FirmwareState::Waiting(code.into()));

@@ -79,7 +79,7 @@ pub(super) async fn flash(
         .observe_flash(kind, started.elapsed(), result.is_ok());
     match result {
         Ok(outcome) => {
-            tracing::info!(device = device.id(), reference = %req.reference, version = %art.version, bytes = outcome.bytes, unchanged = outcome.unchanged, "flashed and verified");
+            tracing::info!(device = device.id(), reference = %req.reference, version = %art.version, bytes = outcome.bytes, unchanged = outcome.unchanged, signature = fetched.signature.as_ref().map(tracing::field::display), "flashed and verified");
             FlashResult::Verified {
                 version: art.version.clone(),
             }

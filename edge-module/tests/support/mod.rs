@@ -108,3 +108,67 @@ impl Env {
         self.cloud.actual(&self.agent.devices[i].id, twin)
     }
 }
+
+/// `twinflash-edge --config <config> --check-config` with `envs`: its exit code and its stdout and stderr.
+pub fn check_config(config: &std::path::Path, envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_twinflash-edge"))
+        .arg("--config")
+        .arg(config)
+        .arg("--check-config")
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// A signing key and its public half as a PEM file `<name>.pub` (the signer's name in the agent's logs is `name`).
+pub struct Key {
+    pub signing: twinflash_artifact::signature::SigningKey,
+    pub public: std::path::PathBuf,
+}
+
+impl Key {
+    /// A fresh P-256 key (cosign's default kind), its public PEM written into `dir`.
+    pub fn new(dir: &std::path::Path, name: &str) -> Key {
+        use twinflash_artifact::signature::SigningKey;
+        let signing =
+            SigningKey::from_pkcs8_der(&SigningKey::generate_p256_pkcs8().unwrap()).unwrap();
+        let public = dir.join(format!("{name}.pub"));
+        std::fs::write(&public, signing.public().to_pem()).unwrap();
+        Key { signing, public }
+    }
+
+    /// Signs `reference` on the plain-HTTP registry `host`.
+    pub async fn sign(
+        &self,
+        host: &str,
+        reference: &str,
+        format: twinflash_artifact::signature::write::SignFormat,
+    ) -> twinflash_artifact::signature::write::Signed {
+        let tls = twinflash_artifact::TlsOptions {
+            plain_http: vec![host.to_owned()],
+            ..twinflash_artifact::TlsOptions::default()
+        };
+        twinflash_artifact::signature::write::sign(
+            &tls,
+            &twinflash_artifact::Credentials::default(),
+            reference,
+            &self.signing,
+            format,
+        )
+        .await
+        .unwrap()
+    }
+}
+
+/// The `[signatures]` section of an agent that applies `mode` and trusts `keys`.
+pub fn policy(mode: &str, keys: &[&Key]) -> String {
+    let files: Vec<String> = keys
+        .iter()
+        .map(|k| k.public.display().to_string())
+        .collect();
+    format!("[signatures]\nmode = \"{mode}\"\nkeys = {files:?}\n")
+}
