@@ -11,7 +11,9 @@ use sigstore::crypto::SigningScheme;
 use sigstore::registry::{Auth, ClientConfig, ClientProtocol, OciReference};
 use twinflash_artifact::push::{PushRequest, push};
 use twinflash_artifact::signature::write::{SignFormat, sign};
-use twinflash_artifact::signature::{Mode, Policy, PublicKey, SigningKey, TrustedKey, Verdict, Verifier};
+use twinflash_artifact::signature::{
+    Mode, Policy, PublicKey, SigningKey, TrustedKey, Verdict, Verifier,
+};
 use twinflash_artifact::{Credentials, FetchConfig, TlsOptions};
 use twinflash_harness::Registry;
 
@@ -87,10 +89,20 @@ async fn sigstore_rs_verifies_what_twinflash_signs_and_refuses_another_key() {
     let host = registry.host();
     let reference = pushed(&host, "fw/interop", 0x5a).await;
     let k = key();
-    let signed = sign(&tls(&host), &Credentials::default(), &reference, &k, SignFormat::Cosign)
-        .await
-        .unwrap();
-    assert!(signed.location.starts_with("tag sha256-"), "{}", signed.location);
+    let signed = sign(
+        &tls(&host),
+        &Credentials::default(),
+        &reference,
+        &k,
+        SignFormat::Cosign,
+    )
+    .await
+    .unwrap();
+    assert!(
+        signed.location.starts_with("tag sha256-"),
+        "{}",
+        signed.location
+    );
 
     let (layers, ok) = sigstore_verifies(&reference, &k.public().to_pem()).await;
     assert_eq!(layers, 1, "sigstore-rs found no cosign signature layer");
@@ -100,9 +112,15 @@ async fn sigstore_rs_verifies_what_twinflash_signs_and_refuses_another_key() {
 
     // A second signature (a rotated key) is a second layer; sigstore-rs accepts either key.
     let k2 = key();
-    sign(&tls(&host), &Credentials::default(), &reference, &k2, SignFormat::Cosign)
-        .await
-        .unwrap();
+    sign(
+        &tls(&host),
+        &Credentials::default(),
+        &reference,
+        &k2,
+        SignFormat::Cosign,
+    )
+    .await
+    .unwrap();
     let (layers, ok) = sigstore_verifies(&reference, &k2.public().to_pem()).await;
     assert_eq!(layers, 2);
     assert!(ok);
@@ -116,7 +134,9 @@ async fn twinflash_verifies_what_sigstore_rs_signs() {
     let digest = reference.split_once('@').unwrap().1.to_owned();
     let image: OciReference = without_tag(&reference).parse().unwrap();
 
-    let signer = SigningScheme::ECDSA_P256_SHA256_ASN1.create_signer().unwrap();
+    let signer = SigningScheme::ECDSA_P256_SHA256_ASN1
+        .create_signer()
+        .unwrap();
     let pem = signer
         .to_sigstore_keypair()
         .unwrap()
@@ -146,7 +166,10 @@ async fn twinflash_verifies_what_sigstore_rs_signs() {
     };
     let verdict = Verifier::new(&cfg)
         .unwrap()
-        .verify(&reference.parse::<mqtt_schema::FirmwareRef>().unwrap(), &policy)
+        .verify(
+            &reference.parse::<mqtt_schema::FirmwareRef>().unwrap(),
+            &policy,
+        )
         .await
         .unwrap();
     let Verdict::Verified(v) = verdict else {
@@ -162,8 +185,14 @@ async fn twinflash_verifies_what_sigstore_rs_signs() {
     };
     let verdict = Verifier::new(&cfg)
         .unwrap()
-        .verify(&reference.parse::<mqtt_schema::FirmwareRef>().unwrap(), &other)
+        .verify(
+            &reference.parse::<mqtt_schema::FirmwareRef>().unwrap(),
+            &other,
+        )
         .await
         .unwrap();
-    assert_eq!(verdict.code().map(|c| c.as_str()), Some("signature-invalid"));
+    assert_eq!(
+        verdict.code().map(|c| c.as_str()),
+        Some("signature-invalid")
+    );
 }
