@@ -22,16 +22,24 @@ pub enum Reason {
     UnsupportedArtifact,
     /// The artifact's chip differs from the chip the Device (or its DeviceModel) declares.
     ChipMismatch,
+    /// The Device's signature policy requires a trusted signature and the artifact has none (re-checked at
+    /// every resync: a signature may be pushed later).
+    Unsigned,
+    /// The Device's signature policy requires a trusted signature and none of the artifact's verifies
+    /// (re-checked at every resync: a good signature may be pushed later).
+    SignatureInvalid,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 5] = [
+    pub const ALL: [Reason; 7] = [
         Reason::IntentPublished,
         Reason::InvalidReference,
         Reason::ArtifactNotFound,
         Reason::UnsupportedArtifact,
         Reason::ChipMismatch,
+        Reason::Unsigned,
+        Reason::SignatureInvalid,
     ];
 
     /// The Event reason / condition reason string (PascalCase).
@@ -42,6 +50,8 @@ impl Reason {
             Reason::ArtifactNotFound => "ArtifactNotFound",
             Reason::UnsupportedArtifact => "UnsupportedArtifact",
             Reason::ChipMismatch => "ChipMismatch",
+            Reason::Unsigned => "Unsigned",
+            Reason::SignatureInvalid => "SignatureInvalid",
         }
     }
 
@@ -58,13 +68,19 @@ impl Reason {
             Reason::ArtifactNotFound => Some(ErrorCode::NotFound),
             Reason::UnsupportedArtifact => Some(ErrorCode::UnsupportedArtifact),
             Reason::ChipMismatch => Some(ErrorCode::ChipMismatch),
+            Reason::Unsigned => Some(ErrorCode::Unsigned),
+            Reason::SignatureInvalid => Some(ErrorCode::SignatureInvalid),
         }
     }
 
     /// Whether the outcome stands until the intent changes (so the same intent is not redone).
-    /// A missing artifact is re-checked: it may be pushed after the Device was edited.
+    /// A missing artifact is re-checked: it may be pushed after the Device was edited. So is a missing or bad
+    /// signature: the artifact may be signed later, without any change to the Device.
     pub const fn is_final(self) -> bool {
-        !matches!(self, Reason::ArtifactNotFound)
+        !matches!(
+            self,
+            Reason::ArtifactNotFound | Reason::Unsigned | Reason::SignatureInvalid
+        )
     }
 }
 
