@@ -202,6 +202,13 @@ impl Bundle {
         }
         let statement: Statement = serde_json::from_slice(&payload)
             .map_err(|e| format!("DSSE payload is not an in-toto statement: {e}"))?;
+        // An attestation (SBOM, provenance) signed by the same key is not a release signature.
+        if statement.predicate_type != COSIGN_SIGN_PREDICATE {
+            return Err(format!(
+                "the statement is a {:?} attestation, not a signature ({COSIGN_SIGN_PREDICATE})",
+                statement.predicate_type
+            ));
+        }
         let hex = hex::encode(&want);
         if statement.subject.iter().any(|s| {
             s.digest
@@ -234,8 +241,9 @@ impl Bundle {
         Ok(Self {
             media_type: BUNDLE_MEDIA_TYPE.to_owned(),
             verification_material: VerificationMaterial {
+                // cosign's hint: base64 of the SHA-256 of the public key's DER.
                 public_key: Some(KeyHint {
-                    hint: key.public().key_id(),
+                    hint: enc.encode(key.public().spki_sha256()),
                 }),
                 ..VerificationMaterial::default()
             },
@@ -256,9 +264,12 @@ impl Bundle {
 pub const COSIGN_SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Statement {
     #[serde(default)]
     subject: Vec<Subject>,
+    #[serde(default)]
+    predicate_type: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -214,13 +214,8 @@ async fn referrers(source: &Source, index: &[u8], digest: &str, at: &str, out: &
         return;
     };
     for d in index.manifests.iter().take(MAX_ENTRIES) {
-        // Filter on the artifact type when the index gives one (the API does).
-        if d.artifact_type
-            .as_deref()
-            .is_some_and(|t| !is_signature_type(t))
-        {
-            continue;
-        }
+        // The index's artifactType is not trusted to filter: cosign 3.0.4 wrote
+        // `application/vnd.oci.empty.v1+json` into the fallback index. Only what the manifest says.
         match object(source, &d.digest, true).await {
             Ok(bytes) => referrer(source, &bytes, &d.digest, digest, at, out).await,
             Err(e) => out.failed(&format!("{at} {}", d.digest), e),

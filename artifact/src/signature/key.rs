@@ -129,6 +129,11 @@ impl PublicKey {
         format!("sha256:{}", hex::encode(Sha256::digest(&self.spki)))
     }
 
+    /// SHA-256 of the SubjectPublicKeyInfo DER (cosign's bundle key hint, base64-encoded).
+    pub fn spki_sha256(&self) -> [u8; 32] {
+        Sha256::digest(&self.spki).into()
+    }
+
     /// The key as PEM `PUBLIC KEY` (what `twinflash sign` prints for `cosign verify --key`).
     pub fn to_pem(&self) -> String {
         use base64::Engine;

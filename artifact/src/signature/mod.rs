@@ -373,6 +373,7 @@ pub(crate) async fn discover_all(
 }
 
 mod verifier;
+pub mod write;
 pub use verifier::Verifier;
 
 #[cfg(test)]
