@@ -256,14 +256,34 @@ fn signature_policies_that_cannot_verify_are_refused() {
     let head = "mode = \"dmi\"\n";
     let ov = |body: &str| format!("{head}[signatures]\n[[signatures.overrides]]\n{body}");
     let cases = [
-        (format!("{head}[signatures]\nmode = \"require\"\n"), "signatures.keys"),
-        (format!("{head}[signatures]\nmode = \"warn\"\nkeys = []\n"), "signatures.keys"),
-        (ov("namespace = \"a\"\nmode = \"require\"\n"), "signatures.overrides"),
-        (ov("namespace = \"\"\nmode = \"off\"\n"), "signatures.overrides"),
-        (ov("namespace = \"a/b\"\nmode = \"off\"\n"), "signatures.overrides"),
-        (ov("namespace = \"a\"\ndevice = \"\"\nmode = \"off\"\n"), "signatures.overrides"),
         (
-            ov("namespace = \"a\"\nmode = \"off\"\n[[signatures.overrides]]\nnamespace = \"a\"\nmode = \"off\"\n"),
+            format!("{head}[signatures]\nmode = \"require\"\n"),
+            "signatures.keys",
+        ),
+        (
+            format!("{head}[signatures]\nmode = \"warn\"\nkeys = []\n"),
+            "signatures.keys",
+        ),
+        (
+            ov("namespace = \"a\"\nmode = \"require\"\n"),
+            "signatures.overrides",
+        ),
+        (
+            ov("namespace = \"\"\nmode = \"off\"\n"),
+            "signatures.overrides",
+        ),
+        (
+            ov("namespace = \"a/b\"\nmode = \"off\"\n"),
+            "signatures.overrides",
+        ),
+        (
+            ov("namespace = \"a\"\ndevice = \"\"\nmode = \"off\"\n"),
+            "signatures.overrides",
+        ),
+        (
+            ov(
+                "namespace = \"a\"\nmode = \"off\"\n[[signatures.overrides]]\nnamespace = \"a\"\nmode = \"off\"\n",
+            ),
             "signatures.overrides",
         ),
         (format!("{head}[signatures]\nmode = \"strict\"\n"), "load"),
@@ -282,7 +302,9 @@ fn signature_policies_that_cannot_verify_are_refused() {
     // An override that verifies may borrow the default's keys.
     let p = write(
         &dir,
-        &format!("{head}[signatures]\nkeys = [\"/k/r.pub\"]\n[[signatures.overrides]]\nnamespace = \"a\"\nmode = \"require\"\n"),
+        &format!(
+            "{head}[signatures]\nkeys = [\"/k/r.pub\"]\n[[signatures.overrides]]\nnamespace = \"a\"\nmode = \"require\"\n"
+        ),
     );
     Config::load_with_env(Some(&p), env(&[])).unwrap();
 }

@@ -328,10 +328,7 @@ pub fn judge_publication(publish: Record, previous_pin: &str, checked: &Checked)
     };
     if let Verdict::Verified(v) = verdict {
         return Decision::Publish(Record {
-            message: format!(
-                "{}, signed by {} ({})",
-                publish.message, v.signer, v.key_id
-            ),
+            message: format!("{}, signed by {} ({})", publish.message, v.signer, v.key_id),
             ..publish
         });
     }
@@ -340,7 +337,11 @@ pub fn judge_publication(publish: Record, previous_pin: &str, checked: &Checked)
         Some(c) => (Reason::Unsigned, c),
         None => (Reason::Unsigned, mqtt_schema::ErrorCode::Unsigned),
     };
-    let policy = format!("signature policy {} ({})", checked.scope, checked.mode.as_str());
+    let policy = format!(
+        "signature policy {} ({})",
+        checked.scope,
+        checked.mode.as_str()
+    );
     match checked.mode {
         Mode::Require => reject(
             reason,

@@ -89,7 +89,11 @@ fn a_verified_intent_is_published_naming_its_signer() {
 fn require_rejects_unsigned_and_invalid_keeping_the_previous_pin() {
     for (verdict, reason, code) in [
         (unsigned(), Reason::Unsigned, ErrorCode::Unsigned),
-        (invalid(), Reason::SignatureInvalid, ErrorCode::SignatureInvalid),
+        (
+            invalid(),
+            Reason::SignatureInvalid,
+            ErrorCode::SignatureInvalid,
+        ),
     ] {
         let d = judge_publication(publish(), OLD, &checked(Mode::Require, Ok(verdict.clone())));
         let Decision::Reject(r) = d else {
@@ -273,7 +277,11 @@ fn load_reads_the_keys_and_names_a_bad_file() {
             .collect()
     };
     assert_eq!(names("plant-a", "x"), vec!["plant-a"]);
-    assert_eq!(names("plant-b", "s1"), vec!["release"], "the default's keys");
+    assert_eq!(
+        names("plant-b", "s1"),
+        vec!["release"],
+        "the default's keys"
+    );
     assert_eq!(names("other", "x"), vec!["release"]);
 
     let missing = dir.path().join("gone.pub");
