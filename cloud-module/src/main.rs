@@ -113,7 +113,7 @@ fn signatures_summary(cfg: &Config) -> String {
         .map(|o| format!("{}={}", o.scope(), o.mode.as_str()))
         .collect();
     format!(
-        "{} ({} keys{}{})",
+        "{} (keys={}{}{})",
         s.mode.as_str(),
         s.keys.len(),
         if overrides.is_empty() { "" } else { "; " },

@@ -494,6 +494,93 @@ async fn registry_outage_and_status_conflict_are_retried() {
     server.await.unwrap();
 }
 
+#[tokio::test]
+async fn an_unsigned_firmware_under_require_refuses_the_rollout_before_any_device_is_patched() {
+    use crate::seams::MemorySignatures;
+    use crate::signatures::{Policies, SignatureGate};
+    use twinflash_artifact::signature::{Mode, Policy, SigningKey, TrustedKey, Verdict};
+
+    let (ctx, handle, resolver) = context(StatusLocation::Device);
+    resolver.insert(
+        TAG,
+        Ok(ResolvedArtifact {
+            digest_ref: pinned(),
+            chip: None,
+            version: Some("2.0.0".into()),
+        }),
+    );
+    let der = SigningKey::generate_p256_pkcs8().unwrap();
+    let key = SigningKey::from_pkcs8_der(&der).unwrap().public().clone();
+    let require = Policy {
+        mode: Mode::Require,
+        keys: vec![TrustedKey {
+            name: "release".into(),
+            key,
+        }],
+    };
+    let signatures = MemorySignatures::default();
+    signatures.insert(
+        &pinned(),
+        Ok(Verdict::Unsigned {
+            looked_in: vec!["registry.local:5000".into()],
+        }),
+    );
+    let gate = SignatureGate::new(
+        Policies::new(Policy::default(), vec![(NS.into(), None, require)]),
+        Arc::new(signatures.clone()),
+    );
+    let mut ctx = Arc::into_inner(ctx).unwrap();
+    ctx.signatures = Some(Arc::new(gate));
+    let ctx = Arc::new(ctx);
+    let r = rollout("fw-2", "2026-01-01T00:00:00Z", None, json!({}));
+    let devs = vec![device("dev-a", &old(), json!({}), None)];
+    let server = serve(
+        handle,
+        vec![
+            exp(Method::GET, &rollout_path("fw-2"), ok(r.clone())),
+            exp(
+                Method::GET,
+                &devices_path("devices"),
+                ok(list("DeviceList", devs)),
+            )
+            .query("labelSelector=fleet=blinky"),
+            exp(
+                Method::GET,
+                &rollouts_path(),
+                ok(list("FirmwareRolloutList", vec![r.clone()])),
+            ),
+            // No Device patch: the status says why, and the rollout waits (pinned again at the next resync).
+            exp(
+                Method::PATCH,
+                &format!("{}/status", rollout_path("fw-2")),
+                ok(r.clone()),
+            )
+            .check(|b| {
+                let s = &b["status"];
+                assert_eq!(s["phase"], "Pending", "{b}");
+                assert_eq!(s["currentWave"], 0, "{b}");
+                let m = s["message"].as_str().unwrap_or_default();
+                assert!(
+                    m.contains("no signature found") && m.ends_with("[unsigned]"),
+                    "{m}"
+                );
+                assert!(
+                    m.contains(&format!("signature policy {NS} (require)")),
+                    "{m}"
+                );
+            }),
+            event("Refused", "Warning"),
+        ],
+    );
+    let action = reconcile(Arc::new(serde_json::from_value(r).unwrap()), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(15)));
+    assert_eq!(signatures.calls(), vec![(pinned(), Mode::Require)]);
+    drop(ctx);
+    server.await.unwrap();
+}
+
 #[test]
 fn conflicts_need_an_older_active_rollout_selecting_a_device() {
     let mk = |name: &str, created: &str, labels: Value, phase: Option<&str>| -> FirmwareRollout {
