@@ -151,6 +151,24 @@ pub enum Decision {
     },
 }
 
+/// What a registry error decides: a missing artifact (re-checked at resync) or one that is not a twinflash
+/// artifact is rejected through `reject`; a transient error (registry down, credentials refused) is retried with
+/// `retry_message`.
+pub fn registry_error(
+    e: &ResolveError,
+    reject: impl FnOnce(Reason, String) -> Decision,
+    retry_message: String,
+) -> Decision {
+    match e {
+        ResolveError::NotFound { .. } => reject(Reason::ArtifactNotFound, e.to_string()),
+        ResolveError::Unsupported { .. } => reject(Reason::UnsupportedArtifact, e.to_string()),
+        ResolveError::Auth { .. } | ResolveError::Unreachable { .. } => Decision::Retry {
+            code: e.code(),
+            message: retry_message,
+        },
+    }
+}
+
 /// The pure decision. Called once without a resolution, and again with the resolver's answer
 /// when the first call returned [`Decision::Resolve`].
 pub fn decide(input: Input<'_>) -> Decision {
@@ -194,18 +212,7 @@ pub fn decide(input: Input<'_>) -> Decision {
     };
     let artifact = match resolution {
         Ok(a) => a,
-        Err(e @ ResolveError::NotFound { .. }) => {
-            return reject(Reason::ArtifactNotFound, e.to_string());
-        }
-        Err(e @ ResolveError::Unsupported { .. }) => {
-            return reject(Reason::UnsupportedArtifact, e.to_string());
-        }
-        Err(e) => {
-            return Decision::Retry {
-                code: e.code(),
-                message: e.to_string(),
-            };
-        }
+        Err(e) => return registry_error(e, reject, e.to_string()),
     };
     let pinned = match kind {
         RefKind::Pinned(_) => desired.to_owned(),

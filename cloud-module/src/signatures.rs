@@ -22,7 +22,7 @@ use twinflash_artifact::FetchConfig;
 use twinflash_artifact::signature::{Mode, Policy, Verdict, Verifier};
 
 use crate::config::{ConfigError, SignaturesConfig};
-use crate::decide::{Decision, Reason, Record};
+use crate::decide::{Decision, Reason, Record, registry_error};
 use crate::resolver::map_error;
 use crate::seams::{ResolveError, SignatureChecker};
 
@@ -313,18 +313,7 @@ pub fn judge_publication(publish: Record, previous_pin: &str, checked: &Checked)
     };
     let verdict = match &checked.verdict {
         Ok(v) => v,
-        Err(e @ ResolveError::NotFound { .. }) => {
-            return reject(Reason::ArtifactNotFound, e.to_string());
-        }
-        Err(e @ ResolveError::Unsupported { .. }) => {
-            return reject(Reason::UnsupportedArtifact, e.to_string());
-        }
-        Err(e) => {
-            return Decision::Retry {
-                code: e.code(),
-                message: format!("signatures of {pinned}: {e}"),
-            };
-        }
+        Err(e) => return registry_error(e, reject, format!("signatures of {pinned}: {e}")),
     };
     if let Verdict::Verified(v) = verdict {
         return Decision::Publish(Record {

@@ -126,9 +126,8 @@ fn marker(wave: &str) -> Value {
            "twinflash.io/wave": wave, "twinflash.io/started": NOW.to_string()})
 }
 
-#[tokio::test]
-async fn start_path_pins_the_tag_patches_the_canary_and_records_the_status() {
-    let (ctx, handle, resolver) = context(StatusLocation::Device);
+/// The resolver pins [`TAG`] to [`pinned`].
+fn tag_resolves(resolver: &MemoryResolver) {
     resolver.insert(
         TAG,
         Ok(ResolvedArtifact {
@@ -137,6 +136,31 @@ async fn start_path_pins_the_tag_patches_the_canary_and_records_the_status() {
             version: Some("2.0.0".into()),
         }),
     );
+}
+
+/// The reads a reconcile of the not yet started rollout `r` begins with: the rollout, its Devices `devs`,
+/// the rollouts of the namespace (for conflicts).
+fn start_reads(r: &Value, devs: Vec<Value>) -> Vec<Exp> {
+    vec![
+        exp(Method::GET, &rollout_path("fw-2"), ok(r.clone())),
+        exp(
+            Method::GET,
+            &devices_path("devices"),
+            ok(list("DeviceList", devs)),
+        )
+        .query("labelSelector=fleet=blinky"),
+        exp(
+            Method::GET,
+            &rollouts_path(),
+            ok(list("FirmwareRolloutList", vec![r.clone()])),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn start_path_pins_the_tag_patches_the_canary_and_records_the_status() {
+    let (ctx, handle, resolver) = context(StatusLocation::Device);
+    tag_resolves(&resolver);
     let r = rollout("fw-2", "2026-01-01T00:00:00Z", None, json!({}));
     let devs = vec![
         device("dev-b", &old(), json!({}), None),
@@ -501,14 +525,7 @@ async fn an_unsigned_firmware_under_require_refuses_the_rollout_before_any_devic
     use twinflash_artifact::signature::{Mode, Policy, SigningKey, TrustedKey, Verdict};
 
     let (ctx, handle, resolver) = context(StatusLocation::Device);
-    resolver.insert(
-        TAG,
-        Ok(ResolvedArtifact {
-            digest_ref: pinned(),
-            chip: None,
-            version: Some("2.0.0".into()),
-        }),
-    );
+    tag_resolves(&resolver);
     let der = SigningKey::generate_p256_pkcs8().unwrap();
     let key = SigningKey::from_pkcs8_der(&der).unwrap().public().clone();
     let require = Policy {
@@ -534,44 +551,31 @@ async fn an_unsigned_firmware_under_require_refuses_the_rollout_before_any_devic
     let ctx = Arc::new(ctx);
     let r = rollout("fw-2", "2026-01-01T00:00:00Z", None, json!({}));
     let devs = vec![device("dev-a", &old(), json!({}), None)];
-    let server = serve(
-        handle,
-        vec![
-            exp(Method::GET, &rollout_path("fw-2"), ok(r.clone())),
-            exp(
-                Method::GET,
-                &devices_path("devices"),
-                ok(list("DeviceList", devs)),
-            )
-            .query("labelSelector=fleet=blinky"),
-            exp(
-                Method::GET,
-                &rollouts_path(),
-                ok(list("FirmwareRolloutList", vec![r.clone()])),
-            ),
-            // No Device patch: the status says why, and the rollout waits (pinned again at the next resync).
-            exp(
-                Method::PATCH,
-                &format!("{}/status", rollout_path("fw-2")),
-                ok(r.clone()),
-            )
-            .check(|b| {
-                let s = &b["status"];
-                assert_eq!(s["phase"], "Pending", "{b}");
-                assert_eq!(s["currentWave"], 0, "{b}");
-                let m = s["message"].as_str().unwrap_or_default();
-                assert!(
-                    m.contains("no signature found") && m.ends_with("[unsigned]"),
-                    "{m}"
-                );
-                assert!(
-                    m.contains(&format!("signature policy {NS} (require)")),
-                    "{m}"
-                );
-            }),
-            event("Refused", "Warning"),
-        ],
-    );
+    let mut expects = start_reads(&r, devs);
+    expects.extend([
+        // No Device patch: the status says why, and the rollout waits (pinned again at the next resync).
+        exp(
+            Method::PATCH,
+            &format!("{}/status", rollout_path("fw-2")),
+            ok(r.clone()),
+        )
+        .check(|b| {
+            let s = &b["status"];
+            assert_eq!(s["phase"], "Pending", "{b}");
+            assert_eq!(s["currentWave"], 0, "{b}");
+            let m = s["message"].as_str().unwrap_or_default();
+            assert!(
+                m.contains("no signature found") && m.ends_with("[unsigned]"),
+                "{m}"
+            );
+            assert!(
+                m.contains(&format!("signature policy {NS} (require)")),
+                "{m}"
+            );
+        }),
+        event("Refused", "Warning"),
+    ]);
+    let server = serve(handle, expects);
     let action = reconcile(Arc::new(serde_json::from_value(r).unwrap()), ctx.clone())
         .await
         .unwrap();
