@@ -3,7 +3,8 @@
 //! mosquitto, the real resolver and verifier, key files read by `Policies::load`. Under `require` only what a
 //! trusted key signed is published (its Event names the signer); an unsigned artifact and one signed by another
 //! key are recorded as `Unsigned` / `SignatureInvalid` with one Warning Event each and nothing published, until a
-//! trusted signature appears; a namespace override turns the policy off there; `warn` publishes with the warning.
+//! trusted signature appears; a namespace override turns the policy off there; `warn` publishes with the warning;
+//! in mode `dmi` only a signed tag gets its pin.
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,8 +22,10 @@ use twinflash_artifact::signature::{Mode as SignatureMode, SigningKey};
 use twinflash_artifact::{Credentials, TlsOptions};
 use twinflash_cloud::config::{Mode, SignatureOverride, SignaturesConfig, StatusLocation};
 use twinflash_cloud::controller::{self, Context};
+use twinflash_cloud::dmi::{NoMqtt, PINNED_KEY};
 use twinflash_cloud::mqtt::MqttSink;
 use twinflash_cloud::resolver::{PinnedCache, RegistryResolver};
+use twinflash_cloud::seams::IntentSink;
 use twinflash_cloud::signatures::{Policies, RegistrySignatures, SignatureGate};
 use twinflash_harness::{FakeApi, Mosquitto, Registry};
 use twinflash_testkit::{Observer, image, init, push, wait_until};
@@ -82,36 +85,44 @@ impl Run {
     async fn start(
         api: &FakeApi,
         dir: &Path,
-        mqtt: &Mosquitto,
+        mqtt: Option<&Mosquitto>,
         registry: &Registry,
         cfg: &SignaturesConfig,
+        mode: Mode,
     ) -> Run {
         let policies = Policies::load(cfg).unwrap();
         let checker = RegistrySignatures::with_plain_http(vec![registry.host()]).unwrap();
         let gate = SignatureGate::new(policies, Arc::new(checker)).with_ttl(TTL);
-        let settings = support::mqtt_settings(mqtt.port());
         let cancel = CancellationToken::new();
-        let (sink, mqtt_task) =
-            MqttSink::start(&settings, Mode::Edgecore, RESYNC, None, cancel.clone()).unwrap();
-        wait_until(|| sink.is_connected(), || "sink connected".into()).await;
+        let mut tasks = Vec::new();
+        // Mode dmi has no MQTT client: KubeEdge delivers the Device (and the pin) to the mapper.
+        let sink: Arc<dyn IntentSink> = if let Some(mqtt) = mqtt {
+            let settings = support::mqtt_settings(mqtt.port());
+            let (sink, mqtt_task) =
+                MqttSink::start(&settings, mode, RESYNC, None, cancel.clone()).unwrap();
+            wait_until(|| sink.is_connected(), || "sink connected".into()).await;
+            tasks.push(mqtt_task);
+            Arc::new(sink)
+        } else {
+            Arc::new(NoMqtt)
+        };
         let resolver = PinnedCache::new(RegistryResolver::with_plain_http(vec![registry.host()]));
         let mut ctx = Context::new(
             client(api, dir).await,
-            Arc::new(sink),
+            sink,
             Arc::new(resolver),
             StatusLocation::DeviceStatus,
             RESYNC,
             Some("test-pod".into()),
         );
+        ctx.mode = mode;
         ctx.signatures = Some(Arc::new(gate));
         let ctx = Arc::new(ctx);
         let c = ctx.clone();
-        let run = tokio::spawn(async move { controller::run(c, None, None).await });
-        Run {
-            ctx,
-            cancel,
-            tasks: vec![mqtt_task, run],
-        }
+        tasks.push(tokio::spawn(async move {
+            controller::run(c, None, None).await;
+        }));
+        Run { ctx, cancel, tasks }
     }
 
     async fn stop(self) {
@@ -204,7 +215,15 @@ async fn require_publishes_only_what_a_trusted_key_signed() {
             keys: Vec::new(),
         }],
     };
-    let run = Run::start(&api, dir.path(), &mqtt, &registry, &cfg).await;
+    let run = Run::start(
+        &api,
+        dir.path(),
+        Some(&mqtt),
+        &registry,
+        &cfg,
+        Mode::Edgecore,
+    )
+    .await;
 
     wait_until(
         || {
@@ -325,7 +344,15 @@ async fn warn_publishes_an_unsigned_artifact_with_the_warning() {
         keys: vec![key_file(dir.path(), "release", &release)],
         overrides: Vec::new(),
     };
-    let run = Run::start(&api, dir.path(), &mqtt, &registry, &cfg).await;
+    let run = Run::start(
+        &api,
+        dir.path(),
+        Some(&mqtt),
+        &registry,
+        &cfg,
+        Mode::Edgecore,
+    )
+    .await;
     wait_until(
         || !events(&api, "plant", "plain").is_empty(),
         || "the Event".into(),
@@ -345,5 +372,67 @@ async fn warn_publishes_an_unsigned_artifact_with_the_warning() {
         n.contains("no signature found") && n.ends_with("[unsigned]"),
         "{ev}"
     );
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn in_mode_dmi_only_a_signed_tag_gets_its_pin() {
+    init();
+    let api = FakeApi::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start().unwrap();
+    let host = registry.host();
+    let release = key();
+    let good = push(
+        &registry,
+        dir.path(),
+        "fw/good:3",
+        &image(1, 1024),
+        "3.0.0",
+        "sim",
+    )
+    .await;
+    push(
+        &registry,
+        dir.path(),
+        "fw/plain:3",
+        &image(2, 1024),
+        "3.0.0",
+        "sim",
+    )
+    .await;
+    signed(&registry, &good, &release).await;
+    api.put(device("plant", "good", &format!("{host}/fw/good:3")))
+        .unwrap();
+    api.put(device("plant", "plain", &format!("{host}/fw/plain:3")))
+        .unwrap();
+    let cfg = SignaturesConfig {
+        mode: SignatureMode::Require,
+        keys: vec![key_file(dir.path(), "release", &release)],
+        overrides: Vec::new(),
+    };
+    let run = Run::start(&api, dir.path(), None, &registry, &cfg, Mode::Dmi).await;
+    wait_until(
+        || !events(&api, "plant", "good").is_empty() && !events(&api, "plant", "plain").is_empty(),
+        || "an Event per Device".into(),
+    )
+    .await;
+    let firmware = |name: &str| {
+        api.get(DEV.0, DEV.1, "devices", "plant", name).unwrap()["spec"]["properties"][0]["desired"]
+            .clone()
+    };
+    // The signed tag is pinned where the mapper reads it; the unsigned one is not, so the agent never flashes it.
+    assert_eq!(firmware("good")["metadata"][PINNED_KEY], good.as_str());
+    assert!(
+        firmware("plain")["metadata"].get(PINNED_KEY).is_none(),
+        "{}",
+        firmware("plain")
+    );
+    assert_eq!(
+        annotations(&api, "plant", "plain")["twinflash.io/reason"],
+        "Unsigned"
+    );
+    let ev = &events(&api, "plant", "good")[0];
+    assert!(note(ev).contains("signed by release"), "{ev}");
     run.stop().await;
 }
