@@ -10,12 +10,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::client;
+use support::{Run, client};
 use tokio_util::sync::CancellationToken;
 use twinflash_artifact::signature::write::{SignFormat, sign};
 use twinflash_artifact::signature::{Mode as SignatureMode, SigningKey};
@@ -40,29 +40,6 @@ fn key() -> SigningKey {
     SigningKey::from_pkcs8_der(&SigningKey::generate_p256_pkcs8().unwrap()).unwrap()
 }
 
-/// Writes `k`'s public key as `<dir>/<name>.pub` (the signer's name is the file stem).
-fn key_file(dir: &Path, name: &str, k: &SigningKey) -> PathBuf {
-    let p = dir.join(format!("{name}.pub"));
-    std::fs::write(&p, k.public().to_pem()).unwrap();
-    p
-}
-
-async fn signed(registry: &Registry, reference: &str, k: &SigningKey) {
-    let tls = TlsOptions {
-        plain_http: vec![registry.host()],
-        ..TlsOptions::default()
-    };
-    sign(
-        &tls,
-        &Credentials::default(),
-        reference,
-        k,
-        SignFormat::Cosign,
-    )
-    .await
-    .unwrap();
-}
-
 fn device(ns: &str, name: &str, firmware: &str) -> Value {
     json!({
         "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
@@ -74,29 +51,102 @@ fn device(ns: &str, name: &str, firmware: &str) -> Value {
     })
 }
 
-/// The controller (edgecore mode, every namespace) with the real resolver, verifier and MQTT sink.
-struct Run {
-    ctx: Arc<Context>,
-    cancel: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+/// FakeApi, a registry, the trusted key `release` (its public key in `release.pub`) and, in the modes that publish
+/// over MQTT, a mosquitto with an observer of the twin updates.
+struct World {
+    api: FakeApi,
+    dir: tempfile::TempDir,
+    registry: Registry,
+    mqtt: Option<(Mosquitto, Observer)>,
+    release: SigningKey,
+    release_pub: PathBuf,
 }
 
-impl Run {
+impl World {
+    async fn new(with_mqtt: bool) -> World {
+        init();
+        let dir = tempfile::tempdir().unwrap();
+        let release = key();
+        let release_pub = dir.path().join("release.pub");
+        std::fs::write(&release_pub, release.public().to_pem()).unwrap();
+        let mqtt = if with_mqtt {
+            let m = Mosquitto::start().unwrap();
+            let obs = Observer::start(m.port(), "observer", &[UPDATE]).await;
+            Some((m, obs))
+        } else {
+            None
+        };
+        World {
+            api: FakeApi::start().unwrap(),
+            dir,
+            registry: Registry::start().unwrap(),
+            mqtt,
+            release,
+            release_pub,
+        }
+    }
+
+    /// `host/<repo_tag>` in the registry.
+    fn tag(&self, repo_tag: &str) -> String {
+        format!("{}/{repo_tag}", self.registry.host())
+    }
+
+    /// Pushes an artifact (content from `seed`) as `repo_tag`; its digest-pinned reference.
+    async fn artifact(&self, repo_tag: &str, seed: u8) -> String {
+        let bytes = image(seed, 1024);
+        push(
+            &self.registry,
+            self.dir.path(),
+            repo_tag,
+            &bytes,
+            "1.0.0",
+            "sim",
+        )
+        .await
+    }
+
+    /// Signs `reference` with `k` (cosign's `.sig` tag).
+    async fn sign(&self, reference: &str, k: &SigningKey) {
+        let tls = TlsOptions {
+            plain_http: vec![self.registry.host()],
+            ..TlsOptions::default()
+        };
+        sign(
+            &tls,
+            &Credentials::default(),
+            reference,
+            k,
+            SignFormat::Cosign,
+        )
+        .await
+        .unwrap();
+    }
+
+    fn put(&self, ns: &str, name: &str, firmware: &str) {
+        self.api.put(device(ns, name, firmware)).unwrap();
+    }
+
+    /// The controller (every namespace, delivery `mode`) with the default policy `policy` trusting `release`,
+    /// the real resolver and verifier, and the MQTT sink where there is a broker.
     async fn start(
-        api: &FakeApi,
-        dir: &Path,
-        mqtt: Option<&Mosquitto>,
-        registry: &Registry,
-        cfg: &SignaturesConfig,
+        &self,
+        policy: SignatureMode,
+        overrides: Vec<SignatureOverride>,
         mode: Mode,
     ) -> Run {
-        let policies = Policies::load(cfg).unwrap();
-        let checker = RegistrySignatures::with_plain_http(vec![registry.host()]).unwrap();
+        let cfg = SignaturesConfig {
+            mode: policy,
+            keys: vec![self.release_pub.clone()],
+            overrides,
+        };
+        let policies = Policies::load(&cfg).unwrap();
+        let host = self.registry.host();
+        let checker = RegistrySignatures::with_plain_http(vec![host.clone()]).unwrap();
         let gate = SignatureGate::new(policies, Arc::new(checker)).with_ttl(TTL);
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
         // Mode dmi has no MQTT client: KubeEdge delivers the Device (and the pin) to the mapper.
-        let sink: Arc<dyn IntentSink> = if let Some(mqtt) = mqtt {
+        let sink: Arc<dyn IntentSink> = if let Some((mqtt, _)) = &self.mqtt {
             let settings = support::mqtt_settings(mqtt.port());
             let (sink, mqtt_task) =
                 MqttSink::start(&settings, mode, RESYNC, None, cancel.clone()).unwrap();
@@ -106,9 +156,9 @@ impl Run {
         } else {
             Arc::new(NoMqtt)
         };
-        let resolver = PinnedCache::new(RegistryResolver::with_plain_http(vec![registry.host()]));
+        let resolver = PinnedCache::new(RegistryResolver::with_plain_http(vec![host]));
         let mut ctx = Context::new(
-            client(api, dir).await,
+            client(&self.api, self.dir.path()).await,
             sink,
             Arc::new(resolver),
             StatusLocation::DeviceStatus,
@@ -125,76 +175,70 @@ impl Run {
         Run { ctx, cancel, tasks }
     }
 
-    async fn stop(self) {
-        self.cancel.cancel();
-        for t in self.tasks {
-            t.abort();
-            let _ = t.await;
-        }
+    fn annotations(&self, ns: &str, name: &str) -> Value {
+        self.api.get(DEV.0, DEV.1, "devices", ns, name).unwrap()["metadata"]["annotations"].clone()
     }
-}
 
-fn annotations(api: &FakeApi, ns: &str, name: &str) -> Value {
-    api.get(DEV.0, DEV.1, "devices", ns, name).unwrap()["metadata"]["annotations"].clone()
-}
+    /// The Events regarding Device `ns/name`.
+    fn events(&self, ns: &str, name: &str) -> Vec<Value> {
+        self.api
+            .list("events.k8s.io", "v1", "events", Some(ns))
+            .into_iter()
+            .filter(|e| e["regarding"]["name"] == name)
+            .collect()
+    }
 
-/// The Events regarding Device `ns/name`.
-fn events(api: &FakeApi, ns: &str, name: &str) -> Vec<Value> {
-    api.list("events.k8s.io", "v1", "events", Some(ns))
-        .into_iter()
-        .filter(|e| e["regarding"]["name"] == name)
-        .collect()
-}
+    /// Waits for a first Event on each of `devices`.
+    async fn wait_events(&self, devices: &[(&str, &str)]) {
+        wait_until(
+            || devices.iter().all(|(ns, n)| !self.events(ns, n).is_empty()),
+            || format!("an Event for each of {devices:?}"),
+        )
+        .await;
+    }
 
-/// The intents published for Device `ns/name` (the `expected` firmware of its twin updates, in order, each once:
-/// with no cloudcore to show edgecore holds it, the sink sends an intent again at every resync).
-fn published(obs: &Observer, ns: &str, name: &str) -> Vec<String> {
-    let topic = format!("$hw/events/device/{ns}/{name}/twin/update");
-    let mut out: Vec<String> = obs
-        .messages()
-        .into_iter()
-        .filter(|(t, _, _)| *t == topic)
-        .map(|(_, payload, _)| {
-            let upd = mqtt_schema::unmarshal_device_twin_update(&payload).unwrap();
-            upd.twin("firmware").unwrap().expected_value().to_owned()
-        })
-        .collect();
-    out.dedup();
-    out
+    /// The intents published for Device `ns/name` (the `expected` firmware of its twin updates, in order, each
+    /// once: with no cloudcore to show edgecore holds it, the sink sends an intent again at every resync).
+    fn published(&self, ns: &str, name: &str) -> Vec<String> {
+        let Some((_, obs)) = &self.mqtt else {
+            return Vec::new();
+        };
+        let topic = format!("$hw/events/device/{ns}/{name}/twin/update");
+        let mut out: Vec<String> = obs
+            .messages()
+            .into_iter()
+            .filter(|(t, _, _)| *t == topic)
+            .map(|(_, payload, _)| {
+                let upd = mqtt_schema::unmarshal_device_twin_update(&payload).unwrap();
+                upd.twin("firmware").unwrap().expected_value().to_owned()
+            })
+            .collect();
+        out.dedup();
+        out
+    }
 }
 
 fn note(ev: &Value) -> String {
     ev["note"].as_str().unwrap_or_default().to_owned()
 }
 
+/// `(type, reason)` of an Event.
+fn kind(ev: &Value) -> (&str, &str) {
+    (
+        ev["type"].as_str().unwrap_or_default(),
+        ev["reason"].as_str().unwrap_or_default(),
+    )
+}
+
 #[tokio::test]
 async fn require_publishes_only_what_a_trusted_key_signed() {
-    init();
-    let api = FakeApi::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mqtt = Mosquitto::start().unwrap();
-    let registry = Registry::start().unwrap();
-    let host = registry.host();
-    let (release, rogue) = (key(), key());
-    let release_pub = key_file(dir.path(), "release", &release);
-    let mut pinned = Vec::new();
-    for (n, repo) in ["fw/good:1", "fw/plain:1", "fw/rogue:1"].iter().enumerate() {
-        let seed = u8::try_from(n).unwrap();
-        pinned.push(
-            push(
-                &registry,
-                dir.path(),
-                repo,
-                &image(seed, 1024),
-                "1.0.0",
-                "sim",
-            )
-            .await,
-        );
-    }
-    let (good, plain, wrong) = (&pinned[0], &pinned[1], &pinned[2]);
-    signed(&registry, &format!("{host}/fw/good:1"), &release).await;
-    signed(&registry, &format!("{host}/fw/rogue:1"), &rogue).await;
+    let w = World::new(true).await;
+    let rogue = key();
+    let good = w.artifact("fw/good:1", 0).await;
+    let plain = w.artifact("fw/plain:1", 1).await;
+    let wrong = w.artifact("fw/rogue:1", 2).await;
+    w.sign(&good, &w.release).await;
+    w.sign(&wrong, &rogue).await;
     // Tags in the Devices: the controller pins them, then checks the pinned reference.
     for (ns, name, tag) in [
         ("plant", "good", "fw/good:1"),
@@ -202,77 +246,54 @@ async fn require_publishes_only_what_a_trusted_key_signed() {
         ("plant", "rogue", "fw/rogue:1"),
         ("lab", "plain", "fw/plain:1"),
     ] {
-        api.put(device(ns, name, &format!("{host}/{tag}"))).unwrap();
+        w.put(ns, name, &w.tag(tag));
     }
-    let obs = Observer::start(mqtt.port(), "observer", &[UPDATE]).await;
-    let cfg = SignaturesConfig {
-        mode: SignatureMode::Require,
-        keys: vec![release_pub],
-        overrides: vec![SignatureOverride {
-            namespace: "lab".into(),
-            device: None,
-            mode: SignatureMode::Off,
-            keys: Vec::new(),
-        }],
+    let lab_off = SignatureOverride {
+        namespace: "lab".into(),
+        device: None,
+        mode: SignatureMode::Off,
+        keys: Vec::new(),
     };
-    let run = Run::start(
-        &api,
-        dir.path(),
-        Some(&mqtt),
-        &registry,
-        &cfg,
-        Mode::Edgecore,
-    )
+    let run = w
+        .start(SignatureMode::Require, vec![lab_off], Mode::Edgecore)
+        .await;
+    w.wait_events(&[
+        ("plant", "good"),
+        ("plant", "plain"),
+        ("plant", "rogue"),
+        ("lab", "plain"),
+    ])
     .await;
 
-    wait_until(
-        || {
-            !events(&api, "plant", "good").is_empty()
-                && !events(&api, "plant", "plain").is_empty()
-                && !events(&api, "plant", "rogue").is_empty()
-                && !events(&api, "lab", "plain").is_empty()
-        },
-        || "an Event per Device".into(),
-    )
-    .await;
     // Signed by a trusted key: published, the Event names the signer and its key.
-    assert_eq!(published(&obs, "plant", "good"), vec![good.clone()]);
-    let ev = &events(&api, "plant", "good")[0];
-    assert_eq!(
-        (ev["type"].as_str(), ev["reason"].as_str()),
-        (Some("Normal"), Some("IntentPublished"))
-    );
-    let signer = format!("signed by release ({})", release.public().key_id());
+    assert_eq!(w.published("plant", "good"), vec![good.clone()]);
+    let ev = &w.events("plant", "good")[0];
+    assert_eq!(kind(ev), ("Normal", "IntentPublished"));
+    let signer = format!("signed by release ({})", w.release.public().key_id());
     assert!(note(ev).contains(&signer), "{ev}");
     // Unsigned: nothing published, recorded as Unsigned (code unsigned), one Warning Event with the verdict.
-    let a = annotations(&api, "plant", "plain");
+    let a = w.annotations("plant", "plain");
     assert_eq!(a["twinflash.io/reason"], "Unsigned", "{a}");
     assert_eq!(
         a["twinflash.io/pinned"], "",
         "nothing sent to the edge: {a}"
     );
-    let ev = &events(&api, "plant", "plain")[0];
-    assert_eq!(
-        (ev["type"].as_str(), ev["reason"].as_str()),
-        (Some("Warning"), Some("Unsigned"))
-    );
+    let ev = &w.events("plant", "plain")[0];
+    assert_eq!(kind(ev), ("Warning", "Unsigned"));
     assert!(note(ev).contains("no signature found"), "{ev}");
     assert!(note(ev).ends_with("[unsigned]"), "{ev}");
     assert!(note(ev).contains(plain.as_str()), "{ev}");
     // Signed by a key the policy does not trust: SignatureInvalid.
-    let a = annotations(&api, "plant", "rogue");
+    let a = w.annotations("plant", "rogue");
     assert_eq!(a["twinflash.io/reason"], "SignatureInvalid", "{a}");
-    let ev = &events(&api, "plant", "rogue")[0];
-    assert_eq!(
-        (ev["type"].as_str(), ev["reason"].as_str()),
-        (Some("Warning"), Some("SignatureInvalid"))
-    );
+    let ev = &w.events("plant", "rogue")[0];
+    assert_eq!(kind(ev), ("Warning", "SignatureInvalid"));
     assert!(note(ev).contains("no signature verifies"), "{ev}");
     assert!(note(ev).ends_with("[signature-invalid]"), "{ev}");
     // The namespace override turns the policy off: the same unsigned artifact is published in `lab`.
-    assert_eq!(published(&obs, "lab", "plain"), vec![plain.clone()]);
-    let ev = &events(&api, "lab", "plain")[0];
-    assert_eq!(ev["reason"], "IntentPublished");
+    assert_eq!(w.published("lab", "plain"), vec![plain.clone()]);
+    let ev = &w.events("lab", "plain")[0];
+    assert_eq!(kind(ev), ("Normal", "IntentPublished"));
     assert!(
         !note(ev).contains("signed by"),
         "policy off, nothing checked: {ev}"
@@ -285,36 +306,31 @@ async fn require_publishes_only_what_a_trusted_key_signed() {
         || "a few resyncs".into(),
     )
     .await;
-    assert_eq!(events(&api, "plant", "plain").len(), 1, "no Event storm");
-    assert_eq!(events(&api, "plant", "rogue").len(), 1, "no Event storm");
-    assert!(published(&obs, "plant", "plain").is_empty());
-    assert!(published(&obs, "plant", "rogue").is_empty());
+    assert_eq!(w.events("plant", "plain").len(), 1, "no Event storm");
+    assert_eq!(w.events("plant", "rogue").len(), 1, "no Event storm");
+    assert!(w.published("plant", "plain").is_empty());
+    assert!(w.published("plant", "rogue").is_empty());
 
     // A trusted signature appears, the Device unchanged: the next resync publishes it, naming the signer.
-    signed(&registry, &format!("{host}/fw/plain:1"), &release).await;
+    w.sign(&plain, &w.release).await;
     wait_until(
-        || !published(&obs, "plant", "plain").is_empty(),
-        || "published once signed".into(),
+        || !w.published("plant", "plain").is_empty() && w.events("plant", "plain").len() == 2,
+        || "published once signed, with its Event".into(),
     )
     .await;
-    assert_eq!(published(&obs, "plant", "plain"), vec![plain.clone()]);
+    assert_eq!(w.published("plant", "plain"), vec![plain.clone()]);
     assert_eq!(
-        annotations(&api, "plant", "plain")["twinflash.io/reason"],
+        w.annotations("plant", "plain")["twinflash.io/reason"],
         "IntentPublished"
     );
-    wait_until(
-        || events(&api, "plant", "plain").len() == 2,
-        || "the publication's Event".into(),
-    )
-    .await;
-    let evs = events(&api, "plant", "plain");
+    let evs = w.events("plant", "plain");
     let last = evs
         .iter()
         .find(|e| e["reason"] == "IntentPublished")
         .unwrap();
     assert!(note(last).contains(&signer), "{last}");
     assert!(
-        published(&obs, "plant", "rogue").is_empty(),
+        w.published("plant", "rogue").is_empty(),
         "{wrong} stays unpublished"
     );
     run.stop().await;
@@ -322,47 +338,18 @@ async fn require_publishes_only_what_a_trusted_key_signed() {
 
 #[tokio::test]
 async fn warn_publishes_an_unsigned_artifact_with_the_warning() {
-    init();
-    let api = FakeApi::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mqtt = Mosquitto::start().unwrap();
-    let registry = Registry::start().unwrap();
-    let release = key();
-    let plain = push(
-        &registry,
-        dir.path(),
-        "fw/plain:2",
-        &image(7, 1024),
-        "2.0.0",
-        "sim",
-    )
-    .await;
-    api.put(device("plant", "plain", &plain)).unwrap();
-    let obs = Observer::start(mqtt.port(), "observer", &[UPDATE]).await;
-    let cfg = SignaturesConfig {
-        mode: SignatureMode::Warn,
-        keys: vec![key_file(dir.path(), "release", &release)],
-        overrides: Vec::new(),
-    };
-    let run = Run::start(
-        &api,
-        dir.path(),
-        Some(&mqtt),
-        &registry,
-        &cfg,
-        Mode::Edgecore,
-    )
-    .await;
-    wait_until(
-        || !events(&api, "plant", "plain").is_empty(),
-        || "the Event".into(),
-    )
-    .await;
-    assert_eq!(published(&obs, "plant", "plain"), vec![plain.clone()]);
-    let a = annotations(&api, "plant", "plain");
+    let w = World::new(true).await;
+    let plain = w.artifact("fw/plain:2", 7).await;
+    w.put("plant", "plain", &plain);
+    let run = w
+        .start(SignatureMode::Warn, Vec::new(), Mode::Edgecore)
+        .await;
+    w.wait_events(&[("plant", "plain")]).await;
+    assert_eq!(w.published("plant", "plain"), vec![plain.clone()]);
+    let a = w.annotations("plant", "plain");
     assert_eq!(a["twinflash.io/reason"], "IntentPublished", "{a}");
-    let ev = &events(&api, "plant", "plain")[0];
-    assert_eq!(ev["reason"], "IntentPublished");
+    let ev = &w.events("plant", "plain")[0];
+    assert_eq!(kind(ev), ("Normal", "IntentPublished"));
     let n = note(ev);
     assert!(
         n.contains("warning") && n.contains("default (warn)"),
@@ -377,48 +364,17 @@ async fn warn_publishes_an_unsigned_artifact_with_the_warning() {
 
 #[tokio::test]
 async fn in_mode_dmi_only_a_signed_tag_gets_its_pin() {
-    init();
-    let api = FakeApi::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::start().unwrap();
-    let host = registry.host();
-    let release = key();
-    let good = push(
-        &registry,
-        dir.path(),
-        "fw/good:3",
-        &image(1, 1024),
-        "3.0.0",
-        "sim",
-    )
-    .await;
-    push(
-        &registry,
-        dir.path(),
-        "fw/plain:3",
-        &image(2, 1024),
-        "3.0.0",
-        "sim",
-    )
-    .await;
-    signed(&registry, &good, &release).await;
-    api.put(device("plant", "good", &format!("{host}/fw/good:3")))
-        .unwrap();
-    api.put(device("plant", "plain", &format!("{host}/fw/plain:3")))
-        .unwrap();
-    let cfg = SignaturesConfig {
-        mode: SignatureMode::Require,
-        keys: vec![key_file(dir.path(), "release", &release)],
-        overrides: Vec::new(),
-    };
-    let run = Run::start(&api, dir.path(), None, &registry, &cfg, Mode::Dmi).await;
-    wait_until(
-        || !events(&api, "plant", "good").is_empty() && !events(&api, "plant", "plain").is_empty(),
-        || "an Event per Device".into(),
-    )
-    .await;
+    let w = World::new(false).await;
+    let good = w.artifact("fw/good:3", 1).await;
+    w.artifact("fw/plain:3", 2).await;
+    w.sign(&good, &w.release).await;
+    w.put("plant", "good", &w.tag("fw/good:3"));
+    w.put("plant", "plain", &w.tag("fw/plain:3"));
+    let run = w.start(SignatureMode::Require, Vec::new(), Mode::Dmi).await;
+    w.wait_events(&[("plant", "good"), ("plant", "plain")])
+        .await;
     let firmware = |name: &str| {
-        api.get(DEV.0, DEV.1, "devices", "plant", name).unwrap()["spec"]["properties"][0]["desired"]
+        w.api.get(DEV.0, DEV.1, "devices", "plant", name).unwrap()["spec"]["properties"][0]["desired"]
             .clone()
     };
     // The signed tag is pinned where the mapper reads it; the unsigned one is not, so the agent never flashes it.
@@ -429,10 +385,10 @@ async fn in_mode_dmi_only_a_signed_tag_gets_its_pin() {
         firmware("plain")
     );
     assert_eq!(
-        annotations(&api, "plant", "plain")["twinflash.io/reason"],
+        w.annotations("plant", "plain")["twinflash.io/reason"],
         "Unsigned"
     );
-    let ev = &events(&api, "plant", "good")[0];
+    let ev = &w.events("plant", "good")[0];
     assert!(note(ev).contains("signed by release"), "{ev}");
     run.stop().await;
 }

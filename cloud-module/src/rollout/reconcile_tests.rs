@@ -126,6 +126,15 @@ fn marker(wave: &str) -> Value {
            "twinflash.io/wave": wave, "twinflash.io/started": NOW.to_string()})
 }
 
+/// The status patch of rollout `fw-2`, answered with `r`.
+fn status_patch_of(r: &Value) -> Exp {
+    exp(
+        Method::PATCH,
+        &format!("{}/status", rollout_path("fw-2")),
+        ok(r.clone()),
+    )
+}
+
 /// The resolver pins [`TAG`] to [`pinned`].
 fn tag_resolves(resolver: &MemoryResolver) {
     resolver.insert(
@@ -247,12 +256,7 @@ async fn a_newer_overlapping_rollout_is_refused_naming_the_older_one() {
                 &rollouts_path(),
                 ok(list("FirmwareRolloutList", vec![done, older, r.clone()])),
             ),
-            exp(
-                Method::PATCH,
-                &format!("{}/status", rollout_path("fw-2")),
-                ok(r.clone()),
-            )
-            .check(|b| {
+            status_patch_of(&r).check(|b| {
                 let s = &b["status"];
                 assert_eq!(s["phase"], "Pending");
                 assert_eq!(s["pinned"], "", "not pinned while refused");
@@ -311,12 +315,7 @@ async fn a_concurrent_hand_edit_fails_the_test_op_and_the_device_stays_pending()
                 &devices_path("devices/dev-a"),
                 status_err(422, "Invalid"),
             ),
-            exp(
-                Method::PATCH,
-                &format!("{}/status", rollout_path("fw-2")),
-                ok(r.clone()),
-            )
-            .check(|b| {
+            status_patch_of(&r).check(|b| {
                 let s = &b["status"];
                 assert_eq!(
                     (s["pending"].as_u64(), s["inProgress"].as_u64()),
@@ -400,12 +399,7 @@ async fn a_failure_report_aborts_and_rolls_back_from_device_status_objects() {
                 status_err(422, "Invalid"),
             )
             .check(rollback_check),
-            exp(
-                Method::PATCH,
-                &format!("{}/status", rollout_path("fw-2")),
-                ok(r.clone()),
-            )
-            .check(|b| {
+            status_patch_of(&r).check(|b| {
                 let s = &b["status"];
                 assert_eq!(s["phase"], "RolledBack");
                 assert_eq!(
@@ -554,12 +548,7 @@ async fn an_unsigned_firmware_under_require_refuses_the_rollout_before_any_devic
     let mut expects = start_reads(&r, devs);
     expects.extend([
         // No Device patch: the status says why, and the rollout waits (pinned again at the next resync).
-        exp(
-            Method::PATCH,
-            &format!("{}/status", rollout_path("fw-2")),
-            ok(r.clone()),
-        )
-        .check(|b| {
+        status_patch_of(&r).check(|b| {
             let s = &b["status"];
             assert_eq!(s["phase"], "Pending", "{b}");
             assert_eq!(s["currentWave"], 0, "{b}");
