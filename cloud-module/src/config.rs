@@ -42,7 +42,46 @@ pub struct Config {
     /// The nudge of Devices whose status went stale (`crate::anti_entropy`).
     #[serde(default)]
     pub anti_entropy: AntiEntropyConfig,
+    /// Which Devices get only signed firmware (`crate::signatures`).
+    #[serde(default)]
+    pub signatures: SignaturesConfig,
 }
+
+/// The signature policy of the controller: checked before an intent is published (or, in mode `dmi`, a tag
+/// pinned), so an unsigned artifact never reaches a Device under `require`. The edge agent has its own policy;
+/// this one stops the intent at the source and tells the operator why, on the Device.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignaturesConfig {
+    /// The policy of every Device no override names: `off` (default), `warn` or `require`.
+    #[serde(default)]
+    pub mode: SignatureMode,
+    /// PEM public keys (SPKI) trusted by the default policy; a signer is named by its file stem.
+    #[serde(default)]
+    pub keys: Vec<PathBuf>,
+    /// Policies of some namespaces or Devices; the most specific wins (namespace + device, then namespace).
+    #[serde(default)]
+    pub overrides: Vec<SignatureOverride>,
+}
+
+/// The policy of one namespace, or of one Device in it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureOverride {
+    /// The namespace.
+    pub namespace: String,
+    /// One Device of the namespace; unset: every Device of it.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// What the policy does.
+    pub mode: SignatureMode,
+    /// Its trusted keys; empty: the default policy's keys.
+    #[serde(default)]
+    pub keys: Vec<PathBuf>,
+}
+
+/// What a signature policy does (`off`, `warn`, `require`): twinflash-artifact's, shared with the agent.
+pub use twinflash_artifact::signature::Mode as SignatureMode;
 
 /// The controller's anti-entropy nudge (docs/operations.md section 8.2).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -217,6 +256,7 @@ impl Config {
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("registry.plain_http")
+            .with_list_parse_key("signatures.keys")
             .source(env.map(|m| m.into_iter().collect()));
         let mut cfg: Config = builder
             .add_source(env_source)
@@ -254,7 +294,7 @@ impl Config {
         {
             return invalid("watch.namespace", "is a namespace name, not a path");
         }
-        Ok(())
+        self.signatures.validate()
     }
 
     /// [`Config::resync_period_secs`] as a duration.
@@ -265,6 +305,70 @@ impl Config {
     /// The namespace to watch (`None`: all).
     pub fn namespace(&self) -> Option<&str> {
         self.watch.namespace.as_deref().filter(|n| !n.is_empty())
+    }
+}
+
+impl SignaturesConfig {
+    /// Checks what can be checked without reading the key files: a policy that verifies has a key (its own or
+    /// the default's), every override names a namespace, and no two overrides name the same scope.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.mode != SignatureMode::Off && self.keys.is_empty() {
+            return invalid(
+                "signatures.keys",
+                &format!(
+                    "mode \"{}\" needs at least one trusted key",
+                    self.mode.as_str()
+                ),
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for o in &self.overrides {
+            let scope = o.scope();
+            if o.namespace.is_empty() || o.namespace.contains('/') {
+                return invalid(
+                    "signatures.overrides",
+                    &format!("namespace {:?} is not a namespace name", o.namespace),
+                );
+            }
+            if o.device.as_deref().is_some_and(str::is_empty) {
+                return invalid(
+                    "signatures.overrides",
+                    &format!("{scope}: device is empty (leave it out for the whole namespace)"),
+                );
+            }
+            if o.mode != SignatureMode::Off && o.keys.is_empty() && self.keys.is_empty() {
+                return invalid(
+                    "signatures.overrides",
+                    &format!(
+                        "{scope}: mode \"{}\" needs at least one trusted key (its own or signatures.keys)",
+                        o.mode.as_str()
+                    ),
+                );
+            }
+            if !seen.insert(scope.clone()) {
+                return invalid(
+                    "signatures.overrides",
+                    &format!("{scope} is named by two overrides"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any Device's policy looks at signatures (otherwise no verifier is built).
+    pub fn any_enabled(&self) -> bool {
+        self.mode != SignatureMode::Off
+            || self.overrides.iter().any(|o| o.mode != SignatureMode::Off)
+    }
+}
+
+impl SignatureOverride {
+    /// `namespace` or `namespace/device`: how logs and Events name the policy.
+    pub fn scope(&self) -> String {
+        match &self.device {
+            Some(d) => format!("{}/{d}", self.namespace),
+            None => self.namespace.clone(),
+        }
     }
 }
 

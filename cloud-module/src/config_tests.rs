@@ -196,3 +196,115 @@ fn dmi_mode_needs_no_mqtt_section() {
     let c = Config::load_with_env(Some(&p), env(&[])).unwrap();
     assert_eq!(c.mqtt.unwrap().client_id, DEFAULT_CLIENT_ID);
 }
+
+#[test]
+fn signatures_section_with_overrides_loads_and_defaults_to_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        &dir,
+        r#"
+[mqtt]
+url = "mqtt://h:1"
+[signatures]
+mode = "warn"
+keys = ["/etc/twinflash/keys/release.pub"]
+[[signatures.overrides]]
+namespace = "plant-a"
+device = "sensor-7"
+mode = "require"
+keys = ["/etc/twinflash/keys/plant-a.pub"]
+[[signatures.overrides]]
+namespace = "plant-b"
+mode = "off"
+"#,
+    );
+    let c = Config::load_with_env(Some(&p), env(&[])).unwrap();
+    let s = &c.signatures;
+    assert_eq!(s.mode, SignatureMode::Warn);
+    assert_eq!(
+        s.keys,
+        vec![PathBuf::from("/etc/twinflash/keys/release.pub")]
+    );
+    assert_eq!(s.overrides.len(), 2);
+    assert_eq!(s.overrides[0].scope(), "plant-a/sensor-7");
+    assert_eq!(s.overrides[0].mode, SignatureMode::Require);
+    assert_eq!(s.overrides[1].scope(), "plant-b");
+    assert!(s.overrides[1].keys.is_empty());
+    assert!(s.any_enabled());
+
+    let c = Config::load_with_env(None, env(&[("TWINFLASH_CLOUD__MODE", "dmi")])).unwrap();
+    assert_eq!(c.signatures, SignaturesConfig::default());
+    assert!(!c.signatures.any_enabled());
+
+    // The environment sets the default policy, keys as a comma-separated list.
+    let c = Config::load_with_env(
+        None,
+        env(&[
+            ("TWINFLASH_CLOUD__MODE", "dmi"),
+            ("TWINFLASH_CLOUD__SIGNATURES__MODE", "require"),
+            ("TWINFLASH_CLOUD__SIGNATURES__KEYS", "/k/a.pub,/k/b.pub"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.signatures.mode, SignatureMode::Require);
+    assert_eq!(c.signatures.keys.len(), 2);
+}
+
+#[test]
+fn signature_policies_that_cannot_verify_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = "mode = \"dmi\"\n";
+    let ov = |body: &str| format!("{head}[signatures]\n[[signatures.overrides]]\n{body}");
+    let cases = [
+        (
+            format!("{head}[signatures]\nmode = \"require\"\n"),
+            "signatures.keys",
+        ),
+        (
+            format!("{head}[signatures]\nmode = \"warn\"\nkeys = []\n"),
+            "signatures.keys",
+        ),
+        (
+            ov("namespace = \"a\"\nmode = \"require\"\n"),
+            "signatures.overrides",
+        ),
+        (
+            ov("namespace = \"\"\nmode = \"off\"\n"),
+            "signatures.overrides",
+        ),
+        (
+            ov("namespace = \"a/b\"\nmode = \"off\"\n"),
+            "signatures.overrides",
+        ),
+        (
+            ov("namespace = \"a\"\ndevice = \"\"\nmode = \"off\"\n"),
+            "signatures.overrides",
+        ),
+        (
+            ov(
+                "namespace = \"a\"\nmode = \"off\"\n[[signatures.overrides]]\nnamespace = \"a\"\nmode = \"off\"\n",
+            ),
+            "signatures.overrides",
+        ),
+        (format!("{head}[signatures]\nmode = \"strict\"\n"), "load"),
+        (ov("namespace = \"a\"\n"), "load"),
+        (ov("namespace = \"a\"\nmode = \"off\"\nkey = []\n"), "load"),
+    ];
+    for (body, want) in cases {
+        let p = write(&dir, &body);
+        let err = Config::load_with_env(Some(&p), env(&[])).unwrap_err();
+        match (&err, want) {
+            (ConfigError::Load { .. }, "load") => {}
+            (ConfigError::Invalid { key, .. }, w) => assert_eq!(*key, w, "{body}"),
+            _ => panic!("{body}: unexpected {err}"),
+        }
+    }
+    // An override that verifies may borrow the default's keys.
+    let p = write(
+        &dir,
+        &format!(
+            "{head}[signatures]\nkeys = [\"/k/r.pub\"]\n[[signatures.overrides]]\nnamespace = \"a\"\nmode = \"require\"\n"
+        ),
+    );
+    Config::load_with_env(Some(&p), env(&[])).unwrap();
+}

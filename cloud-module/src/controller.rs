@@ -31,6 +31,7 @@ use crate::decide::{CHIP_ANNOTATION, Decision, Input, Noop, Record, decide};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::seams::{ArtifactResolver, IntentSink, namespace_of};
+use crate::signatures::{SignatureGate, judge_publication};
 use crate::status::{
     newest, observed_desired, record_annotations, record_from_annotations, record_from_status,
     with_observed_desired,
@@ -105,6 +106,9 @@ pub struct Context {
     pub anti_entropy: Duration,
     /// Who nudges stale Devices (the MQTT sink, or `dmi::KubeNudger`); `None`: no anti-entropy loop.
     pub nudger: Option<Arc<dyn Nudger>>,
+    /// Verifies an intent's signatures before it is published, per the Device's policy; `None`: every policy is
+    /// `off` (`[signatures]` in the config).
+    pub signatures: Option<Arc<SignatureGate>>,
     /// Newest record per Device, so a stale cache or a lagging status never redoes an intent.
     records: Mutex<HashMap<DeviceId, Record>>,
     /// Consecutive failures per Device (backoff).
@@ -137,6 +141,7 @@ impl Context {
             resync,
             anti_entropy: Duration::ZERO,
             nudger: None,
+            signatures: None,
             records: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
         }
@@ -412,6 +417,30 @@ async fn publish_event(device: &Device, record: &Record, ctx: &Context) -> Resul
         })
 }
 
+/// The decision on `record` (about to be published) after its signatures are checked against `key`'s policy
+/// ([`judge_publication`]); `None` when the policy is `off`. Every path to the edge passes here: a hand-set value,
+/// a rollout's (which writes the desired value), mode `dmi`'s pin.
+async fn check_signatures(
+    record: &Record,
+    last: Option<&Record>,
+    key: &DeviceId,
+    ctx: &Context,
+) -> Option<Decision> {
+    let checked = ctx
+        .signatures
+        .as_ref()?
+        .check_device(key, &record.pinned)
+        .await?;
+    let previous = last.map(|l| l.pinned.as_str()).unwrap_or_default();
+    let decision = judge_publication(record.clone(), previous, &checked);
+    if let (Decision::Publish(r), Ok(v)) = (&decision, &checked.verdict)
+        && v.code().is_some()
+    {
+        warn!(device = %key, policy = %checked.scope, reference = %r.pinned, verdict = %v.describe(), "publishing an intent whose signatures do not verify (policy warn)");
+    }
+    Some(decision)
+}
+
 /// Reconciles one Device.
 pub async fn reconcile(device: Arc<Device>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconcile();
@@ -444,6 +473,11 @@ pub async fn reconcile(device: Arc<Device>, ctx: Arc<Context>) -> Result<Action,
             resolution: Some(&resolution),
             ..input
         });
+    }
+    if let Decision::Publish(record) = &decision {
+        decision = check_signatures(record, last.as_ref(), &key, &ctx)
+            .await
+            .unwrap_or(decision);
     }
     match decision {
         Decision::Nothing(Noop::AlreadyDone) if ctx.mode == Mode::Dmi => {

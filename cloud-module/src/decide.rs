@@ -22,16 +22,24 @@ pub enum Reason {
     UnsupportedArtifact,
     /// The artifact's chip differs from the chip the Device (or its DeviceModel) declares.
     ChipMismatch,
+    /// The Device's signature policy requires a trusted signature and the artifact has none (re-checked at
+    /// every resync: a signature may be pushed later).
+    Unsigned,
+    /// The Device's signature policy requires a trusted signature and none of the artifact's verifies
+    /// (re-checked at every resync: a good signature may be pushed later).
+    SignatureInvalid,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 5] = [
+    pub const ALL: [Reason; 7] = [
         Reason::IntentPublished,
         Reason::InvalidReference,
         Reason::ArtifactNotFound,
         Reason::UnsupportedArtifact,
         Reason::ChipMismatch,
+        Reason::Unsigned,
+        Reason::SignatureInvalid,
     ];
 
     /// The Event reason / condition reason string (PascalCase).
@@ -42,6 +50,8 @@ impl Reason {
             Reason::ArtifactNotFound => "ArtifactNotFound",
             Reason::UnsupportedArtifact => "UnsupportedArtifact",
             Reason::ChipMismatch => "ChipMismatch",
+            Reason::Unsigned => "Unsigned",
+            Reason::SignatureInvalid => "SignatureInvalid",
         }
     }
 
@@ -58,13 +68,19 @@ impl Reason {
             Reason::ArtifactNotFound => Some(ErrorCode::NotFound),
             Reason::UnsupportedArtifact => Some(ErrorCode::UnsupportedArtifact),
             Reason::ChipMismatch => Some(ErrorCode::ChipMismatch),
+            Reason::Unsigned => Some(ErrorCode::Unsigned),
+            Reason::SignatureInvalid => Some(ErrorCode::SignatureInvalid),
         }
     }
 
     /// Whether the outcome stands until the intent changes (so the same intent is not redone).
-    /// A missing artifact is re-checked: it may be pushed after the Device was edited.
+    /// A missing artifact is re-checked: it may be pushed after the Device was edited. So is a missing or bad
+    /// signature: the artifact may be signed later, without any change to the Device.
     pub const fn is_final(self) -> bool {
-        !matches!(self, Reason::ArtifactNotFound)
+        !matches!(
+            self,
+            Reason::ArtifactNotFound | Reason::Unsigned | Reason::SignatureInvalid
+        )
     }
 }
 
@@ -135,6 +151,24 @@ pub enum Decision {
     },
 }
 
+/// What a registry error decides: a missing artifact (re-checked at resync) or one that is not a twinflash
+/// artifact is rejected through `reject`; a transient error (registry down, credentials refused) is retried with
+/// `retry_message`.
+pub fn registry_error(
+    e: &ResolveError,
+    reject: impl FnOnce(Reason, String) -> Decision,
+    retry_message: String,
+) -> Decision {
+    match e {
+        ResolveError::NotFound { .. } => reject(Reason::ArtifactNotFound, e.to_string()),
+        ResolveError::Unsupported { .. } => reject(Reason::UnsupportedArtifact, e.to_string()),
+        ResolveError::Auth { .. } | ResolveError::Unreachable { .. } => Decision::Retry {
+            code: e.code(),
+            message: retry_message,
+        },
+    }
+}
+
 /// The pure decision. Called once without a resolution, and again with the resolver's answer
 /// when the first call returned [`Decision::Resolve`].
 pub fn decide(input: Input<'_>) -> Decision {
@@ -178,18 +212,7 @@ pub fn decide(input: Input<'_>) -> Decision {
     };
     let artifact = match resolution {
         Ok(a) => a,
-        Err(e @ ResolveError::NotFound { .. }) => {
-            return reject(Reason::ArtifactNotFound, e.to_string());
-        }
-        Err(e @ ResolveError::Unsupported { .. }) => {
-            return reject(Reason::UnsupportedArtifact, e.to_string());
-        }
-        Err(e) => {
-            return Decision::Retry {
-                code: e.code(),
-                message: e.to_string(),
-            };
-        }
+        Err(e) => return registry_error(e, reject, e.to_string()),
     };
     let pinned = match kind {
         RefKind::Pinned(_) => desired.to_owned(),

@@ -16,6 +16,7 @@ pub mod mqtt;
 pub mod resolver;
 pub mod rollout;
 pub mod seams;
+pub mod signatures;
 pub mod status;
 pub mod status_route;
 
@@ -29,7 +30,7 @@ pub use controller::{Context, error_policy, reconcile, run};
 pub use decide::{Decision, Input, Noop, Reason, Record, decide};
 pub use error::Error;
 pub use seams::{
-    ArtifactResolver, IntentSink, ResolveError, ResolvedArtifact, SinkError, StatusError,
-    StatusWriter,
+    ArtifactResolver, IntentSink, ResolveError, ResolvedArtifact, SignatureChecker, SinkError,
+    StatusError, StatusWriter,
 };
 pub use status::apply_actual_report;

@@ -19,6 +19,7 @@ use twinflash_cloud::dmi::{KubeNudger, NoMqtt};
 use twinflash_cloud::mqtt::{self, MqttSink};
 use twinflash_cloud::resolver::{PinnedCache, RegistryResolver};
 use twinflash_cloud::seams::{ArtifactResolver, IntentSink, StatusWriter};
+use twinflash_cloud::signatures::{Policies, RegistrySignatures, SignatureGate};
 use twinflash_cloud::status_route::StatusRoute;
 use twinflash_cloud::{leader, metrics};
 
@@ -52,16 +53,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The trusted keys are read at start: a missing or unreadable key stops the controller here, named.
+    let policies = match Policies::load(&cfg.signatures) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("twinflash-cloud: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if args.check_config {
         println!(
-            "configuration ok: mode={:?} status_location={:?} namespace={} mqtt={} resync={}s anti_entropy={}s metrics={}",
+            "configuration ok: mode={:?} status_location={:?} namespace={} mqtt={} resync={}s anti_entropy={}s metrics={} signatures={}",
             cfg.mode,
             cfg.status_location,
             cfg.namespace().unwrap_or("*"),
             mqtt_summary(&cfg),
             cfg.resync_period_secs,
             cfg.anti_entropy.period_secs,
-            cfg.metrics.listen
+            cfg.metrics.listen,
+            signatures_summary(&cfg)
         );
         return ExitCode::SUCCESS;
     }
@@ -73,7 +83,7 @@ fn main() -> ExitCode {
         .init();
     let result = tokio::runtime::Runtime::new()
         .context("cannot start the tokio runtime")
-        .and_then(|rt| rt.block_on(run(cfg)));
+        .and_then(|rt| rt.block_on(run(cfg, policies)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -94,11 +104,43 @@ fn mqtt_summary(cfg: &Config) -> String {
     }
 }
 
+/// The `signatures=` part of `--check-config`: the default mode, its key count and the overrides.
+fn signatures_summary(cfg: &Config) -> String {
+    let s = &cfg.signatures;
+    let overrides: Vec<String> = s
+        .overrides
+        .iter()
+        .map(|o| format!("{}={}", o.scope(), o.mode.as_str()))
+        .collect();
+    format!(
+        "{} (keys={}{}{})",
+        s.mode.as_str(),
+        s.keys.len(),
+        if overrides.is_empty() { "" } else { "; " },
+        overrides.join(", ")
+    )
+}
+
+/// The signature gate of both controllers, `None` when every policy is `off` (no verifier is built).
+fn signature_gate(cfg: &Config, policies: Policies) -> anyhow::Result<Option<Arc<SignatureGate>>> {
+    if !policies.any_enabled() {
+        return Ok(None);
+    }
+    let checker = RegistrySignatures::with_plain_http(cfg.registry.plain_http.clone())
+        .context("signature verifier (registry options)")?;
+    Ok(Some(Arc::new(SignatureGate::new(
+        policies,
+        Arc::new(checker),
+    ))))
+}
+
 /// Everything a leadership term shares with the next one.
 struct Shared {
     cfg: Config,
     client: kube::Client,
     resolver: Arc<dyn ArtifactResolver>,
+    /// The signature gate (one verdict cache for the Device and rollout controllers).
+    signatures: Option<Arc<SignatureGate>>,
     metrics: Arc<metrics::Metrics>,
     instance: Option<String>,
     /// Fired when a term cannot start (bad TLS files): the process exits.
@@ -164,16 +206,19 @@ async fn lead(shared: Arc<Shared>, term: CancellationToken) {
     ctx.mode = cfg.mode;
     ctx.anti_entropy = cfg.anti_entropy.period();
     ctx.nudger = Some(nudger);
+    ctx.signatures = shared.signatures.clone();
     let ctx = Arc::new(ctx);
     // FirmwareRollouts change Devices' desired values; the Device controller above delivers them
     // (or, in mode dmi, KubeEdge does and the Device controller pins them).
-    let rollouts = Arc::new(twinflash_cloud::rollout::RolloutContext::new(
+    let mut rollouts = twinflash_cloud::rollout::RolloutContext::new(
         shared.client.clone(),
         shared.resolver.clone(),
         cfg.status_location,
         cfg.resync_period(),
         shared.instance.clone(),
-    ));
+    );
+    rollouts.signatures = shared.signatures.clone();
+    let rollouts = Arc::new(rollouts);
     let controllers = async {
         tokio::join!(
             controller::run(ctx, cfg.namespace(), cfg.watch.label_selector.as_deref()),
@@ -223,10 +268,14 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
+async fn run(cfg: Config, policies: Policies) -> anyhow::Result<()> {
     // Fail fast on an unusable broker configuration (bad URL, unreadable TLS files).
     if let Some(mqtt_cfg) = cfg.mqtt.as_ref().filter(|_| cfg.mode.uses_mqtt()) {
         mqtt::mqtt_options(mqtt_cfg).context("MQTT configuration")?;
+    }
+    let signatures = signature_gate(&cfg, policies)?;
+    if signatures.is_some() {
+        info!(signatures = %signatures_summary(&cfg), "signature policies loaded");
     }
     let client = kube::Client::try_default()
         .await
@@ -278,6 +327,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         resolver: Arc::new(PinnedCache::new(RegistryResolver::with_plain_http(
             cfg.registry.plain_http.clone(),
         ))),
+        signatures,
         cfg,
         client,
         metrics,

@@ -144,3 +144,35 @@ fn check_config_in_mode_dmi_needs_no_mqtt_and_says_so() {
     let help = text(&run(&["--help"], &[]).stdout);
     assert!(help.contains("dmi"), "{help}");
 }
+
+#[test]
+fn signature_keys_are_read_at_start_and_a_missing_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cloud.toml");
+    let missing = dir.path().join("release.pub");
+    std::fs::write(
+        &path,
+        format!(
+            "mode = \"dmi\"\n[signatures]\nmode = \"require\"\nkeys = [{:?}]\n",
+            missing.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let out = run(&["--config", p, "--check-config"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("signatures.keys") && err.contains(missing.to_str().unwrap()),
+        "{err}"
+    );
+    // The key in place: accepted, and the summary shows the policy.
+    let der = twinflash_artifact::signature::SigningKey::generate_p256_pkcs8().unwrap();
+    let key = twinflash_artifact::signature::SigningKey::from_pkcs8_der(&der).unwrap();
+    std::fs::write(&missing, key.public().to_pem()).unwrap();
+    let out = run(&["--config", p, "--check-config"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary = text(&out.stdout);
+    assert!(summary.contains("signatures=require (keys=1)"), "{summary}");
+}

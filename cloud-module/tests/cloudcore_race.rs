@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use support::client;
+use support::{Run, client};
 use tokio_util::sync::CancellationToken;
 use twinflash_cloud::config::{Mode, StatusLocation};
 use twinflash_cloud::controller::{self, Context};
@@ -31,13 +31,6 @@ const RESYNC: Duration = Duration::from_millis(300);
 
 fn pinned() -> String {
     format!("registry.local:5000/fw/blinky@sha256:{}", "ab".repeat(32))
-}
-
-/// One controller run: its MQTT sink and the Device controller, until `stop`.
-struct Run {
-    ctx: Arc<Context>,
-    cancel: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 async fn start(
@@ -65,16 +58,6 @@ async fn start(
         ctx,
         cancel,
         tasks: vec![mqtt_task, run],
-    }
-}
-
-impl Run {
-    async fn stop(self) {
-        self.cancel.cancel();
-        for t in self.tasks {
-            t.abort();
-            let _ = t.await;
-        }
     }
 }
 

@@ -22,7 +22,9 @@ use super::plan::{PatchKind, Pin, Plan, PlanInput, plan};
 use super::types::{FirmwareRollout, FirmwareRolloutStatus, Phase};
 use crate::config::StatusLocation;
 use crate::crd::{Device, DeviceStatus, DeviceTwinStatus};
+use crate::decide::{Decision, Reason, Record};
 use crate::seams::{ArtifactResolver, ResolveError};
+use crate::signatures::{SignatureGate, judge_publication};
 use mqtt_schema::{FirmwareRef, RefKind};
 
 /// The reporting controller name on rollout Events.
@@ -60,6 +62,9 @@ pub struct RolloutContext {
     pub resync: Duration,
     /// The clock (Unix seconds); tests fix it.
     pub clock: fn() -> i64,
+    /// Checks the pinned firmware against the namespace's signature policy before any Device is patched;
+    /// `None`: every policy is `off`. (Each Device's own policy is checked again by the Device controller.)
+    pub signatures: Option<Arc<SignatureGate>>,
 }
 
 impl RolloutContext {
@@ -82,6 +87,7 @@ impl RolloutContext {
             status_location,
             resync,
             clock: unix_now,
+            signatures: None,
         }
     }
 }
@@ -126,8 +132,49 @@ fn refused(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 422 || s.code == 404 || s.code == 409)
 }
 
-/// Resolves the firmware to pin: a digest reference as is, a tag through the registry.
+/// The firmware to pin ([`resolve_pin`]) once its signatures satisfy the namespace's policy: under `require`
+/// an unsigned or badly signed artifact refuses the rollout before any Device is patched (`Ok(Err(message))`,
+/// the message ending in `[unsigned]` or `[signature-invalid]`); a registry that cannot be asked is retried.
 async fn pin(
+    rollout: &FirmwareRollout,
+    object: &str,
+    ctx: &RolloutContext,
+) -> Result<Result<String, String>, RolloutError> {
+    let pinned = match resolve_pin(rollout, object, ctx).await? {
+        Ok(p) => p,
+        Err(m) => return Ok(Err(m)),
+    };
+    let (Some(gate), Some(ns)) = (ctx.signatures.as_ref(), rollout.namespace()) else {
+        return Ok(Ok(pinned));
+    };
+    let Some(checked) = gate.check_namespace(&ns, &pinned).await else {
+        return Ok(Ok(pinned));
+    };
+    let record = Record {
+        generation: rollout.metadata.generation.unwrap_or(0),
+        desired: rollout.spec.firmware.clone(),
+        pinned: pinned.clone(),
+        reason: Reason::IntentPublished,
+        message: format!("rollout {object} pins {pinned}"),
+    };
+    match (judge_publication(record, "", &checked), checked.verdict) {
+        (Decision::Reject(r), _) => Ok(Err(r.message)),
+        (Decision::Retry { .. }, Err(source)) => Err(RolloutError::Pin {
+            rollout: object.to_owned(),
+            source,
+        }),
+        (Decision::Publish(r), _) => {
+            info!(rollout = %object, "{}", r.message);
+            Ok(Ok(pinned))
+        }
+        (other, _) => Ok(Err(format!(
+            "signature check of {pinned} gave no usable answer: {other:?}"
+        ))),
+    }
+}
+
+/// Resolves the firmware to pin: a digest reference as is, a tag through the registry.
+async fn resolve_pin(
     rollout: &FirmwareRollout,
     object: &str,
     ctx: &RolloutContext,

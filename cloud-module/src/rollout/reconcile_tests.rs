@@ -126,9 +126,17 @@ fn marker(wave: &str) -> Value {
            "twinflash.io/wave": wave, "twinflash.io/started": NOW.to_string()})
 }
 
-#[tokio::test]
-async fn start_path_pins_the_tag_patches_the_canary_and_records_the_status() {
-    let (ctx, handle, resolver) = context(StatusLocation::Device);
+/// The status patch of rollout `fw-2`, answered with `r`.
+fn status_patch_of(r: &Value) -> Exp {
+    exp(
+        Method::PATCH,
+        &format!("{}/status", rollout_path("fw-2")),
+        ok(r.clone()),
+    )
+}
+
+/// The resolver pins [`TAG`] to [`pinned`].
+fn tag_resolves(resolver: &MemoryResolver) {
     resolver.insert(
         TAG,
         Ok(ResolvedArtifact {
@@ -137,6 +145,31 @@ async fn start_path_pins_the_tag_patches_the_canary_and_records_the_status() {
             version: Some("2.0.0".into()),
         }),
     );
+}
+
+/// The reads a reconcile of the not yet started rollout `r` begins with: the rollout, its Devices `devs`,
+/// the rollouts of the namespace (for conflicts).
+fn start_reads(r: &Value, devs: Vec<Value>) -> Vec<Exp> {
+    vec![
+        exp(Method::GET, &rollout_path("fw-2"), ok(r.clone())),
+        exp(
+            Method::GET,
+            &devices_path("devices"),
+            ok(list("DeviceList", devs)),
+        )
+        .query("labelSelector=fleet=blinky"),
+        exp(
+            Method::GET,
+            &rollouts_path(),
+            ok(list("FirmwareRolloutList", vec![r.clone()])),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn start_path_pins_the_tag_patches_the_canary_and_records_the_status() {
+    let (ctx, handle, resolver) = context(StatusLocation::Device);
+    tag_resolves(&resolver);
     let r = rollout("fw-2", "2026-01-01T00:00:00Z", None, json!({}));
     let devs = vec![
         device("dev-b", &old(), json!({}), None),
@@ -223,12 +256,7 @@ async fn a_newer_overlapping_rollout_is_refused_naming_the_older_one() {
                 &rollouts_path(),
                 ok(list("FirmwareRolloutList", vec![done, older, r.clone()])),
             ),
-            exp(
-                Method::PATCH,
-                &format!("{}/status", rollout_path("fw-2")),
-                ok(r.clone()),
-            )
-            .check(|b| {
+            status_patch_of(&r).check(|b| {
                 let s = &b["status"];
                 assert_eq!(s["phase"], "Pending");
                 assert_eq!(s["pinned"], "", "not pinned while refused");
@@ -287,12 +315,7 @@ async fn a_concurrent_hand_edit_fails_the_test_op_and_the_device_stays_pending()
                 &devices_path("devices/dev-a"),
                 status_err(422, "Invalid"),
             ),
-            exp(
-                Method::PATCH,
-                &format!("{}/status", rollout_path("fw-2")),
-                ok(r.clone()),
-            )
-            .check(|b| {
+            status_patch_of(&r).check(|b| {
                 let s = &b["status"];
                 assert_eq!(
                     (s["pending"].as_u64(), s["inProgress"].as_u64()),
@@ -376,12 +399,7 @@ async fn a_failure_report_aborts_and_rolls_back_from_device_status_objects() {
                 status_err(422, "Invalid"),
             )
             .check(rollback_check),
-            exp(
-                Method::PATCH,
-                &format!("{}/status", rollout_path("fw-2")),
-                ok(r.clone()),
-            )
-            .check(|b| {
+            status_patch_of(&r).check(|b| {
                 let s = &b["status"];
                 assert_eq!(s["phase"], "RolledBack");
                 assert_eq!(
@@ -490,6 +508,68 @@ async fn registry_outage_and_status_conflict_are_retried() {
         ),
         "{err}"
     );
+    drop(ctx);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unsigned_firmware_under_require_refuses_the_rollout_before_any_device_is_patched() {
+    use crate::seams::MemorySignatures;
+    use crate::signatures::{Policies, SignatureGate};
+    use twinflash_artifact::signature::{Mode, Policy, SigningKey, TrustedKey, Verdict};
+
+    let (ctx, handle, resolver) = context(StatusLocation::Device);
+    tag_resolves(&resolver);
+    let der = SigningKey::generate_p256_pkcs8().unwrap();
+    let key = SigningKey::from_pkcs8_der(&der).unwrap().public().clone();
+    let require = Policy {
+        mode: Mode::Require,
+        keys: vec![TrustedKey {
+            name: "release".into(),
+            key,
+        }],
+    };
+    let signatures = MemorySignatures::default();
+    signatures.insert(
+        &pinned(),
+        Ok(Verdict::Unsigned {
+            looked_in: vec!["registry.local:5000".into()],
+        }),
+    );
+    let gate = SignatureGate::new(
+        Policies::new(Policy::default(), vec![(NS.into(), None, require)]),
+        Arc::new(signatures.clone()),
+    );
+    let mut ctx = Arc::into_inner(ctx).unwrap();
+    ctx.signatures = Some(Arc::new(gate));
+    let ctx = Arc::new(ctx);
+    let r = rollout("fw-2", "2026-01-01T00:00:00Z", None, json!({}));
+    let devs = vec![device("dev-a", &old(), json!({}), None)];
+    let mut expects = start_reads(&r, devs);
+    expects.extend([
+        // No Device patch: the status says why, and the rollout waits (pinned again at the next resync).
+        status_patch_of(&r).check(|b| {
+            let s = &b["status"];
+            assert_eq!(s["phase"], "Pending", "{b}");
+            assert_eq!(s["currentWave"], 0, "{b}");
+            let m = s["message"].as_str().unwrap_or_default();
+            assert!(
+                m.contains("no signature found") && m.ends_with("[unsigned]"),
+                "{m}"
+            );
+            assert!(
+                m.contains(&format!("signature policy {NS} (require)")),
+                "{m}"
+            );
+        }),
+        event("Refused", "Warning"),
+    ]);
+    let server = serve(handle, expects);
+    let action = reconcile(Arc::new(serde_json::from_value(r).unwrap()), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(15)));
+    assert_eq!(signatures.calls(), vec![(pinned(), Mode::Require)]);
     drop(ctx);
     server.await.unwrap();
 }

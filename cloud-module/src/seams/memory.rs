@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
-use mqtt_schema::DeviceId;
+use mqtt_schema::{DeviceId, FirmwareRef};
+use twinflash_artifact::signature::{Policy, Verdict};
 
 use super::{
-    ArtifactResolver, IntentSink, ResolveError, ResolvedArtifact, SinkError, StatusError,
-    StatusWriter,
+    ArtifactResolver, IntentSink, ResolveError, ResolvedArtifact, SignatureChecker, SinkError,
+    StatusError, StatusWriter,
 };
 
 /// A status writer that keeps the latest reported value of every twin per device (tests).
@@ -168,6 +169,54 @@ impl ArtifactResolver for MemoryResolver {
                 .unwrap_or_else(|| {
                     Err(ResolveError::NotFound {
                         reference: reference.to_owned(),
+                    })
+                })
+        })
+    }
+}
+
+/// A signature checker answering from a table (pinned reference -> verdict); unknown references are
+/// unsigned. The policy is ignored except for being recorded: tests set the verdict the policy would give.
+#[derive(Debug, Clone, Default)]
+pub struct MemorySignatures {
+    table: Arc<Mutex<BTreeMap<String, Result<Verdict, ResolveError>>>>,
+    calls: Arc<Mutex<Vec<(String, SignatureMode)>>>,
+}
+
+use twinflash_artifact::signature::Mode as SignatureMode;
+
+impl MemorySignatures {
+    /// Sets the answer for `reference`.
+    pub fn insert(&self, reference: &str, answer: Result<Verdict, ResolveError>) {
+        if let Ok(mut t) = self.table.lock() {
+            t.insert(reference.to_owned(), answer);
+        }
+    }
+
+    /// Every (reference, policy mode) asked about, in order.
+    pub fn calls(&self) -> Vec<(String, SignatureMode)> {
+        self.calls.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+impl SignatureChecker for MemorySignatures {
+    fn verify<'a>(
+        &'a self,
+        reference: &'a FirmwareRef,
+        policy: &'a Policy,
+    ) -> BoxFuture<'a, Result<Verdict, ResolveError>> {
+        Box::pin(async move {
+            let reference = reference.to_string();
+            if let Ok(mut c) = self.calls.lock() {
+                c.push((reference.clone(), policy.mode));
+            }
+            self.table
+                .lock()
+                .ok()
+                .and_then(|t| t.get(&reference).cloned())
+                .unwrap_or_else(|| {
+                    Ok(Verdict::Unsigned {
+                        looked_in: vec!["memory".to_owned()],
                     })
                 })
         })

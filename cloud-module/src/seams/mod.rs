@@ -1,17 +1,18 @@
 //! The side effects the controller needs outside Kubernetes, each behind a small trait: the MQTT
-//! intent sink, the registry resolver and (direct mode) the status writer. The real ones live in
-//! `mqtt.rs`, `resolver.rs` and `direct.rs`; tests and benches use the in-memory fakes of `memory.rs`
+//! intent sink, the registry resolver, the signature checker and (direct mode) the status writer. The real ones
+//! live in `mqtt.rs`, `resolver.rs`, `signatures.rs` and `direct.rs`; tests and benches use the in-memory fakes of `memory.rs`
 //! (feature `test-support`).
 
 use std::collections::BTreeMap;
 
 use futures::future::BoxFuture;
-use mqtt_schema::{DeviceId, ErrorCode};
+use mqtt_schema::{DeviceId, ErrorCode, FirmwareRef};
+use twinflash_artifact::signature::{Policy, Verdict};
 
 #[cfg(any(test, feature = "test-support"))]
 mod memory;
 #[cfg(any(test, feature = "test-support"))]
-pub use memory::{MemoryResolver, MemorySink, MemoryStatusWriter};
+pub use memory::{MemoryResolver, MemorySignatures, MemorySink, MemoryStatusWriter};
 
 /// The Kubernetes namespace of a Device's id. The controller builds namespaced ids only (from
 /// the Device's metadata); a legacy id, which has none, gives `""`.
@@ -107,6 +108,20 @@ pub trait ArtifactResolver: Send + Sync {
         &'a self,
         reference: &'a str,
     ) -> BoxFuture<'a, Result<ResolvedArtifact, ResolveError>>;
+}
+
+/// Looks up and verifies the signatures of a digest-pinned reference (the real one:
+/// `crate::signatures::RegistrySignatures`, over twinflash-artifact's `Verifier`).
+///
+/// A verdict is an answer (verified, unsigned, invalid) that the caller turns into a publication or a
+/// rejection; an error is a lookup that could not be made (registry down) and is retried like a resolver's.
+pub trait SignatureChecker: Send + Sync {
+    /// The verdict of `policy` (never `off`) on `reference` (`host/repo[:tag]@sha256:<hex>`).
+    fn verify<'a>(
+        &'a self,
+        reference: &'a FirmwareRef,
+        policy: &'a Policy,
+    ) -> BoxFuture<'a, Result<Verdict, ResolveError>>;
 }
 
 /// The registry could not resolve a reference.
