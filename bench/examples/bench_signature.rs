@@ -8,7 +8,6 @@
 
 use std::time::{Duration, Instant};
 
-use twinflash_artifact::push::{PushRequest, push};
 use twinflash_artifact::signature::write::{SignFormat, sign};
 use twinflash_artifact::signature::{Mode, Policy, SigningKey, TrustedKey, Verdict, Verifier};
 use twinflash_artifact::{Credentials, FetchConfig, Fetcher, TlsOptions};
@@ -18,25 +17,19 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-async fn pushed(host: &str, dir: &std::path::Path, tag: &str, mib: usize) -> String {
+async fn pushed(registry: &Registry, dir: &std::path::Path, tag: &str, mib: usize) -> String {
     use rand::RngExt;
     let mut data = vec![0u8; mib * 1024 * 1024];
     rand::rng().fill(&mut data[..]);
-    let file = dir.join(format!("{tag}.bin"));
-    std::fs::write(&file, data).unwrap();
-    let req = PushRequest {
-        reference: format!("{host}/fw/bench:{tag}"),
-        file,
-        version: "1.0.0".to_owned(),
-        chip: "nRF52840_xxAA".to_owned(),
-        format: None,
-        base_address: Some(0),
-        annotations: Default::default(),
-    };
-    push(&tls(host), &Credentials::default(), &req, |_, _| {})
-        .await
-        .unwrap()
-        .pinned_reference
+    twinflash_testkit::push(
+        registry,
+        dir,
+        &format!("fw/bench:{tag}"),
+        &data,
+        "1.0.0",
+        twinflash_testkit::CHIP,
+    )
+    .await
 }
 
 fn tls(host: &str) -> TlsOptions {
@@ -70,9 +63,9 @@ async fn main() {
             key: key.public().clone(),
         }],
     };
-    let simple = pushed(&host, dir.path(), "simple", 1).await;
-    let bundled = pushed(&host, dir.path(), "bundle", 1).await;
-    let big = pushed(&host, dir.path(), "big", mib).await;
+    let simple = pushed(&registry, dir.path(), "simple", 1).await;
+    let bundled = pushed(&registry, dir.path(), "bundle", 1).await;
+    let big = pushed(&registry, dir.path(), "big", mib).await;
     for (r, f) in [
         (&simple, SignFormat::Cosign),
         (&bundled, SignFormat::Bundle),

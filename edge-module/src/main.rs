@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use twinflash_edge::config::{DeliveryMode, EdgeConfig, LogFormat};
 
 /// The twinflash edge agent: one per KubeEdge edge node.
@@ -153,16 +153,26 @@ fn check_config(cfg: &EdgeConfig) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Logs to stderr, filtered by `RUST_LOG`, else `log.level`, else `info`: a level or `target=level` directives
+/// (`info,twinflash_edge=debug`). tracing-subscriber's `Targets` filter, not `EnvFilter`: `EnvFilter` brings the
+/// `regex` crate (about 0.4 MiB) for span and field filters, and the edge binary has a size budget
+/// (docs/benchmarks.md). A filter that does not parse falls back to `info`.
 fn init_logs(cfg: &EdgeConfig) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(cfg.log.level.as_deref().unwrap_or("info")))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| s.parse::<Targets>().is_ok())
+        .or_else(|| cfg.log.level.clone())
+        .unwrap_or_else(|| "info".to_owned());
+    let filter = spec
+        .parse::<Targets>()
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match cfg.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => registry.with(layer.json()).init(),
+        LogFormat::Text => registry.with(layer).init(),
     }
 }
 

@@ -9,7 +9,6 @@ use sigstore::cosign::verification_constraint::{PublicKeyVerifier, VerificationC
 use sigstore::cosign::{ClientBuilder, CosignCapabilities, SignatureLayer};
 use sigstore::crypto::SigningScheme;
 use sigstore::registry::{Auth, ClientConfig, ClientProtocol, OciReference};
-use twinflash_artifact::push::{PushRequest, push};
 use twinflash_artifact::signature::write::{SignFormat, sign};
 use twinflash_artifact::signature::{
     Mode, Policy, PublicKey, SigningKey, TrustedKey, Verdict, Verifier,
@@ -24,23 +23,17 @@ fn tls(host: &str) -> TlsOptions {
     }
 }
 
-async fn pushed(host: &str, repo: &str, fill: u8) -> String {
+async fn pushed(registry: &Registry, repo: &str, fill: u8) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("fw.bin");
-    std::fs::write(&file, vec![fill; 4096]).unwrap();
-    let req = PushRequest {
-        reference: format!("{host}/{repo}:1.0.0"),
-        file,
-        version: "1.0.0".to_owned(),
-        chip: "nRF52840_xxAA".to_owned(),
-        format: None,
-        base_address: Some(0),
-        annotations: Default::default(),
-    };
-    push(&tls(host), &Credentials::default(), &req, |_, _| {})
-        .await
-        .unwrap()
-        .pinned_reference
+    twinflash_testkit::push(
+        registry,
+        dir.path(),
+        &format!("{repo}:1.0.0"),
+        &twinflash_testkit::image(fill, 4096),
+        "1.0.0",
+        twinflash_testkit::CHIP,
+    )
+    .await
 }
 
 fn sigstore_client() -> sigstore::cosign::Client {
@@ -87,7 +80,7 @@ fn key() -> SigningKey {
 async fn sigstore_rs_verifies_what_twinflash_signs_and_refuses_another_key() {
     let registry = Registry::start().unwrap();
     let host = registry.host();
-    let reference = pushed(&host, "fw/interop", 0x5a).await;
+    let reference = pushed(&registry, "fw/interop", 0x5a).await;
     let k = key();
     let signed = sign(
         &tls(&host),
@@ -130,7 +123,7 @@ async fn sigstore_rs_verifies_what_twinflash_signs_and_refuses_another_key() {
 async fn twinflash_verifies_what_sigstore_rs_signs() {
     let registry = Registry::start().unwrap();
     let host = registry.host();
-    let reference = pushed(&host, "fw/other", 0xa5).await;
+    let reference = pushed(&registry, "fw/other", 0xa5).await;
     let digest = reference.split_once('@').unwrap().1.to_owned();
     let image: OciReference = without_tag(&reference).parse().unwrap();
 
