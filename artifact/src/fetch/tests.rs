@@ -48,3 +48,25 @@ fn only_digest_pinned_references_are_fetched() {
         );
     }
 }
+
+#[test]
+fn pinned_references_are_the_ones_oci_spec_parses() {
+    let d = format!("sha256:{}", "ab".repeat(32));
+    for s in [
+        format!("127.0.0.1:5000/fw/blinky:1.4.2@{d}"),
+        format!("registry.example/fw/blinky@{d}"),
+        format!("localhost/blinky@{d}"),
+        format!("blinky@{d}"),
+        format!("fw/blinky:1.0@{d}"),
+        format!("docker.io/fw/blinky@{d}"),
+    ] {
+        let ours = parse_pinned(&s).unwrap().reference;
+        let theirs: Reference = s.parse().unwrap();
+        assert_eq!(
+            (ours.registry(), ours.repository(), ours.tag(), ours.digest()),
+            (theirs.registry(), theirs.repository(), theirs.tag(), theirs.digest()),
+            "{s}"
+        );
+        assert_eq!(ours.resolve_registry(), theirs.resolve_registry(), "{s}");
+    }
+}
