@@ -85,14 +85,22 @@ open(f"{w}/blinky-1.0.0.hex", "w").write("\n".join(lines) + "\n")
 open(f"{w}/blinky-1.1.0.bin", "wb").write(body("1.1.0", 32 * 1024))
 PY
 
-tf_log "twinflash push (format detected from content; the digest-pinned reference is the last line)"
+tf_log "a release signing key (ECDSA P-256, as cosign generate-key-pair makes; here with openssl)"
+mkdir -p "$work/keys"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/keys/release.key" 2>/dev/null
+openssl pkey -in "$work/keys/release.key" -pubout -out "$work/keys/release.pub"
+
+tf_log "twinflash push --sign-key (format detected from content; a cosign signature at the sha256-<hex>.sig tag; the digest-pinned reference is the last line)"
 ref1=$("$bin/twinflash" push "$TF_REGISTRY/fw/blinky:1.0.0" "$work/blinky-1.0.0.hex" \
-    --version 1.0.0 --chip STM32F411RETx --plain-http | tail -n 1)
+    --version 1.0.0 --chip STM32F411RETx --plain-http --sign-key "$work/keys/release.key" | tail -n 1)
 ref2=$("$bin/twinflash" push "$TF_REGISTRY/fw/blinky:1.1.0" "$work/blinky-1.1.0.bin" \
-    --version 1.1.0 --chip STM32F411RETx --base-address 0x08000000 --plain-http | tail -n 1)
+    --version 1.1.0 --chip STM32F411RETx --base-address 0x08000000 --plain-http \
+    --sign-key "$work/keys/release.key" | tail -n 1)
 echo "  1.0.0 -> $ref1" >&2
 echo "  1.1.0 -> $ref2" >&2
-"$bin/twinflash" inspect "$ref2" --plain-http >&2
+"$bin/twinflash" inspect "$ref2" --plain-http --verify-key "$work/keys/release.pub" >&2
+tf_log "twinflash verify: the agent below requires this signature (signatures = \"require\")"
+"$bin/twinflash" verify "$ref2" --plain-http --key "$work/keys/release.pub" >&2
 
 # The single-bank devices' flash holds exactly the last image.
 check_flash() {
@@ -172,6 +180,9 @@ mode = "dmi"
 dmi_socket = "$work/edgecore/dmi.sock"
 [registry]
 plain_http = ["$TF_REGISTRY"]
+[signatures]
+mode = "require"
+keys = ["$work/keys/release.pub"]
 [log]
 level = "warn"
 TOML
@@ -211,6 +222,9 @@ url = "$mqtt"
 client_id = "twinflash-edge-demo"
 [registry]
 plain_http = ["$TF_REGISTRY"]
+[signatures]
+mode = "require"
+keys = ["$work/keys/release.pub"]
 [log]
 level = "warn"
 TOML

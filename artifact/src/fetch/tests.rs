@@ -63,8 +63,18 @@ fn pinned_references_are_the_ones_oci_spec_parses() {
         let ours = parse_pinned(&s).unwrap().reference;
         let theirs: Reference = s.parse().unwrap();
         assert_eq!(
-            (ours.registry(), ours.repository(), ours.tag(), ours.digest()),
-            (theirs.registry(), theirs.repository(), theirs.tag(), theirs.digest()),
+            (
+                ours.registry(),
+                ours.repository(),
+                ours.tag(),
+                ours.digest()
+            ),
+            (
+                theirs.registry(),
+                theirs.repository(),
+                theirs.tag(),
+                theirs.digest()
+            ),
             "{s}"
         );
         assert_eq!(ours.resolve_registry(), theirs.resolve_registry(), "{s}");
