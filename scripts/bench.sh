@@ -57,15 +57,15 @@ run "Edge agent: 100 devices on one agent (issue 5)" agent_table target/release/
 run "Fleet: 1,000 devices across 10 agents on one broker (issue 8)" agent_table target/release/examples/bench_agent fleet-multi 10 100 64
 run "Twin: messages per install, edgecore-acknowledged latency, anti-entropy cost (issue 13; against the edgecore stand-in)" agent_table target/release/examples/bench_agent twin "$installs" 100 10
 run "DMI mode: 100 new Devices through one agent (issue 14; against the DMI stand-in)" agent_table target/release/examples/bench_dmi fleet 100
-run "DMI mode: anti-entropy cost of converged devices (issue 14; against the DMI stand-in)" agent_table target/release/examples/bench_dmi cost
+NOTES=scripts/bench/notes/dmi-cost.md run "DMI mode: anti-entropy cost of converged devices (issue 14; against the DMI stand-in)" agent_table target/release/examples/bench_dmi cost
 NOTES=scripts/bench/notes/fetch.md run "Fetcher: B1, B2, peak RSS (issue 3)" bash scripts/bench/fetch.sh "$fetch_mib"
 run "Rollout planner over 10,000 Devices in 4 waves (issue 7)" target/release/examples/bench_rollout
 run "Rollout through the API server: twinflash-cloud, FakeApi, registry, mosquitto, simulated fleet (issue 7, full path)" target/release/examples/bench_rollout_api "$api_devices"
 run "Controller: 10,000 Devices to MQTT intents (issue 6)" agent_table target/release/examples/bench_controller 10000
 run "Controller through the API server: twinflash-cloud, FakeApi, registry, mosquitto (issue 6, full path)" target/release/examples/bench_controller_api "$api_devices"
 run "Controller anti-entropy: 10,000 converged Devices, cost per period and CPU of one scan (issue 13, point 3)" target/release/examples/bench_anti_entropy 10000
-run "Signatures: verification time (issue 15; real registry on loopback)" agent_table target/release/examples/bench_signature "$sig_mib"
-run "twinflash-edge release binary, stripped (issues 4 and 14)" bash -c 'echo "| date | commit | with probe-rs and DMI (goal <= 13 MiB) | without probe-rs |"; echo "|---|---|---|---|"; bash scripts/bench/binary-size.sh'
+NOTES=scripts/bench/notes/signatures.md run "Signatures: verification time (issue 15; real registry on loopback)" agent_table target/release/examples/bench_signature "$sig_mib"
+NOTES=scripts/bench/notes/binary-size.md run "twinflash-edge release binary, stripped (issues 4, 14 and 15)" bash -c 'echo "| date | commit | with probe-rs, DMI and signatures (goal <= 13 MiB) | without probe-rs |"; echo "|---|---|---|---|"; bash scripts/bench/binary-size.sh'
 
 {
     echo "# Benchmarks"
