@@ -210,11 +210,7 @@ pub fn pinned(firmware: &mqtt_schema::FirmwareRef) -> Result<PinnedRef, FetchErr
 const DOCKER_HUB: &str = "docker.io";
 
 /// `sha256:<hex>` of `bytes`.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    sha256_of(bytes)
-}
-
-fn sha256_of(bytes: &[u8]) -> String {
+pub(crate) fn sha256_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
@@ -229,6 +225,34 @@ fn pick_error(errors: Vec<FetchError>) -> FetchError {
         last = Some(e);
     }
     last.unwrap_or_else(|| FetchError::Config("no source configured".to_owned()))
+}
+
+/// The manifest bytes of `digest` from the first source whose bytes hash to it, and that source's
+/// name. Of the failures, a transient one wins, else the origin's ([`pick_error`]).
+pub(crate) async fn manifest_from(
+    sources: &[Source],
+    digest: &str,
+) -> Result<(Vec<u8>, String), FetchError> {
+    let mut errors = Vec::new();
+    for source in sources {
+        match source.manifest(digest).await {
+            Ok(bytes) => {
+                let actual = sha256_of(&bytes);
+                if actual == digest {
+                    return Ok((bytes, source.name()));
+                }
+                errors.push(FetchError::DigestMismatch {
+                    expected: digest.to_owned(),
+                    actual: format!("manifest from {} hashes to {actual}", source.name()),
+                });
+            }
+            Err(e) => {
+                tracing::debug!(source = %source.name(), error = %e, "manifest not available");
+                errors.push(e);
+            }
+        }
+    }
+    Err(pick_error(errors))
 }
 
 /// The mirrors in order, then the origin.
@@ -392,26 +416,7 @@ impl Fetcher {
         if let Some(bytes) = self.cache.manifest(&pinned.digest) {
             return Ok((bytes, "cache".to_owned()));
         }
-        let mut errors = Vec::new();
-        for source in sources {
-            match source.manifest(&pinned.digest).await {
-                Ok(bytes) => {
-                    let actual = sha256_of(&bytes);
-                    if actual == pinned.digest {
-                        return Ok((bytes, source.name()));
-                    }
-                    errors.push(FetchError::DigestMismatch {
-                        expected: pinned.digest.clone(),
-                        actual: format!("manifest from {} hashes to {actual}", source.name()),
-                    });
-                }
-                Err(e) => {
-                    tracing::debug!(source = %source.name(), error = %e, "manifest not available");
-                    errors.push(e);
-                }
-            }
-        }
-        Err(pick_error(errors))
+        manifest_from(sources, &pinned.digest).await
     }
 
     /// The signature policy on `pinned`: `(verified, warning)`, or the rejection. A verified

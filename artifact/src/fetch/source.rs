@@ -67,7 +67,14 @@ impl Source {
         }
     }
 
-    fn layout_err(&self, e: std::io::Error, what: &str, path: &std::path::Path) -> FetchError {
+    /// A layout read failure: a missing file is `NotFound` (this source lacks it), anything else
+    /// a local I/O error.
+    pub(crate) fn layout_err(
+        &self,
+        e: std::io::Error,
+        what: &str,
+        path: &std::path::Path,
+    ) -> FetchError {
         if e.kind() == std::io::ErrorKind::NotFound {
             FetchError::NotFound {
                 source_name: self.name(),

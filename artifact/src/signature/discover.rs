@@ -13,7 +13,6 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::bundle::{BUNDLE_MEDIA_TYPE, is_bundle_media_type};
 use super::cosign::{
@@ -22,7 +21,7 @@ use super::cosign::{
 };
 use super::{Body, Found};
 use crate::error::FetchError;
-use crate::fetch::Source;
+use crate::fetch::{Source, sha256_of};
 
 /// Largest signature manifest, index, payload or bundle read.
 const MAX_SIGNATURE_OBJECT: usize = 256 * 1024;
@@ -73,10 +72,6 @@ pub(crate) struct Lookup {
     pub transient: Vec<FetchError>,
     /// Other failures, for the message.
     pub problems: Vec<String>,
-}
-
-fn sha256_of(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 fn is_signature_type(t: &str) -> bool {
@@ -147,16 +142,9 @@ async fn object(source: &Source, digest: &str, manifest: bool) -> Result<Vec<u8>
 }
 
 async fn read_layout_file(source: &Source, path: &std::path::Path) -> Result<Vec<u8>, FetchError> {
-    let meta = tokio::fs::metadata(path).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            FetchError::NotFound {
-                source_name: source.name(),
-                what: path.display().to_string(),
-            }
-        } else {
-            FetchError::io("read layout", path, e)
-        }
-    })?;
+    let meta = tokio::fs::metadata(path)
+        .await
+        .map_err(|e| source.layout_err(e, "signature object", path))?;
     if meta.len() > MAX_SIGNATURE_OBJECT as u64 * 16 {
         return Err(FetchError::Rejected {
             source_name: source.name(),

@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use super::{Discovery, Mode, Policy, Verdict, discover_all};
 use crate::error::FetchError;
-use crate::fetch::{FetchConfig, Mirror, Source, pinned, sources};
-use crate::format::MANIFEST_MEDIA_TYPE;
+use crate::fetch::{FetchConfig, Mirror, manifest_from, pinned, sources};
 use crate::http::RegistryClient;
 
 /// Looks up and verifies the signatures of digest-pinned references, in the mirrors then the
@@ -41,7 +40,7 @@ impl Verifier {
     ) -> Result<Discovery, FetchError> {
         let pinned = pinned(reference)?;
         let sources = sources(&self.client, &self.mirrors, &pinned);
-        let manifest = manifest(&sources, &pinned.digest).await?;
+        let (manifest, _) = manifest_from(&sources, &pinned.digest).await?;
         Ok(discover_all(&sources, &pinned.digest, &manifest).await)
     }
 
@@ -64,26 +63,4 @@ impl Verifier {
             (_, Some(e)) => Err(e),
         }
     }
-}
-
-/// The manifest bytes from the first source whose bytes hash to `digest`.
-async fn manifest(sources: &[Source], digest: &str) -> Result<Vec<u8>, FetchError> {
-    let mut errors = Vec::new();
-    for source in sources {
-        match source.manifest(digest).await {
-            Ok(bytes) if crate::fetch::sha256_hex(&bytes) == digest => return Ok(bytes),
-            Ok(_) => errors.push(FetchError::DigestMismatch {
-                expected: digest.to_owned(),
-                actual: format!("manifest from {}", source.name()),
-            }),
-            Err(e) => errors.push(e),
-        }
-    }
-    Err(errors
-        .into_iter()
-        .find(FetchError::is_transient)
-        .unwrap_or_else(|| FetchError::NotFound {
-            source_name: "every source".to_owned(),
-            what: format!("manifest {digest} ({MANIFEST_MEDIA_TYPE})"),
-        }))
 }

@@ -11,7 +11,6 @@
 
 use oci_client::Reference;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use super::bundle::{BUNDLE_MEDIA_TYPE, Bundle, COSIGN_SIGN_PREDICATE};
 use super::cosign::{
@@ -20,6 +19,7 @@ use super::cosign::{
 use super::key::SigningKey;
 use crate::auth::Credentials;
 use crate::error::FetchError;
+use crate::fetch::sha256_of;
 use crate::format::MANIFEST_MEDIA_TYPE;
 use crate::push::PushError;
 use crate::registry::{TlsOptions, build_client};
@@ -57,10 +57,6 @@ pub struct Signed {
     pub format: SignFormat,
     /// Where it was stored: `tag sha256-<hex>.sig`, or `referrer sha256:<digest>`.
     pub location: String,
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 /// Signs the firmware artifact at `reference` (a tag or a digest) with `key`.
@@ -147,7 +143,7 @@ impl Writer {
     }
 
     async fn blob(&self, bytes: &[u8]) -> Result<String, PushError> {
-        let digest = sha256(bytes);
+        let digest = sha256_of(bytes);
         let at = self.at(&digest);
         if !self
             .client
@@ -198,7 +194,7 @@ impl Writer {
             )
             .await
             .map_err(|e| self.oci(e))?;
-        Ok(sha256(&bytes))
+        Ok(sha256_of(&bytes))
     }
 
     async fn cosign(
@@ -275,7 +271,7 @@ impl Writer {
             "subject": {"mediaType": MANIFEST_MEDIA_TYPE, "size": manifest_size, "digest": digest},
             "annotations": annotations,
         });
-        let own = sha256(&serde_json::to_vec(&manifest).unwrap_or_default());
+        let own = sha256_of(&serde_json::to_vec(&manifest).unwrap_or_default());
         self.put(&own, &manifest, OCI_MANIFEST).await?;
         // A registry with the referrers API lists it now; one without needs the tag schema index.
         let listed = self
