@@ -55,6 +55,24 @@ pub enum StartError {
     /// A setting checked at load time no longer holds (a key file removed since).
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// `metrics.listen` cannot be bound (in use, or not an address of this node).
+    #[error("metrics.listen {listen}: cannot listen: {source}")]
+    Metrics {
+        listen: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// The exit status of an agent that could not start: 2 for a configuration that is refused (as at load, and as
+    /// `--check-config` says), 1 for anything else.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            StartError::StateDir(e) if e.code() == mqtt_schema::ErrorCode::InvalidConfig => 2,
+            StartError::Config(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// The fetcher settings from the `[registry]` and `[signatures]` sections. Fails when a signature key cannot be
@@ -131,13 +149,15 @@ pub(crate) async fn load_device(
     for pinned in [&state.installed, &state.wanted].into_iter().flatten() {
         let _ = fetcher.pin(pinned);
     }
-    tracing::info!(device = %dc.id, installed = ?state.installed, wanted = ?state.wanted, "device ready");
+    let clipped = |s: &Option<String>| s.as_deref().map(|s| mqtt_schema::clip::clip(s).to_string());
+    tracing::info!(device = %dc.id, installed = ?clipped(&state.installed), wanted = ?clipped(&state.wanted), "device ready");
     Ok(Device::new(dc.clone(), flasher, journal, state))
 }
 
 /// Runs the agent until `shutdown` is cancelled, then stops gracefully.
 pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), StartError> {
     let _lock = state_dir::lock(&cfg.state_dir)?;
+    state_dir::prepare(&cfg.state_dir, cfg.kubeedge.mode == DeliveryMode::Dmi)?;
     for sub in ["journal", "outbox", "dmi/devices", "dmi/models"] {
         let removed = state_dir::remove_stale_temps(&cfg.state_dir.join(sub));
         if removed > 0 {
@@ -148,6 +168,7 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
             );
         }
     }
+    let metrics_listener = bind_metrics(&cfg).await?;
     let metrics = Arc::new(Metrics::new());
     let unready = cfg.metrics.unready_after_broker_down_secs;
     metrics.set_unready_after_broker_down((unready > 0).then(|| Duration::from_secs(unready)));
@@ -167,7 +188,16 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
         progress_interval: Duration::from_millis(cfg.twin.progress_interval_ms),
     });
     if cfg.kubeedge.mode == DeliveryMode::Dmi {
-        return run_dmi(cfg, ctx, fetcher, reports, metrics, shutdown).await;
+        return run_dmi(
+            cfg,
+            ctx,
+            fetcher,
+            reports,
+            metrics,
+            metrics_listener,
+            shutdown,
+        )
+        .await;
     }
     let mut devices = HashMap::new();
     for dc in &cfg.devices {
@@ -215,7 +245,7 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
         link.clone()
             .run_publisher(pub_client, pub_events, link_stop.clone()),
     );
-    serve_metrics(&cfg, &metrics, &mut tasks, &link_stop);
+    serve_metrics(metrics_listener, &metrics, &mut tasks, &link_stop);
     metrics.set_ready();
     tracing::info!(node = %cfg.node, devices = cfg.devices.len(), "twinflash-edge running");
 
@@ -229,18 +259,33 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Sta
     Ok(())
 }
 
-/// The `/metrics`, `/healthz` and `/readyz` listener, when `metrics.listen` is set.
+/// Binds `metrics.listen`, when it is set: a listener that cannot be bound stops the start.
+async fn bind_metrics(cfg: &EdgeConfig) -> Result<Option<tokio::net::TcpListener>, StartError> {
+    let Some(listen) = cfg.metrics.listen.as_deref() else {
+        return Ok(None);
+    };
+    let addr = crate::config::parse_listen(listen)?;
+    match metrics::bind(addr).await {
+        Ok(l) => Ok(Some(l)),
+        Err(source) => Err(StartError::Metrics {
+            listen: addr,
+            source,
+        }),
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on the listener [`bind_metrics`] bound.
 fn serve_metrics(
-    cfg: &EdgeConfig,
+    listener: Option<tokio::net::TcpListener>,
     metrics: &Arc<Metrics>,
     tasks: &mut JoinSet<()>,
     stop: &CancellationToken,
 ) {
-    if let Some(listen) = cfg.metrics.listen.clone() {
+    if let Some(listener) = listener {
         let (m, stop) = (metrics.clone(), stop.clone());
         tasks.spawn(async move {
-            if let Err(e) = metrics::serve(&listen, m, stop).await {
-                tracing::error!(listen = %listen, error = %e, "metrics listener failed");
+            if let Err(e) = metrics::serve(listener, m, stop).await {
+                tracing::error!(error = %e, "metrics listener failed");
             }
         });
     }
@@ -254,6 +299,7 @@ async fn run_dmi(
     fetcher: Arc<Fetcher>,
     reports: Arc<ReportQueue>,
     metrics: Arc<Metrics>,
+    metrics_listener: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let cfg = Arc::new(cfg);
@@ -271,7 +317,7 @@ async fn run_dmi(
         link_stop.clone(),
     )?;
     let manager = tokio::spawn(fleet.clone().run(shutdown.clone()));
-    serve_metrics(&cfg, &metrics, &mut tasks, &link_stop);
+    serve_metrics(metrics_listener, &metrics, &mut tasks, &link_stop);
     metrics.set_ready();
     tracing::info!(node = %cfg.node, configured_devices = cfg.devices.len(), "twinflash-edge running in DMI mode");
     shutdown.cancelled().await;

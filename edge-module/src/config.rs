@@ -12,6 +12,20 @@ use twinflash_flasher::FlasherConfig;
 /// Prefix of the environment overrides: `TWINFLASH_EDGE__MQTT__URL=mqtt://...` sets `mqtt.url`.
 pub const ENV_PREFIX: &str = "TWINFLASH_EDGE";
 
+/// Most downloads, and most flashes, at once (`limits.downloads`, `limits.flashes`). tokio's semaphore panics above
+/// `usize::MAX >> 3`; a node has no use for more than this.
+pub const MAX_CONCURRENCY: usize = 1024;
+/// Longest time setting (every `*_secs` and `*_ms` key): one day. Far longer ones overflow the clock arithmetic of
+/// timers and backoffs (a panic in the middle of the run), and no deadline or period of a node needs more.
+pub const MAX_DURATION_SECS: u64 = 86_400;
+/// Largest file a setting names that the agent reads (a key, a certificate, a password, a docker config.json).
+pub const MAX_SETTING_FILE_BYTES: u64 = 1024 * 1024;
+/// Longest unix socket path (`sun_path` holds 108 bytes with the terminating NUL): a longer one cannot be bound or
+/// dialled.
+pub const MAX_SOCKET_PATH: usize = 107;
+/// Largest MQTT keep-alive: the protocol's 16-bit field (rumqttc silently truncates a larger one).
+pub const MAX_KEEP_ALIVE_SECS: u64 = 65_535;
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -516,17 +530,33 @@ impl EdgeConfig {
             .build()?
             .try_deserialize()?;
         cfg.check()?;
+        cfg.check_files()?;
         Ok(cfg)
     }
 
-    /// Checks what serde cannot: device ids fit the topic layout and are unique, limits are positive, the URL is one
-    /// the link understands.
+    /// Checks what serde cannot, so that no setting that passes fails later (issue 23): device ids fit the topic
+    /// layout, the state directory's file names and Kubernetes' names, and are unique; limits, sizes and times are
+    /// within what the agent can run with; addresses and paths are usable. Reads no file ([`EdgeConfig::check_files`]
+    /// does).
     pub fn check(&self) -> Result<(), ConfigError> {
         let invalid = |key: String, reason: &str| ConfigError::Invalid {
             key,
             reason: reason.to_owned(),
         };
         let mqtt = self.kubeedge.mode == DeliveryMode::Mqtt;
+        if !crate::dmi::spec::valid_name(&self.node) {
+            return Err(invalid(
+                "node".into(),
+                "must be the Kubernetes name of the edge node (lower-case letters, digits, `-` and `.`, at most 253)",
+            ));
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "state_dir".into(),
+                "must not be empty (the agent would write into its working directory)",
+            ));
+        }
+        self.check_durations()?;
         if mqtt && self.mqtt.url.is_empty() {
             return Err(invalid(
                 "mqtt.url".into(),
@@ -540,12 +570,22 @@ impl EdgeConfig {
                 "must start with mqtt:// or mqtts://",
             ));
         }
+        if mqtt && let Err(e) = twinflash_mqtt::parse_url(&self.mqtt.url) {
+            return Err(invalid("mqtt.url".into(), &e.to_string()));
+        }
         if mqtt && self.mqtt.client_id.is_empty() {
             return Err(invalid(
                 "mqtt.client_id".into(),
                 "must not be empty (a persistent session needs a stable id)",
             ));
         }
+        if mqtt && self.mqtt.keep_alive_secs > MAX_KEEP_ALIVE_SECS {
+            return Err(invalid(
+                "mqtt.keep_alive_secs".into(),
+                &format!("must be at most {MAX_KEEP_ALIVE_SECS} (MQTT's 16-bit keep-alive)"),
+            ));
+        }
+        self.check_registry()?;
         if self.registry.cert_file.is_some() != self.registry.key_file.is_some() {
             return Err(invalid(
                 "registry.cert_file".into(),
@@ -570,11 +610,21 @@ impl EdgeConfig {
                 return Err(invalid(format!("registry.{key}"), "must be at least 1"));
             }
         }
-        if self.limits.downloads == 0 || self.limits.flashes == 0 || self.limits.flash_attempts == 0
-        {
+        for (key, n) in [
+            ("downloads", self.limits.downloads),
+            ("flashes", self.limits.flashes),
+        ] {
+            if !(1..=MAX_CONCURRENCY).contains(&n) {
+                return Err(invalid(
+                    format!("limits.{key}"),
+                    &format!("must be between 1 and {MAX_CONCURRENCY}"),
+                ));
+            }
+        }
+        if self.limits.flash_attempts == 0 {
             return Err(invalid(
-                "limits".into(),
-                "downloads, flashes and flash_attempts must be at least 1",
+                "limits.flash_attempts".into(),
+                "must be at least 1",
             ));
         }
         if !(1024..=twinflash_mqtt::MAX_INCOMING_PACKET).contains(&self.limits.max_message_bytes) {
@@ -593,7 +643,7 @@ impl EdgeConfig {
                 "must be at least 100",
             ));
         }
-        if t.retry_max_secs == 0 || t.retry_max_secs * 1000 < t.ack_timeout_ms {
+        if t.retry_max_secs == 0 || t.retry_max_secs.saturating_mul(1000) < t.ack_timeout_ms {
             return Err(invalid(
                 "twin.retry_max_secs".into(),
                 "must be at least 1 and at least twin.ack_timeout_ms",
@@ -608,7 +658,19 @@ impl EdgeConfig {
         if !mqtt {
             self.check_dmi()?;
         }
-        self.signatures.policy()?;
+        if let Some(level) = &self.log.level
+            && let Err(e) = level.parse::<tracing_subscriber::filter::Targets>()
+        {
+            return Err(invalid(
+                "log.level".into(),
+                &format!(
+                    "{e} (a level, or `target=level` directives such as `info,twinflash_edge=debug`)"
+                ),
+            ));
+        }
+        if let Some(listen) = &self.metrics.listen {
+            parse_listen(listen)?;
+        }
         // Device ids of DMI devices are always `namespace/name`.
         let layout = if mqtt {
             self.mqtt.topic_layout
@@ -620,6 +682,24 @@ impl EdgeConfig {
             if let Err((key, reason)) = d.check(layout) {
                 return Err(invalid(format!("devices[{i}].{key}"), &reason));
             }
+            // The rules the agent's files and KubeEdge apply to the same id (a longer id passed this check and
+            // then failed every journal write).
+            let names_ok = d.id.split('/').all(crate::dmi::spec::valid_name);
+            if !names_ok {
+                return Err(invalid(
+                    format!("devices[{i}].id"),
+                    &format!(
+                        "{:?}: namespace and name must be Kubernetes names (lower-case letters, digits, `-` and `.`, at most 253 characters each)",
+                        mqtt_schema::clip::clip(&d.id).to_string()
+                    ),
+                ));
+            }
+            if let Err(reason) = crate::state_dir::check_file_stem(&d.id) {
+                return Err(invalid(
+                    format!("devices[{i}].id"),
+                    &format!("{}: {reason}", mqtt_schema::clip::clip(&d.id)),
+                ));
+            }
             if !seen.insert(d.id.as_str()) {
                 return Err(invalid(
                     format!("devices[{i}].id"),
@@ -627,6 +707,165 @@ impl EdgeConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Every time setting is at most [`MAX_DURATION_SECS`].
+    fn check_durations(&self) -> Result<(), ConfigError> {
+        let (r, t) = (&self.registry, &self.twin);
+        let ms = MAX_DURATION_SECS * 1000;
+        for (key, value, max) in [
+            (
+                "registry.connect_timeout_secs",
+                r.connect_timeout_secs,
+                MAX_DURATION_SECS,
+            ),
+            (
+                "registry.idle_timeout_secs",
+                r.idle_timeout_secs,
+                MAX_DURATION_SECS,
+            ),
+            (
+                "registry.manifest_timeout_secs",
+                r.manifest_timeout_secs,
+                MAX_DURATION_SECS,
+            ),
+            (
+                "registry.token_timeout_secs",
+                r.token_timeout_secs,
+                MAX_DURATION_SECS,
+            ),
+            (
+                "registry.blob_request_timeout_secs",
+                r.blob_request_timeout_secs,
+                MAX_DURATION_SECS,
+            ),
+            ("twin.ack_timeout_ms", t.ack_timeout_ms, ms),
+            ("twin.retry_max_secs", t.retry_max_secs, MAX_DURATION_SECS),
+            (
+                "twin.anti_entropy_secs",
+                t.anti_entropy_secs,
+                MAX_DURATION_SECS,
+            ),
+            ("twin.progress_interval_ms", t.progress_interval_ms, ms),
+            (
+                "limits.report_interval_ms",
+                self.limits.report_interval_ms,
+                ms,
+            ),
+            (
+                "kubeedge.report_spacing_ms",
+                self.kubeedge.report_spacing_ms,
+                ms,
+            ),
+            (
+                "metrics.unready_after_broker_down_secs",
+                self.metrics.unready_after_broker_down_secs,
+                MAX_DURATION_SECS,
+            ),
+            (
+                "mqtt.reconnect_max_secs",
+                self.mqtt.reconnect_max_secs,
+                MAX_DURATION_SECS,
+            ),
+        ] {
+            if value > max {
+                let unit = if key.ends_with("_ms") { "ms" } else { "s" };
+                return Err(ConfigError::Invalid {
+                    key: key.into(),
+                    reason: format!("must be at most {max} {unit} (one day)"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `[registry]`: hosts are `host[:port]`, paths are not empty, sizes are usable.
+    fn check_registry(&self) -> Result<(), ConfigError> {
+        let r = &self.registry;
+        let invalid = |key: String, reason: String| ConfigError::Invalid {
+            key: format!("registry.{key}"),
+            reason,
+        };
+        for (i, host) in r.plain_http.iter().enumerate() {
+            check_host(host).map_err(|e| invalid(format!("plain_http[{i}]"), e))?;
+        }
+        for (i, m) in r.mirrors.iter().enumerate() {
+            match m {
+                MirrorConfig::Registry { host } => {
+                    check_host(host).map_err(|e| invalid(format!("mirrors[{i}].host"), e))?;
+                }
+                MirrorConfig::Layout { path } if path.as_os_str().is_empty() => {
+                    return Err(invalid(
+                        format!("mirrors[{i}].path"),
+                        "must not be empty (it would name the agent's working directory)".into(),
+                    ));
+                }
+                MirrorConfig::Layout { .. } => {}
+            }
+        }
+        if r.max_artifact_bytes == 0 {
+            return Err(invalid(
+                "max_artifact_bytes".into(),
+                "must be at least 1 (0 refuses every artifact as too-large)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Opens every file a setting names, as the agent will read it, so that `--check-config` (and the start) fails
+    /// on it now rather than at the first download or connection: each must be a regular file of at most
+    /// [`MAX_SETTING_FILE_BYTES`] (a FIFO, `/dev/zero` or a directory is refused without being read), certificates
+    /// and keys must hold what TLS will look for, and credentials must resolve as the fetcher resolves them.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        let r = &self.registry;
+        let mqtt = self.kubeedge.mode == DeliveryMode::Mqtt;
+        let m = &self.mqtt;
+        let mut files: Vec<(String, &Option<PathBuf>, Pem)> = vec![
+            ("registry.ca_file".into(), &r.ca_file, Pem::Certificates),
+            ("registry.cert_file".into(), &r.cert_file, Pem::Certificates),
+            ("registry.key_file".into(), &r.key_file, Pem::PrivateKey),
+            ("registry.password_file".into(), &r.password_file, Pem::None),
+            ("registry.docker_config".into(), &r.docker_config, Pem::None),
+        ];
+        if mqtt {
+            files.extend([
+                ("mqtt.ca_file".into(), &m.ca_file, Pem::Certificates),
+                ("mqtt.cert_file".into(), &m.cert_file, Pem::Certificates),
+                ("mqtt.key_file".into(), &m.key_file, Pem::PrivateKey),
+                ("mqtt.password_file".into(), &m.password_file, Pem::None),
+            ]);
+        }
+        let keys: Vec<Option<PathBuf>> = self.signatures.keys.iter().cloned().map(Some).collect();
+        for (i, key) in keys.iter().enumerate() {
+            files.push((format!("signatures.keys[{i}]"), key, Pem::None));
+        }
+        for (key, path, pem) in files {
+            if let Some(path) = path {
+                read_setting_file(path, pem)
+                    .map_err(|reason| ConfigError::Invalid { key, reason })?;
+            }
+        }
+        // The same resolution the fetcher does at start (a username needs its password file, and the reverse).
+        twinflash_artifact::Credentials {
+            username: r.username.clone(),
+            password_file: r.password_file.clone(),
+            bearer_token: None,
+            docker_config: r.docker_config.clone(),
+        }
+        .resolve()
+        .map_err(|e| ConfigError::Invalid {
+            key: "registry".into(),
+            reason: e.to_string(),
+        })?;
+        if mqtt {
+            // The options the link connects with (TLS files, credentials).
+            twinflash_mqtt::options(m, &m.client_id, true).map_err(|e| ConfigError::Invalid {
+                key: "mqtt".into(),
+                reason: e.to_string(),
+            })?;
+        }
+        self.signatures.policy()?;
         Ok(())
     }
 
@@ -638,6 +877,32 @@ impl EdgeConfig {
         };
         if !k.dmi_socket.is_absolute() {
             return Err(invalid("dmi_socket", "must be an absolute path".into()));
+        }
+        let mapper_socket = k.mapper_socket(&self.state_dir);
+        for (key, path) in [
+            ("dmi_socket", &k.dmi_socket),
+            ("mapper_socket", &mapper_socket),
+        ] {
+            let len = path.as_os_str().len();
+            if len > MAX_SOCKET_PATH {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{}: a unix socket path of {len} bytes, longer than {MAX_SOCKET_PATH}, cannot be used",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        if normalise(&mapper_socket) == normalise(&k.dmi_socket) {
+            return Err(invalid(
+                "mapper_socket",
+                format!(
+                    "{} is edgecore's own DMI socket (kubeedge.dmi_socket): the agent would take it over and \
+                     cut every mapper of the node off",
+                    mapper_socket.display()
+                ),
+            ));
         }
         if let Err(e) = twinflash_dmi::mapper::MapperInfo::new(
             &k.mapper_name,
@@ -688,7 +953,124 @@ impl DeviceConfig {
         if self.chip.is_empty() {
             return Err(("chip".into(), "must not be empty".into()));
         }
+        let empty_path = match &self.flasher {
+            FlasherConfig::Simulated(s) if s.dir.as_os_str().is_empty() => Some("flasher.dir"),
+            FlasherConfig::Command(c)
+                if c.workdir.as_ref().is_some_and(|w| w.as_os_str().is_empty()) =>
+            {
+                Some("flasher.workdir")
+            }
+            _ => None,
+        };
+        if let Some(key) = empty_path {
+            return Err((
+                key.into(),
+                "must not be empty (it would name the agent's working directory)".into(),
+            ));
+        }
         Ok(())
+    }
+}
+
+/// `metrics.listen` as the address it binds: an `ip:port` (`127.0.0.1:9464`, `[::1]:9464`). A host name is refused:
+/// what it resolves to could change between the check and the start.
+/// Port 0 is refused too: the kernel would pick a port no probe knows.
+pub fn parse_listen(listen: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    let refused = |why: String| ConfigError::Invalid {
+        key: "metrics.listen".into(),
+        reason: format!(
+            "{:?} is not an ip:port address such as 127.0.0.1:9464 ({why})",
+            mqtt_schema::clip::clip(listen).to_string()
+        ),
+    };
+    let addr: std::net::SocketAddr = listen.parse().map_err(|e| refused(format!("{e}")))?;
+    if addr.port() == 0 {
+        return Err(refused("port 0 would be a port no probe knows".into()));
+    }
+    Ok(addr)
+}
+
+/// A registry host as `plain_http` and mirrors name it: `host[:port]`, nothing else (no scheme, path or user).
+fn check_host(host: &str) -> Result<(), String> {
+    let ok = !host.is_empty()
+        && !host.contains(['@', '/'])
+        && host.parse::<axum::http::uri::Authority>().is_ok();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} is not a registry host (`host` or `host:port`, without a scheme or path)",
+            mqtt_schema::clip::clip(host).to_string()
+        ))
+    }
+}
+
+/// What a setting's file must hold besides being readable.
+#[derive(Debug, Clone, Copy)]
+enum Pem {
+    /// Nothing checked here (its reader checks it: a password, a docker config, a signature key).
+    None,
+    /// At least one PEM certificate, and nothing that fails to parse.
+    Certificates,
+    /// A PEM private key (PKCS#8, PKCS#1 or SEC1).
+    PrivateKey,
+}
+
+/// Reads a file a setting names, bounded, and checks what it holds (see [`Pem`]).
+fn read_setting_file(path: &Path, pem: Pem) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    if path.as_os_str().is_empty() {
+        return Err("must not be empty".into());
+    }
+    let bytes = crate::state_dir::read_bounded(path, MAX_SETTING_FILE_BYTES).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            format!("{}: {e}", path.display())
+        } else {
+            e.to_string()
+        }
+    })?;
+    let what = match pem {
+        Pem::None => return Ok(()),
+        Pem::Certificates => {
+            let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
+            match certs {
+                Ok(c) if !c.is_empty() => return Ok(()),
+                Ok(_) => "holds no PEM certificate".to_owned(),
+                Err(e) => format!("is not PEM ({e})"),
+            }
+        }
+        Pem::PrivateKey => match PrivateKeyDer::from_pem_slice(&bytes) {
+            Ok(_) => return Ok(()),
+            Err(e) => format!("holds no PEM private key ({e})"),
+        },
+    };
+    Err(format!("{} {what}", path.display()))
+}
+
+/// `path` as the kernel resolves it, as far as it exists: the whole path when it does, else its directory's real
+/// path and its name, else the path with `.`, `..` and doubled slashes taken out.
+fn normalise(path: &Path) -> PathBuf {
+    use std::path::Component;
+    if let Ok(real) = std::fs::canonicalize(path) {
+        return real;
+    }
+    let mut lexical = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                lexical.pop();
+            }
+            Component::CurDir => {}
+            other => lexical.push(other),
+        }
+    }
+    match (lexical.parent(), lexical.file_name()) {
+        (Some(dir), Some(name)) => match std::fs::canonicalize(dir) {
+            Ok(real) => real.join(name),
+            Err(_) => lexical,
+        },
+        _ => lexical,
     }
 }
 

@@ -123,14 +123,29 @@ fn a_registry_client_certificate_needs_its_key() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("registry.cert_file"), "{err}");
-    let both = text.replace(
-        "cert_file = \"/etc/tf/reg.pem\"",
-        "cert_file = \"/etc/tf/reg.pem\"\nkey_file = \"/etc/tf/reg.key\"",
+    // Both, and the files hold a certificate and a key: read at load (issue 23).
+    let certs = twinflash_harness::make_certs(dir.path()).unwrap();
+    let both = MINIMAL.replace(
+        "[[devices]]",
+        &format!(
+            "[registry]\ncert_file = \"{}\"\nkey_file = \"{}\"\n[[devices]]",
+            certs.client_cert.display(),
+            certs.client_key.display()
+        ),
     );
     let cfg = EdgeConfig::load(&write(dir.path(), &both)).unwrap();
-    assert_eq!(
-        cfg.registry.key_file,
-        Some(PathBuf::from("/etc/tf/reg.key"))
+    assert_eq!(cfg.registry.key_file, Some(certs.client_key.clone()));
+    // Swapped: the key file holds no key.
+    let swapped = both.replace(
+        &certs.client_key.display().to_string(),
+        &certs.ca.display().to_string(),
+    );
+    let err = EdgeConfig::load(&write(dir.path(), &swapped))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("registry.key_file") && err.contains("private key"),
+        "{err}"
     );
 }
 

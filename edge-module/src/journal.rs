@@ -4,6 +4,11 @@
 //! is durable before it is acknowledged on MQTT, at the cost of one sync. A torn last line (a crash mid-append) is
 //! skipped on load. The log is compacted atomically (temp file, fsync, rename, fsync of the directory) at start-up
 //! and every [`COMPACT_AFTER`] records.
+//!
+//! Every string the agent records is a valid reference (at most 512 bytes) or a bounded prefix of an invalid one, so
+//! a record stays far below [`MAX_RECORD_BYTES`]. A longer line was not written by this agent: it is refused on
+//! load like any unreadable line, never logged whole and never copied forward (the next write starts a fresh log).
+//! At most the last [`MAX_READ_BYTES`] of a journal are read: the newest record is at its end.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -17,6 +22,11 @@ use crate::plan::JobState;
 const SCHEMA: u32 = 1;
 /// Records appended before the log is rewritten as one.
 pub const COMPACT_AFTER: usize = 1000;
+/// Longest journal line accepted on load (a record the agent writes is at most about 3 KiB).
+pub const MAX_RECORD_BYTES: usize = 16 * 1024;
+/// The tail of a journal file read on load: a log of [`COMPACT_AFTER`] records of the largest size the agent writes
+/// fits.
+pub const MAX_READ_BYTES: u64 = 4 * 1024 * 1024;
 
 /// One record as stored.
 #[derive(Debug, Serialize, Deserialize)]
@@ -78,7 +88,7 @@ pub struct Journal {
 impl Journal {
     /// The journal of device `id` (`namespace/name` or `name`) under `state_dir`.
     pub fn new(state_dir: &Path, id: &str) -> Journal {
-        let file = format!("{}.jsonl", id.replace('/', "__"));
+        let file = format!("{}.jsonl", crate::state_dir::file_stem(id));
         Journal {
             path: state_dir.join("journal").join(file),
             log: Mutex::new(Log::default()),
@@ -106,7 +116,7 @@ impl Journal {
     /// [`Journal::load`], also counting the unreadable lines before the last one (garbage in the middle of the
     /// journal, which no crash leaves; a torn last line is what a crash mid-append leaves, and is not counted).
     pub fn load_counted(&self) -> Result<(JobState, usize), JournalError> {
-        let text = match fs::read(&self.path) {
+        let text = match read_tail(&self.path, MAX_READ_BYTES) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((JobState::default(), 0)),
             Err(e) => return Err(self.io(e)),
@@ -119,6 +129,15 @@ impl Journal {
             .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
             .collect();
         for (i, line) in lines.iter().enumerate().rev() {
+            if line.len() > MAX_RECORD_BYTES {
+                // Valid JSON or not, no record of this agent is this long: refused, and counted even when last.
+                last_error = format!(
+                    "a line of {} bytes, over the {MAX_RECORD_BYTES}-byte bound of a record",
+                    line.len()
+                );
+                garbage += 1;
+                continue;
+            }
             match serde_json::from_slice::<Record>(line) {
                 Ok(r) if r.schema == SCHEMA => {
                     if newest.is_none() {
@@ -127,7 +146,7 @@ impl Journal {
                     continue;
                 }
                 Ok(r) => last_error = format!("schema {} is not {SCHEMA}", r.schema),
-                Err(e) => last_error = e.to_string(),
+                Err(e) => last_error = mqtt_schema::clip::clip(&e.to_string()).to_string(),
             }
             if i + 1 < lines.len() {
                 garbage += 1;
@@ -187,13 +206,35 @@ impl Journal {
 
     fn rewrite(&self, line: &[u8]) -> Result<(), JournalError> {
         if let Some(dir) = self.path.parent() {
-            fs::create_dir_all(dir).map_err(|e| self.io(e))?;
+            crate::state_dir::private_dir(dir).map_err(|e| self.io(e))?;
         }
-        let mut file =
-            atomic_write_file::AtomicWriteFile::open(&self.path).map_err(|e| self.io(e))?;
+        let mut file = crate::state_dir::atomic_file(&self.path).map_err(|e| self.io(e))?;
         file.write_all(line).map_err(|e| self.io(e))?;
         file.commit().map_err(|e| self.io(e))
     }
+}
+
+/// The last `max` bytes of the file at `path` (all of it when shorter), starting at a line: a cut first line is
+/// dropped.
+fn read_tail(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    if len <= max {
+        let mut buf = Vec::new();
+        file.take(max).read_to_end(&mut buf)?;
+        return Ok(buf);
+    }
+    // One byte before the tail too: a tail that starts right after a newline keeps its first line.
+    file.seek(SeekFrom::Start(len - max - 1))?;
+    let mut buf = Vec::new();
+    file.take(max + 1).read_to_end(&mut buf)?;
+    let first_line = buf
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(buf.len(), |i| i + 1);
+    buf.drain(..first_line);
+    Ok(buf)
 }
 
 #[cfg(test)]
@@ -303,6 +344,84 @@ mod tests {
                 (got, want) => prop_assert!(false, "got {:?}, wanted {:?}", got, want),
             }
         }
+    }
+
+    /// Issue 23: a record with a 1 MiB `wanted` (no record of this agent is that long) was loaded, logged whole and
+    /// copied forward at every start.
+    #[test]
+    fn an_oversized_record_is_refused_on_load_and_not_copied_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path(), "d");
+        j.store(&st("r@sha256:1")).unwrap();
+        let huge = JobState {
+            wanted: Some("r".repeat(1 << 20)),
+            ..st("r@sha256:1")
+        };
+        let mut line = serde_json::to_vec(&Record {
+            schema: SCHEMA,
+            state: huge,
+        })
+        .unwrap();
+        line.push(b'\n');
+        OpenOptions::new()
+            .append(true)
+            .open(j.path())
+            .unwrap()
+            .write_all(&line)
+            .unwrap();
+        let again = Journal::new(dir.path(), "d");
+        let (state, garbage) = again.load_counted().unwrap();
+        let wanted = state.wanted.clone().unwrap_or_default();
+        assert!(
+            wanted.len() < 100,
+            "the oversized record was loaded: wanted of {} bytes",
+            wanted.len()
+        );
+        assert_eq!((state, garbage), (st("r@sha256:1"), 1));
+        again.store(&st("r@sha256:2")).unwrap();
+        let len = fs::metadata(again.path()).unwrap().len();
+        assert!(len < 1024, "copied forward: the journal holds {len} bytes");
+
+        // The only record oversized: moved aside with a bounded reason, and the device starts from what it reports.
+        fs::write(again.path(), &line).unwrap();
+        match Journal::new(dir.path(), "d").load() {
+            Err(e @ JournalError::Corrupt { .. }) => {
+                let text = e.to_string();
+                assert!(text.len() < 1024 && text.contains("bound"), "{text}");
+            }
+            other => panic!(
+                "expected Corrupt, got {:?}",
+                other.map(|s| s.wanted.map(|w| w.len()))
+            ),
+        }
+    }
+
+    #[test]
+    fn only_the_tail_of_a_huge_journal_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path(), "d");
+        fs::create_dir_all(j.path().parent().unwrap()).unwrap();
+        let mut text = b"garbage\n".repeat((MAX_READ_BYTES as usize) / 8 + 1000);
+        for i in 0..3 {
+            text.extend(
+                serde_json::to_vec(&Record {
+                    schema: SCHEMA,
+                    state: st(&format!("r@sha256:{i}")),
+                })
+                .unwrap(),
+            );
+            text.push(b'\n');
+        }
+        fs::write(j.path(), &text).unwrap();
+        let (state, garbage) = j.load_counted().unwrap();
+        assert_eq!(state, st("r@sha256:2"));
+        assert!(garbage < (MAX_READ_BYTES as usize) / 8, "{garbage}");
+        // A tail that begins exactly at a line keeps that line.
+        let exact = dir.path().join("exact");
+        fs::write(&exact, b"aaaa\nbbbb\ncccc\n").unwrap();
+        assert_eq!(read_tail(&exact, 10).unwrap(), b"bbbb\ncccc\n");
+        assert_eq!(read_tail(&exact, 9).unwrap(), b"cccc\n");
+        assert_eq!(read_tail(&exact, 100).unwrap(), b"aaaa\nbbbb\ncccc\n");
     }
 
     #[test]

@@ -62,15 +62,20 @@ fn main() -> ExitCode {
                     tracing::error!(error = %e, "twinflash-edge cannot start");
                 }
                 eprintln!("twinflash-edge: {e}");
-                ExitCode::FAILURE
+                ExitCode::from(e.exit_status())
             }
         }
     })
 }
 
-/// `--check-config`: every device's flasher settings are built, and the summary says where each device comes from
-/// and which signature policy and keys the agent applies.
+/// `--check-config`: every device's flasher settings are built, the state directory is checked as the start would
+/// check it (without creating anything), and the summary says where each device comes from and which signature
+/// policy and keys the agent applies. The load already checked every other setting, and read every file one names.
 fn check_config(cfg: &EdgeConfig) -> ExitCode {
+    if let Err(e) = twinflash_edge::state_dir::check_existing(&cfg.state_dir) {
+        eprintln!("twinflash-edge: {e}");
+        return ExitCode::from(2);
+    }
     for d in &cfg.devices {
         if let Err(e) = twinflash_flasher::build(&d.flasher, &d.chip) {
             eprintln!("twinflash-edge: device {}: {e}", d.id);

@@ -316,9 +316,15 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listen` until `shutdown`.
+/// Binds `listen` (`metrics.listen`, an `ip:port` checked at load). The agent binds it before anything else starts
+/// and does not start when it cannot: the `/healthz` a liveness probe was configured against would be missing.
+pub async fn bind(listen: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen).await
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`.
 pub async fn serve(
-    listen: &str,
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -338,7 +344,6 @@ pub async fn serve(
             }),
         )
         .with_state(metrics);
-    let listener = tokio::net::TcpListener::bind(listen).await?;
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

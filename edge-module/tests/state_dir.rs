@@ -23,7 +23,14 @@ impl Tmpfs {
         }
         std::fs::create_dir_all(at).unwrap();
         let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tf-test"])
+            // mode=0700: a tmpfs is 1777 by default, and the agent refuses a state directory others can write.
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tf-test",
+            ])
             .arg(at)
             .status()
             .is_ok_and(|s| s.success());

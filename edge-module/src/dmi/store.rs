@@ -50,7 +50,7 @@ impl Store {
         let dir = state_dir.join("dmi");
         for sub in ["devices", "models"] {
             let d = dir.join(sub);
-            fs::create_dir_all(&d).map_err(|source| StoreError { path: d, source })?;
+            crate::state_dir::private_dir(&d).map_err(|source| StoreError { path: d, source })?;
         }
         Ok(Store { dir })
     }
@@ -83,7 +83,7 @@ impl Store {
             path: path.clone(),
             source,
         };
-        let mut f = atomic_write_file::AtomicWriteFile::open(&path).map_err(err)?;
+        let mut f = crate::state_dir::atomic_file(&path).map_err(err)?;
         f.write_all(&msg.encode_to_vec()).map_err(err)?;
         f.commit().map_err(err)
     }

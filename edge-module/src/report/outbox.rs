@@ -28,6 +28,9 @@ pub type TwinValues = BTreeMap<String, String>;
 
 /// Most reports queued per device; past it, a new report merges into the last one.
 pub const MAX_QUEUE: usize = 8;
+/// Largest outbox file read at start: a full queue of reports of three twin values of at most 512 bytes each is
+/// about 15 KiB. A longer file was not written by this agent and is skipped like an unreadable one.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024;
 
 /// One report waiting for its acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,7 +90,7 @@ impl Outbox {
     /// warning: a report is re-made from the journal after a restart anyway.
     pub fn open(state_dir: &Path) -> Result<Outbox, OutboxError> {
         let dir = state_dir.join("outbox");
-        fs::create_dir_all(&dir).map_err(|source| OutboxError {
+        crate::state_dir::private_dir(&dir).map_err(|source| OutboxError {
             path: dir.clone(),
             source,
         })?;
@@ -105,7 +108,9 @@ impl Outbox {
             else {
                 continue;
             };
-            match fs::read(&path).map(|b| serde_json::from_slice::<DeviceQueue>(&b)) {
+            match crate::state_dir::read_bounded(&path, MAX_FILE_BYTES)
+                .map(|b| serde_json::from_slice::<DeviceQueue>(&b))
+            {
                 Ok(Ok(mut q)) => {
                     q.queue.retain(|p| p.terminal);
                     devices.insert(id.replace("__", "/"), q);
@@ -122,7 +127,8 @@ impl Outbox {
     }
 
     fn file(&self, device: &str) -> PathBuf {
-        self.dir.join(format!("{}.json", device.replace('/', "__")))
+        self.dir
+            .join(format!("{}.json", crate::state_dir::file_stem(device)))
     }
 
     /// Queues a report of `device` (stored durably when it is terminal); `merge` is its progress stage, None for a
@@ -265,7 +271,7 @@ impl Outbox {
         };
         let bytes = serde_json::to_vec(q)
             .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
-        let mut f = atomic_write_file::AtomicWriteFile::open(&path).map_err(err)?;
+        let mut f = crate::state_dir::atomic_file(&path).map_err(err)?;
         f.write_all(&bytes).map_err(err)?;
         f.commit().map_err(err)
     }

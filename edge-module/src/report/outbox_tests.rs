@@ -225,3 +225,39 @@ fn a_storm_of_reports_keeps_a_bounded_queue_and_the_latest_values() {
         vec![first]
     );
 }
+
+/// Issue 23: outbox files are the agent's alone (0600 in a 0700 directory), and one longer than any the agent writes
+/// is skipped, not loaded whole and copied forward.
+#[test]
+fn outbox_files_are_private_and_an_oversized_one_is_skipped() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut ob = Outbox::open(dir.path()).unwrap();
+    put(&mut ob, "ns/a", "installed", true, None);
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&dir.path().join("outbox")), 0o700);
+    assert_eq!(mode(&dir.path().join("outbox/ns__a.json")), 0o600);
+
+    let huge = DeviceQueue {
+        next_seq: 1,
+        queue: vec![Pending {
+            seq: 1,
+            twins: tw(&[("firmware-state", &"x".repeat(1 << 20))]),
+            terminal: true,
+            merge: None,
+            confirm: true,
+        }],
+        acked: 0,
+    };
+    fs::write(
+        dir.path().join("outbox/ns__big.json"),
+        serde_json::to_vec(&huge).unwrap(),
+    )
+    .unwrap();
+    let ob = Outbox::open(dir.path()).unwrap();
+    assert_eq!(ob.pending_for("ns/a").len(), 1);
+    assert!(
+        ob.pending_for("ns/big").is_empty(),
+        "a 1 MiB outbox file was loaded"
+    );
+}

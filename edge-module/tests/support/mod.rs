@@ -124,6 +124,41 @@ pub fn check_config(config: &std::path::Path, envs: &[(&str, &str)]) -> (Option<
     )
 }
 
+/// Runs the agent binary `bin` with `--config <config>` and `args` for at most `limit`: its exit code (None when it
+/// was still running and had to be killed: a hung read, or an agent that should have refused to start) and its
+/// stdout and stderr.
+pub fn run_for(
+    bin: &std::path::Path,
+    config: &std::path::Path,
+    args: &[&str],
+    limit: Duration,
+) -> (Option<i32>, String) {
+    let out_file = config.with_extension("out");
+    let out = std::fs::File::create(&out_file).unwrap();
+    let mut child = std::process::Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (code, std::fs::read_to_string(&out_file).unwrap_or_default())
+}
+
 /// A signing key and its public half as a PEM file `<name>.pub` (the signer's name in the agent's logs is `name`).
 pub struct Key {
     pub signing: twinflash_artifact::signature::SigningKey,
