@@ -7,7 +7,9 @@
 //! - **Cloud objects in, DMI calls out.** A test hands it Devices and DeviceModels as cloudcore sends them
 //!   ([`DmiEdgecore::apply_device`], ...). One worker task handles them in turn, as edgecore's DMI worker does
 //!   (spec §4): it caches, overrides with the model's defaults, converts, and calls the mapper of the protocol on a
-//!   new connection per call with a 10 s deadline and no retry. Failures are only logged ([`DmiEdgecore::log`]).
+//!   new connection per call with a 10 s deadline and no retry, as grpc-go does it: its header list, `:authority`
+//!   the dialled path percent-encoded (h01), on raw HTTP/2 ([`crate::grpc_go`], none of twinflash's transport).
+//!   Failures are only logged ([`DmiEdgecore::log`]), in grpc-go's words.
 //! - **DeviceManagerService on `<dir>/dmi.sock`**: MapperRegister, ReportDeviceStatus and ReportDeviceStates with
 //!   edgecore's validation, error strings, shared rate limit, and crashes (spec §3, §5, §6).
 //! - **The twin store**: each twin of a report is its own MQTT-style update through the MQTT stand-in's twin
@@ -30,18 +32,19 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use mqtt_schema::{BaseMessage, DeviceTwinResult, MsgTwin, TwinMap, to_go_json};
+use prost::Message;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::UnixStream;
+use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use twinflash_dmi::pb;
 use twinflash_dmi::pb::device_manager_service_server::{
     DeviceManagerService, DeviceManagerServiceServer,
 };
-use twinflash_dmi::pb::device_mapper_service_client::DeviceMapperServiceClient;
 
 use crate::edgecore::{CloudSync, StoredTwin, deal, reloaded};
 
@@ -343,6 +346,45 @@ fn overridden(device: &Value, models: &BTreeMap<String, Value>) -> Result<(Value
     Ok((dev, model.clone()))
 }
 
+/// `dataToAny` (edge/pkg/devicetwin/dtcommon/util.go; spec §2): Go decoded the Device's JSON into `interface{}`, so a
+/// string is a `StringValue`, every number a float64 made `FloatValue` (float32), a boolean a `BoolValue`; anything
+/// else (object, array, null) "does not support converting to any" (e11). The wrapper is encoded as Go's proto3
+/// marshalling does: its `value = 1` field left out when it is the default.
+fn data_to_any(v: &Value) -> Result<prost_types::Any, &'static str> {
+    let (type_url, value) = match v {
+        Value::String(s) => {
+            let mut b = Vec::new();
+            if !s.is_empty() {
+                prost::encoding::string::encode(1, s, &mut b);
+            }
+            ("StringValue", b)
+        }
+        Value::Number(n) => {
+            #[allow(clippy::cast_possible_truncation)] // float32(m), as Go does
+            let f = n.as_f64().unwrap_or_default() as f32;
+            let mut b = Vec::new();
+            if f.to_bits() != 0 {
+                prost::encoding::float::encode(1, &f, &mut b);
+            }
+            ("FloatValue", b)
+        }
+        Value::Bool(x) => {
+            let mut b = Vec::new();
+            if *x {
+                prost::encoding::bool::encode(1, x, &mut b);
+            }
+            ("BoolValue", b)
+        }
+        Value::Object(_) => return Err("map[string]interface {}"),
+        Value::Array(_) => return Err("[]interface {}"),
+        Value::Null => return Err("<nil>"),
+    };
+    Ok(prost_types::Any {
+        type_url: format!("type.googleapis.com/google.protobuf.{type_url}"),
+        value,
+    })
+}
+
 /// `dataToAny` over a configData map (spec §2; e11: an object or array cannot be converted).
 fn config_data(data: &Value, what: &str) -> Result<Option<pb::CustomizedValue>, String> {
     let Some(map) = data.as_object() else {
@@ -350,12 +392,7 @@ fn config_data(data: &Value, what: &str) -> Result<Option<pb::CustomizedValue>, 
     };
     let mut out = BTreeMap::new();
     for (k, v) in map {
-        let any = twinflash_dmi::value::from_json(v).map_err(|_| {
-            let go_type = match v {
-                Value::Object(_) => "map[string]interface {}",
-                Value::Array(_) => "[]interface {}",
-                _ => "<nil>",
-            };
+        let any = data_to_any(v).map_err(|go_type| {
             format!(
                 "failed to convert {what} config data: {go_type} does not support converting to any"
             )
@@ -467,6 +504,38 @@ enum MapperCall {
 }
 
 impl MapperCall {
+    /// The request's protobuf bytes (prost's encoding of the generated types equals Go's: golden b01, c01, ...).
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            MapperCall::Register(d) => pb::RegisterDeviceRequest {
+                device: Some(d.clone()),
+            }
+            .encode_to_vec(),
+            MapperCall::Update(d) => pb::UpdateDeviceRequest {
+                device: Some(d.clone()),
+            }
+            .encode_to_vec(),
+            MapperCall::Remove(ns, name) => pb::RemoveDeviceRequest {
+                device_name: name.clone(),
+                device_namespace: ns.clone(),
+            }
+            .encode_to_vec(),
+            MapperCall::CreateModel(m) => pb::CreateDeviceModelRequest {
+                model: Some(m.clone()),
+            }
+            .encode_to_vec(),
+            MapperCall::UpdateModel(m) => pb::UpdateDeviceModelRequest {
+                model: Some(m.clone()),
+            }
+            .encode_to_vec(),
+            MapperCall::RemoveModel(ns, name) => pb::RemoveDeviceModelRequest {
+                model_name: name.clone(),
+                model_namespace: ns.clone(),
+            }
+            .encode_to_vec(),
+        }
+    }
+
     fn method(&self) -> &'static str {
         match self {
             MapperCall::Register(_) => "RegisterDevice",
@@ -486,73 +555,37 @@ fn socket_path(address: &[u8]) -> PathBuf {
     PathBuf::from(std::ffi::OsStr::from_bytes(address))
 }
 
-/// One call on a new connection, closed afterwards, 10 s from the dial, fail-fast, no retry (spec §3, e15, e17).
+/// One call on a new connection, closed afterwards, 10 s from the dial, fail-fast, no retry (spec §3, e15, e17),
+/// made as edgecore's grpc-go makes it (h01: its headers, `:authority` the dialled path percent-encoded; see
+/// [`crate::grpc_go`]). The answer's content is ignored (spec §1); the error is grpc-go's text.
 async fn call_mapper(address: &[u8], call: MapperCall) -> Result<(), String> {
-    let path = socket_path(address);
-    let shown = path.display().to_string();
-    let fut = async move {
-        let dial = UnixStream::connect(&path).await.map_err(|e| {
-            format!(
-                "rpc error: code = Unavailable desc = connection error: desc = \"transport: Error while dialing: dial unix {shown}: connect: {}\"",
-                if e.kind() == io::ErrorKind::NotFound {
-                    "no such file or directory".to_owned()
-                } else {
-                    e.to_string()
-                }
-            )
-        })?;
-        drop(dial); // reachable: the channel below dials it again for the call
-        let mut client = DeviceMapperServiceClient::with_origin(
-            twinflash_dmi::transport::UnixConnector::new(path, MAPPER_CALL_DEADLINE),
-            twinflash_dmi::transport::origin(),
-        );
-        let status = match call {
-            MapperCall::Register(d) => client
-                .register_device(pb::RegisterDeviceRequest { device: Some(d) })
-                .await
-                .err(),
-            MapperCall::Update(d) => client
-                .update_device(pb::UpdateDeviceRequest { device: Some(d) })
-                .await
-                .err(),
-            MapperCall::Remove(ns, name) => client
-                .remove_device(pb::RemoveDeviceRequest {
-                    device_name: name,
-                    device_namespace: ns,
-                })
-                .await
-                .err(),
-            MapperCall::CreateModel(m) => client
-                .create_device_model(pb::CreateDeviceModelRequest { model: Some(m) })
-                .await
-                .err(),
-            MapperCall::UpdateModel(m) => client
-                .update_device_model(pb::UpdateDeviceModelRequest { model: Some(m) })
-                .await
-                .err(),
-            MapperCall::RemoveModel(ns, name) => client
-                .remove_device_model(pb::RemoveDeviceModelRequest {
-                    model_name: name,
-                    model_namespace: ns,
-                })
-                .await
-                .err(),
-        };
-        match status {
-            None => Ok(()),
-            Some(s) => Err(format!(
-                "rpc error: code = {:?} desc = {}",
-                s.code(),
-                s.message()
-            )),
-        }
-    };
-    match tokio::time::timeout(MAPPER_CALL_DEADLINE, fut).await {
-        Ok(r) => r,
-        Err(_) => {
-            Err("rpc error: code = DeadlineExceeded desc = context deadline exceeded".to_owned())
-        }
+    let deadline = tokio::time::Instant::now() + MAPPER_CALL_DEADLINE;
+    let method = format!("/v1beta1.DeviceMapperService/{}", call.method());
+    crate::grpc_go::unary(&socket_path(address), &method, &call.encode(), deadline)
+        .await
+        .map(drop)
+        .map_err(|e| e.0)
+}
+
+/// edgecore's DMI socket as `CreateListener` makes it (vendor/k8s.io/cri-client/pkg/util/util_unix.go; spec §3):
+/// the old file unlinked, the directory created `0750` if missing, the socket bound under a temporary name in it
+/// and renamed into place (a new inode at every start). Go's umask-default permissions, not twinflash's `0600`.
+fn create_listener(path: &Path) -> io::Result<UnixListenerStream> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)?;
+    let temp = dir.join(format!("{}", random() % 1_000_000_000));
+    let listener = UnixListener::bind(&temp)?;
+    std::fs::rename(&temp, path)?;
+    Ok(UnixListenerStream::new(listener))
 }
 
 /// golang.org/x/time/rate's token bucket as edgecore configures it (e16): full at start, one token per second.
@@ -1267,7 +1300,7 @@ impl DmiEdgecore {
         }
         let inner = &self.inner;
         std::fs::create_dir_all(&inner.dir)?;
-        let listener = twinflash_dmi::transport::bind(&inner.socket())?;
+        let listener = create_listener(&inner.socket())?;
         {
             let mut store = inner.store.lock().unwrap();
             let saved: Vec<(String, Vec<u8>)> = store
