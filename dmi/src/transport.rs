@@ -3,7 +3,9 @@
 //! about half a megabyte out of the edge binary (docs/benchmarks.md). What is left is small:
 //!
 //! - [`bind`] and [`serve`]: one HTTP/2 server connection per accepted unix-socket connection, each served by the
-//!   generated service (edgecore dials anew for every call, golden e13/e15).
+//!   generated service (edgecore dials anew for every call, golden e13/e15). Each connection's client-to-server
+//!   bytes go through [`authority::FixAuthority`] first: grpc-go sends the dialled socket path, percent-encoded, as
+//!   `:authority` (golden h01), which h2 refuses (ADR 0004).
 //! - [`UnixConnector`]: the client side for a generated client (`...Client::with_origin(connector, origin())`):
 //!   one new connection per call, as mapper-framework does, so a restarted edgecore's new socket is simply dialled.
 //!   Any failure to reach the peer is `Unavailable` (the code grpc-go gives, and the one that means "register
@@ -22,6 +24,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::Status;
+
+pub mod authority;
 
 type StdError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -44,7 +48,8 @@ pub fn bind(path: &Path) -> io::Result<UnixListenerStream> {
 }
 
 /// Serves `service` (a generated `...Server`) on every connection of `incoming` until `shutdown`. Connections
-/// that are open then finish their calls on their own.
+/// that are open then finish their calls on their own. Every `:authority` grpc-go sends is taken (see
+/// [`authority`]).
 pub async fn serve<S, B>(
     mut incoming: UnixListenerStream,
     service: S,
@@ -71,7 +76,7 @@ pub async fn serve<S, B>(
                 let svc = hyper_util::service::TowerToHyperService::new(service.clone());
                 tokio::spawn(async move {
                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
+                        .serve_connection(TokioIo::new(authority::FixAuthority::new(stream)), svc)
                         .await;
                 });
             }

@@ -7,12 +7,17 @@
 //! - **Cloud objects in, DMI calls out.** A test hands it Devices and DeviceModels as cloudcore sends them
 //!   ([`DmiEdgecore::apply_device`], ...). One worker task handles them in turn, as edgecore's DMI worker does
 //!   (spec §4): it caches, overrides with the model's defaults, converts, and calls the mapper of the protocol on a
-//!   new connection per call with a 10 s deadline and no retry. Failures are only logged ([`DmiEdgecore::log`]).
+//!   new connection per call with a 10 s deadline and no retry, as grpc-go does it: its header list, `:authority`
+//!   the dialled path percent-encoded (h01), on raw HTTP/2 ([`crate::grpc_go`], none of twinflash's transport).
+//!   Failures are only logged ([`DmiEdgecore::log`]), in grpc-go's words.
 //! - **DeviceManagerService on `<dir>/dmi.sock`**: MapperRegister, ReportDeviceStatus and ReportDeviceStates with
 //!   edgecore's validation, error strings, shared rate limit, and crashes (spec §3, §5, §6).
 //! - **The twin store**: each twin of a report is its own MQTT-style update through the MQTT stand-in's twin
 //!   pipeline (crate::edgecore `deal`), applied in random order after the call returned OK (d02); the cloud-bound
 //!   syncs go to [`DmiEdgecore::syncs`] subscribers, which [`crate::Cloudcore::follow_syncs`] applies.
+//!
+//! By concern: this file (the store, the worker and the twin pipeline, the public API), `convert` (what the worker
+//! makes of the cloud's objects), `mapper_client` (the calls to a mapper), `server` (the DeviceManagerService).
 //!
 //! What it does NOT model: the MQTT side of the twin module (result, document and delta publishes are not sent to
 //! any broker; rejections are in the log), membership/detail requests, cloudcore's own resends. Cloud messages
@@ -23,27 +28,29 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use mqtt_schema::{BaseMessage, DeviceTwinResult, MsgTwin, TwinMap, to_go_json};
-use serde_json::{Map, Value, json};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::UnixStream;
+use serde_json::{Value, json};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 use twinflash_dmi::pb;
-use twinflash_dmi::pb::device_manager_service_server::{
-    DeviceManagerService, DeviceManagerServiceServer,
-};
-use twinflash_dmi::pb::device_mapper_service_client::DeviceMapperServiceClient;
+use twinflash_dmi::pb::device_manager_service_server::DeviceManagerServiceServer;
 
 use crate::edgecore::{CloudSync, StoredTwin, deal, reloaded};
+
+mod convert;
+mod mapper_client;
+mod server;
+
+use convert::{comparable_spec, overridden, text};
+pub use convert::{convert_device, convert_model};
+use mapper_client::{MapperCall, call_mapper};
+use server::{KillableIo, Limiter, Server, create_listener};
 
 /// edgecore's deadline for a call to a mapper, counted from the dial (spec §3 "deadline 10 s counted from the dial").
 pub const MAPPER_CALL_DEADLINE: Duration = Duration::from_secs(10);
@@ -257,331 +264,6 @@ fn meta_id(obj: &Value) -> String {
 
 fn name_of(obj: &Value) -> &str {
     obj["metadata"]["name"].as_str().unwrap_or("")
-}
-
-/// The spec as `CompareDeviceSpecHasChanged` compares it: properties and methods sorted by name (c03); nulls
-/// dropped (Go decodes an absent and a null field alike).
-fn comparable_spec(device: &Value) -> Value {
-    fn strip(v: &Value) -> Value {
-        match v {
-            Value::Object(m) => Value::Object(
-                m.iter()
-                    .filter(|(_, v)| !v.is_null())
-                    .map(|(k, v)| (k.clone(), strip(v)))
-                    .collect(),
-            ),
-            Value::Array(a) => Value::Array(a.iter().map(strip).collect()),
-            other => other.clone(),
-        }
-    }
-    let mut spec = strip(&device["spec"]);
-    for key in ["properties", "methods"] {
-        if let Some(list) = spec.get_mut(key).and_then(Value::as_array_mut) {
-            list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-        }
-    }
-    spec
-}
-
-/// `GetOverriddenDevice` (c05, spec §4 "Model override"): the device with the model's defaults, the device's keys
-/// winning. A property whose model property has visitors gets the model's visitors, then the device's configData
-/// keys on top; `protocol.configData` = the model's `protocolConfigData` with the device's keys on top. The model
-/// must be cached in the device's namespace (e12).
-fn overridden(device: &Value, models: &BTreeMap<String, Value>) -> Result<(Value, Value), String> {
-    let name = name_of(device);
-    let Some(model_name) = device["spec"]["deviceModelRef"]["name"].as_str() else {
-        return Err(format!(
-            "override device instance config failed for device {name}: device {name} has no device model reference"
-        ));
-    };
-    let ns = device["metadata"]["namespace"]
-        .as_str()
-        .unwrap_or("default");
-    let Some(model) = models.get(&id(ns, model_name)) else {
-        return Err(format!(
-            "override device instance config failed for device {name}: device model {model_name} not found in cache for device {name}"
-        ));
-    };
-    let mut dev = device.clone();
-    let merge = |base: &Value, over: &Value| -> Value {
-        match (base.as_object(), over.as_object()) {
-            (Some(b), Some(o)) => {
-                let mut m = b.clone();
-                m.extend(o.iter().map(|(k, v)| (k.clone(), v.clone())));
-                Value::Object(m)
-            }
-            (_, Some(_)) => over.clone(),
-            _ => base.clone(),
-        }
-    };
-    if let Some(props) = dev["spec"]["properties"].as_array_mut() {
-        for p in props {
-            let model_prop = model["spec"]["properties"]
-                .as_array()
-                .and_then(|mp| mp.iter().find(|m| m["name"] == p["name"]));
-            let Some(visitors) = model_prop.map(|m| &m["visitors"]).filter(|v| !v.is_null()) else {
-                continue;
-            };
-            let own = p["visitors"]["configData"].clone();
-            let mut v = visitors.clone();
-            let merged = merge(&v["configData"], &own);
-            if !merged.is_null() {
-                v["configData"] = merged;
-            }
-            p["visitors"] = v;
-        }
-    }
-    let own = dev["spec"]["protocol"]["configData"].clone();
-    let merged = merge(&model["spec"]["protocolConfigData"], &own);
-    if let Some(protocol) = dev["spec"]["protocol"].as_object_mut() {
-        if merged.is_null() {
-            protocol.remove("configData");
-        } else {
-            protocol.insert("configData".into(), merged);
-        }
-    }
-    Ok((dev, model.clone()))
-}
-
-/// `dataToAny` over a configData map (spec §2; e11: an object or array cannot be converted).
-fn config_data(data: &Value, what: &str) -> Result<Option<pb::CustomizedValue>, String> {
-    let Some(map) = data.as_object() else {
-        return Ok(None);
-    };
-    let mut out = BTreeMap::new();
-    for (k, v) in map {
-        let any = twinflash_dmi::value::from_json(v).map_err(|_| {
-            let go_type = match v {
-                Value::Object(_) => "map[string]interface {}",
-                Value::Array(_) => "[]interface {}",
-                _ => "<nil>",
-            };
-            format!(
-                "failed to convert {what} config data: {go_type} does not support converting to any"
-            )
-        })?;
-        out.insert(k.clone(), any);
-    }
-    Ok(Some(pb::CustomizedValue { data: out }))
-}
-
-fn string_map(v: &Value) -> BTreeMap<String, String> {
-    v.as_object()
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn text(v: &Value) -> String {
-    v.as_str().unwrap_or("").to_owned()
-}
-
-/// `dtcommon.ConvertDevice` of an overridden device (c01, c02, c05): name, namespace, the model's name, protocol,
-/// properties (each with a `desired` and a `visitors` message, even empty) and methods; `status` an empty message.
-pub fn convert_device(device: &Value) -> Result<pb::Device, String> {
-    let spec = &device["spec"];
-    let protocol = &spec["protocol"];
-    let mut properties = Vec::new();
-    for p in spec["properties"].as_array().into_iter().flatten() {
-        properties.push(pb::DeviceProperty {
-            name: text(&p["name"]),
-            desired: Some(pb::TwinProperty {
-                value: text(&p["desired"]["value"]),
-                metadata: string_map(&p["desired"]["metadata"]),
-            }),
-            visitors: Some(pb::VisitorConfig {
-                protocol_name: text(&p["visitors"]["protocolName"]),
-                config_data: config_data(&p["visitors"]["configData"], "visitor")?,
-            }),
-            report_cycle: p["reportCycle"].as_i64().unwrap_or(0),
-            collect_cycle: p["collectCycle"].as_i64().unwrap_or(0),
-            report_to_cloud: p["reportToCloud"].as_bool().unwrap_or(false),
-        });
-    }
-    let methods = spec["methods"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|m| pb::DeviceMethod {
-            name: text(&m["name"]),
-            description: text(&m["description"]),
-            property_names: m["propertyNames"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(text)
-                .collect(),
-        })
-        .collect();
-    Ok(pb::Device {
-        name: text(&device["metadata"]["name"]),
-        namespace: text(&device["metadata"]["namespace"]),
-        spec: Some(pb::DeviceSpec {
-            device_model_reference: text(&spec["deviceModelRef"]["name"]),
-            protocol: Some(pb::ProtocolConfig {
-                protocol_name: text(&protocol["protocolName"]),
-                config_data: config_data(&protocol["configData"], "protocol")?,
-            }),
-            properties,
-            methods,
-        }),
-        status: Some(pb::DeviceStatus::default()),
-    })
-}
-
-/// `dtcommon.ConvertDeviceModel` (b01): name, namespace and the properties; no protocol, no protocolConfigData, no
-/// visitors.
-pub fn convert_model(model: &Value) -> pb::DeviceModel {
-    let properties = model["spec"]["properties"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|p| pb::ModelProperty {
-            name: text(&p["name"]),
-            description: text(&p["description"]),
-            r#type: text(&p["type"]),
-            access_mode: text(&p["accessMode"]),
-            minimum: text(&p["minimum"]),
-            maximum: text(&p["maximum"]),
-            unit: text(&p["unit"]),
-        })
-        .collect();
-    pb::DeviceModel {
-        name: text(&model["metadata"]["name"]),
-        namespace: text(&model["metadata"]["namespace"]),
-        spec: Some(pb::DeviceModelSpec { properties }),
-    }
-}
-
-/// A call edgecore's DMI client makes.
-enum MapperCall {
-    Register(pb::Device),
-    Update(pb::Device),
-    Remove(String, String),
-    CreateModel(pb::DeviceModel),
-    UpdateModel(pb::DeviceModel),
-    RemoveModel(String, String),
-}
-
-impl MapperCall {
-    fn method(&self) -> &'static str {
-        match self {
-            MapperCall::Register(_) => "RegisterDevice",
-            MapperCall::Update(_) => "UpdateDevice",
-            MapperCall::Remove(..) => "RemoveDevice",
-            MapperCall::CreateModel(_) => "CreateDeviceModel",
-            MapperCall::UpdateModel(_) => "UpdateDeviceModel",
-            MapperCall::RemoveModel(..) => "RemoveDeviceModel",
-        }
-    }
-}
-
-/// The `unix` socket path edgecore dials: the address bytes taken literally (e13: a `unix://` scheme is dialled
-/// as part of the path, and fails).
-fn socket_path(address: &[u8]) -> PathBuf {
-    use std::os::unix::ffi::OsStrExt;
-    PathBuf::from(std::ffi::OsStr::from_bytes(address))
-}
-
-/// One call on a new connection, closed afterwards, 10 s from the dial, fail-fast, no retry (spec §3, e15, e17).
-async fn call_mapper(address: &[u8], call: MapperCall) -> Result<(), String> {
-    let path = socket_path(address);
-    let shown = path.display().to_string();
-    let fut = async move {
-        let dial = UnixStream::connect(&path).await.map_err(|e| {
-            format!(
-                "rpc error: code = Unavailable desc = connection error: desc = \"transport: Error while dialing: dial unix {shown}: connect: {}\"",
-                if e.kind() == io::ErrorKind::NotFound {
-                    "no such file or directory".to_owned()
-                } else {
-                    e.to_string()
-                }
-            )
-        })?;
-        drop(dial); // reachable: the channel below dials it again for the call
-        let mut client = DeviceMapperServiceClient::with_origin(
-            twinflash_dmi::transport::UnixConnector::new(path, MAPPER_CALL_DEADLINE),
-            twinflash_dmi::transport::origin(),
-        );
-        let status = match call {
-            MapperCall::Register(d) => client
-                .register_device(pb::RegisterDeviceRequest { device: Some(d) })
-                .await
-                .err(),
-            MapperCall::Update(d) => client
-                .update_device(pb::UpdateDeviceRequest { device: Some(d) })
-                .await
-                .err(),
-            MapperCall::Remove(ns, name) => client
-                .remove_device(pb::RemoveDeviceRequest {
-                    device_name: name,
-                    device_namespace: ns,
-                })
-                .await
-                .err(),
-            MapperCall::CreateModel(m) => client
-                .create_device_model(pb::CreateDeviceModelRequest { model: Some(m) })
-                .await
-                .err(),
-            MapperCall::UpdateModel(m) => client
-                .update_device_model(pb::UpdateDeviceModelRequest { model: Some(m) })
-                .await
-                .err(),
-            MapperCall::RemoveModel(ns, name) => client
-                .remove_device_model(pb::RemoveDeviceModelRequest {
-                    model_name: name,
-                    model_namespace: ns,
-                })
-                .await
-                .err(),
-        };
-        match status {
-            None => Ok(()),
-            Some(s) => Err(format!(
-                "rpc error: code = {:?} desc = {}",
-                s.code(),
-                s.message()
-            )),
-        }
-    };
-    match tokio::time::timeout(MAPPER_CALL_DEADLINE, fut).await {
-        Ok(r) => r,
-        Err(_) => {
-            Err("rpc error: code = DeadlineExceeded desc = context deadline exceeded".to_owned())
-        }
-    }
-}
-
-/// golang.org/x/time/rate's token bucket as edgecore configures it (e16): full at start, one token per second.
-#[derive(Debug)]
-struct Limiter {
-    tokens: f64,
-    last: Instant,
-}
-
-impl Limiter {
-    fn new() -> Limiter {
-        Limiter {
-            tokens: RATE_BURST,
-            last: Instant::now(),
-        }
-    }
-
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * RATE_PER_SEC;
-        self.tokens = (self.tokens + refill).min(RATE_BURST);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 impl Inner {
@@ -950,284 +632,6 @@ impl Inner {
     }
 }
 
-/// A connection that fails every read and write once edgecore is killed: an abrupt death, not a graceful
-/// shutdown (the mapper sees the connection drop, e04).
-struct KillableIo {
-    io: UnixStream,
-    killed: Pin<Box<WaitForCancellationFutureOwned>>,
-}
-
-impl KillableIo {
-    fn dead(&mut self, cx: &mut Context<'_>) -> bool {
-        self.killed.as_mut().poll(cx).is_ready()
-    }
-}
-
-fn reset() -> io::Error {
-    io::Error::from(io::ErrorKind::BrokenPipe)
-}
-
-impl AsyncRead for KillableIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.dead(cx) {
-            // The peer of a dead process reads end-of-file.
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for KillableIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if self.dead(cx) {
-            return Poll::Ready(Err(reset()));
-        }
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.dead(cx) {
-            return Poll::Ready(Err(reset()));
-        }
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-impl tonic::transport::server::Connected for KillableIo {
-    type ConnectInfo = ();
-    fn connect_info(&self) -> Self::ConnectInfo {}
-}
-
-/// The DeviceManagerService of one run (one rate limiter per start, as StartDMIServer makes one).
-struct Server {
-    inner: Arc<Inner>,
-    limiter: Mutex<Limiter>,
-    kill: CancellationToken,
-}
-
-fn unknown(message: String) -> tonic::Status {
-    // All DMI server errors are plain Go errors: gRPC code Unknown (spec §3).
-    tonic::Status::unknown(message)
-}
-
-fn dead() -> tonic::Status {
-    tonic::Status::unavailable("error reading from server: EOF")
-}
-
-impl Server {
-    fn allow(&self) -> bool {
-        self.limiter.lock().unwrap().allow()
-    }
-
-    fn limited(&self, message: String) -> tonic::Status {
-        self.inner.count(|c| c.rate_limited += 1);
-        self.inner.log(DmiLogKind::RateLimited, message.clone());
-        unknown(message)
-    }
-
-    fn refused(&self, message: String) -> tonic::Status {
-        self.inner.log(DmiLogKind::Refused, message.clone());
-        unknown(message)
-    }
-
-    fn crash(&self, why: &str) -> tonic::Status {
-        self.kill.cancel();
-        self.inner.crash(why);
-        dead()
-    }
-}
-
-#[tonic::async_trait]
-impl DeviceManagerService for Server {
-    /// server.go MapperRegister (spec §4; a02, a03, e04c, e07, e16).
-    async fn mapper_register(
-        &self,
-        request: tonic::Request<pb::MapperRegisterRequest>,
-    ) -> Result<tonic::Response<pb::MapperRegisterResponse>, tonic::Status> {
-        if self.kill.is_cancelled() {
-            return Err(dead());
-        }
-        let inner = &self.inner;
-        inner.count(|c| c.mapper_register += 1);
-        let req = request.into_inner();
-        // The limiter is asked first, and its error message already dereferences the mapper (e04c, e16).
-        let allowed = self.allow();
-        let Some(mapper) = req.mapper else {
-            return Err(self.crash("MapperRegister without mapper (e04c)"));
-        };
-        if !allowed {
-            return Err(self.limited(format!(
-                "fail to register mapper because of too many request: {}",
-                mapper.name
-            )));
-        }
-        if mapper.protocol.is_empty() {
-            return Err(self.refused(format!(
-                "fail to register mapper {} because the protocol is nil",
-                mapper.name
-            )));
-        }
-        // Saved before the withData check: even a withData=false mapper gets a client after a restart (e14).
-        inner
-            .store
-            .lock()
-            .unwrap()
-            .mappers
-            .insert(mapper.name.clone(), mapper.clone());
-        inner.log(
-            DmiLogKind::Lifecycle,
-            format!(
-                "mapper {} registered (protocol {}, address {:?}, withData {})",
-                mapper.name,
-                mapper.protocol,
-                String::from_utf8_lossy(&mapper.address),
-                req.with_data
-            ),
-        );
-        if !req.with_data {
-            // a03: empty answer, and NO client (e01).
-            return Ok(tonic::Response::new(pb::MapperRegisterResponse::default()));
-        }
-        let mut pairs = Vec::new();
-        {
-            let store = inner.store.lock().unwrap();
-            for (key, device) in &store.devices {
-                let (dev, model) = match overridden(device, &store.models) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        inner.log(
-                            DmiLogKind::Skipped,
-                            format!("fail to get overridden device {key} from cache: {e}"),
-                        );
-                        continue;
-                    }
-                };
-                if dev["spec"]["protocol"]["protocolName"].as_str()
-                    != Some(mapper.protocol.as_str())
-                {
-                    continue;
-                }
-                match convert_device(&dev) {
-                    Ok(d) => pairs.push((random(), d, convert_model(&model))),
-                    Err(e) => inner.log(
-                        DmiLogKind::Skipped,
-                        format!("fail to convert device {} with err: {e}", name_of(&dev)),
-                    ),
-                }
-            }
-        }
-        // Go map iteration: random order, modelList[i] belongs to deviceList[i] (a02).
-        pairs.sort_by_key(|p| p.0);
-        let (device_list, model_list) = pairs.into_iter().map(|(_, d, m)| (d, m)).unzip();
-        inner
-            .store
-            .lock()
-            .unwrap()
-            .clients
-            .insert(mapper.protocol.clone(), mapper.address.clone());
-        Ok(tonic::Response::new(pb::MapperRegisterResponse {
-            model_list,
-            device_list,
-        }))
-    }
-
-    /// server.go ReportDeviceStatus (spec §5; d02, e02, e03, e04a, e04b, e16).
-    async fn report_device_status(
-        &self,
-        request: tonic::Request<pb::ReportDeviceStatusRequest>,
-    ) -> Result<tonic::Response<pb::ReportDeviceStatusResponse>, tonic::Status> {
-        if self.kill.is_cancelled() {
-            return Err(dead());
-        }
-        self.inner.count(|c| c.report_status += 1);
-        let req = request.into_inner();
-        if !self.allow() {
-            return Err(self.limited(format!(
-                "fail to report device status because of too many request: {}",
-                req.device_name
-            )));
-        }
-        let twins = req.reported_device.map(|d| d.twins).unwrap_or_default();
-        if twins.is_empty() {
-            return Err(
-                self.refused("ReportDeviceStatusRequest does not have twin data".to_owned())
-            );
-        }
-        let mut contents = Vec::new();
-        for twin in &twins {
-            // CreateMessageTwinUpdate dereferences both TwinProperty messages (e04a, e04b).
-            let (Some(od), Some(rep)) = (&twin.observed_desired, &twin.reported) else {
-                return Err(self.crash(&format!(
-                    "ReportDeviceStatus of {} with a twin without observedDesired or reported (e04a/e04b)",
-                    req.device_name
-                )));
-            };
-            // d02: one twin/update per twin, expected = observedDesired, actual = reported, no metadata.
-            let mut t = Map::new();
-            t.insert(
-                twin.property_name.clone(),
-                json!({"expected": {"value": od.value}, "actual": {"value": rep.value}}),
-            );
-            let content = json!({"event_id": "", "timestamp": system_ms(), "twin": t});
-            contents.push(serde_json::to_vec(&content).unwrap_or_default());
-        }
-        // OK goes back before any twin is applied; each twin is its own message, in any order (d02, spec §6.2).
-        for content in contents {
-            let (inner, ns, name) = (
-                self.inner.clone(),
-                req.device_namespace.clone(),
-                req.device_name.clone(),
-            );
-            let yields = random() % 4;
-            tokio::spawn(async move {
-                for _ in 0..yields {
-                    tokio::task::yield_now().await;
-                }
-                inner.apply_twin(&ns, &name, &content);
-            });
-        }
-        Ok(tonic::Response::new(pb::ReportDeviceStatusResponse {}))
-    }
-
-    /// server.go ReportDeviceStates (spec §5; d04, e05, e06, e10, e16).
-    async fn report_device_states(
-        &self,
-        request: tonic::Request<pb::ReportDeviceStatesRequest>,
-    ) -> Result<tonic::Response<pb::ReportDeviceStatesResponse>, tonic::Status> {
-        if self.kill.is_cancelled() {
-            return Err(dead());
-        }
-        self.inner.count(|c| c.report_states += 1);
-        let req = request.into_inner();
-        if !self.allow() {
-            return Err(self.limited(format!(
-                "fail to report device states because of too many request: {}",
-                req.device_name
-            )));
-        }
-        if req.state.is_empty() || req.device_name.is_empty() {
-            return Err(self.refused("ReportDeviceStatesRequest is invalid data".to_owned()));
-        }
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            inner.apply_state(&req.device_namespace, &req.device_name, &req.state);
-        });
-        Ok(tonic::Response::new(pb::ReportDeviceStatesResponse {}))
-    }
-}
-
 impl DmiEdgecore {
     /// A stand-in serving `<dir>/dmi.sock`, started (with an empty store).
     pub async fn start_in(dir: &Path) -> io::Result<DmiEdgecore> {
@@ -1267,7 +671,7 @@ impl DmiEdgecore {
         }
         let inner = &self.inner;
         std::fs::create_dir_all(&inner.dir)?;
-        let listener = twinflash_dmi::transport::bind(&inner.socket())?;
+        let listener = create_listener(&inner.socket())?;
         {
             let mut store = inner.store.lock().unwrap();
             let saved: Vec<(String, Vec<u8>)> = store

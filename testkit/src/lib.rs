@@ -14,6 +14,7 @@ mod cloud_process;
 mod cloudcore;
 mod dmi_edgecore;
 mod edgecore;
+pub mod grpc_go;
 mod observe;
 
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! The DMI edgecore stand-in against KubeEdge's own behaviour: every behaviour golden vector of dmi/tests/data
 //! (produced by KubeEdge v1.23.1's Go code; see README.md there) is a test named after it, in which the stand-in
-//! does what the vector says edgecore did. A stub mapper (a DeviceMapperService on a temp socket that records the
-//! calls) plays the mapper; reports go through twinflash_dmi's `EdgecoreClient`, or, for the malformed requests a
+//! does what the vector says edgecore did. A stub mapper (a DeviceMapperService served by twinflash's DMI transport
+//! on a temp socket, recording the calls) plays the mapper, or, for the frames of a call (h01), a raw HTTP/2 server; reports go through twinflash_dmi's `EdgecoreClient`, or, for the malformed requests a
 //! correct mapper cannot build, through the raw client.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // The raw client and requests are needed to send what EdgecoreClient refuses to build (e02-e07, e13).
@@ -154,15 +154,16 @@ impl StubMapper {
         m
     }
 
+    /// Serves with twinflash's own DMI transport: the stub is the mapper, twinflash's side of the wire (tonic's
+    /// transport refuses grpc-go's `:authority`, h01).
     fn serve(&mut self) {
         let incoming = twinflash_dmi::transport::bind(&self.socket).unwrap();
         let svc = DeviceMapperServiceServer::new(self.stub.clone());
-        self.task = Some(tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(incoming)
-                .await;
-        }));
+        self.task = Some(tokio::spawn(twinflash_dmi::transport::serve(
+            incoming,
+            svc,
+            std::future::pending(),
+        )));
     }
 
     fn stop(&mut self) {
@@ -1309,4 +1310,202 @@ async fn cloud01_upstream_devicestatus_patches_through_cloudcore() {
     )
     .await;
     follow.abort();
+}
+
+/// What a raw HTTP/2 server in the mapper's place saw of one connection from the stand-in.
+#[derive(Debug, Default, Clone)]
+struct Connection {
+    /// Client frames: type, flags, stream.
+    frames: Vec<(u8, u8, u32)>,
+    headers: Vec<(String, String)>,
+    goaway: Vec<u8>,
+}
+
+/// A mapper at the frame level on `socket`: its SETTINGS at once, the client's SETTINGS acknowledged, each call
+/// answered when its request ends: with RST_STREAM `reset`, or `:status` 200, one empty message and grpc-status 0.
+/// Each connection is recorded when the client closes it.
+fn raw_mapper(socket: &Path, reset: Option<u32>) -> Arc<Mutex<Vec<Connection>>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use twinflash_testkit::grpc_go::frame;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let listener = tokio::net::UnixListener::bind(socket).unwrap();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut c = Connection::default();
+                let mut decoder = loona_hpack::Decoder::new();
+                let mut encoder = loona_hpack::Encoder::new();
+                let mut preface = [0u8; 24];
+                s.read_exact(&mut preface).await.unwrap();
+                assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+                s.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+                let mut head = [0u8; 9];
+                while s.read_exact(&mut head).await.is_ok() {
+                    let len = usize::from(head[0]) << 16
+                        | usize::from(head[1]) << 8
+                        | usize::from(head[2]);
+                    let (t, flags) = (head[3], head[4]);
+                    let stream = u32::from_be_bytes(head[5..9].try_into().unwrap());
+                    let mut payload = vec![0u8; len];
+                    s.read_exact(&mut payload).await.unwrap();
+                    c.frames.push((t, flags, stream));
+                    match t {
+                        0x1 => {
+                            c.headers = decoder
+                                .decode(&payload)
+                                .unwrap()
+                                .into_iter()
+                                .map(|(n, v)| {
+                                    (String::from_utf8(n).unwrap(), String::from_utf8(v).unwrap())
+                                })
+                                .collect();
+                        }
+                        0x4 if flags & 1 == 0 => s.write_all(&frame(0x4, 1, 0, &[])).await.unwrap(),
+                        0x0 if flags & 1 != 0 => {
+                            let answer = match reset {
+                                Some(code) => frame(0x3, 0, stream, &code.to_be_bytes()),
+                                None => {
+                                    let h = encoder.encode([
+                                        (&b":status"[..], &b"200"[..]),
+                                        (b"content-type", b"application/grpc"),
+                                    ]);
+                                    let t = encoder.encode([(&b"grpc-status"[..], &b"0"[..])]);
+                                    let mut a = frame(0x1, 0x4, stream, &h);
+                                    a.extend(frame(0x0, 0, stream, &[0, 0, 0, 0, 0]));
+                                    a.extend(frame(0x1, 0x5, stream, &t));
+                                    a
+                                }
+                            };
+                            s.write_all(&answer).await.unwrap();
+                        }
+                        0x7 => c.goaway = payload,
+                        _ => {}
+                    }
+                }
+                record.lock().unwrap().push(c);
+            });
+        }
+    });
+    seen
+}
+
+/// The world with its stub mapper replaced by [`raw_mapper`], registered.
+async fn raw_world(reset: Option<u32>) -> (World, Arc<Mutex<Vec<Connection>>>) {
+    let mut w = world().await;
+    w.mapper.stop();
+    let seen = raw_mapper(&w.mapper.socket, reset);
+    w.register().await;
+    (w, seen)
+}
+
+#[path = "../../dmi/tests/common/h01.rs"]
+mod h01;
+
+/// h01's header list as recorded.
+fn h01_headers() -> Vec<(String, String)> {
+    h01::header_list(&vector("h01"))
+}
+
+#[tokio::test]
+async fn h01_each_call_is_a_new_connection_with_grpc_gos_frames_and_headers() {
+    let (w, seen) = raw_world(None).await;
+    w.ec.apply_model(&model());
+    w.ec.apply_device(&blinky1());
+    w.ec.wait_idle().await;
+    for _ in 0..100 {
+        if seen.lock().unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let conns = seen.lock().unwrap().clone();
+    assert_eq!(
+        conns.len(),
+        2,
+        "one connection per call: {conns:?}\n{}",
+        w.ec.dump()
+    );
+    // h01: SETTINGS, SETTINGS ACK, HEADERS (END_HEADERS), DATA (END_STREAM), GOAWAY.
+    let h01 = vector("h01");
+    let recorded: Vec<(u8, u8, u32)> = h01["client_to_mapper"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["frame"] != "client preface")
+        .map(|f| {
+            let t = match f["frame"].as_str().unwrap() {
+                "SETTINGS" => 0x4,
+                "HEADERS" => 0x1,
+                "DATA" => 0x0,
+                "GOAWAY" => 0x7,
+                other => panic!("{other}"),
+            };
+            let flags = f["flags"].as_str().map_or(0, |x| {
+                u8::from_str_radix(
+                    x.split_whitespace()
+                        .next()
+                        .unwrap()
+                        .trim_start_matches("0x"),
+                    16,
+                )
+                .unwrap()
+            });
+            (
+                t,
+                flags,
+                u32::try_from(f["stream"].as_u64().unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    // The socket path the stand-in dialled, as grpc-go escapes it ('/' -> %2F; a temp dir's name needs no more).
+    let authority = w.mapper.socket.to_string_lossy().replace('/', "%2F");
+    for (c, method) in conns.iter().zip(["CreateDeviceModel", "RegisterDevice"]) {
+        assert_eq!(c.frames, recorded, "{method}");
+        let mut want = h01_headers();
+        want[2].1 = format!("/v1beta1.DeviceMapperService/{method}");
+        want[3].1.clone_from(&authority);
+        let timeout = &c.headers[8].1;
+        want[8].1.clone_from(timeout);
+        assert_eq!(c.headers, want, "{method}");
+        let micros: u64 = timeout.strip_suffix('u').unwrap().parse().unwrap();
+        assert!(
+            (9_000_000..=10_000_000).contains(&micros),
+            "grpc-timeout {timeout}: the time left of 10 s"
+        );
+        let mut goaway = 1u32.to_be_bytes().to_vec();
+        goaway.extend(0u32.to_be_bytes());
+        goaway.extend(
+            h01["client_to_mapper"][5]["debug"]
+                .as_str()
+                .unwrap()
+                .as_bytes(),
+        );
+        assert_eq!(
+            c.goaway, goaway,
+            "{method}: GOAWAY last stream 1, NO_ERROR, \"client transport shutdown\""
+        );
+    }
+    assert_eq!(w.ec.counters().mapper_calls, 2, "{}", w.ec.dump());
+}
+
+#[tokio::test]
+async fn h01_a_stream_reset_by_the_mapper_is_logged_in_grpc_gos_words() {
+    let (w, _seen) = raw_world(Some(1)).await;
+    w.ec.apply_model(&model());
+    w.ec.apply_device(&blinky1());
+    w.ec.wait_idle().await;
+    let failed = w.ec.logged(DmiLogKind::CallFailed);
+    let edgecore = vector("h01")["edgecore_log_then"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let err = edgecore.split("failed with err: ").nth(1).unwrap();
+    assert_eq!(failed.len(), 2, "{}", w.ec.dump());
+    assert!(
+        failed[1].starts_with("RegisterDevice default/blinky-1")
+            && failed[1].ends_with(&format!("failed with err: {err}")),
+        "{failed:?}"
+    );
 }
