@@ -136,6 +136,103 @@ async fn a_long_but_valid_device_name_installs_and_blocks_no_other_device() {
     s.print_vm_hwm("long device names");
 }
 
+async fn until(what: &str, agent: &Agent, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}\nagent log:\n{}", agent.log());
+}
+
+/// An agent in DMI mode whose `mapper_socket` is `socket`.
+async fn agent_on(socket: &std::path::Path) -> Scene {
+    let line = format!("mapper_socket = \"{}\"\n", socket.display());
+    Scene::start(0, move |s| AgentSpec {
+        kubeedge_extra: line,
+        ..s
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_never_takes_edgecores_socket_a_live_socket_or_a_file() {
+    // mapper_socket = edgecore's own dmi_socket: refused, and edgecore keeps its socket.
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let edgecore_socket = tmp.path().join("edgecore/dmi.sock");
+    let s = {
+        let dir = tempfile::tempdir().unwrap();
+        let edgecore = DmiEdgecore::start_in(&tmp.path().join("edgecore"))
+            .await
+            .unwrap();
+        assert_eq!(edgecore.socket(), edgecore_socket);
+        let agent = Agent::start(AgentSpec {
+            dmi: Some(edgecore.socket()),
+            kubeedge_extra: format!("mapper_socket = \"{}\"\n", edgecore_socket.display()),
+            ..AgentSpec::new(&dir.path().join("agent"), 0, Vec::new(), 0)
+        });
+        (agent, edgecore, dir)
+    };
+    until("the agent to refuse edgecore's socket", &s.0, || {
+        s.0.log().contains("socket-is-dmi-socket")
+    })
+    .await;
+    let before = s.1.counters().mapper_register;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        s.1.counters().mapper_register,
+        before,
+        "the agent registered with itself or edgecore"
+    );
+    assert!(
+        std::os::unix::net::UnixStream::connect(&edgecore_socket).is_ok(),
+        "edgecore still serves its socket"
+    );
+    drop(s);
+
+    // A regular file at mapper_socket: refused, the file left as it was.
+    let file = tmp.path().join("not-a-socket");
+    std::fs::write(&file, b"precious").unwrap();
+    let s = agent_on(&file).await;
+    until("the agent to refuse a regular file", &s.agent, || {
+        s.agent.log().contains("socket-path-taken")
+    })
+    .await;
+    assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+    drop(s);
+
+    // A socket another process serves: refused, that process keeps it.
+    let live = tmp.path().join("live.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let s = agent_on(&live).await;
+    until("the agent to refuse a live socket", &s.agent, || {
+        s.agent.log().contains("socket-in-use")
+    })
+    .await;
+    listener.set_nonblocking(true).unwrap();
+    let _client = std::os::unix::net::UnixStream::connect(&live).unwrap();
+    assert!(
+        listener.accept().is_ok(),
+        "the first process still owns its socket"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mapper_socket_is_0600_in_a_0700_directory_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("run/twinflash/mapper.sock");
+    let s = agent_on(&socket).await;
+    until("the mapper socket", &s.agent, || socket.exists()).await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&socket), 0o600);
+    assert_eq!(mode(socket.parent().unwrap()), 0o700);
+    s.print_vm_hwm("the socket checks");
+}
+
 /// Lines of `log` that contain `what`.
 fn count(log: &str, what: &str) -> usize {
     log.lines().filter(|l| l.contains(what)).count()
