@@ -292,6 +292,11 @@ pub struct EdgecoreClient {
     timeout: Duration,
 }
 
+/// The largest answer the client decodes: MapperRegister's holds every Device and DeviceModel of the protocol
+/// (about 0.8 KiB per simulated Device: 64 MiB is some 80,000 devices; gRPC's default of 4 MiB was about 5,500). A
+/// larger answer fails the call with `ResourceExhausted` ("decoded message length too large").
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
 impl EdgecoreClient {
     /// A client of the DMI server on `socket`; each call waits at most `timeout` (mapper-framework uses 1 s).
     pub fn new(socket: PathBuf, timeout: Duration) -> EdgecoreClient {
@@ -299,7 +304,8 @@ impl EdgecoreClient {
             inner: pb::device_manager_service_client::DeviceManagerServiceClient::with_origin(
                 crate::transport::UnixConnector::new(socket, timeout),
                 crate::transport::origin(),
-            ),
+            )
+            .max_decoding_message_size(MAX_ANSWER_BYTES),
             timeout,
         }
     }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -29,27 +29,82 @@ pub mod authority;
 
 type StdError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Binds a unix socket at `path`: the parent directory is created, a stale socket file left by an earlier run is
-/// removed first (as edgecore does with its own dmi.sock). DMI has no authentication, so the socket is made `0600`:
-/// only its owner (and root, as edgecore runs) can connect.
+/// Most connections served at once ([`serve`]): edgecore makes one call at a time, each on a new connection.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How long one connection may live, handshake included: edgecore's deadline for a call is 10 s, so a connection
+/// open for longer is of no use to it (an idle or unfinished one is closed).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(15);
+/// Streams (calls) at once on one connection: edgecore makes one call per connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1;
+/// HTTP/2 flow-control windows and header bound of a served connection: what a peer may send before the server
+/// reads it.
+pub const STREAM_WINDOW: u32 = 64 * 1024;
+pub const CONNECTION_WINDOW: u32 = 64 * 1024;
+pub const MAX_HEADER_LIST: u32 = 16 * 1024;
+
+/// Binds a unix socket at `path`, never deleting what it did not create:
+/// - a missing parent directory is created `0700`;
+/// - an existing socket is replaced only when it is stale (a connect is refused: left by an earlier run); a live
+///   one is refused with [`io::ErrorKind::AddrInUse`] ("another process serves ..."), anything else at the path
+///   with [`io::ErrorKind::AlreadyExists`];
+/// - the socket is bound inside a private `0700` directory next to `path`, made `0600`, then renamed into place,
+///   so it is never reachable with other modes (DMI has no authentication: only its owner, and root as edgecore
+///   runs, can connect).
 pub fn bind(path: &Path) -> io::Result<UnixListenerStream> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("another process serves {}", path.display()),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {} // stale: replaced below
+            Err(e) => return Err(e),
+        },
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; it is left alone",
+                    path.display()
+                ),
+            ));
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(UnixListenerStream::new(listener))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let private = dir.join(format!(".tmp-{}-{nanos}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("s");
+    let placed: io::Result<UnixListener> = (|| {
+        let listener = UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    Ok(UnixListenerStream::new(placed?))
 }
 
 /// Serves `service` (a generated `...Server`) on every connection of `incoming` until `shutdown`. Connections
 /// that are open then finish their calls on their own. Every `:authority` grpc-go sends is taken (see
-/// [`authority`]).
+/// [`authority`]). At most [`MAX_CONNECTIONS`] are served at once (more wait in the listen backlog), each for at
+/// most [`CONNECTION_LIFETIME`], with the HTTP/2 bounds above.
 pub async fn serve<S, B>(
     mut incoming: UnixListenerStream,
     service: S,
@@ -66,26 +121,36 @@ pub async fn serve<S, B>(
     B::Error: Into<StdError>,
 {
     tokio::pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let next = tokio::select! {
-            s = incoming.next() => s,
+            s = async {
+                let slot = slots.clone().acquire_owned().await.ok();
+                (incoming.next().await, slot)
+            } => s,
             () = &mut shutdown => return,
         };
         match next {
-            Some(Ok(stream)) => {
+            (Some(Ok(stream)), slot) => {
                 let svc = hyper_util::service::TowerToHyperService::new(service.clone());
                 tokio::spawn(async move {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(authority::FixAuthority::new(stream)), svc)
-                        .await;
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+                        .initial_stream_window_size(STREAM_WINDOW)
+                        .initial_connection_window_size(CONNECTION_WINDOW)
+                        .max_header_list_size(MAX_HEADER_LIST)
+                        .serve_connection(TokioIo::new(authority::FixAuthority::new(stream)), svc);
+                    let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+                    drop(slot);
                 });
             }
-            Some(Err(_)) => {
+            (Some(Err(_)), _) => {
                 // A failed accept (out of file descriptors): wait a moment instead of spinning. The peer's call
                 // fails, and it says so (edgecore logs it).
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            None => return,
+            (None, _) => return,
         }
     }
 }

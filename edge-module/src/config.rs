@@ -694,12 +694,6 @@ impl EdgeConfig {
                     ),
                 ));
             }
-            if let Err(reason) = crate::state_dir::check_file_stem(&d.id) {
-                return Err(invalid(
-                    format!("devices[{i}].id"),
-                    &format!("{}: {reason}", mqtt_schema::clip::clip(&d.id)),
-                ));
-            }
             if !seen.insert(d.id.as_str()) {
                 return Err(invalid(
                     format!("devices[{i}].id"),

@@ -88,7 +88,7 @@ pub struct Journal {
 impl Journal {
     /// The journal of device `id` (`namespace/name` or `name`) under `state_dir`.
     pub fn new(state_dir: &Path, id: &str) -> Journal {
-        let file = format!("{}.jsonl", crate::state_dir::file_stem(id));
+        let file = crate::file_name::for_id(id, "jsonl");
         Journal {
             path: state_dir.join("journal").join(file),
             log: Mutex::new(Log::default()),

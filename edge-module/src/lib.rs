@@ -14,6 +14,7 @@
 //! warnings), `state_dir` (one agent per directory); `agent` wires them together. The design is recorded in
 //! docs/decisions/0002-edge-agent-design.md.
 
+pub mod file_name;
 pub mod job;
 pub mod journal;
 pub mod link;

@@ -40,14 +40,6 @@ pub const SUBDIRS: [&str; 6] = [
     "dmi/models",
 ];
 
-/// Longest file name of Linux filesystems (`NAME_MAX`).
-const NAME_MAX: usize = 255;
-/// What the agent adds around a device's file stem at most: atomic-write-file's temporary name of a journal,
-/// `.<stem>.jsonl.XXXXXX` (and a journal moved aside, `<stem>.jsonl.corrupt`, is as long).
-const LONGEST_AFFIXES: usize = ".".len() + ".jsonl".len() + ".XXXXXX".len();
-/// Longest file stem of a device ([`file_stem`]): 241 bytes.
-pub const MAX_FILE_STEM: usize = NAME_MAX - LONGEST_AFFIXES;
-
 /// The state directory could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum StateDirError {
@@ -224,25 +216,6 @@ pub fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// The file stem of device `id` in the state directory (`namespace__name`; the journal adds `.jsonl`, the outbox
-/// `.json`).
-pub fn file_stem(id: &str) -> String {
-    id.replace('/', "__")
-}
-
-/// Whether every file the agent names after device `id` fits a file name ([`MAX_FILE_STEM`]). A longer id passes
-/// every other check and then fails each journal write with `File name too long`.
-pub fn check_file_stem(id: &str) -> Result<(), String> {
-    let len = file_stem(id).len();
-    if len > MAX_FILE_STEM {
-        return Err(format!(
-            "is too long for its files in the state directory: `namespace__name` is {len} bytes, at most \
-             {MAX_FILE_STEM}"
-        ));
-    }
-    Ok(())
-}
-
 /// The exclusive hold on a state directory; released when dropped or when the process ends.
 #[derive(Debug)]
 pub struct StateDirLock {
@@ -396,23 +369,6 @@ mod tests {
         f.write_all(b"new").unwrap();
         f.commit().unwrap();
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o7777, FILE_MODE);
-    }
-
-    #[test]
-    fn a_device_id_must_leave_room_for_its_longest_file_name() {
-        let fits = format!("{}/{}", "n".repeat(63), "d".repeat(MAX_FILE_STEM - 65));
-        assert!(check_file_stem(&fits).is_ok());
-        let over = format!("{fits}x");
-        assert!(check_file_stem(&over).is_err());
-        // The journal of the longest id that fits can be written; one byte more and it cannot.
-        let dir = tempfile::tempdir().unwrap();
-        let write = |id: &str| -> io::Result<()> {
-            let f = atomic_file(&dir.path().join(format!("{}.jsonl", file_stem(id))))?;
-            f.commit()
-        };
-        write(&fits).unwrap();
-        let err = write(&over).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(nix::libc::ENAMETOOLONG), "{err}");
     }
 
     #[test]

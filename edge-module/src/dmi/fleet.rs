@@ -49,6 +49,8 @@ struct Member {
     /// The report of a device whose settings are refused.
     refused: Option<Report>,
     report_cycle: Option<Duration>,
+    /// The Device to apply again once a resource is back (the device reports `waiting:`).
+    waiting: Option<pb::Device>,
 }
 
 /// What the manager task does next.
@@ -61,6 +63,74 @@ enum Command {
     /// The devices edgecore holds for this mapper (the answer to MapperRegister): everything else is removed. The
     /// sender is told when it is applied.
     Sync(Vec<pb::Device>, tokio::sync::oneshot::Sender<()>),
+    /// A device that waits for a resource (file descriptors, disk space) is tried again.
+    Retry(String),
+}
+
+/// Why a Device cannot be applied now.
+#[derive(Debug, Clone, Copy)]
+enum Trouble {
+    /// Out of a resource the whole agent shares (file descriptors, disk space): `waiting:<code>`, retried with
+    /// backoff; the other devices go on.
+    Wait(ErrorCode),
+    /// A failure of this device alone (its journal cannot be written): `failed:<code>` until its Device changes.
+    Refuse(ErrorCode),
+}
+
+/// First and longest wait before a device that waits for a resource is tried again.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// File descriptors kept free for what the whole agent needs (edgecore and registry connections, journals,
+/// the mapper socket): a device is not loaded into them ([`fd_shortage`]). A quarter of the soft RLIMIT_NOFILE,
+/// at most this many.
+const FD_RESERVE: usize = 64;
+
+/// Why no device may be loaded now: fewer than the reserve ([`FD_RESERVE`]) file descriptors are left under the
+/// soft RLIMIT_NOFILE (read from /proc/self; None when it cannot be read).
+fn fd_shortage() -> Option<String> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let soft: usize = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    let reserve = (soft / 4).min(FD_RESERVE);
+    (open + reserve > soft).then(|| {
+        format!("{open} of {soft} file descriptors are open; {reserve} are kept for the agent (os error 24)")
+    })
+}
+
+/// The `waiting:` code when `e` (or an error under it) means a resource of the whole agent is exhausted: out of file
+/// descriptors (EMFILE, ENFILE: `internal`) or of disk space (`disk-full`).
+fn exhausted(e: &(dyn std::error::Error + 'static)) -> Option<ErrorCode> {
+    use nix::libc::{EMFILE, ENFILE, ENOSPC};
+    let by_errno = |n: i32| match n {
+        EMFILE | ENFILE => Some(ErrorCode::Internal),
+        ENOSPC => Some(ErrorCode::DiskFull),
+        _ => None,
+    };
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if crate::journal::is_disk_full(io) {
+                return Some(ErrorCode::DiskFull);
+            }
+            if let Some(code) = io.raw_os_error().and_then(by_errno) {
+                return Some(code);
+            }
+        }
+        cur = err.source();
+    }
+    // Errors that keep only the words of an I/O error (a flasher's): the errno as std prints it.
+    let text = e.to_string();
+    [EMFILE, ENFILE, ENOSPC]
+        .into_iter()
+        .find(|n| text.contains(&format!("(os error {n})")))
+        .and_then(by_errno)
 }
 
 /// The fleet: the managed devices and the manager's queue.
@@ -75,6 +145,8 @@ pub struct Fleet {
     queue: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
     /// Settings refused or ignored, logged once per content.
     logged: Mutex<HashSet<String>>,
+    /// Devices waiting for a resource: how many times each was tried.
+    retries: Mutex<HashMap<String, u32>>,
     /// Woken when the device set changes (the reporter recomputes its periods).
     pub changed: Notify,
 }
@@ -132,6 +204,7 @@ impl Fleet {
             commands: tx,
             queue: Mutex::new(Some(rx)),
             logged: Mutex::new(HashSet::new()),
+            retries: Mutex::new(HashMap::new()),
             changed: Notify::new(),
         });
         for dc in &cfg.devices {
@@ -148,6 +221,7 @@ impl Fleet {
                     settings: Some(dc.clone()),
                     refused: None,
                     report_cycle: None,
+                    waiting: None,
                 },
             );
         }
@@ -273,6 +347,12 @@ impl Fleet {
                     }
                     let _ = done.send(());
                 }
+                Command::Retry(id) => {
+                    let dev = self.lock().get_mut(&id).and_then(|m| m.waiting.take());
+                    if let Some(dev) = dev {
+                        self.upsert(dev).await;
+                    }
+                }
             }
             self.changed.notify_waiters();
         }
@@ -292,7 +372,10 @@ impl Fleet {
         };
         let id = read.id.clone();
         let (same_spec, source, running_settings) = {
-            let members = self.lock();
+            let mut members = self.lock();
+            if let Some(m) = members.get_mut(&id) {
+                m.waiting = None; // this Device supersedes one waiting to be applied again
+            }
             match members.get(&id) {
                 Some(m) => (
                     m.spec.as_ref() == Some(&dev),
@@ -319,12 +402,18 @@ impl Fleet {
         };
         match settings {
             Ok(settings) if running_settings.as_ref() == Some(&settings) => {
-                self.apply(&id, dev, &read).await;
+                if let Err((trouble, why)) = self.apply(&id, dev.clone(), &read).await {
+                    self.trouble(&id, dev, &read, trouble, &why, source).await;
+                }
             }
             Ok(settings) => {
                 if running_settings.is_some() {
                     tracing::info!(device = %id, "the Device's settings changed; restarting its job with them");
                     self.retire(&id, false).await;
+                }
+                if let Some(why) = fd_shortage() {
+                    self.wait(&id, dev, &read, ErrorCode::Internal, &why).await;
+                    return;
                 }
                 match crate::agent::load_device(&self.cfg, &settings, &self.fetcher).await {
                     Ok(device) => {
@@ -340,75 +429,183 @@ impl Fleet {
                                 settings: Some(settings),
                                 refused: None,
                                 report_cycle: read.report_cycle,
+                                waiting: None,
                             },
                         );
                         // The intent first, so the job's first report is about it (not an idle from before).
-                        self.apply(&id, dev, &read).await;
+                        if let Err((trouble, why)) = self.apply(&id, dev.clone(), &read).await {
+                            self.trouble(&id, dev, &read, trouble, &why, Some(Source::Dmi))
+                                .await;
+                            return;
+                        }
                         let job = tokio::spawn(job::run(device, self.ctx.clone()));
                         if let Some(m) = self.lock().get_mut(&id) {
                             m.job = Some(job);
                         }
                     }
-                    Err(e) => {
-                        self.refuse(&id, dev, &read, &e.to_string()).await;
-                    }
+                    Err(e) => match exhausted(&e) {
+                        Some(code) => self.wait(&id, dev, &read, code, &e.to_string()).await,
+                        None => {
+                            let state = FirmwareState::Rejected(ErrorCode::InvalidConfig.into());
+                            self.refuse(&id, dev, &read, state, &e.to_string()).await;
+                        }
+                    },
                 }
             }
             Err(e) => {
                 if running_settings.is_some() {
                     self.retire(&id, false).await;
                 }
-                self.refuse(&id, dev, &read, &e.to_string()).await;
+                let state = FirmwareState::Rejected(ErrorCode::InvalidConfig.into());
+                self.refuse(&id, dev, &read, state, &e.to_string()).await;
             }
         }
+    }
+
+    /// A Device that cannot be applied now (see [`Trouble`]). The device's job stops (a `[[devices]]` device keeps
+    /// running: only its Device's intent waits); the other devices go on.
+    async fn trouble(
+        &self,
+        id: &str,
+        dev: pb::Device,
+        read: &DmiDevice,
+        trouble: Trouble,
+        why: &str,
+        source: Option<Source>,
+    ) {
+        if source == Some(Source::Toml) {
+            tracing::error!(device = id, error = %why, "cannot journal the intent of the Device; the [[devices]] entry keeps running");
+            if let (Trouble::Wait(_), Some(m)) = (trouble, self.lock().get_mut(id)) {
+                m.spec = None;
+                m.waiting = Some(dev);
+            }
+            if let Trouble::Wait(_) = trouble {
+                self.schedule_retry(id);
+            }
+            return;
+        }
+        self.retire(id, false).await;
+        match trouble {
+            Trouble::Wait(code) => self.wait(id, dev, read, code, why).await,
+            Trouble::Refuse(code) => {
+                let state = FirmwareState::Failed(code.into());
+                self.refuse(id, dev, read, state, why).await;
+            }
+        }
+    }
+
+    /// A device that waits for a resource: it reports `waiting:<code>` and its Device is applied again after a
+    /// backoff, logged once per device and code.
+    async fn wait(&self, id: &str, dev: pb::Device, read: &DmiDevice, code: ErrorCode, why: &str) {
+        if self.log_once(format!("waiting {id} {code}")) {
+            tracing::warn!(device = id, %code, error = %why, "out of a resource the agent shares; the device waits and is tried again");
+        }
+        let state = FirmwareState::Waiting(code.into());
+        self.member_without_device(id, read, state, None);
+        if let Some(m) = self.lock().get_mut(id) {
+            m.waiting = Some(dev);
+        }
+        self.schedule_retry(id);
+    }
+
+    fn schedule_retry(&self, id: &str) {
+        let tries = {
+            let mut retries = self.retries.lock().unwrap_or_else(PoisonError::into_inner);
+            let n = retries.entry(id.to_owned()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        let delay = RETRY_FIRST
+            .saturating_mul(1 << tries.min(8).saturating_sub(1))
+            .min(RETRY_MAX);
+        let commands = self.commands.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = commands.send(Command::Retry(id));
+        });
     }
 
     /// Hands the Device's intent to the running device. A changed Device whose intent is unchanged (a nudge, a
     /// changed label of a property) makes it report again: that is how twinflash-cloud repairs a stale twin.
-    async fn apply(&self, id: &str, dev: pb::Device, read: &DmiDevice) {
+    ///
+    /// When the intent cannot be journaled, it says why ([`Trouble`]): the caller decides, the manager never waits
+    /// here for one device.
+    async fn apply(
+        &self,
+        id: &str,
+        dev: pb::Device,
+        read: &DmiDevice,
+    ) -> Result<(), (Trouble, String)> {
         let device = {
             let mut members = self.lock();
-            let Some(m) = members.get_mut(id) else { return };
+            let Some(m) = members.get_mut(id) else {
+                return Ok(());
+            };
             m.spec = Some(dev);
             m.report_cycle = read.report_cycle;
             m.device.clone()
         };
-        let Some(device) = device else { return };
+        let Some(device) = device else { return Ok(()) };
         let intent = read.intent.clone();
         let Some(intent) = intent else {
             device.rereport(&self.reports);
-            return;
+            self.retries_done(id);
+            return Ok(());
         };
-        let mut delay = Duration::from_millis(200);
-        loop {
-            match device.on_intent(&intent) {
-                Ok(true) => {
-                    tracing::info!(device = id, intent = %mqtt_schema::clip::clip(intent.recorded()), "intent journaled");
-                    return;
-                }
-                Ok(false) => {
-                    device.rereport(&self.reports);
-                    return;
-                }
-                Err(e) => {
-                    // The Device stays in the DMI journal: the intent is applied once the journal is writable.
-                    tracing::error!(device = id, code = %e.code(), error = %e, "cannot journal the intent; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                    if self.ctx.shutdown.is_cancelled() {
-                        return;
+        match device.on_intent(&intent) {
+            Ok(true) => {
+                tracing::info!(device = id, intent = %mqtt_schema::clip::clip(intent.recorded()), "intent journaled");
+            }
+            Ok(false) => device.rereport(&self.reports),
+            Err(e) => {
+                let trouble = match exhausted(&e) {
+                    Some(code) => Trouble::Wait(code),
+                    None => {
+                        tracing::error!(device = id, code = %e.code(), error = %e, "cannot journal the intent; the Device is refused until it changes");
+                        Trouble::Refuse(e.code())
                     }
-                }
+                };
+                return Err((trouble, e.to_string()));
             }
         }
+        self.retries_done(id);
+        Ok(())
     }
 
-    /// A device whose settings are refused: `rejected:invalid-config`, never flashed; it still says what its
-    /// journal last knew to be installed.
-    async fn refuse(&self, id: &str, dev: pb::Device, read: &DmiDevice, why: &str) {
+    fn retries_done(&self, id: &str) {
+        self.retries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+    }
+
+    /// A device whose settings are refused (`rejected:invalid-config`) or whose journal cannot be written
+    /// (`failed:<code>`): never flashed until its Device changes; it still says what its journal last knew to be
+    /// installed.
+    async fn refuse(
+        &self,
+        id: &str,
+        dev: pb::Device,
+        read: &DmiDevice,
+        state: FirmwareState,
+        why: &str,
+    ) {
         if self.log_once(format!("refused {id} {why}")) {
-            tracing::error!(device = id, code = %ErrorCode::InvalidConfig, error = %why, "the Device's settings are refused; it is not flashed until its Device changes");
+            tracing::error!(device = id, state = %state, error = %why, "the Device is refused; it is not flashed until it changes");
         }
+        self.retries_done(id);
+        self.member_without_device(id, read, state, Some(dev));
+    }
+
+    /// Records `id` as a member without a running device, reporting `state`.
+    fn member_without_device(
+        &self,
+        id: &str,
+        read: &DmiDevice,
+        state: FirmwareState,
+        spec: Option<pb::Device>,
+    ) {
         let installed = Journal::new(&self.cfg.state_dir, id)
             .load()
             .ok()
@@ -422,10 +619,7 @@ impl Fleet {
             .map(|c| c.twin_prefix.clone())
             .unwrap_or_default();
         let names = TwinNames::with_prefix(&prefix).unwrap_or_default();
-        let report = Report {
-            state: FirmwareState::Rejected(ErrorCode::InvalidConfig.into()),
-            installed,
-        };
+        let report = Report { state, installed };
         if let Err(e) = self.reports.put(id, &names, &report) {
             tracing::error!(device = id, code = %e.code(), error = %e, "cannot queue report");
         }
@@ -436,10 +630,11 @@ impl Fleet {
                 device: None,
                 job: None,
                 names,
-                spec: Some(dev),
+                spec,
                 settings: None,
                 refused: Some(report),
                 report_cycle: read.report_cycle,
+                waiting: None,
             },
         );
     }

@@ -27,15 +27,34 @@ use crate::report::ReportQueue;
 /// The DMI tasks started, and why they could not be.
 #[derive(Debug, thiserror::Error)]
 pub enum DmiError {
-    /// The mapper socket cannot be created.
-    #[error("cannot serve the mapper socket {path}: {source}")]
+    /// The mapper socket cannot be created: another process serves it (`socket-in-use`), something else is at its
+    /// path (`socket-path-taken`), or another failure (`socket`). Nothing at the path is deleted.
+    #[error(
+        "{}: cannot serve the mapper socket {path}: {source}",
+        socket_code(source)
+    )]
     Socket {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// `mapper_socket` is edgecore's own `dmi_socket` (`socket-is-dmi-socket`): serving it would cut every mapper
+    /// of the node off edgecore.
+    #[error(
+        "socket-is-dmi-socket: kubeedge.mapper_socket {0} is edgecore's dmi_socket; refusing to serve it"
+    )]
+    SameSocket(std::path::PathBuf),
     /// The registration settings are wrong.
     #[error(transparent)]
     Info(#[from] twinflash_dmi::mapper::MapperInfoError),
+}
+
+/// The stable code of a mapper socket that cannot be served.
+fn socket_code(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => "socket-in-use",
+        std::io::ErrorKind::AlreadyExists => "socket-path-taken",
+        _ => "socket",
+    }
 }
 
 /// Starts the mapper service, the manager and the reporter on `tasks`; they stop when `stop` is cancelled.
@@ -49,6 +68,9 @@ pub fn start(
 ) -> Result<(), DmiError> {
     let k = &cfg.kubeedge;
     let socket = k.mapper_socket(&cfg.state_dir);
+    if socket == k.dmi_socket {
+        return Err(DmiError::SameSocket(socket));
+    }
     let info = MapperInfo::new(
         &k.mapper_name,
         env!("CARGO_PKG_VERSION"),

@@ -1,6 +1,6 @@
 //! The DMI journal: every Device and DeviceModel edgecore handed over, written durably before the call is
 //! answered, so an agent restart loses no device and no intent. One file per object under `<state_dir>/dmi/`,
-//! holding the protobuf bytes as edgecore sent them (`devices/<namespace>__<name>.pb`, `models/...`); names are
+//! holding the protobuf bytes as edgecore sent them (`devices/<namespace>__<name>.pb`, `models/...`; a hashed name for a long one, [`crate::file_name`]); names are
 //! checked Kubernetes names ([`super::spec::valid_name`]), so they cannot leave that directory.
 
 use std::fs;
@@ -67,7 +67,10 @@ impl Store {
             Kind::Device => "devices",
             Kind::Model => "models",
         };
-        self.dir.join(sub).join(format!("{namespace}__{name}.pb"))
+        self.dir.join(sub).join(crate::file_name::for_id(
+            &format!("{namespace}/{name}"),
+            "pb",
+        ))
     }
 
     /// Stores `msg` (a `pb::Device` or `pb::DeviceModel`) durably, replacing the previous one.

@@ -52,6 +52,9 @@ pub struct Pending {
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct DeviceQueue {
+    /// The device's id (its file name is a hash for a long id: [`crate::file_name`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
     next_seq: u64,
     queue: Vec<Pending>,
     /// Reports acknowledged since the agent started.
@@ -101,7 +104,7 @@ impl Outbox {
         })?;
         for entry in entries.flatten() {
             let path = entry.path();
-            let Some(id) = path
+            let Some(stem) = path
                 .file_name()
                 .and_then(|n| n.to_str())
                 .and_then(|n| n.strip_suffix(".json"))
@@ -113,7 +116,12 @@ impl Outbox {
             {
                 Ok(Ok(mut q)) => {
                     q.queue.retain(|p| p.terminal);
-                    devices.insert(id.replace("__", "/"), q);
+                    let Some(id) = q.id.clone().or_else(|| crate::file_name::plain_id(stem)) else {
+                        tracing::warn!(path = %path.display(), "skipping an outbox file that names no device");
+                        continue;
+                    };
+                    q.id = Some(id.clone());
+                    devices.insert(id, q);
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(path = %path.display(), error = %e, "skipping unreadable outbox file")
@@ -127,8 +135,7 @@ impl Outbox {
     }
 
     fn file(&self, device: &str) -> PathBuf {
-        self.dir
-            .join(format!("{}.json", crate::state_dir::file_stem(device)))
+        self.dir.join(crate::file_name::for_id(device, "json"))
     }
 
     /// Queues a report of `device` (stored durably when it is terminal); `merge` is its progress stage, None for a
@@ -143,6 +150,7 @@ impl Outbox {
         merge: Option<&str>,
     ) -> Result<u64, OutboxError> {
         let q = self.devices.entry(device.to_owned()).or_default();
+        q.id.get_or_insert_with(|| device.to_owned());
         if let Some(last) = q.queue.last()
             && last.twins == twins
         {

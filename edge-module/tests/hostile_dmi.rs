@@ -1,0 +1,296 @@
+//! Hostile input on the DMI surface (issue 23): what a careless operator or an attacker with access to the mapper
+//! socket or to the Device objects can do to the real `twinflash-edge` in DMI mode. edgecore's side is the harness's
+//! DMI stand-in (`twinflash_testkit::DmiEdgecore`, edgecore v1.23.1 as the golden vectors in dmi/tests/data show
+//! it); convergence is judged by the twins the stand-in STORES. Each test also reads the agent's peak memory
+//! (VmHWM) at the end and prints it (the issue's goal: within 64 MiB under every attack).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // tests: a panic is a failed test
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Agent, AgentSpec, image, init, push};
+use twinflash_harness::Registry;
+use twinflash_testkit::{DmiEdgecore, SimDevice, device_model};
+
+/// Bound of every wait (a loaded CI machine; a passing run takes seconds).
+const WAIT: Duration = Duration::from_secs(60);
+const NS: &str = "default";
+
+struct Scene {
+    agent: Agent,
+    edgecore: DmiEdgecore,
+    registry: Registry,
+    dir: tempfile::TempDir,
+}
+
+impl Scene {
+    async fn start(devices: usize, tweak: impl FnOnce(AgentSpec<'_>) -> AgentSpec<'_>) -> Scene {
+        init();
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::start().unwrap();
+        let edgecore = DmiEdgecore::start_in(&dir.path().join("edgecore"))
+            .await
+            .unwrap();
+        edgecore.apply_model(&device_model(NS));
+        let agent_dir = dir.path().join("agent");
+        let spec = AgentSpec {
+            dmi: Some(edgecore.socket()),
+            ..AgentSpec::new(&agent_dir, 0, vec![registry.host()], devices)
+        };
+        let agent = Agent::start(tweak(spec));
+        Scene {
+            agent,
+            edgecore,
+            registry,
+            dir,
+        }
+    }
+
+    /// A simulated device `namespace/name` besides the agent's `sim-NN`.
+    fn extra(&self, namespace: &str, name: &str) -> SimDevice {
+        SimDevice {
+            id: format!("{namespace}/{name}"),
+            dir: self.dir.path().join(format!("extra-{}", name.len())),
+            ab: false,
+            size: twinflash_testkit::FLASH_SIZE,
+            write_bytes_per_sec: None,
+        }
+    }
+
+    fn want(&self, sim: &SimDevice, wanted: &str) {
+        self.edgecore.apply_device(&sim.device("node-a", wanted));
+    }
+
+    fn state(&self, sim: &SimDevice) -> Option<String> {
+        let (ns, name) = sim.id.split_once('/').unwrap();
+        self.edgecore.actual(ns, name, "firmware-state")
+    }
+
+    async fn wait_installed(&self, sim: &SimDevice, reference: &str) {
+        let (ns, name) = sim.id.split_once('/').unwrap();
+        for (twin, value) in [("firmware-state", "installed"), ("firmware", reference)] {
+            self.edgecore.wait_actual(ns, name, twin, value, WAIT).await;
+        }
+    }
+
+    async fn push(&self, tag: &str, seed: u8) -> String {
+        push(
+            &self.registry,
+            self.dir.path(),
+            &format!("fw/blinky:{tag}"),
+            &image(seed, 16 * 1024),
+            tag,
+            twinflash_testkit::CHIP,
+        )
+        .await
+    }
+
+    /// The agent's peak resident memory, printed for the report.
+    fn print_vm_hwm(&self, attack: &str) {
+        if let Some(kib) = self.agent.pid().and_then(vm_hwm_kib) {
+            println!("VmHWM under {attack}: {} MiB", kib / 1024);
+        }
+    }
+}
+
+/// VmHWM of process `pid` in KiB.
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_but_valid_device_name_installs_and_blocks_no_other_device() {
+    let mut s = Scene::start(1, |s| s).await;
+    // 63 + 178 characters: legal in Kubernetes, longer than a file name with the journal's suffixes.
+    let long_ns = format!("n{}", "s".repeat(62));
+    let long = s.extra(&long_ns, &format!("d{}", "e".repeat(177)));
+    // The longest: 63 + 253.
+    let longest = s.extra(&long_ns, &format!("x{}", "y".repeat(252)));
+    s.edgecore.apply_model(&device_model(&long_ns));
+    let v1 = s.push("1.0.0", 1).await;
+    s.want(&long, &v1);
+    s.want(&longest, &v1);
+    // Registered after them: it must not wait behind them.
+    let normal = s.agent.devices[0].clone();
+    s.want(&normal, &v1);
+    for sim in [&normal, &long, &longest] {
+        s.wait_installed(sim, &v1).await;
+    }
+    // After a restart, every device is still known from the agent's own journal and reports again.
+    s.agent.kill9();
+    s.agent.spawn();
+    let v2 = s.push("2.0.0", 2).await;
+    s.want(&long, &v2);
+    s.want(&normal, &v2);
+    s.wait_installed(&long, &v2).await;
+    s.wait_installed(&normal, &v2).await;
+    assert_eq!(long.completed(&v1), 1, "flashed once");
+    s.print_vm_hwm("long device names");
+}
+
+async fn until(what: &str, agent: &Agent, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}\nagent log:\n{}", agent.log());
+}
+
+/// An agent in DMI mode whose `mapper_socket` is `socket`.
+async fn agent_on(socket: &std::path::Path) -> Scene {
+    let line = format!("mapper_socket = \"{}\"\n", socket.display());
+    Scene::start(0, move |s| AgentSpec {
+        kubeedge_extra: line,
+        ..s
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_never_takes_edgecores_socket_a_live_socket_or_a_file() {
+    // mapper_socket = edgecore's own dmi_socket: refused, and edgecore keeps its socket.
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let edgecore_socket = tmp.path().join("edgecore/dmi.sock");
+    let s = {
+        let dir = tempfile::tempdir().unwrap();
+        let edgecore = DmiEdgecore::start_in(&tmp.path().join("edgecore"))
+            .await
+            .unwrap();
+        assert_eq!(edgecore.socket(), edgecore_socket);
+        let agent = Agent::start(AgentSpec {
+            dmi: Some(edgecore.socket()),
+            kubeedge_extra: format!("mapper_socket = \"{}\"\n", edgecore_socket.display()),
+            ..AgentSpec::new(&dir.path().join("agent"), 0, Vec::new(), 0)
+        });
+        (agent, edgecore, dir)
+    };
+    until("the agent to refuse edgecore's socket", &s.0, || {
+        s.0.log().contains("socket-is-dmi-socket")
+    })
+    .await;
+    let before = s.1.counters().mapper_register;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        s.1.counters().mapper_register,
+        before,
+        "the agent registered with itself or edgecore"
+    );
+    assert!(
+        std::os::unix::net::UnixStream::connect(&edgecore_socket).is_ok(),
+        "edgecore still serves its socket"
+    );
+    drop(s);
+
+    // A regular file at mapper_socket: refused, the file left as it was.
+    let file = tmp.path().join("not-a-socket");
+    std::fs::write(&file, b"precious").unwrap();
+    let s = agent_on(&file).await;
+    until("the agent to refuse a regular file", &s.agent, || {
+        s.agent.log().contains("socket-path-taken")
+    })
+    .await;
+    assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+    drop(s);
+
+    // A socket another process serves: refused, that process keeps it.
+    let live = tmp.path().join("live.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let s = agent_on(&live).await;
+    until("the agent to refuse a live socket", &s.agent, || {
+        s.agent.log().contains("socket-in-use")
+    })
+    .await;
+    listener.set_nonblocking(true).unwrap();
+    let _client = std::os::unix::net::UnixStream::connect(&live).unwrap();
+    assert!(
+        listener.accept().is_ok(),
+        "the first process still owns its socket"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mapper_socket_is_0600_in_a_0700_directory_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("run/twinflash/mapper.sock");
+    let s = agent_on(&socket).await;
+    until("the mapper socket", &s.agent, || socket.exists()).await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&socket), 0o600);
+    assert_eq!(mode(socket.parent().unwrap()), 0o700);
+    s.print_vm_hwm("the socket checks");
+}
+
+/// Lines of `log` that contain `what`.
+fn count(log: &str, what: &str) -> usize {
+    log.lines().filter(|l| l.contains(what)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_devices_wait_and_none_is_rejected() {
+    // 16 devices of two descriptors each under a limit of 48 (12 kept for the agent): some do not fit.
+    const DEVICES: usize = 16;
+    let s = Scene::start(DEVICES, |s| s).await;
+    // The real binary, its limit lowered as an operator's unit file would (before any Device arrives).
+    let pid = s.agent.pid().unwrap().to_string();
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=48:48"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let v1 = s.push("1.0.0", 3).await;
+    let sims = s.agent.devices.clone();
+    for sim in &sims {
+        s.want(sim, &v1);
+    }
+    let settled = |s: &Scene| {
+        sims.iter()
+            .map(|d| s.state(d))
+            .filter(|st| {
+                st.as_deref()
+                    .is_some_and(|v| v == "installed" || v.starts_with("waiting:"))
+            })
+            .count()
+    };
+    let deadline = Instant::now() + WAIT;
+    while settled(&s) < DEVICES {
+        let states: Vec<_> = sims.iter().map(|d| s.state(d)).collect();
+        assert!(
+            Instant::now() < deadline,
+            "not every device installed or waiting: {states:?}\n{}",
+            s.agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let states: Vec<_> = sims.iter().map(|d| s.state(d)).collect();
+    assert!(
+        states.iter().any(|v| v.as_deref() == Some("installed")),
+        "{states:?}"
+    );
+    // A while later: still none rejected, and the log holds one line per waiting device, not one per attempt.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let states: Vec<_> = sims.iter().map(|d| s.state(d)).collect();
+    assert!(
+        !states
+            .iter()
+            .flatten()
+            .any(|v| v.starts_with("rejected:") || v.starts_with("failed:")),
+        "{states:?}"
+    );
+    let log = s.agent.log();
+    assert_eq!(count(&log, "invalid-config"), 0, "{log}");
+    assert!(count(&log, "ERROR") <= DEVICES, "{log}");
+    s.print_vm_hwm("file descriptor exhaustion");
+}
