@@ -16,7 +16,7 @@
 //!   no padding;
 //! - anything it cannot handle (an HPACK error, a block or decoded header list over the limit, a malformed
 //!   HEADERS frame, a frame between a HEADERS and its CONTINUATION) fails the connection, as HTTP/2 makes those
-//!   connection errors anyway; the cause is logged (`dmi::transport`).
+//!   connection errors anyway; the cause is logged at warn (target `twinflash_dmi::transport::authority`).
 //!
 //! The server-to-client bytes are not touched.
 
