@@ -239,6 +239,7 @@ fn outbox_files_are_private_and_an_oversized_one_is_skipped() {
     assert_eq!(mode(&dir.path().join("outbox/ns__a.json")), 0o600);
 
     let huge = DeviceQueue {
+        id: Some("ns/b".to_owned()),
         next_seq: 1,
         queue: vec![Pending {
             seq: 1,
