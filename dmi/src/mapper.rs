@@ -294,7 +294,7 @@ pub struct EdgecoreClient {
 
 /// The largest answer the client decodes: MapperRegister's holds every Device and DeviceModel of the protocol
 /// (about 0.8 KiB per simulated Device: 64 MiB is some 80,000 devices; gRPC's default of 4 MiB was about 5,500). A
-/// larger answer fails the call with `ResourceExhausted` ("decoded message length too large").
+/// larger answer fails the call with `OutOfRange` ("decoded message length too large").
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
 impl EdgecoreClient {

@@ -294,3 +294,104 @@ async fn out_of_file_descriptors_devices_wait_and_none_is_rejected() {
     assert!(count(&log, "ERROR") <= DEVICES, "{log}");
     s.print_vm_hwm("file descriptor exhaustion");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_unfinished_connections_to_the_mapper_socket_are_closed() {
+    use std::io::{Read, Write};
+    let s = Scene::start(0, |s| s).await;
+    let socket = s.agent.state_dir.join("dmi.sock");
+    until("the mapper socket", &s.agent, || socket.exists()).await;
+    // More than the cap: idle ones, and ones that start a message and never finish it.
+    let mut conns = Vec::new();
+    for i in 0..48 {
+        let mut c = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        if i % 2 == 0 {
+            c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+            c.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap(); // an empty SETTINGS frame
+        }
+        c.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        conns.push(c);
+    }
+    let deadline = Instant::now() + WAIT;
+    let mut open = conns.len();
+    while open > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{open} connections still open\n{}",
+            s.agent.log()
+        );
+        open = 0;
+        for c in &mut conns {
+            let mut buf = [0u8; 4096];
+            loop {
+                match c.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                    Err(_) => {
+                        open += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The socket still serves a real call.
+    let mut mapper =
+        twinflash_dmi::pb::device_mapper_service_client::DeviceMapperServiceClient::with_origin(
+            twinflash_dmi::transport::UnixConnector::new(socket, Duration::from_secs(5)),
+            twinflash_dmi::transport::origin(),
+        );
+    let unknown = mapper
+        .get_device(twinflash_dmi::pb::GetDeviceRequest {
+            device_name: "nobody".into(),
+            device_namespace: NS.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    s.print_vm_hwm("48 idle and unfinished connections");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_device_models_is_capped_with_a_stable_code() {
+    let s = Scene::start(0, |s| s).await;
+    let socket = s.agent.state_dir.join("dmi.sock");
+    until("the mapper socket", &s.agent, || socket.exists()).await;
+    let mut mapper =
+        twinflash_dmi::pb::device_mapper_service_client::DeviceMapperServiceClient::with_origin(
+            twinflash_dmi::transport::UnixConnector::new(socket, Duration::from_secs(5)),
+            twinflash_dmi::transport::origin(),
+        );
+    let padding = "p".repeat(8 * 1024);
+    let mut refused = 0;
+    for i in 0..1100 {
+        let model = twinflash_dmi::pb::DeviceModel {
+            name: format!("m-{i}"),
+            namespace: NS.into(),
+            spec: Some(twinflash_dmi::pb::DeviceModelSpec {
+                properties: vec![twinflash_dmi::pb::ModelProperty {
+                    name: "firmware".into(),
+                    description: padding.clone(),
+                    ..Default::default()
+                }],
+            }),
+        };
+        let out = mapper
+            .create_device_model(twinflash_dmi::pb::CreateDeviceModelRequest { model: Some(model) })
+            .await;
+        if let Err(e) = out {
+            assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+            assert!(e.message().starts_with("dmi-store-full"), "{e}");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 1100 - 1024);
+    let models = std::fs::read_dir(s.agent.state_dir.join("dmi/models"))
+        .unwrap()
+        .count();
+    assert_eq!(models, 1024);
+    s.print_vm_hwm("1,100 CreateDeviceModel calls of 8 KiB");
+}

@@ -174,6 +174,12 @@ pub enum DeliverError {
     /// over again after the agent restarts).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The journal holds its most Devices ([`super::store::MAX_DEVICES`]).
+    #[error(
+        "dmi-store-full: the mapper keeps at most {} Devices",
+        super::store::MAX_DEVICES
+    )]
+    Full,
 }
 
 /// The id of `namespace/name`, or the error naming both (clipped: they come from outside).
@@ -256,6 +262,9 @@ impl Fleet {
                 protocol: mqtt_schema::clip::clip(&protocol).to_string(),
                 ours: self.cfg.kubeedge.protocol.clone(),
             });
+        }
+        if !self.store.admits(Kind::Device, &dev.namespace, &dev.name) {
+            return Err(DeliverError::Full);
         }
         self.store
             .put(Kind::Device, &dev.namespace, &dev.name, &dev)?;

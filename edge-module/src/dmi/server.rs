@@ -27,6 +27,7 @@ fn refused(e: &DeliverError) -> Status {
     tracing::warn!(error = %e, "refusing a DMI call from edgecore");
     match e {
         DeliverError::Store(_) => Status::unavailable(e.to_string()),
+        DeliverError::Full => Status::resource_exhausted(e.to_string()),
         _ => Status::invalid_argument(e.to_string()),
     }
 }
@@ -41,6 +42,16 @@ fn checked(namespace: &str, name: &str) -> Result<String, Status> {
 fn store_model(fleet: &Fleet, model: Option<&pb::DeviceModel>, call: &str) -> Result<(), Status> {
     let model = model.ok_or_else(|| Status::invalid_argument("the request carries no model"))?;
     let id = checked(&model.namespace, &model.name)?;
+    if !fleet
+        .store()
+        .admits(Kind::Model, &model.namespace, &model.name)
+    {
+        tracing::warn!(model = %id, "{call}: refused, the DMI journal holds its most models");
+        return Err(Status::resource_exhausted(format!(
+            "dmi-store-full: the mapper keeps at most {} DeviceModels",
+            super::store::MAX_MODELS
+        )));
+    }
     fleet
         .store()
         .put(Kind::Model, &model.namespace, &model.name, model)

@@ -38,6 +38,11 @@ pub enum Kind {
     Model,
 }
 
+/// Most Devices the journal keeps (a Device is at most `limits.max_message_bytes`, the mapper's decoding limit).
+pub const MAX_DEVICES: usize = 4096;
+/// Most DeviceModels the journal keeps.
+pub const MAX_MODELS: usize = 1024;
+
 /// See the module doc.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -71,6 +76,21 @@ impl Store {
             &format!("{namespace}/{name}"),
             "pb",
         ))
+    }
+
+    /// False when `namespace/name` is new and the journal already holds [`MAX_DEVICES`] Devices (or
+    /// [`MAX_MODELS`] models): the call is refused (`dmi-store-full`) and nothing is written.
+    pub fn admits(&self, kind: Kind, namespace: &str, name: &str) -> bool {
+        let max = match kind {
+            Kind::Device => MAX_DEVICES,
+            Kind::Model => MAX_MODELS,
+        };
+        let path = self.path(kind, namespace, name);
+        path.exists()
+            || path
+                .parent()
+                .and_then(|d| fs::read_dir(d).ok())
+                .is_none_or(|entries| entries.take(max).count() < max)
     }
 
     /// Stores `msg` (a `pb::Device` or `pb::DeviceModel`) durably, replacing the previous one.
