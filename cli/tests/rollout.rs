@@ -94,3 +94,57 @@ fn without_a_cluster_the_other_actions_fail_in_one_line() {
         assert!(err.contains("no Kubernetes cluster"), "{err}");
     }
 }
+
+/// Issue 22, F3: against an API server, every request names `twinflash/<version>` and every write the field
+/// manager `twinflash` (the harness's API server records both per request).
+#[test]
+fn against_an_api_server_the_cli_names_itself_and_its_field_manager() {
+    let api = twinflash_harness::FakeApi::start().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(home.path()).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_twinflash"))
+            .args(args)
+            .env("HOME", home.path())
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let firmware = format!("registry.local:5000/fw/blinky@sha256:{}", "ab".repeat(32));
+    run(&[
+        "rollout",
+        "create",
+        "fw-2",
+        "--selector",
+        "app=blinky",
+        "--firmware",
+        &firmware,
+    ]);
+    run(&["rollout", "pause", "fw-2"]);
+    run(&["rollout", "status"]);
+    let requests = api.requests();
+    let ua = format!("twinflash/{}", env!("CARGO_PKG_VERSION"));
+    assert!(requests.iter().all(|r| r.user_agent == ua), "{requests:#?}");
+    let writes: Vec<(&str, &str)> = requests
+        .iter()
+        .filter(|r| r.is_write())
+        .map(|r| (r.method.as_str(), r.field_manager.as_str()))
+        .collect();
+    assert_eq!(writes, [("POST", "twinflash"), ("PATCH", "twinflash")]);
+    let stored = api
+        .get(
+            "twinflash.io",
+            "v1alpha1",
+            "firmwarerollouts",
+            "default",
+            "fw-2",
+        )
+        .unwrap();
+    assert_eq!(stored["spec"]["paused"], true);
+}

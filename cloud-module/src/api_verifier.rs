@@ -1,7 +1,7 @@
 //! The mocked API server of the controller and rollout tests (the kube-rs controller-rs
 //! `ApiServerVerifier` pattern, on `tower-test`): answers the expected requests in order and
-//! asserts method, path, query, patch content type and body of each; any other or extra request
-//! fails the test.
+//! asserts method, path, query, patch content type, body and (for writes) the field manager of each; any other or
+//! extra request fails the test.
 
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
@@ -88,6 +88,7 @@ pub fn serve(
                 );
             }
             check_content_type(&req, &e, &line);
+            check_field_manager(&req, &line);
             let bytes = req.into_body().collect_bytes().await.unwrap();
             let body: Value = if bytes.is_empty() {
                 Value::Null
@@ -141,6 +142,24 @@ fn check_content_type(req: &Request<Body>, e: &Expect, line: &str) {
             "{line}: {content_type:?}"
         );
     }
+}
+
+/// Every write names its field manager (issue 22, F3): the Device controller's or the rollout controller's.
+fn check_field_manager(req: &Request<Body>, line: &str) {
+    if matches!(*req.method(), Method::GET) {
+        return;
+    }
+    let query = form_decode(req.uri().query().unwrap_or(""));
+    let manager = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("fieldManager="));
+    assert!(
+        matches!(
+            manager,
+            Some(crate::controller::MANAGER | crate::rollout::ROLLOUT_MANAGER)
+        ),
+        "{line}: a write without twinflash's fieldManager (query {query:?})"
+    );
 }
 
 fn form_decode(q: &str) -> String {

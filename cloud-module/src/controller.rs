@@ -16,10 +16,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Reporter};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Mode, StatusLocation};
@@ -39,7 +41,7 @@ use crate::status::{
 use crate::status_route::StatusRoute;
 use mqtt_schema::DeviceId;
 
-/// The field manager / reporting controller name.
+/// The field manager of the Device controller's writes and the reporting controller of its Events.
 pub const MANAGER: &str = "twinflash-cloud";
 /// First retry delay after a failure; doubles per consecutive failure.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
@@ -53,7 +55,7 @@ pub const CONCURRENCY: u16 = 32;
 
 /// Every Kubernetes API access of the controller: (API group, resource, verbs). The RBAC in
 /// `manifests/cloud/rbac.yaml` grants exactly this (checked by `tests/manifests.rs`); leases are
-/// for the leader election (namespaced Role), events for the [`Recorder`].
+/// for the leader election (namespaced Role), events for [`crate::events`].
 pub const API_ACCESS: &[(&str, &str, &[&str])] = &[
     // `patch`: status lives in the main resource where the CRD has no status subresource.
     (
@@ -74,7 +76,8 @@ pub const API_ACCESS: &[(&str, &str, &[&str])] = &[
     ),
     ("devices.kubeedge.io", "devices/status", &["patch"]),
     ("devices.kubeedge.io", "devicestatuses/status", &["patch"]),
-    ("events.k8s.io", "events", &["create", "patch"]),
+    // `create` only: every Event is a new one (crate::events); nothing patches a series.
+    ("events.k8s.io", "events", &["create"]),
 ];
 
 /// The leader-election access, granted in the controller's own namespace only.
@@ -272,7 +275,7 @@ async fn write_record(key: &DeviceId, record: &Record, ctx: &Context) -> Result<
     Api::<Device>::namespaced(ctx.client.clone(), namespace_of(key))
         .patch(
             key.name(),
-            &kube::api::PatchParams::default(),
+            &crate::identity::patch_params(MANAGER),
             &kube::api::Patch::Merge(&patch),
         )
         .await
@@ -387,14 +390,7 @@ async fn write_status_fresh(
     }
 }
 
-/// Creates the Event of `record` on `device`.
-///
-/// Through a fresh [`Recorder`] each time, so every Event is created as such: kube-runtime 5.0's
-/// Recorder keeps every Event of the last minutes and (a) scans all of them on each publish (about
-/// a third of the controller's CPU time when 10,000 Devices change at once, `bench_controller_api`),
-/// (b) turns a second Event with the same reason on the same Device into a `series` patch of the
-/// first one, which keeps the first note: a v2 intent would be announced as "published v1". The
-/// controller emits one Event per decision, so there is nothing to aggregate.
+/// Creates the Event of `record` on `device`: a new Event per decision ([`crate::events`]).
 async fn publish_event(device: &Device, record: &Record, ctx: &Context) -> Result<(), Error> {
     let (type_, action) = match record.reason.code() {
         None => (EventType::Normal, "PublishIntent"),
@@ -403,18 +399,23 @@ async fn publish_event(device: &Device, record: &Record, ctx: &Context) -> Resul
     let ev = Event {
         type_,
         reason: record.reason.as_str().to_owned(),
-        note: Some(truncate(&record.message, 1000)),
+        note: Some(record.message.clone()),
         action: action.to_owned(),
         secondary: None,
     };
-    Recorder::new(ctx.client.clone(), ctx.reporter.clone())
-        .publish(&ev, &device.object_ref(&()))
-        .await
-        .map_err(|source| Error::Kube {
-            op: "create event",
-            object: device.name_any(),
-            source,
-        })
+    crate::events::publish(
+        &ctx.client,
+        &ctx.reporter,
+        MANAGER,
+        &ev,
+        &device.object_ref(&()),
+    )
+    .await
+    .map_err(|source| Error::Kube {
+        op: "create event",
+        object: device.name_any(),
+        source,
+    })
 }
 
 /// The decision on `record` (about to be published) after its signatures are checked against `key`'s policy
@@ -569,10 +570,13 @@ pub fn error_policy(device: Arc<Device>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(delay)
 }
 
-/// Runs the controller until a termination signal, and beside it the anti-entropy loop
-/// ([`crate::anti_entropy::run`]) when the context has a nudger and a period: it reads the controller's own
-/// Device store and, where the status lives in DeviceStatus objects, a reflector on `devicestatuses`.
-pub async fn run(ctx: Arc<Context>, namespace: Option<&str>, label_selector: Option<&str>) {
+/// The Device controller over `namespace` (every namespace when `None`), restricted to `label_selector`; its store
+/// ([`Controller::store`]) is what [`anti_entropy`] and the readiness check read.
+pub fn device_controller(
+    ctx: &Context,
+    namespace: Option<&str>,
+    label_selector: Option<&str>,
+) -> Controller<Device> {
     let devices: Api<Device> = match namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
@@ -581,37 +585,51 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>, label_selector: Opt
     if let Some(sel) = label_selector.filter(|s| !s.is_empty()) {
         wc = wc.labels(sel);
     }
-    let controller = Controller::new(devices, wc)
-        .with_config(ControllerConfig::default().concurrency(CONCURRENCY));
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let background = spawn_anti_entropy(&ctx, controller.store(), namespace, &cancel);
-    controller
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                warn!(error = %e, "controller event");
-            }
-        })
-        .await;
-    cancel.cancel();
-    for task in background {
-        task.abort();
+    Controller::new(devices, wc).with_config(ControllerConfig::default().concurrency(CONCURRENCY))
+}
+
+/// Runs `controller` (from [`device_controller`]) until `stop` fires. Stopping drops the reconciles in flight at
+/// once: a replica that lost its lease must not write any more (crate::leader).
+pub async fn run_controller(
+    ctx: Arc<Context>,
+    controller: Controller<Device>,
+    stop: CancellationToken,
+) {
+    let events = controller.run(reconcile, error_policy, ctx);
+    drive(events, "Device controller", stop).await;
+}
+
+/// Polls a kube-runtime controller's stream `events`, logging its errors, until it ends or `stop` fires (which
+/// drops it, and with it the reconciles in flight).
+pub async fn drive<T, E>(
+    events: impl futures::Stream<Item = Result<T, E>>,
+    what: &'static str,
+    stop: CancellationToken,
+) where
+    E: std::fmt::Display,
+{
+    let run = events.for_each(|res| async move {
+        if let Err(e) = res {
+            warn!(error = %e, controller = what, "controller event");
+        }
+    });
+    tokio::select! {
+        () = run => warn!(controller = what, "the controller stopped"),
+        () = stop.cancelled() => {}
     }
 }
 
-/// The anti-entropy loop and, for `StatusLocation::DeviceStatus`, the reflector it reads (none when off).
-fn spawn_anti_entropy(
-    ctx: &Arc<Context>,
-    devices: kube::runtime::reflector::Store<Device>,
+/// The anti-entropy loop ([`crate::anti_entropy::run`]) over the Device controller's store `devices` and, where the
+/// status lives in DeviceStatus objects, a reflector on `devicestatuses` (driven inside this future: nothing is
+/// spawned, so it ends with it). `None` when the context has no nudger or the period is zero.
+pub fn anti_entropy(
+    ctx: &Context,
+    devices: Store<Device>,
     namespace: Option<&str>,
-    cancel: &tokio_util::sync::CancellationToken,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let Some(nudger) = ctx.nudger.clone().filter(|_| !ctx.anti_entropy.is_zero()) else {
-        return Vec::new();
-    };
-    let mut tasks = Vec::new();
-    let statuses = match ctx.status_location {
+    stop: CancellationToken,
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+    let nudger = ctx.nudger.clone().filter(|_| !ctx.anti_entropy.is_zero())?;
+    let reflector = match ctx.status_location {
         StatusLocation::Device => None,
         StatusLocation::DeviceStatus => {
             use kube::runtime::WatchStreamExt;
@@ -622,38 +640,69 @@ fn spawn_anti_entropy(
             let (reader, writer) = kube::runtime::reflector::store();
             let stream = kube::runtime::reflector(writer, watcher(api, watcher::Config::default()))
                 .default_backoff()
-                .applied_objects();
-            tasks.push(tokio::spawn(stream.for_each(|r| async move {
-                if let Err(e) = r {
-                    warn!(error = %e, "devicestatuses watch");
-                }
-            })));
-            Some(reader)
+                .applied_objects()
+                .for_each(|r| async move {
+                    if let Err(e) = r {
+                        warn!(error = %e, "devicestatuses watch");
+                    }
+                });
+            Some((reader, stream))
         }
     };
-    let (period, metrics, cancel) = (ctx.anti_entropy, ctx.metrics.clone(), cancel.clone());
-    tasks.push(tokio::spawn(async move {
-        // An empty DeviceStatus cache would make every Device look stale: scan only once both caches are filled.
-        let ready = async {
+    let (statuses, watch) = match reflector {
+        Some((reader, stream)) => (Some(reader), Some(stream)),
+        None => (None, None),
+    };
+    let (period, metrics) = (ctx.anti_entropy, ctx.metrics.clone());
+    Some(async move {
+        let scans = async {
+            // An empty DeviceStatus cache would make every Device look stale: scan only once both caches are filled.
             until_ready(&devices).await;
             if let Some(s) = &statuses {
                 until_ready(s).await;
             }
+            let caches = Caches { devices, statuses };
+            crate::anti_entropy::run(caches, nudger, period, metrics, stop.clone()).await;
+        };
+        let watch = async {
+            match watch {
+                Some(w) => w.await,
+                None => std::future::pending().await,
+            }
         };
         tokio::select! {
-            () = cancel.cancelled() => return,
-            () = ready => {}
+            () = scans => {}
+            () = watch => warn!("the devicestatuses watch ended"),
+            () = stop.cancelled() => {}
         }
-        let caches = Caches { devices, statuses };
-        crate::anti_entropy::run(caches, nudger, period, metrics, cancel).await;
-    }));
-    tasks
+    })
+}
+
+/// Runs the Device controller and its anti-entropy loop ([`anti_entropy`]) as one future until a termination
+/// signal (SIGTERM, SIGINT); nothing outlives it. The binary starts the same parts as separate leader tasks instead
+/// (`crate::leader::tasks`).
+pub async fn run(ctx: Arc<Context>, namespace: Option<&str>, label_selector: Option<&str>) {
+    let controller = device_controller(&ctx, namespace, label_selector).shutdown_on_signal();
+    let stop = CancellationToken::new();
+    let background = anti_entropy(&ctx, controller.store(), namespace, stop.clone());
+    let run = async {
+        // Ends on SIGTERM/SIGINT (`shutdown_on_signal`); then the anti-entropy loop stops too.
+        let events = controller.run(reconcile, error_policy, ctx.clone());
+        drive(events, "Device controller", CancellationToken::new()).await;
+        stop.cancel();
+    };
+    match background {
+        Some(b) => {
+            tokio::join!(run, b);
+        }
+        None => run.await,
+    }
 }
 
 /// Waits until `store` holds its first full list. Asked again every 200 ms: a single `wait_until_ready` that
 /// started before the list arrived was seen never to return (kube-runtime 5.0, against FakeApi), while a new call
 /// made after it returns at once.
-async fn until_ready<K>(store: &kube::runtime::reflector::Store<K>)
+pub async fn until_ready<K>(store: &kube::runtime::reflector::Store<K>)
 where
     K: kube::Resource + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
@@ -662,15 +711,6 @@ where
         .await
         .is_err()
     {}
-}
-
-/// At most `max` bytes of `s`, cut at a character boundary (Event notes are limited to 1 kB).
-fn truncate(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
 }
 
 /// Milliseconds since the epoch (0 before it, saturating far after).

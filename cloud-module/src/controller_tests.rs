@@ -492,10 +492,11 @@ async fn devices_without_firmware_cost_no_api_call() {
 
 #[test]
 fn event_notes_are_cut_at_a_char_boundary() {
-    assert_eq!(super::truncate("abc", 10), "abc");
-    assert_eq!(super::truncate("héllo", 2), "h");
-    assert_eq!(super::truncate("héllo", 3), "hé");
-    assert_eq!(super::truncate(&"x".repeat(2000), 1000).len(), 1000);
+    use crate::events::truncate;
+    assert_eq!(truncate("abc", 10), "abc");
+    assert_eq!(truncate("héllo", 2), "h");
+    assert_eq!(truncate("héllo", 3), "hé");
+    assert_eq!(truncate(&"x".repeat(2000), 1000).len(), 1000);
 }
 
 #[tokio::test]

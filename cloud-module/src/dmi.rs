@@ -17,7 +17,7 @@
 
 use futures::future::BoxFuture;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch};
 use mqtt_schema::firmware::TWIN_FIRMWARE as FIRMWARE;
 use mqtt_schema::{DeviceId, FirmwareRef, RefKind};
 use serde_json::{Value, json};
@@ -97,7 +97,7 @@ pub async fn patch_device(
     Api::<Device>::namespaced(client.clone(), namespace_of(key))
         .patch(
             key.name(),
-            &PatchParams::default(),
+            &crate::identity::patch_params(crate::controller::MANAGER),
             &Patch::<()>::Json(body),
         )
         .await

@@ -10,6 +10,8 @@ pub mod decide;
 pub mod direct;
 pub mod dmi;
 pub mod error;
+pub mod events;
+pub mod identity;
 pub mod leader;
 pub mod metrics;
 pub mod mqtt;

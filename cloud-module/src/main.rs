@@ -1,6 +1,6 @@
-//! `twinflash-cloud`: the controller binary. Loads the configuration, serves metrics and health,
-//! competes for the Lease and, while leading, runs the MQTT delivery (none in mode `dmi`) and the
-//! Device and rollout controllers.
+//! `twinflash-cloud`: the controller binary. Loads the configuration, serves metrics, health and
+//! readiness, competes for the Lease and, while leading, runs the leader tasks ([`lead`]: the MQTT
+//! delivery (none in mode `dmi`), the Device and rollout controllers, the anti-entropy loop).
 //! `--check-config` only validates the configuration. SIGTERM/SIGINT shut down gracefully.
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,12 +16,13 @@ use twinflash_cloud::config::{Config, Mode};
 use twinflash_cloud::controller::{self, Context};
 use twinflash_cloud::direct::KubeStatusWriter;
 use twinflash_cloud::dmi::{KubeNudger, NoMqtt};
+use twinflash_cloud::leader::tasks::{LeaderTasks, STOP_GRACE};
 use twinflash_cloud::mqtt::{self, MqttSink};
 use twinflash_cloud::resolver::{PinnedCache, RegistryResolver};
 use twinflash_cloud::seams::{ArtifactResolver, IntentSink, StatusWriter};
 use twinflash_cloud::signatures::{Policies, RegistrySignatures, SignatureGate};
 use twinflash_cloud::status_route::StatusRoute;
-use twinflash_cloud::{leader, metrics};
+use twinflash_cloud::{identity, leader, metrics, rollout};
 
 /// The twinflash cloud controller (kube-rs).
 ///
@@ -147,20 +148,24 @@ struct Shared {
     root: CancellationToken,
 }
 
-/// One leadership term: the delivery (MQTT, or none in mode `dmi`) and the controllers, until `term` fires.
+/// One leadership term: every leader-only task is started here, through one [`LeaderTasks`], and all of them are
+/// stopped and joined before this returns (issue 22, F1): the delivery (MQTT, or none in mode `dmi`), the Device
+/// controller, its anti-entropy loop (with its DeviceStatus watch), the rollout controller, and the readiness of the
+/// term. Runs until `term` fires, or until one of them ends by itself (then the process shuts down).
 async fn lead(shared: Arc<Shared>, term: CancellationToken) {
     let cfg = &shared.cfg;
+    let readiness = shared.metrics.clone();
+    readiness.readiness().term_started();
+    let mut tasks = LeaderTasks::new(term);
     // One learnt status route for the controller's records and the relay's reports.
     let route = Arc::new(StatusRoute::default());
-    let mqtt_cancel = CancellationToken::new();
-    let (sink, nudger, mqtt_task): (Arc<dyn IntentSink>, Arc<dyn Nudger>, _) = match &cfg.mqtt {
+    let (sink, nudger): (Arc<dyn IntentSink>, Arc<dyn Nudger>) = match &cfg.mqtt {
         // KubeEdge delivers the Device's spec to the mapper: no MQTT client exists in this mode.
         _ if cfg.mode == Mode::Dmi => {
             info!("mode dmi: KubeEdge delivers the Devices; nothing is published over MQTT");
             (
                 Arc::new(NoMqtt),
                 Arc::new(KubeNudger::new(shared.client.clone())),
-                None,
             )
         }
         Some(mqtt_cfg) => {
@@ -176,12 +181,16 @@ async fn lead(shared: Arc<Shared>, term: CancellationToken) {
                 cfg.mode,
                 cfg.resync_period(),
                 status,
-                mqtt_cancel.clone(),
+                tasks.token(),
             ) {
-                Ok((sink, task)) => (Arc::new(sink.clone()), Arc::new(sink), Some(task)),
+                Ok((sink, task)) => {
+                    tasks.adopt("mqtt delivery", task);
+                    (Arc::new(sink.clone()), Arc::new(sink))
+                }
                 Err(e) => {
                     error!(code = %e.code(), error = %e, "cannot start the MQTT delivery");
                     shared.root.cancel();
+                    readiness.readiness().term_ended();
                     return;
                 }
             }
@@ -190,6 +199,7 @@ async fn lead(shared: Arc<Shared>, term: CancellationToken) {
             // `Config::validate` refuses this; stop rather than run without a delivery.
             error!(mode = ?cfg.mode, "no [mqtt] section for a mode that delivers over MQTT");
             shared.root.cancel();
+            readiness.readiness().term_ended();
             return;
         }
     };
@@ -208,9 +218,21 @@ async fn lead(shared: Arc<Shared>, term: CancellationToken) {
     ctx.nudger = Some(nudger);
     ctx.signatures = shared.signatures.clone();
     let ctx = Arc::new(ctx);
+    let devices =
+        controller::device_controller(&ctx, cfg.namespace(), cfg.watch.label_selector.as_deref());
+    let device_store = devices.store();
+    let anti_entropy =
+        controller::anti_entropy(&ctx, devices.store(), cfg.namespace(), tasks.token());
+    tasks.spawn(
+        "device controller",
+        controller::run_controller(ctx, devices, tasks.token()),
+    );
+    if let Some(loop_) = anti_entropy {
+        tasks.spawn("anti-entropy", loop_);
+    }
     // FirmwareRollouts change Devices' desired values; the Device controller above delivers them
     // (or, in mode dmi, KubeEdge does and the Device controller pins them).
-    let mut rollouts = twinflash_cloud::rollout::RolloutContext::new(
+    let mut rollouts = rollout::RolloutContext::new(
         shared.client.clone(),
         shared.resolver.clone(),
         cfg.status_location,
@@ -218,27 +240,35 @@ async fn lead(shared: Arc<Shared>, term: CancellationToken) {
         shared.instance.clone(),
     );
     rollouts.signatures = shared.signatures.clone();
-    let rollouts = Arc::new(rollouts);
-    let controllers = async {
-        tokio::join!(
-            controller::run(ctx, cfg.namespace(), cfg.watch.label_selector.as_deref()),
-            twinflash_cloud::rollout::run(rollouts, cfg.namespace()),
-        );
-    };
-    tokio::select! {
-        () = controllers => {
-            // The controllers stop by themselves on SIGTERM/SIGINT.
-            shared.root.cancel();
+    let rollout_controller = rollout::controller(&rollouts, cfg.namespace());
+    let rollout_store = rollout_controller.store();
+    tasks.spawn(
+        "rollout controller",
+        rollout::run_controller(Arc::new(rollouts), rollout_controller, tasks.token()),
+    );
+    let token = tasks.token();
+    let synced = readiness.clone();
+    tasks.spawn("readiness", async move {
+        let lists = async {
+            controller::until_ready(&device_store).await;
+            controller::until_ready(&rollout_store).await;
+        };
+        tokio::select! {
+            () = lists => {
+                synced.readiness().term_synced();
+                info!("initial lists of the watches are in: ready");
+            }
+            () = token.cancelled() => return,
         }
-        () = term.cancelled() => {}
+        token.cancelled().await;
+    });
+    info!(tasks = ?tasks.names(), "leader tasks started");
+    if let Some(task) = tasks.until_term_ends().await {
+        error!(task, "a leader task ended while leading: shutting down");
+        shared.root.cancel();
     }
-    // The controller is stopped (dropped): nothing publishes any more; close MQTT cleanly.
-    mqtt_cancel.cancel();
-    if let Some(task) = mqtt_task
-        && let Err(e) = task.await
-    {
-        warn!(error = %e, "MQTT task ended abnormally");
-    }
+    tasks.stop(STOP_GRACE).await;
+    readiness.readiness().term_ended();
 }
 
 /// The namespace of the Lease: `POD_NAMESPACE`, the service account's, else the client's default.
@@ -277,9 +307,16 @@ async fn run(cfg: Config, policies: Policies) -> anyhow::Result<()> {
     if signatures.is_some() {
         info!(signatures = %signatures_summary(&cfg), "signature policies loaded");
     }
-    let client = kube::Client::try_default()
+    let instance = std::env::var("POD_NAME").ok().filter(|s| !s.is_empty());
+    let identity = instance
+        .clone()
+        .unwrap_or_else(|| format!("twinflash-cloud-{}", std::process::id()));
+    let config = kube::Config::infer()
         .await
         .context("no Kubernetes credentials (in-cluster or KUBECONFIG)")?;
+    // `twinflash-cloud/<version> (<identity>)` on every request (issue 22, F3).
+    let client = kube::Client::try_from(identity::with_user_agent(config, &identity))
+        .context("cannot build the Kubernetes client")?;
     let root = CancellationToken::new();
     let signals = root.clone();
     tokio::spawn(async move {
@@ -293,15 +330,13 @@ async fn run(cfg: Config, policies: Policies) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", cfg.metrics.listen))?;
     let server = tokio::spawn(metrics::serve(listener, metrics.clone(), root.clone()));
 
-    let instance = std::env::var("POD_NAME").ok().filter(|s| !s.is_empty());
-    let identity = instance
-        .clone()
-        .unwrap_or_else(|| format!("twinflash-cloud-{}", std::process::id()));
     let namespace = own_namespace(&client);
     let (manager, lease_task) =
         leader::watch_lease(client.clone(), &namespace, leader::LEASE_NAME, &identity)
             .await
             .context("leader election")?;
+    // The API server answered for the Lease: standing by is ready (`/readyz`).
+    metrics.readiness().election_started();
     // The manager alone keeps saying "leader" when renewals fail; the watchdog does not.
     let (leader, watchdog) = leader::watchdog::guard(
         manager,

@@ -1,15 +1,18 @@
 //! Controller metrics in the Prometheus text format: reconciles, failures by stable error code,
-//! intents published and rejections by reason. Plain atomics and a tiny `GET /metrics` server, so
-//! the crate needs no metrics framework (prometheus-client is not in the workspace lock).
+//! intents published and rejections by reason, as plain atomics; the controller's readiness ([`Readiness`]); and
+//! the HTTP server of `/metrics`, `/healthz` and `/readyz` (axum).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
 use mqtt_schema::ErrorCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -29,9 +32,72 @@ pub struct Metrics {
     stale: AtomicU64,
     failures: Mutex<BTreeMap<&'static str, u64>>,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
+    readiness: Readiness,
+}
+
+/// What `/readyz` answers. Leadership is not readiness: a follower standing by is ready (it takes over when the
+/// leader goes), a leader is ready once the initial lists of its watches are in.
+/// - not ready until the lease election is set up (the API server answered, with this replica's credentials, for
+///   the Lease);
+/// - a follower: ready (standing by);
+/// - a leader: not ready from the start of its term until the Device and FirmwareRollout watches delivered their
+///   initial lists, ready after.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    election: AtomicBool,
+    /// [`TERM_NONE`], [`TERM_SYNCING`] or [`TERM_SYNCED`].
+    term: AtomicU8,
+}
+
+const TERM_NONE: u8 = 0;
+const TERM_SYNCING: u8 = 1;
+const TERM_SYNCED: u8 = 2;
+
+impl Readiness {
+    /// The lease election is set up.
+    pub fn election_started(&self) {
+        self.election.store(true, Ordering::SeqCst);
+    }
+
+    /// A leadership term started: not ready until [`Readiness::term_synced`].
+    pub fn term_started(&self) {
+        self.term.store(TERM_SYNCING, Ordering::SeqCst);
+    }
+
+    /// The term's watches hold their initial lists (no effect outside a term).
+    pub fn term_synced(&self) {
+        let _ = self.term.compare_exchange(
+            TERM_SYNCING,
+            TERM_SYNCED,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+
+    /// The term ended (every leader task stopped): standing by again.
+    pub fn term_ended(&self) {
+        self.term.store(TERM_NONE, Ordering::SeqCst);
+    }
+
+    /// `Ok(what this replica does)` when ready, `Err(why not)` otherwise.
+    pub fn check(&self) -> Result<&'static str, &'static str> {
+        if !self.election.load(Ordering::SeqCst) {
+            return Err("lease election not set up yet");
+        }
+        match self.term.load(Ordering::SeqCst) {
+            TERM_SYNCING => Err("leading: the initial lists of the watches are not in yet"),
+            TERM_SYNCED => Ok("leading"),
+            _ => Ok("standing by"),
+        }
+    }
 }
 
 impl Metrics {
+    /// The readiness `/readyz` reports.
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
     /// One reconcile started.
     pub fn reconcile(&self) {
         self.reconciles.fetch_add(1, Ordering::Relaxed);
@@ -204,35 +270,37 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` (and `/healthz`) on `listener` until `cancel` fires.
+/// Serves `GET /metrics`, `/healthz` (the process answers) and `/readyz` ([`Readiness`]: 200 or 503 with the
+/// reason) on `listener` until `cancel` fires.
 pub async fn serve(
     listener: TcpListener,
-    metrics: std::sync::Arc<Metrics>,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    loop {
-        let (mut sock, _) = tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
-            accepted = listener.accept() => accepted?,
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = sock.read(&mut buf).await.unwrap_or(0);
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let (status, body) = if head.starts_with("GET /metrics") {
-                ("200 OK", metrics.render())
-            } else if head.starts_with("GET /healthz") {
-                ("200 OK", "ok\n".to_owned())
-            } else {
-                ("404 Not Found", "not found\n".to_owned())
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-        });
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(metrics);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+}
+
+async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics.render(),
+    )
+}
+
+async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    match metrics.readiness().check() {
+        Ok(what) => (StatusCode::OK, format!("ok: {what}\n")),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 
@@ -244,7 +312,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn counts_render_with_labels() {
@@ -278,6 +346,26 @@ mod tests {
         assert!(m.render().contains("twinflash_cloud_leader 1\n"));
     }
 
+    #[test]
+    fn readiness_follows_the_election_and_the_term() {
+        let r = Readiness::default();
+        assert!(r.check().is_err(), "nothing known before the election");
+        r.term_synced();
+        r.election_started();
+        assert_eq!(r.check(), Ok("standing by"), "a follower is ready");
+        r.term_started();
+        assert!(r.check().is_err_and(|e| e.contains("initial lists")));
+        r.term_synced();
+        assert_eq!(r.check(), Ok("leading"));
+        r.term_ended();
+        r.term_synced();
+        assert_eq!(
+            r.check(),
+            Ok("standing by"),
+            "a late sync outside a term changes nothing"
+        );
+    }
+
     #[tokio::test]
     async fn serves_metrics_over_http_on_loopback() {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
@@ -285,7 +373,18 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         metrics.published();
         let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, metrics, cancel.clone()));
+        let server = tokio::spawn(serve(listener, metrics.clone(), cancel.clone()));
+        let get = |path: &'static str| async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut resp = String::new();
+            s.read_to_string(&mut resp).await.unwrap();
+            resp
+        };
         for (path, want_status, want_body) in [
             (
                 "/metrics",
@@ -293,20 +392,27 @@ mod tests {
                 "twinflash_cloud_intents_published_total 1",
             ),
             ("/healthz", "200", "ok"),
-            ("/nope", "404", "not found"),
+            ("/readyz", "503", "not ready: lease election not set up yet"),
+            ("/nope", "404", ""),
         ] {
-            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
-                .await
-                .unwrap();
-            let mut resp = String::new();
-            s.read_to_string(&mut resp).await.unwrap();
+            let resp = get(path).await;
             assert!(
                 resp.starts_with(&format!("HTTP/1.1 {want_status}")),
-                "{resp}"
+                "{path}: {resp}"
             );
-            assert!(resp.contains(want_body), "{resp}");
+            assert!(resp.contains(want_body), "{path}: {resp}");
         }
+        assert!(
+            get("/metrics")
+                .await
+                .contains("content-type: text/plain; version=0.0.4")
+        );
+        metrics.readiness().election_started();
+        let resp = get("/readyz").await;
+        assert!(
+            resp.starts_with("HTTP/1.1 200") && resp.contains("ok: standing by"),
+            "{resp}"
+        );
         cancel.cancel();
         server.await.unwrap().unwrap();
     }

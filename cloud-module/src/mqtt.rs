@@ -398,6 +398,8 @@ async fn connection(
     cancel: CancellationToken,
     writer: Option<JoinHandle<()>>,
 ) {
+    // The status writer ends with this task, also when a leadership term aborts it (crate::leader::tasks).
+    let _writer = writer.map(tokio_util::task::AbortOnDropHandle::new);
     let backoff = || twinflash_mqtt::reconnect_backoff(reconnect_max);
     let mut delays = backoff();
     let mut ticks = tokio::time::interval_at(
@@ -455,9 +457,6 @@ async fn connection(
         .await;
     }
     shared.connected.store(false, Ordering::Release);
-    if let Some(w) = writer {
-        w.abort();
-    }
 }
 
 /// Writes each report into the status, then acknowledges it with its `update/result`. A Device the API server does

@@ -10,7 +10,7 @@ use std::fmt::Debug;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use kube::Api;
-use kube::api::{Patch, PatchParams};
+use kube::api::Patch;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -64,7 +64,7 @@ impl StatusRoute {
     where
         K: Clone + DeserializeOwned + Serialize + Debug,
     {
-        let params = PatchParams::default();
+        let params = crate::identity::patch_params(crate::controller::MANAGER);
         if self.get() != Route::Subresource {
             let answer = api.patch(name, &params, &Patch::Merge(patch)).await?;
             if self.get() == Route::Main || carries(&answer, patch) {

@@ -277,6 +277,16 @@ fn controller_deployment_runs_with_its_account_and_a_valid_config() {
         "twinflash-cloud-config"
     );
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    // Readiness is `/readyz` (standing by, or leading with its watches synced), liveness `/healthz`, both on the
+    // metrics port the controller serves them on.
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(
+            c[probe]["httpGet"]["port"], c["ports"][0]["name"],
+            "{probe}"
+        );
+    }
 
     // The embedded cloud.toml is accepted by the real loader (unknown keys would fail).
     let cfg = docs.cloud_config();

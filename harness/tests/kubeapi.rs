@@ -433,7 +433,10 @@ fn the_store_is_readable_without_a_runtime() {
         .put(json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": "l", "namespace": "ns"}, "spec": {"holderIdentity": "you"}}))
         .unwrap();
-    assert_eq!(again["metadata"]["generation"], 2);
+    assert!(
+        again["metadata"].get("generation").is_none(),
+        "a Lease (built-in) has no generation: {again}"
+    );
     assert_eq!(
         api.list("coordination.k8s.io", "v1", "leases", None).len(),
         1
@@ -532,8 +535,8 @@ async fn a_resource_without_status_subresource_keeps_status_with_the_object() {
     );
     assert_eq!(
         main.metadata.generation,
-        Some(1),
-        "status is no spec change"
+        Some(2),
+        "without the subresource, status is a change outside metadata (kube-apiserver v1.32, issue 22 F4)"
     );
     let err = w
         .patch_status("w", &pp, &Patch::Merge(json!({"status": {"ready": true}})))
@@ -749,4 +752,97 @@ async fn lists_are_kind_lists_and_discovery_lists_what_is_served() {
     assert!(caps.subresources.is_empty());
     let unknown: Vec<String> = api.unknown_requests().into_iter().map(|r| r.path).collect();
     assert!(unknown == ["/apis/nothing.io"], "{unknown:?}");
+}
+
+/// `metadata.generation` as kube-apiserver keeps it for custom resources (issue 22, F4): 1 at create; +1 on a write
+/// that changes anything outside `metadata`, where `.status` counts on a CRD without the status subresource
+/// (KubeEdge's Device and DeviceStatus) and does not on one with it (FirmwareRollout); metadata alone never counts.
+/// And every request is recorded with its User-Agent and fieldManager.
+#[tokio::test]
+async fn generation_and_request_identity_as_a_real_api_server() {
+    let api = FakeApi::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = api.kubeconfig(dir.path()).unwrap();
+    let kc = Kubeconfig::read_from(path).unwrap();
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    cfg.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static("tester/1.0"),
+    ));
+    let client = Client::try_from(cfg).unwrap();
+    let device_res = ApiResource {
+        group: "devices.kubeedge.io".into(),
+        version: "v1beta1".into(),
+        api_version: "devices.kubeedge.io/v1beta1".into(),
+        kind: "Device".into(),
+        plural: "devices".into(),
+    };
+    let devices: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &device_res);
+    let d: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
+        "metadata": {"name": "d"}, "spec": {"properties": [{"name": "firmware"}]}
+    }))
+    .unwrap();
+    let pp = PatchParams {
+        field_manager: Some("tester".into()),
+        ..PatchParams::default()
+    };
+    let created = devices.create(&PostParams::default(), &d).await.unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+    let gen_after = |patch: serde_json::Value| {
+        let devices = devices.clone();
+        let pp = pp.clone();
+        async move {
+            devices
+                .patch("d", &pp, &Patch::Merge(patch))
+                .await
+                .unwrap()
+                .metadata
+                .generation
+        }
+    };
+    // cloudcore's status write on a Device: +1.
+    assert_eq!(
+        gen_after(json!({"status": {"twins": [{"propertyName": "firmware"}]}})).await,
+        Some(2)
+    );
+    // An annotation (twinflash's record): never.
+    assert_eq!(
+        gen_after(json!({"metadata": {"annotations": {"twinflash.io/reason": "x"}}})).await,
+        Some(2)
+    );
+    // A spec change: +1.
+    assert_eq!(gen_after(json!({"spec": {"nodeName": "n"}})).await, Some(3));
+
+    // With the status subresource: /status never, a main write's status is ignored.
+    let w: Api<DynamicObject> = Api::namespaced_with(client, "default", &widgets());
+    w.create(&PostParams::default(), &widget()).await.unwrap();
+    let st = w
+        .patch_status("w", &pp, &Patch::Merge(json!({"status": {"ready": false}})))
+        .await
+        .unwrap();
+    assert_eq!(st.metadata.generation, Some(1));
+    let main = w
+        .patch("w", &pp, &Patch::Merge(json!({"status": {"ready": true}})))
+        .await
+        .unwrap();
+    assert_eq!(main.metadata.generation, Some(1));
+
+    let writes: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.is_write())
+        .collect();
+    assert_eq!(writes.len(), 7, "{writes:#?}");
+    assert!(
+        writes.iter().all(|r| r.user_agent == "tester/1.0"),
+        "{writes:#?}"
+    );
+    let managers: Vec<&str> = writes.iter().map(|r| r.field_manager.as_str()).collect();
+    assert_eq!(
+        managers,
+        ["", "tester", "tester", "tester", "", "tester", "tester"]
+    );
 }

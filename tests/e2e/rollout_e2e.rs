@@ -206,8 +206,8 @@ async fn scenario(location: Location) {
     let mqtt = Mosquitto::start().unwrap();
     let registry = Registry::start().unwrap();
     let api = FakeApi::start().unwrap();
-    // KubeEdge's Device CRD declares no status subresource (build/crds/devices); the DeviceStatus
-    // objects keep the fake's default (a subresource), so both routes of the status writer run.
+    // KubeEdge's Device and DeviceStatus CRDs declare no status subresource (build/crds/devices): the
+    // fake serves both so (harness/src/kubeapi/resources.rs); said again here for the Device.
     api.without_status_subresource(DEV_GROUP.0, DEV_GROUP.1, DEV_GROUP.2);
     let kubeconfig = api.kubeconfig(dir.path()).unwrap();
 
@@ -478,11 +478,18 @@ async fn scenario(location: Location) {
     )
     .await;
 
-    // 7. Devices never reached: untouched (generation 1, the original desired twin), never
-    //    flashed v2, still holding v1.
+    // 7. Devices never reached: spec untouched in every stored version (the generation is no
+    //    witness: a status write raises it where the status lives in the Device, as on a real API
+    //    server), never flashed v2, still holding v1.
+    let history = api.history(g, v, p);
     for i in (0..DEVICES).filter(|i| !started.contains(i)) {
         let d = device(&api, i);
-        assert_eq!(d["metadata"]["generation"], 1, "{} untouched", name(i));
+        let specs: BTreeSet<String> = history
+            .iter()
+            .filter(|r| r.object["metadata"]["name"] == name(i).as_str())
+            .map(|r| r.object["spec"].to_string())
+            .collect();
+        assert_eq!(specs.len(), 1, "{} untouched: {specs:?}", name(i));
         assert_eq!(
             firmware_desired(&d),
             json!({"value": r1, "metadata": {"type": "string"}})
@@ -516,17 +523,64 @@ async fn scenario(location: Location) {
         .unwrap();
     assert_eq!(rolled["type"], "Warning");
     assert_eq!(rolled["reportingController"], "twinflash-rollout");
-    let waves = on_rollout
-        .iter()
-        .filter(|e| e["reason"] == "WaveStarted")
-        .map(|e| e["series"]["count"].as_u64().unwrap_or(1))
-        .sum::<u64>();
-    assert_eq!(waves, 2, "waves 1 and 2 started, wave 3 never");
+    // Each wave's start and end is an Event of its own, found by its own note (issue 22, F2): waves 1 and 2
+    // started, wave 1 finished, wave 3 never started; nothing was folded into a series of an earlier Event.
+    let notes = |reason: &str| -> Vec<&str> {
+        on_rollout
+            .iter()
+            .filter(|e| e["reason"] == reason)
+            .filter_map(|e| e["note"].as_str())
+            .collect()
+    };
+    let (started_notes, finished_notes) = (notes("WaveStarted"), notes("WaveFinished"));
+    for (want, notes) in [
+        ("wave 1/3 started", &started_notes),
+        ("wave 2/3 started", &started_notes),
+        ("wave 1/3 finished", &finished_notes),
+    ] {
+        assert_eq!(
+            notes.iter().filter(|n| n.starts_with(want)).count(),
+            1,
+            "one Event \"{want}\": {notes:?}"
+        );
+    }
+    assert_eq!(
+        started_notes.len(),
+        2,
+        "wave 3 never started: {started_notes:?}"
+    );
+    assert!(
+        on_rollout.iter().all(|e| e["series"].is_null()),
+        "an Event folded into an earlier one: {on_rollout:#?}"
+    );
 
-    // 9. Nothing the fake API server did not understand.
+    // 9. Nothing the fake API server did not understand; every request named twinflash-cloud, every write its
+    //    field manager (the Lease's are kube-lease-manager's).
     assert!(
         api.unknown_requests().is_empty(),
         "unknown requests: {:#?}",
         api.unknown_requests()
+    );
+    let requests = api.requests();
+    let ua = format!(
+        "twinflash-cloud/{} (twinflash-cloud-e2e)",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(
+        requests.iter().all(|r| r.user_agent == ua),
+        "{:#?}",
+        requests.iter().find(|r| r.user_agent != ua)
+    );
+    let mut managers: BTreeMap<String, usize> = BTreeMap::new();
+    for r in requests
+        .iter()
+        .filter(|r| r.is_write() && !r.path.contains("/leases"))
+    {
+        *managers.entry(r.field_manager.clone()).or_default() += 1;
+    }
+    assert_eq!(
+        managers.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["twinflash-cloud", "twinflash-rollout"],
+        "{managers:?}"
     );
 }

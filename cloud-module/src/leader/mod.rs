@@ -2,7 +2,9 @@
 //! [`watchdog`] that reads the Lease itself, and [`run_as_leader`], which runs the work
 //! (controllers + delivery) only while this replica holds the lease and cancels it as soon as
 //! the lease is lost or cannot be renewed in time, so two replicas never publish at once.
+//! Every task of a term is started and stopped through [`tasks::LeaderTasks`].
 
+pub mod tasks;
 pub mod watchdog;
 
 use std::future::Future;

@@ -13,7 +13,10 @@ pub mod status;
 pub use error::RolloutError;
 pub use observe::ObservedDevice;
 pub use plan::{DesiredPatch, PatchKind, Pin, Plan, PlanEvent, PlanInput, plan};
-pub use reconcile::{ROLLOUT_API_ACCESS, RolloutContext, find_conflict, reconcile, run};
+pub use reconcile::{
+    ROLLOUT_API_ACCESS, ROLLOUT_MANAGER, RolloutContext, controller, find_conflict, reconcile, run,
+    run_controller,
+};
 pub use twinflash_rollout_api::types::{
     Condition, DeviceSelector, FailedDevice, FailureThreshold, FirmwareRollout,
     FirmwareRolloutSpec, FirmwareRolloutStatus, InFlight, Phase, SelectorRequirement, Strategy,

@@ -98,7 +98,7 @@ impl DesiredPatch {
 pub struct PlanEvent {
     /// Warning (abort, rollback, refusal) or Normal.
     pub warning: bool,
-    /// PascalCase reason: the new phase, `WaveStarted`, `Refused`.
+    /// PascalCase reason: the new phase, `WaveStarted`, `WaveFinished`, `Refused`.
     pub reason: String,
     /// Human readable note.
     pub note: String,
@@ -377,6 +377,19 @@ fn progress(
         if !sorted.in_flight.is_empty() {
             st.wave_finished_at = None;
             break;
+        }
+        // Wave k is over: every Device it may start was started and none is in flight. Said once, when first seen
+        // (`waveFinishedAt` is kept in the status until the next wave starts).
+        if st.wave_finished_at.is_none() {
+            out.events.push(PlanEvent {
+                warning: false,
+                reason: "WaveFinished".into(),
+                note: format!(
+                    "wave {k}/{waves} finished: {} installed, {} failed of {total} Device(s) so far",
+                    sorted.installed,
+                    sorted.failed.len()
+                ),
+            });
         }
         if sorted.pending.is_empty() {
             st.phase = Phase::Completed;

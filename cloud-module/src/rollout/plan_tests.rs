@@ -109,7 +109,7 @@ fn waves_follow_in_order_and_respect_max_in_flight() {
     let last = trace.last().unwrap();
     assert_eq!(last.status.phase, Phase::Completed);
     assert_eq!((last.status.installed, last.status.total), (30, 30));
-    assert_eq!(reasons(last), ["Completed"]);
+    assert_eq!(reasons(last), ["Completed", "WaveFinished"]);
     // Wave 1: one device; wave 2: ceil(10% of 30) = 3; wave 3: the 26 others, 4 at a time.
     let mut by_wave = [0usize; 4];
     for p in &trace {
@@ -120,11 +120,23 @@ fn waves_follow_in_order_and_respect_max_in_flight() {
         assert!(p.status.in_flight.len() <= 4);
     }
     assert_eq!(by_wave, [0, 1, 3, 26]);
-    let waves_started: usize = trace
-        .iter()
-        .map(|p| reasons(p).iter().filter(|r| **r == "WaveStarted").count())
-        .sum();
-    assert_eq!(waves_started, 3);
+    // Each wave's start and end is its own Event, with its own note, once (issue 22, F2).
+    let notes = |reason: &str| -> Vec<String> {
+        trace
+            .iter()
+            .flat_map(|p| &p.events)
+            .filter(|e| e.reason == reason)
+            .map(|e| e.note.clone())
+            .collect()
+    };
+    for (reason, verb) in [("WaveStarted", "started"), ("WaveFinished", "finished")] {
+        let got = notes(reason);
+        assert_eq!(got.len(), 3, "{reason}: {got:?}");
+        for (i, note) in got.iter().enumerate() {
+            let want = format!("wave {}/3 {verb}", i + 1);
+            assert!(note.starts_with(&want), "{reason} #{i}: {note:?}");
+        }
+    }
 }
 
 #[test]

@@ -6,14 +6,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::error::RolloutError;
@@ -23,11 +23,12 @@ use super::types::{FirmwareRollout, FirmwareRolloutStatus, Phase};
 use crate::config::StatusLocation;
 use crate::crd::{Device, DeviceStatus, DeviceTwinStatus};
 use crate::decide::{Decision, Reason, Record};
+use crate::identity::patch_params;
 use crate::seams::{ArtifactResolver, ResolveError};
 use crate::signatures::{SignatureGate, judge_publication};
 use mqtt_schema::{FirmwareRef, RefKind};
 
-/// The reporting controller name on rollout Events.
+/// The reporting controller of rollout Events and the field manager of the rollout controller's writes.
 pub const ROLLOUT_MANAGER: &str = "twinflash-rollout";
 
 /// Every Kubernetes API access of the rollout controller: (API group, resource, verbs), granted
@@ -45,7 +46,8 @@ pub const ROLLOUT_API_ACCESS: &[(&str, &str, &[&str])] = &[
         &["get", "list", "watch", "patch"],
     ),
     ("devices.kubeedge.io", "devicestatuses", &["list", "watch"]),
-    ("events.k8s.io", "events", &["create", "patch"]),
+    // `create` only: every Event is a new one (crate::events); nothing patches a series.
+    ("events.k8s.io", "events", &["create"]),
 ];
 
 /// Shared state of the rollout reconciler.
@@ -54,8 +56,8 @@ pub struct RolloutContext {
     pub client: Client,
     /// Pins a tag to its digest, once per rollout.
     pub resolver: Arc<dyn ArtifactResolver>,
-    /// Event recorder.
-    pub recorder: Recorder,
+    /// Who reports the Events (controller name, pod name).
+    pub reporter: Reporter,
     /// Where `status.twins` lives (Device or DeviceStatus).
     pub status_location: StatusLocation,
     /// Requeue period of an active rollout (reports and timeouts are looked at this often).
@@ -81,7 +83,7 @@ impl RolloutContext {
             instance,
         };
         RolloutContext {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
             client,
             resolver,
             status_location,
@@ -331,7 +333,7 @@ pub async fn reconcile(
     if status.as_ref() != Some(&plan.status) {
         let patch = status_patch(&plan.status, rollout.resource_version().as_deref())?;
         rollouts
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(&name, &patch_params(ROLLOUT_MANAGER), &Patch::Merge(&patch))
             .await
             .map_err(kube_err("patch firmwarerollout status", object.clone()))?;
     }
@@ -360,7 +362,11 @@ async fn apply(
                 source,
             })?;
         let result = devices
-            .patch(&p.device, &PatchParams::default(), &Patch::<()>::Json(body))
+            .patch(
+                &p.device,
+                &patch_params(ROLLOUT_MANAGER),
+                &Patch::<()>::Json(body),
+            )
             .await;
         match (result, p.kind) {
             (Ok(d), PatchKind::Start) => plan.applied(&p.device, d.metadata.generation),
@@ -397,22 +403,20 @@ async fn publish(
             EventType::Normal
         },
         reason: ev.reason.clone(),
-        note: Some(truncate(&ev.note, 1000)),
+        note: Some(ev.note.clone()),
         action: "Rollout".to_owned(),
         secondary: None,
     };
-    ctx.recorder
-        .publish(&event, &rollout.object_ref(&()))
-        .await
-        .map_err(kube_err("create event", rollout.name_any()))
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
+    // A new Event each time: wave 2's start is its own Event, not a series count on wave 1's (crate::events).
+    crate::events::publish(
+        &ctx.client,
+        &ctx.reporter,
+        ROLLOUT_MANAGER,
+        &event,
+        &rollout.object_ref(&()),
+    )
+    .await
+    .map_err(kube_err("create event", rollout.name_any()))
 }
 
 /// Retries after a failure (with the resync period; the plan is idempotent).
@@ -444,11 +448,11 @@ pub fn active_in_namespace(
         .collect()
 }
 
-/// Runs the rollout controller until a termination signal: FirmwareRollouts, every Device change
-/// mapped to the rollouts whose selector picks it and, when the twins live in `DeviceStatus`
-/// objects (KubeEdge >= 1.23), every report there mapped to the active rollouts of its namespace
-/// (without it, reports would only be seen at the resync period).
-pub async fn run(ctx: Arc<RolloutContext>, namespace: Option<&str>) {
+/// The rollout controller over `namespace` (every namespace when `None`): FirmwareRollouts, every Device change
+/// mapped to the rollouts whose selector picks it and, when the twins live in `DeviceStatus` objects (KubeEdge >=
+/// 1.23), every report there mapped to the active rollouts of its namespace (without it, reports would only be seen
+/// at the resync period). Its store ([`Controller::store`]) holds the FirmwareRollouts.
+pub fn controller(ctx: &RolloutContext, namespace: Option<&str>) -> Controller<FirmwareRollout> {
     let (rollouts, devices, statuses): (Api<FirmwareRollout>, Api<Device>, Api<DeviceStatus>) =
         match namespace {
             Some(ns) => (
@@ -488,14 +492,24 @@ pub async fn run(ctx: Arc<RolloutContext>, namespace: Option<&str>) {
         );
     }
     controller
+}
+
+/// Runs `controller` (from [`controller`]) until `stop` fires; stopping drops the reconciles in flight at once.
+pub async fn run_controller(
+    ctx: Arc<RolloutContext>,
+    controller: Controller<FirmwareRollout>,
+    stop: CancellationToken,
+) {
+    let events = controller.run(reconcile, error_policy, ctx);
+    crate::controller::drive(events, "rollout controller", stop).await;
+}
+
+/// Runs the rollout controller ([`controller`]) until a termination signal (SIGTERM, SIGINT).
+pub async fn run(ctx: Arc<RolloutContext>, namespace: Option<&str>) {
+    let events = controller(&ctx, namespace)
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                warn!(error = %e, "rollout controller event");
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, ctx);
+    crate::controller::drive(events, "rollout controller", CancellationToken::new()).await;
 }
 
 #[cfg(test)]

@@ -10,6 +10,10 @@
 //!   writes of `/status` change only `.status`, and create drops `.status`.
 //! - Lists are `<Kind>List` with `apiVersion`, empty ones included; discovery (`/api`,
 //!   `/api/v1`, `/apis`, `/apis/<group>`, `/apis/<group>/<version>`) lists the served resources.
+//! - `metadata.generation` of a custom resource: 1 at create, +1 when a write changes anything outside
+//!   `metadata` (`.status` included where it is no subresource, as for KubeEdge's CRDs); built-in types
+//!   (Event, Lease, ConfigMap) have none (`ResourceInfo::custom`).
+//! - Every request is recorded ([`RequestRecord`]) with its `User-Agent` and `fieldManager`.
 //! - A write carrying a stale `metadata.resourceVersion` is a 409 Conflict; a merge patch without
 //!   one applies unconditionally (what cloudcore relies on). A write that changes nothing gets no
 //!   new resourceVersion and no event; a watch from a version older than the kept history
@@ -23,8 +27,8 @@
 //! `twinflash_testkit::Cloudcore`); a resource outside the table is served as a CRD with the
 //! status subresource, scoped by the path it is used with, and discovery knows it only once an
 //! object of it was written; server-side apply (`application/apply-patch+yaml`, body JSON) and
-//! strategic merge are applied as JSON merge patches (no field managers, no apply conflicts, lists
-//! replaced whole); `limit`/`continue` are ignored (one page, no continue token); a watch whose
+//! strategic merge are applied as JSON merge patches (the `fieldManager` is recorded per request, but no
+//! `managedFields` are kept and no apply conflicts raised; lists replaced whole); `limit`/`continue` are ignored (one page, no continue token); a watch whose
 //! label selector stops matching a modified object does not turn it into DELETED; no
 //! `deletecollection`, finalizers, owner-reference garbage collection or namespaces lifecycle;
 //! one global resourceVersion counter for all resources (as etcd's revision).
@@ -221,15 +225,16 @@ impl FakeApi {
             .to_owned();
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_owned();
         self.shared.learn(&gvr, &obj, !ns.is_empty());
+        let info = self.shared.info(&gvr, !ns.is_empty());
         let mut store = self.shared.store();
         let result = if store.get(&gvr, &ns, &name).is_some() {
             let mut obj = obj;
             if let Value::Object(m) = &mut obj["metadata"] {
                 m.remove("resourceVersion");
             }
-            store.update(&gvr, &ns, &name, obj, Part::Whole)
+            store.update(&gvr, &ns, &name, obj, Part::Whole, &info)
         } else {
-            store.create(&gvr, &ns, obj, Part::Whole)
+            store.create(&gvr, &ns, obj, Part::Whole, &info)
         };
         result.map_err(api_err)
     }
@@ -268,6 +273,7 @@ impl FakeApi {
         merge_patch: &Value,
     ) -> Result<Value, HarnessError> {
         let gvr = Gvr::new(group, version, plural);
+        let info = self.shared.info(&gvr, !ns.is_empty());
         let mut store = self.shared.store();
         let mut obj = store
             .get(&gvr, ns, name)
@@ -277,12 +283,14 @@ impl FakeApi {
                 message: format!("{plural} \"{ns}/{name}\" not found"),
             })?;
         json_patch::merge(&mut obj, merge_patch);
-        let part = if self.shared.info(&gvr, !ns.is_empty()).status_subresource {
+        let part = if info.status_subresource {
             Part::Main
         } else {
             Part::Whole
         };
-        store.update(&gvr, ns, name, obj, part).map_err(api_err)
+        store
+            .update(&gvr, ns, name, obj, part, &info)
+            .map_err(api_err)
     }
 
     /// Every write of a resource still in the history (at most [`HISTORY`] writes of all

@@ -20,6 +20,22 @@ pub struct ResourceInfo {
     /// writes of the object keep `.status`, `/status` writes only `.status`. Without it `.status`
     /// is an ordinary field and `/status` answers 404.
     pub status_subresource: bool,
+    /// Served from a CustomResourceDefinition: the API server keeps `metadata.generation` (1 at create, +1 on
+    /// every write that changes anything outside `metadata`, and outside `.status` where that is a
+    /// subresource). Built-in types without a spec/status split (Event, Lease, ConfigMap) have no generation.
+    pub custom: bool,
+}
+
+impl ResourceInfo {
+    /// A custom resource's entry (what the server assumes of a resource it does not know).
+    pub fn custom(kind: &str, namespaced: bool, status_subresource: bool) -> ResourceInfo {
+        ResourceInfo {
+            kind: kind.to_owned(),
+            namespaced,
+            status_subresource,
+            custom: true,
+        }
+    }
 }
 
 /// The resources twinflash and its stand-ins use, as their definitions declare them:
@@ -29,17 +45,17 @@ pub struct ResourceInfo {
 /// - `twinflash.io/v1alpha1` `firmwarerollouts`: `manifests/crds/firmwarerollout.yaml` declares
 ///   `subresources: {status: {}}`.
 /// - `events.k8s.io/v1` and core `v1` `events`, `coordination.k8s.io/v1` `leases`, core
-///   `configmaps`: built-in types without a status (no status subresource).
+///   `configmaps`: built-in types without a status (no status subresource) and without a generation.
 pub fn builtin() -> BTreeMap<Gvr, ResourceInfo> {
     let entry = |g: &str, v: &str, p: &str, kind: &str, status: bool| {
-        (
-            Gvr::new(g, v, p),
-            ResourceInfo {
-                kind: kind.to_owned(),
-                namespaced: true,
-                status_subresource: status,
-            },
-        )
+        (Gvr::new(g, v, p), ResourceInfo::custom(kind, true, status))
+    };
+    let core = |g: &str, v: &str, p: &str, kind: &str| {
+        let info = ResourceInfo {
+            custom: false,
+            ..ResourceInfo::custom(kind, true, false)
+        };
+        (Gvr::new(g, v, p), info)
     };
     BTreeMap::from([
         entry("devices.kubeedge.io", "v1beta1", "devices", "Device", false),
@@ -64,10 +80,10 @@ pub fn builtin() -> BTreeMap<Gvr, ResourceInfo> {
             "FirmwareRollout",
             true,
         ),
-        entry("events.k8s.io", "v1", "events", "Event", false),
-        entry("", "v1", "events", "Event", false),
-        entry("coordination.k8s.io", "v1", "leases", "Lease", false),
-        entry("", "v1", "configmaps", "ConfigMap", false),
+        core("events.k8s.io", "v1", "events", "Event"),
+        core("", "v1", "events", "Event"),
+        core("coordination.k8s.io", "v1", "leases", "Lease"),
+        core("", "v1", "configmaps", "ConfigMap"),
     ])
 }
 

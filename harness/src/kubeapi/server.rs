@@ -33,6 +33,19 @@ pub struct RequestRecord {
     pub status: u16,
     /// Whether the server understood it (false: answered 404 as unknown).
     pub known: bool,
+    /// The `User-Agent` header (empty when none was sent).
+    pub user_agent: String,
+    /// The `fieldManager` query parameter, decoded (empty when none was sent).
+    pub field_manager: String,
+    /// When the request arrived.
+    pub at: std::time::Instant,
+}
+
+impl RequestRecord {
+    /// Whether the request asks for a change (`POST`, `PUT`, `PATCH`, `DELETE`).
+    pub fn is_write(&self) -> bool {
+        matches!(self.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE")
+    }
 }
 
 /// State shared by the handler and the test API.
@@ -66,11 +79,10 @@ impl Shared {
     /// What is known of `gvr`: a resource outside the table is served as a CRD with the status
     /// subresource (what kubebuilder generates), scoped by the path it was used with.
     pub fn info(&self, gvr: &Gvr, namespaced: bool) -> ResourceInfo {
-        self.resources().get(gvr).cloned().unwrap_or(ResourceInfo {
-            kind: String::new(),
-            namespaced,
-            status_subresource: true,
-        })
+        self.resources()
+            .get(gvr)
+            .cloned()
+            .unwrap_or_else(|| ResourceInfo::custom("", namespaced, true))
     }
 
     /// Learns the kind of `gvr` from an object written to it (for `<Kind>List` and discovery).
@@ -79,11 +91,9 @@ impl Shared {
             return;
         };
         let mut r = self.resources();
-        let e = r.entry(gvr.clone()).or_insert_with(|| ResourceInfo {
-            kind: String::new(),
-            namespaced,
-            status_subresource: true,
-        });
+        let e = r
+            .entry(gvr.clone())
+            .or_insert_with(|| ResourceInfo::custom("", namespaced, true));
         if e.kind.is_empty() {
             e.kind = kind.to_owned();
         }
@@ -283,8 +293,17 @@ pub async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let at = std::time::Instant::now();
     let path = uri.path().to_owned();
     let query = uri.query().unwrap_or("").to_owned();
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let field_manager = param(&query_pairs(&query), "fieldManager")
+        .unwrap_or("")
+        .to_owned();
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -312,6 +331,9 @@ pub async fn handle(
         content_type,
         status: resp.status().as_u16(),
         known,
+        user_agent,
+        field_manager,
+        at,
     };
     shared
         .requests
@@ -356,7 +378,8 @@ fn route(
             .map_err(|e| ApiError::new(400, "BadRequest", format!("body is not JSON: {e}")))
             .and_then(|obj| {
                 shared.learn(&t.gvr, &obj, t.namespace.is_some());
-                shared.store().create(&t.gvr, ns_key(t), obj, part)
+                let info = shared.info(&t.gvr, t.namespace.is_some());
+                shared.store().create(&t.gvr, ns_key(t), obj, part, &info)
             })
             .map(|o| (201, o)),
         ("GET", Some(name)) => shared
@@ -366,9 +389,13 @@ fn route(
             .ok_or_else(|| not_found(t, name)),
         ("PUT", Some(name)) => serde_json::from_slice::<Value>(body)
             .map_err(|e| ApiError::new(400, "BadRequest", format!("body is not JSON: {e}")))
-            .and_then(|obj| shared.store().update(&t.gvr, ns_key(t), name, obj, part))
+            .and_then(|obj| {
+                shared
+                    .store()
+                    .update(&t.gvr, ns_key(t), name, obj, part, &info)
+            })
             .map(|o| (200, o)),
-        ("PATCH", Some(name)) => patch(shared, t, name, content_type, body, part),
+        ("PATCH", Some(name)) => patch(shared, t, name, content_type, body, part, &info),
         ("DELETE", Some(name)) if !t.status => shared
             .store()
             .delete(&t.gvr, ns_key(t), name)
@@ -421,6 +448,7 @@ fn patch(
     content_type: &str,
     body: &[u8],
     part: Part,
+    info: &ResourceInfo,
 ) -> Result<(u16, Value), ApiError> {
     let mut store = shared.store();
     let old = store.get(&t.gvr, ns_key(t), name);
@@ -430,13 +458,15 @@ fn patch(
             // Server-side apply creates a missing object.
             let mut obj = patched(None, content_type, body)?;
             obj["metadata"]["name"] = json!(name);
-            store.create(&t.gvr, ns_key(t), obj, part).map(|o| (201, o))
+            store
+                .create(&t.gvr, ns_key(t), obj, part, info)
+                .map(|o| (201, o))
         }
         None => Err(not_found(t, name)),
         Some(old) => {
             let new = patched(Some(&old), content_type, body)?;
             store
-                .update(&t.gvr, ns_key(t), name, new, part)
+                .update(&t.gvr, ns_key(t), name, new, part, info)
                 .map(|o| (200, o))
         }
     }

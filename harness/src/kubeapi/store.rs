@@ -8,6 +8,8 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+use super::resources::ResourceInfo;
+
 /// A resource: API group (`""` for the core group), version and plural name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Gvr {
@@ -150,12 +152,19 @@ fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// The object without the parts that do not count as a spec change.
-fn spec_part(obj: &Value) -> Value {
+/// The object without the parts whose change does not raise `metadata.generation`: `metadata`, and `.status` where
+/// it is a subresource. As the API server's custom resource strategy
+/// (apiextensions-apiserver `pkg/registry/customresource/strategy.go`, `PrepareForUpdate`: "except for the changes
+/// to `metadata`, any other changes cause the generation to increment"; with the status subresource `.status` is
+/// taken from the old object first). So on a CRD without the subresource (KubeEdge's Device, DeviceStatus) a status
+/// write raises the generation, as seen on kube-apiserver v1.32 (docs/kubeedge.md section 10).
+fn generation_part(obj: &Value, info: &ResourceInfo) -> Value {
     let mut v = obj.clone();
     if let Value::Object(m) = &mut v {
         m.remove("metadata");
-        m.remove("status");
+        if info.status_subresource {
+            m.remove("status");
+        }
     }
     v
 }
@@ -223,13 +232,15 @@ impl Store {
     }
 
     /// Creates `obj` in `ns` (`""`: cluster scoped). A missing name is made from `generateName`.
-    /// Status is dropped unless `part` is [`Part::Whole`].
+    /// Status is dropped unless `part` is [`Part::Whole`]. A custom resource starts at generation 1, a built-in
+    /// type (`info.custom` false) has none.
     pub fn create(
         &mut self,
         gvr: &Gvr,
         ns: &str,
         mut obj: Value,
         part: Part,
+        info: &ResourceInfo,
     ) -> Result<Value, ApiError> {
         if !obj.is_object() {
             return Err(ApiError::new(
@@ -278,16 +289,25 @@ impl Store {
         meta["resourceVersion"] = json!(self.rv.to_string());
         meta["uid"] = json!(format!("00000000-0000-4000-8000-{:012x}", self.uids));
         meta["creationTimestamp"] = json!(now_rfc3339());
-        meta["generation"] = json!(1);
+        match meta {
+            Value::Object(m) if info.custom => {
+                m.insert("generation".into(), json!(1));
+            }
+            Value::Object(m) => {
+                m.remove("generation");
+            }
+            _ => {}
+        }
         self.objects.insert(key, obj.clone());
         self.record(gvr, EventType::Added, obj.clone());
         Ok(obj)
     }
 
     /// Replaces the object with `candidate` within `part`: a `metadata.resourceVersion` in the
-    /// candidate that is not the current one is a 409 Conflict. Identity fields are kept,
-    /// `generation` grows when anything but metadata and status changed, and a write that changes
-    /// nothing is not recorded (no new resourceVersion, no event), as the API server does.
+    /// candidate that is not the current one is a 409 Conflict. Identity fields are kept; a custom
+    /// resource's `generation` grows when anything outside metadata changed (outside metadata and status where
+    /// status is a subresource: [`generation_part`]); a write that changes nothing is not recorded (no new
+    /// resourceVersion, no event), as the API server does.
     pub fn update(
         &mut self,
         gvr: &Gvr,
@@ -295,6 +315,7 @@ impl Store {
         name: &str,
         candidate: Value,
         part: Part,
+        info: &ResourceInfo,
     ) -> Result<Value, ApiError> {
         let key = (gvr.clone(), ns.to_owned(), name.to_owned());
         let Some(old) = self.objects.get(&key).cloned() else {
@@ -377,7 +398,7 @@ impl Store {
         if new == old {
             return Ok(old);
         }
-        if spec_part(&new) != spec_part(&old) {
+        if info.custom && generation_part(&new, info) != generation_part(&old, info) {
             let g = old["metadata"]["generation"].as_i64().unwrap_or(0);
             new["metadata"]["generation"] = json!(g + 1);
         }
@@ -413,11 +434,18 @@ mod tests {
         Gvr::new("devices.kubeedge.io", "v1beta1", "devices")
     }
 
+    /// A CRD with the status subresource.
+    fn with_status() -> ResourceInfo {
+        ResourceInfo::custom("Device", true, true)
+    }
+
     #[test]
     fn writes_bump_versions_and_keep_status_apart() {
         let mut s = Store::default();
         let obj = json!({"kind": "Device", "metadata": {"name": "d"}, "spec": {"a": 1}, "status": {"x": 1}});
-        let created = s.create(&gvr(), "ns", obj, Part::Main).unwrap();
+        let created = s
+            .create(&gvr(), "ns", obj, Part::Main, &with_status())
+            .unwrap();
         assert!(created.get("status").is_none(), "create drops status");
         assert_eq!(created["metadata"]["generation"], 1);
         let rv1 = created["metadata"]["resourceVersion"]
@@ -432,6 +460,7 @@ mod tests {
                 "d",
                 json!({"spec": {"a": 9}, "status": {"x": 2}}),
                 Part::Status,
+                &with_status(),
             )
             .unwrap();
         assert_eq!(st["status"]["x"], 2);
@@ -445,6 +474,7 @@ mod tests {
                 "d",
                 json!({"spec": {"a": 2}, "status": {"x": 5}}),
                 Part::Main,
+                &with_status(),
             )
             .unwrap();
         assert_eq!(
@@ -455,24 +485,76 @@ mod tests {
         // A stale resourceVersion is a conflict; a no-op write records nothing.
         let stale = json!({"metadata": {"resourceVersion": rv1}, "spec": {"a": 3}});
         assert_eq!(
-            s.update(&gvr(), "ns", "d", stale, Part::Main)
+            s.update(&gvr(), "ns", "d", stale, Part::Main, &with_status())
                 .unwrap_err()
                 .code,
             409
         );
         let rv = s.resource_version();
-        s.update(&gvr(), "ns", "d", main.clone(), Part::Main)
+        s.update(&gvr(), "ns", "d", main.clone(), Part::Main, &with_status())
             .unwrap();
         assert_eq!(s.resource_version(), rv);
         assert_eq!(s.history(&gvr()).len(), 3);
     }
 
     #[test]
+    fn generation_follows_the_custom_resource_strategy() {
+        let mut s = Store::default();
+        let plain = ResourceInfo::custom("Device", true, false);
+        let obj = json!({"metadata": {"name": "d"}, "spec": {"a": 1}});
+        let created = s.create(&gvr(), "ns", obj, Part::Whole, &plain).unwrap();
+        assert_eq!(created["metadata"]["generation"], 1);
+        let write = |s: &mut Store, body: Value| {
+            s.update(&gvr(), "ns", "d", body, Part::Whole, &plain)
+                .unwrap()["metadata"]["generation"]
+                .clone()
+        };
+        // Without the status subresource a status write is a change outside metadata: +1.
+        let g = write(&mut s, json!({"spec": {"a": 1}, "status": {"x": 1}}));
+        assert_eq!(g, 2);
+        // Metadata only (annotations, labels): never.
+        let g = write(
+            &mut s,
+            json!({"metadata": {"annotations": {"k": "v"}}, "spec": {"a": 1}, "status": {"x": 1}}),
+        );
+        assert_eq!(g, 2);
+        let g = write(&mut s, json!({"spec": {"a": 2}, "status": {"x": 1}}));
+        assert_eq!(g, 3);
+        // A built-in type (Lease, Event, ConfigMap) has no generation at all.
+        let lease = Gvr::new("coordination.k8s.io", "v1", "leases");
+        let core = ResourceInfo {
+            custom: false,
+            ..ResourceInfo::custom("Lease", true, false)
+        };
+        let obj =
+            json!({"metadata": {"name": "l", "generation": 4}, "spec": {"holderIdentity": "a"}});
+        let l = s.create(&lease, "ns", obj, Part::Whole, &core).unwrap();
+        assert!(l["metadata"].get("generation").is_none(), "{l}");
+        let l = s
+            .update(
+                &lease,
+                "ns",
+                "l",
+                json!({"spec": {"holderIdentity": "b"}}),
+                Part::Whole,
+                &core,
+            )
+            .unwrap();
+        assert!(l["metadata"].get("generation").is_none(), "{l}");
+    }
+
+    #[test]
     fn watches_resume_from_history_and_expire() {
         let mut s = Store::default();
         let start = s.resource_version();
-        s.create(&gvr(), "ns", json!({"metadata": {"name": "a"}}), Part::Main)
-            .unwrap();
+        s.create(
+            &gvr(),
+            "ns",
+            json!({"metadata": {"name": "a"}}),
+            Part::Main,
+            &with_status(),
+        )
+        .unwrap();
         s.delete(&gvr(), "ns", "a").unwrap();
         let (backlog, _rx) = s.watch_from(start).unwrap();
         let kinds: Vec<_> = backlog.iter().map(|r| r.kind).collect();
@@ -480,9 +562,15 @@ mod tests {
         s.dropped_up_to = 5;
         assert_eq!(s.watch_from(2).unwrap_err().code, 410);
         assert_eq!(
-            s.create(&gvr(), "ns", json!({"metadata": {}}), Part::Main)
-                .unwrap_err()
-                .code,
+            s.create(
+                &gvr(),
+                "ns",
+                json!({"metadata": {}}),
+                Part::Main,
+                &with_status()
+            )
+            .unwrap_err()
+            .code,
             422
         );
     }

@@ -99,10 +99,13 @@ struct Create {
     dry_run: bool,
 }
 
+/// A client of the cluster that names itself `twinflash/<version>` on every request (issue 22, F3).
 async fn client() -> anyhow::Result<kube::Client> {
-    kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
-        .context("no Kubernetes cluster (KUBECONFIG or in-cluster credentials) [internal]")
+        .context("no Kubernetes cluster (KUBECONFIG or in-cluster credentials) [internal]")?;
+    kube::Client::try_from(rc::with_user_agent(config))
+        .context("cannot build the Kubernetes client [internal]")
 }
 
 /// Runs the verb.

@@ -194,11 +194,29 @@ pub fn abort_patch(rollback: bool) -> Value {
     }
 }
 
+/// The field manager of the CLI's writes: an operator's `twinflash rollout` changes show as `twinflash` in
+/// `managedFields`, apart from the controller's (`twinflash-rollout` writes the status).
+pub const FIELD_MANAGER: &str = "twinflash";
+
+/// `config` sending `User-Agent: twinflash/<version>` on every request (a User-Agent already set is replaced).
+pub fn with_user_agent(mut config: kube::Config) -> kube::Config {
+    let ua = http::HeaderValue::from_static(concat!("twinflash/", env!("CARGO_PKG_VERSION")));
+    config
+        .headers
+        .retain(|(name, _)| name != http::header::USER_AGENT);
+    config.headers.push((http::header::USER_AGENT, ua));
+    config
+}
+
 /// Creates the rollout.
 pub async fn create(client: Client, rollout: &FirmwareRollout) -> kube::Result<FirmwareRollout> {
     let ns = rollout.namespace().unwrap_or_else(|| "default".into());
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
     Api::<FirmwareRollout>::namespaced(client, &ns)
-        .create(&PostParams::default(), rollout)
+        .create(&params, rollout)
         .await
 }
 
@@ -209,8 +227,12 @@ pub async fn patch_spec(
     name: &str,
     patch: &Value,
 ) -> kube::Result<FirmwareRollout> {
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
     Api::<FirmwareRollout>::namespaced(client, namespace)
-        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .patch(name, &params, &Patch::Merge(patch))
         .await
 }
 
