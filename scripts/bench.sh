@@ -65,6 +65,7 @@ run "Controller: 10,000 Devices to MQTT intents (issue 6)" agent_table target/re
 run "Controller through the API server: twinflash-cloud, FakeApi, registry, mosquitto (issue 6, full path)" target/release/examples/bench_controller_api "$api_devices"
 run "Controller anti-entropy: 10,000 converged Devices, cost per period and CPU of one scan (issue 13, point 3)" target/release/examples/bench_anti_entropy 10000
 NOTES=scripts/bench/notes/signatures.md run "Signatures: verification time (issue 15; real registry on loopback)" agent_table target/release/examples/bench_signature "$sig_mib"
+NOTES=scripts/bench/notes/hostile.md run "Hostile input: cache re-hash cost, parser memory bounds (issue 23)" target/release/examples/bench_hostile
 NOTES=scripts/bench/notes/binary-size.md run "twinflash-edge release binary, stripped (issues 4, 14 and 15)" bash -c 'echo "| date | commit | with probe-rs, DMI and signatures (goal <= 13 MiB) | without probe-rs |"; echo "|---|---|---|---|"; bash scripts/bench/binary-size.sh'
 
 {

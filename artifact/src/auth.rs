@@ -110,7 +110,7 @@ impl ResolvedCredentials {
 }
 
 fn read_to_string(path: &Path) -> Result<String, AuthError> {
-    std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+    mqtt_schema::small_file::read_small_text(path).map_err(|source| AuthError::Read {
         path: path.to_owned(),
         source,
     })

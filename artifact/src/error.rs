@@ -43,6 +43,15 @@ pub enum FetchError {
         /// What happened.
         detail: String,
     },
+    /// The registry sent the client where it may not go: a redirect or a token realm over plain HTTP to a host
+    /// not in `plain_http`, or to a link-local address (docs/security.md, "Registry"). Nothing was sent there.
+    #[error("registry {source_name} sent the client where it may not go: {detail}")]
+    RedirectRefused {
+        /// Which source.
+        source_name: String,
+        /// The URL and the rule.
+        detail: String,
+    },
     /// 404, or a layout without the blob.
     #[error("not found in {source_name}: {what}")]
     NotFound {
@@ -110,6 +119,7 @@ impl FetchError {
             Self::Unreachable { .. } | Self::Rejected { .. } => ErrorCode::RegistryUnreachable,
             Self::Auth { .. } | Self::Credentials(_) => ErrorCode::RegistryAuth,
             Self::NotFound { .. } => ErrorCode::NotFound,
+            Self::RedirectRefused { .. } => ErrorCode::RedirectRefused,
             Self::DigestMismatch { .. } => ErrorCode::DigestMismatch,
             Self::Unsigned { .. } => ErrorCode::Unsigned,
             Self::SignatureInvalid { .. } => ErrorCode::SignatureInvalid,

@@ -10,6 +10,12 @@ pub use twinflash_image::{
 
 /// Media type of the OCI image manifest that carries a firmware artifact.
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The `Accept` header of a firmware manifest request: the manifest, and the index types, so that a reference to an
+/// index is answered with the index and refused as one (`unsupported-artifact`), not as missing (a registry answers 404
+/// to an index the client does not accept).
+pub const FIRMWARE_MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.oci.image.index.v1+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json";
 /// `artifactType` of every twinflash firmware artifact.
 pub const ARTIFACT_TYPE: &str = "application/vnd.twinflash.firmware.v1";
 /// Media type of the empty config descriptor.

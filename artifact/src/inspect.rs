@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::Credentials;
 use crate::error::FetchError;
-use crate::format::MANIFEST_MEDIA_TYPE;
+use crate::format::FIRMWARE_MANIFEST_ACCEPT;
 use crate::http::{RegistryClient, Repo};
 use crate::manifest::FirmwareArtifact;
 use crate::registry::TlsOptions;
@@ -50,7 +50,9 @@ pub async fn inspect(
         .or(parsed.tag())
         .unwrap_or("latest")
         .to_owned();
-    let bytes = client.manifest(repo, &target, MANIFEST_MEDIA_TYPE).await?;
+    let bytes = client
+        .manifest(repo, &target, FIRMWARE_MANIFEST_ACCEPT)
+        .await?;
     let manifest_digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
     if let Some(expected) = parsed.digest()
         && expected != manifest_digest

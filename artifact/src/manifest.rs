@@ -93,6 +93,17 @@ pub struct FirmwareArtifact {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// The number of entries, if `bytes` are an image index (OCI, or Docker's manifest list): a `manifests` array.
+fn index_size(bytes: &[u8]) -> Option<usize> {
+    #[derive(Deserialize)]
+    struct Index {
+        manifests: Vec<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Index>(bytes)
+        .ok()
+        .map(|i| i.manifests.len())
+}
+
 /// Checks that `digest` is `sha256:` followed by 64 lower-case hex digits.
 pub fn is_sha256_digest(digest: &str) -> bool {
     digest.strip_prefix("sha256:").is_some_and(|hex| {
@@ -103,8 +114,13 @@ pub fn is_sha256_digest(digest: &str) -> bool {
 impl FirmwareArtifact {
     /// Parses and validates manifest bytes.
     pub fn from_manifest_bytes(bytes: &[u8]) -> Result<Self, ManifestError> {
-        let manifest: Manifest =
-            serde_json::from_slice(bytes).map_err(|e| ManifestError::Parse(e.to_string()))?;
+        let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| match index_size(bytes) {
+            Some(n) => ManifestError::Unsupported(format!(
+                "the reference names an image index ({n} entries), not a firmware manifest: name the digest of the \
+                 firmware manifest itself (indexes, nested or not, are not followed)"
+            )),
+            None => ManifestError::Parse(e.to_string()),
+        })?;
         Self::from_manifest(&manifest)
     }
 

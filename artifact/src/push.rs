@@ -18,7 +18,7 @@ use crate::format::{
     self, EMPTY_CONFIG, EMPTY_CONFIG_DIGEST, FirmwareFormat, ImageError, MAX_PARSED_FILE,
 };
 use crate::manifest::{ArtifactMeta, FirmwareArtifact, ManifestError, build_manifest};
-use crate::registry::{TlsOptions, build_client};
+use crate::registry::{TlsOptions, push_client};
 
 /// What to push.
 #[derive(Debug, Clone)]
@@ -198,12 +198,9 @@ pub async fn push(
     // Validate the metadata before any upload: a placeholder digest stands in for the layer.
     build_manifest(&meta, EMPTY_CONFIG_DIGEST, checked.size)?;
 
-    let client = build_client(tls)?;
     let registry = reference.resolve_registry().to_owned();
     let auth = credentials.resolve().map_err(FetchError::from)?;
-    client
-        .store_auth_if_needed(&registry, &auth.for_registry(&registry))
-        .await;
+    let client = push_client(tls, &auth, &registry).await?;
     let oci = |e| PushError::Registry(FetchError::from_oci(&registry, e));
 
     let exists = client

@@ -24,6 +24,10 @@ pub struct TlsOptions {
     pub client_key: Option<PathBuf>,
     /// Idle timeouts and total deadlines of registry requests.
     pub timeouts: Timeouts,
+    /// Follow redirects and token realms to link-local addresses (169.254.0.0/16, fe80::/10, cloud metadata
+    /// addresses). Off by default: such a redirect is refused as `redirect-refused` before any connection.
+    /// `plain_http` applies to redirects and realms either way.
+    pub allow_link_local_redirects: bool,
 }
 
 /// Deadlines of registry requests: every network read has an idle timeout and a total deadline
@@ -62,6 +66,26 @@ impl Default for Timeouts {
     }
 }
 
+/// The oci-client `Client` of `push` and `sign` for `registry`, with its credentials stored, once the registry's
+/// token realm passed the rules of the pull client (`plain_http`, no link-local address): oci-client follows the realm
+/// of a 401 itself and has no hook for it, so our client reads the challenge first and a realm it would refuse stops
+/// the push before oci-client sends a credential (`redirect-refused`). oci-client's own redirects (blob uploads) are
+/// followed by its reqwest defaults, which drop `Authorization` on a change of host.
+pub(crate) async fn push_client(
+    opts: &TlsOptions,
+    credentials: &crate::auth::ResolvedCredentials,
+    registry: &str,
+) -> Result<oci_client::Client, FetchError> {
+    let client = build_client(opts)?;
+    crate::http::RegistryClient::new(opts, std::sync::Arc::new(credentials.clone()))?
+        .check_token_realm(registry)
+        .await?;
+    client
+        .store_auth_if_needed(registry, &credentials.for_registry(registry))
+        .await;
+    Ok(client)
+}
+
 /// Builds the oci-client `Client` of `push` for these options.
 pub fn build_client(opts: &TlsOptions) -> Result<oci_client::Client, FetchError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -74,7 +98,8 @@ pub fn build_client(opts: &TlsOptions) -> Result<oci_client::Client, FetchError>
     }
     let mut extra_root_certificates = Vec::new();
     if let Some(path) = &opts.ca_file {
-        let data = std::fs::read(path).map_err(|e| FetchError::io("read CA file", path, e))?;
+        let data = mqtt_schema::small_file::read_small_file(path)
+            .map_err(|e| FetchError::io("read CA file", path, e))?;
         extra_root_certificates.push(Certificate {
             encoding: CertificateEncoding::Pem,
             data,

@@ -82,16 +82,6 @@ fn token_registry(manifest: Vec<u8>, blob: Vec<u8>) -> (String, Seen) {
     (host, seen)
 }
 
-fn basic(dir: &std::path::Path, password: &str) -> Credentials {
-    let file = dir.join(password);
-    std::fs::write(&file, format!("{password}\n")).unwrap();
-    Credentials {
-        username: Some("flasher".into()),
-        password_file: Some(file),
-        ..Credentials::default()
-    }
-}
-
 #[tokio::test]
 async fn a_bearer_challenge_gets_one_token_per_repository_with_the_basic_credentials() {
     let blob: Vec<u8> = (0..700_000u32).map(|i| (i * 13 % 251) as u8).collect();

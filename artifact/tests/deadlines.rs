@@ -5,81 +5,12 @@
 
 mod common;
 
-use std::io::{BufReader, Write};
-use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use common::*;
 use mqtt_schema::ErrorCode;
 use twinflash_artifact::{FetchError, FetchEvent};
 use twinflash_harness::{Fault, FaultProxy, Registry};
-
-/// One answer of the scripted server: status, extra header lines, body, and whether the body
-/// trickles at 1 byte/s (the head is always sent at once).
-struct Answer {
-    status: u16,
-    extra: String,
-    body: Vec<u8>,
-    trickle: bool,
-}
-
-/// A loopback HTTP server answering each request (target, authorization header) with `route`,
-/// one thread per connection so a trickling answer does not block the others.
-fn scripted(route: impl Fn(&str, &str, &str) -> Answer + Send + Sync + 'static) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let host = listener.local_addr().unwrap().to_string();
-    let route = std::sync::Arc::new(route);
-    let h = host.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let (route, h) = (route.clone(), h.clone());
-            std::thread::spawn(move || serve(stream, &h, &*route));
-        }
-    });
-    host
-}
-
-fn serve(mut stream: TcpStream, host: &str, route: &dyn Fn(&str, &str, &str) -> Answer) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let Some((target, headers)) = read_head(&mut reader) else {
-        return;
-    };
-    let auth = headers.get("authorization").map_or("", String::as_str);
-    let a = route(host, &target, auth);
-    let head = format!(
-        "HTTP/1.1 {} X\r\nContent-Type: application/json\r\n{}Content-Length: {}\r\nConnection: close\r\n\r\n",
-        a.status,
-        a.extra,
-        a.body.len()
-    );
-    if stream.write_all(head.as_bytes()).is_err() {
-        return;
-    }
-    if !a.trickle {
-        let _ = stream.write_all(&a.body);
-        return;
-    }
-    for byte in a.body {
-        if stream
-            .write_all(&[byte])
-            .and_then(|()| stream.flush())
-            .is_err()
-        {
-            return; // the client gave up
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
-fn answer(status: u16, body: Vec<u8>, trickle: bool) -> Answer {
-    Answer {
-        status,
-        extra: String::new(),
-        body,
-        trickle,
-    }
-}
 
 /// Fetches; fails the test if the fetch does not end (the bug: it never did).
 async fn fetch_ends(cfg: twinflash_artifact::FetchConfig, reference: &str) -> (FetchError, usize) {
@@ -117,7 +48,8 @@ async fn a_manifest_trickled_at_one_byte_per_second_ends_registry_unreachable() 
         } else {
             answer(404, b"{}".to_vec(), false)
         }
-    });
+    })
+    .host;
     let cache = tempfile::tempdir().unwrap();
     let mut cfg = config(cache.path(), &host);
     cfg.timeouts.manifest = Duration::from_secs(1);
@@ -151,7 +83,8 @@ async fn a_token_answer_trickled_at_one_byte_per_second_ends_registry_unreachabl
         } else {
             answer(200, manifest.clone(), false)
         }
-    });
+    })
+    .host;
     let cache = tempfile::tempdir().unwrap();
     let mut cfg = config(cache.path(), &host);
     cfg.timeouts.token = Duration::from_secs(1);

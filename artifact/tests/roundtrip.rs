@@ -98,7 +98,7 @@ async fn the_cache_evicts_least_recently_used_but_never_pinned() {
     let cache_has = |p: &twinflash_artifact::Pushed| {
         fetcher
             .cache()
-            .has_blob(&p.artifact.layer_digest, p.artifact.size)
+            .verified_blob(&p.artifact.layer_digest, p.artifact.size)
     };
     assert!(cache_has(&refs[0]), "pinned firmware evicted");
     assert!(!cache_has(&refs[1]), "least recently used not evicted");

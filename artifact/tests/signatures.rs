@@ -137,6 +137,7 @@ async fn unsigned_wrong_key_and_another_digest_are_refused_before_the_layer() {
         &host,
         "fw/x",
         &format!("sha256-{}.sig", hex(&b.manifest_digest)),
+        "application/vnd.oci.image.manifest.v1+json",
         &sig_a,
     );
     let err = fetch(cfg.clone(), &b.pinned_reference).await.0.unwrap_err();
@@ -304,20 +305,6 @@ fn hex(digest: &str) -> &str {
     digest.trim_start_matches("sha256:")
 }
 
-fn curl(args: &[&str]) -> Vec<u8> {
-    let out = Command::new("curl")
-        .arg("-sSf")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 fn registry_get(host: &str, repo: &str, reference: &str) -> Vec<u8> {
     curl(&[
         "-H",
@@ -328,21 +315,6 @@ fn registry_get(host: &str, repo: &str, reference: &str) -> Vec<u8> {
 
 fn registry_blob(host: &str, repo: &str, digest: &str) -> Vec<u8> {
     curl(&["-L", &format!("http://{host}/v2/{repo}/blobs/{digest}")])
-}
-
-fn registry_put(host: &str, repo: &str, tag: &str, body: &[u8]) {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("m.json");
-    std::fs::write(&f, body).unwrap();
-    curl(&[
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/vnd.oci.image.manifest.v1+json",
-        "--data-binary",
-        &format!("@{}", f.display()),
-        &format!("http://{host}/v2/{repo}/manifests/{tag}"),
-    ]);
 }
 
 fn write_blob(layout: &Path, bytes: &[u8]) {

@@ -446,3 +446,65 @@ fn pull_writes_regular_files_only_and_follows_a_symlink_with_force() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// Runs `cmd` to its end, or kills it and fails the test after `limit` (a command that hangs).
+fn output_within(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{cmd:?} hung for {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Issue 23: key, password and CA paths that are `/dev/zero` or a FIFO were read without bound or hung. Each verb
+/// refuses them at once with one line naming what the path is.
+#[test]
+fn key_password_and_ca_files_that_are_fifos_or_devices_fail_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let fifo = fifo.to_str().unwrap().to_owned();
+    // Nothing listens there: every file is read before the network.
+    let reference = format!("127.0.0.1:9/fw/x@sha256:{}", "ab".repeat(32));
+    let out = dir.path().join("out.bin");
+    let out = out.to_str().unwrap();
+    for (path, kind) in [(fifo.as_str(), "FIFO"), ("/dev/zero", "character device")] {
+        for args in [
+            vec!["verify", &reference, "--key", path, "--plain-http"],
+            vec!["sign", &reference, "--key", path, "--plain-http"],
+            vec!["inspect", &reference, "--ca-file", path],
+            vec![
+                "pull",
+                &reference,
+                "-o",
+                out,
+                "--username",
+                "u",
+                "--password-file",
+                path,
+                "--plain-http",
+            ],
+        ] {
+            let mut cmd = twinflash();
+            cmd.args(&args);
+            let line = one_line_error(output_within(cmd, Duration::from_secs(20)));
+            assert!(line.contains(kind), "{args:?}: {line}");
+        }
+    }
+}

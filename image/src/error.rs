@@ -54,6 +54,27 @@ pub enum ImageError {
         /// Where the first one ends.
         previous_end: u64,
     },
+    /// More separate pieces of data than [`crate::MAX_SEGMENTS`] (ELF loadable segments, or runs of Intel HEX records
+    /// or UF2 blocks after joining the ones that continue each other).
+    #[error(
+        "the {format} image has more than {max} separate pieces of data (a firmware has a handful)"
+    )]
+    TooManySegments {
+        /// The format.
+        format: FirmwareFormat,
+        /// The limit.
+        max: usize,
+    },
+    /// The pieces of data hold more bytes than the file: ELF segments that name the same file bytes over and over.
+    #[error(
+        "the {format} image's segments hold more data than the {file} bytes of the file (segments that share file bytes)"
+    )]
+    DataExceedsFile {
+        /// The format.
+        format: FirmwareFormat,
+        /// The file's size.
+        file: u64,
+    },
     /// Data that runs past the end of the 64-bit address space.
     #[error("the {format} image has data at {at:#x} that wraps the address space")]
     Wraps {

@@ -6,28 +6,13 @@
 /// A little-endian ARM ELF32 executable whose PT_LOAD segments hold `segments` at their physical
 /// addresses (virtual address = physical address + `vaddr_offset`, to prove the loader uses physical ones).
 pub fn elf32(segments: &[(u32, &[u8])], vaddr_offset: u32) -> Vec<u8> {
-    const EHDR: usize = 52;
-    const PHDR: usize = 32;
     let phnum = segments.len() + 1; // plus one non-load segment (PT_NOTE) that must be ignored
     let mut data_off = EHDR + PHDR * phnum;
-    let mut out = vec![0u8; data_off];
-    out[0..4].copy_from_slice(b"\x7fELF");
-    out[4] = 1; // ELFCLASS32
-    out[5] = 1; // little endian
-    out[6] = 1; // EV_CURRENT
-    let put16 =
-        |b: &mut Vec<u8>, at: usize, v: u16| b[at..at + 2].copy_from_slice(&v.to_le_bytes());
-    let put32 =
-        |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-    put16(&mut out, 16, 2); // ET_EXEC
-    put16(&mut out, 18, 40); // EM_ARM
-    put32(&mut out, 20, 1);
-    put32(&mut out, 24, segments.first().map(|s| s.0).unwrap_or(0)); // entry
-    put32(&mut out, 28, EHDR as u32); // phoff
-    put16(&mut out, 40, EHDR as u16); // ehsize
-    put16(&mut out, 42, PHDR as u16);
-    put16(&mut out, 44, phnum as u16);
-    put16(&mut out, 46, 40); // shentsize
+    let mut out = elf32_header(
+        data_off,
+        phnum as u16,
+        segments.first().map(|s| s.0).unwrap_or(0),
+    );
     let mut payload = Vec::new();
     for (i, (addr, bytes)) in segments.iter().enumerate() {
         let ph = EHDR + PHDR * i;
@@ -88,25 +73,98 @@ pub fn elf32(segments: &[(u32, &[u8])], vaddr_offset: u32) -> Vec<u8> {
     out
 }
 
+const EHDR: usize = 52;
+const PHDR: usize = 32;
+
+fn put16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+/// `len` zero bytes that start with the header of a little-endian ARM ELF32 executable with `phnum` program headers
+/// right after it.
+fn elf32_header(len: usize, phnum: u16, entry: u32) -> Vec<u8> {
+    let mut out = vec![0u8; len.max(EHDR)];
+    out[0..4].copy_from_slice(b"\x7fELF");
+    out[4] = 1; // ELFCLASS32
+    out[5] = 1; // little endian
+    out[6] = 1; // EV_CURRENT
+    put16(&mut out, 16, 2); // ET_EXEC
+    put16(&mut out, 18, 40); // EM_ARM
+    put32(&mut out, 20, 1);
+    put32(&mut out, 24, entry);
+    put32(&mut out, 28, EHDR as u32); // phoff
+    put16(&mut out, 40, EHDR as u16); // ehsize
+    put16(&mut out, 42, PHDR as u16);
+    put16(&mut out, 44, phnum);
+    put16(&mut out, 46, 40); // shentsize
+    out
+}
+
+/// An ELF32 of `file_len` bytes whose program headers are all PT_LOAD `(p_offset, p_paddr, p_filesz)` as given, and
+/// nothing else (no sections). The headers follow the ELF header; the rest of the file is zeros.
+pub fn elf32_loads(file_len: usize, loads: &[(u32, u32, u32)]) -> Vec<u8> {
+    let mut out = elf32_header(
+        file_len.max(EHDR + PHDR * loads.len()),
+        loads.len() as u16,
+        0,
+    );
+    for (i, (offset, paddr, filesz)) in loads.iter().enumerate() {
+        let ph = EHDR + PHDR * i;
+        put32(&mut out, ph, 1); // PT_LOAD
+        put32(&mut out, ph + 4, *offset);
+        put32(&mut out, ph + 8, *paddr);
+        put32(&mut out, ph + 12, *paddr);
+        put32(&mut out, ph + 16, *filesz);
+        put32(&mut out, ph + 20, *filesz);
+        put32(&mut out, ph + 24, 5);
+        put32(&mut out, ph + 28, 4);
+    }
+    out
+}
+
+/// The program-header bomb of issue 23: a 4 MiB ELF32 with 65,534 PT_LOAD headers, each `p_offset = 0` and
+/// `p_filesz = 4 MiB` (the whole file) at the same address: 256 GiB of segments in a file under any artifact limit.
+pub fn elf32_header_bomb() -> Vec<u8> {
+    const LEN: u32 = 4 << 20;
+    elf32_loads(LEN as usize, &vec![(0, 0x0800_0000, LEN); 65_534])
+}
+
 /// Intel HEX text for `data` at `address` (extended linear address records as needed).
 pub fn ihex(address: u32, data: &[u8]) -> String {
-    let mut records = Vec::new();
+    ihex_pieces(
+        data.chunks(16)
+            .enumerate()
+            .map(|(i, chunk)| (address.wrapping_add((i * 16) as u32), chunk)),
+    )
+}
+
+/// Intel HEX text with one data record per `(address, bytes)` piece (at most 255 bytes each), in the order given,
+/// extended linear address records as needed, and the end-of-file record.
+pub fn ihex_pieces<'a>(pieces: impl IntoIterator<Item = (u32, &'a [u8])>) -> String {
+    let mut out = String::new();
     let mut upper = None;
-    for (i, chunk) in data.chunks(16).enumerate() {
-        let addr = address.wrapping_add((i * 16) as u32);
+    // Records built here are always valid (<= 255 data bytes), so the writer cannot fail.
+    let mut put = |record: ihex::Record| {
+        out.push_str(&record.to_record_string().unwrap_or_default());
+        out.push('\n');
+    };
+    for (addr, bytes) in pieces {
         let hi = (addr >> 16) as u16;
         if upper != Some(hi) {
-            records.push(ihex::Record::ExtendedLinearAddress(hi));
+            put(ihex::Record::ExtendedLinearAddress(hi));
             upper = Some(hi);
         }
-        records.push(ihex::Record::Data {
+        put(ihex::Record::Data {
             offset: (addr & 0xFFFF) as u16,
-            value: chunk.to_vec(),
+            value: bytes.to_vec(),
         });
     }
-    records.push(ihex::Record::EndOfFile);
-    // Records built here are always valid (<= 255 data bytes), so the writer cannot fail.
-    ihex::create_object_file_representation(&records).unwrap_or_default()
+    put(ihex::Record::EndOfFile);
+    out
 }
 
 /// UF2 blocks carrying `data` at `address`, `payload` bytes per block (256 is usual, at most 476).

@@ -5,6 +5,12 @@ use object::read::elf::{FileHeader, ProgramHeader};
 
 use crate::{ELF_MAGIC, FirmwareFormat, ImageError, uf2};
 
+/// Most separate pieces of data one image may have: ELF loadable segments with file data, or runs of Intel HEX
+/// records or UF2 blocks (a record that continues the previous one extends its run). Toolchains write a handful; the
+/// limit bounds what a file of many tiny pieces costs the parser (each piece is an allocation), and with it the
+/// memory of the agent that flashes it.
+pub const MAX_SEGMENTS: usize = 16_384;
+
 /// Contiguous bytes at an absolute address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Segment {
@@ -46,27 +52,100 @@ impl Image {
     ) -> Result<Image, ImageError> {
         segments.retain(|s| !s.data.is_empty());
         segments.sort_by_key(|s| s.address);
+        check_layout(
+            format,
+            segments.iter().map(|s| (s.address, s.data.len() as u64)),
+        )?;
         let mut out: Vec<Segment> = Vec::with_capacity(segments.len());
         for seg in segments {
-            if seg.address.checked_add(seg.data.len() as u64).is_none() {
-                return Err(ImageError::Wraps {
-                    format,
-                    at: seg.address,
-                });
-            }
             match out.last_mut() {
-                Some(last) if seg.address < last.end() => {
-                    return Err(ImageError::Overlap {
-                        format,
-                        at: seg.address,
-                        previous_end: last.end(),
-                    });
-                }
                 Some(last) if seg.address == last.end() => last.data.extend_from_slice(&seg.data),
                 _ => out.push(seg),
             }
         }
         Ok(Image { segments: out })
+    }
+}
+
+/// Refuses data that wraps the address space, and overlaps, in `(address, length)` pieces sorted by address.
+fn check_layout(
+    format: FirmwareFormat,
+    sorted: impl IntoIterator<Item = (u64, u64)>,
+) -> Result<(), ImageError> {
+    let mut previous_end: Option<u64> = None;
+    for (at, len) in sorted {
+        let end = at
+            .checked_add(len)
+            .ok_or(ImageError::Wraps { format, at })?;
+        if let Some(previous_end) = previous_end
+            && at < previous_end
+        {
+            return Err(ImageError::Overlap {
+                format,
+                at,
+                previous_end,
+            });
+        }
+        previous_end = Some(end);
+    }
+    Ok(())
+}
+
+/// The data of an image as a parser finds it, within the parser limits: a piece that starts where the previous one
+/// ends extends it (contiguous records cost one allocation, not one each), at most [`MAX_SEGMENTS`] separate pieces,
+/// and never more data bytes than the file has. Each limit is checked before the bytes are copied.
+pub(crate) struct Pieces {
+    format: FirmwareFormat,
+    segments: Vec<Segment>,
+    bytes: u64,
+    max_bytes: u64,
+}
+
+impl Pieces {
+    /// Pieces of a file of `file_len` bytes.
+    pub(crate) fn new(format: FirmwareFormat, file_len: usize) -> Self {
+        Self {
+            format,
+            segments: Vec::new(),
+            bytes: 0,
+            max_bytes: file_len as u64,
+        }
+    }
+
+    /// Adds `data` at `address` (nothing for empty data).
+    pub(crate) fn push(&mut self, address: u64, data: &[u8]) -> Result<(), ImageError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.bytes = self.bytes.saturating_add(data.len() as u64);
+        if self.bytes > self.max_bytes {
+            return Err(ImageError::DataExceedsFile {
+                format: self.format,
+                file: self.max_bytes,
+            });
+        }
+        if let Some(last) = self.segments.last_mut()
+            && last.address.checked_add(last.data.len() as u64) == Some(address)
+        {
+            last.data.extend_from_slice(data);
+            return Ok(());
+        }
+        if self.segments.len() >= MAX_SEGMENTS {
+            return Err(ImageError::TooManySegments {
+                format: self.format,
+                max: MAX_SEGMENTS,
+            });
+        }
+        self.segments.push(Segment {
+            address,
+            data: data.to_vec(),
+        });
+        Ok(())
+    }
+
+    /// The pieces, in file order.
+    pub(crate) fn into_segments(self) -> Vec<Segment> {
+        self.segments
     }
 }
 
@@ -129,14 +208,19 @@ fn parse_elf(bytes: &[u8]) -> Result<Vec<Segment>, ImageError> {
     }
 }
 
-/// The PT_LOAD segments with file data, at their physical (load) addresses.
+/// The PT_LOAD segments with file data, at their physical (load) addresses. Where each one's data is, how many there
+/// are, how many bytes they hold together (at most the file's size: segments may not share file bytes) and whether
+/// they overlap are all checked before a byte is copied: a small file whose headers name the same bytes many times
+/// is refused without allocating them.
 fn elf_segments<H: FileHeader<Endian = object::Endianness>>(
     bytes: &[u8],
 ) -> Result<Vec<Segment>, ImageError> {
+    let format = FirmwareFormat::Elf;
     let err = |e: object::read::Error| ImageError::Elf(e.to_string());
     let header = H::parse(bytes).map_err(err)?;
     let endian = header.endian().map_err(err)?;
-    let mut out = Vec::new();
+    let mut loads: Vec<(u64, &[u8])> = Vec::new();
+    let mut total: u64 = 0;
     for ph in header.program_headers(endian, bytes).map_err(err)? {
         if ph.p_type(endian) != object::elf::PT_LOAD {
             continue;
@@ -144,25 +228,49 @@ fn elf_segments<H: FileHeader<Endian = object::Endianness>>(
         let data = ph
             .data(endian, bytes)
             .map_err(|()| ImageError::Elf("segment data out of file bounds".to_owned()))?;
-        out.push(Segment {
-            address: ph.p_paddr(endian).into(),
-            data: data.to_vec(),
-        });
+        if data.is_empty() {
+            continue;
+        }
+        if loads.len() >= MAX_SEGMENTS {
+            return Err(ImageError::TooManySegments {
+                format,
+                max: MAX_SEGMENTS,
+            });
+        }
+        total = total.saturating_add(data.len() as u64);
+        if total > bytes.len() as u64 {
+            return Err(ImageError::DataExceedsFile {
+                format,
+                file: bytes.len() as u64,
+            });
+        }
+        loads.push((ph.p_paddr(endian).into(), data));
     }
-    Ok(out)
+    loads.sort_by_key(|(address, _)| *address);
+    check_layout(
+        format,
+        loads
+            .iter()
+            .map(|(address, data)| (*address, data.len() as u64)),
+    )?;
+    let mut pieces = Pieces::new(format, bytes.len());
+    for (address, data) in loads {
+        pieces.push(address, data)?;
+    }
+    Ok(pieces.into_segments())
 }
 
 /// Intel HEX, line by line: every record's syntax and checksum, exactly one end-of-file record, last.
 /// The `ihex` crate parses each record; its `Reader` is not used because it names no line and
 /// ignores what follows the end-of-file record.
-fn parse_ihex(bytes: &[u8]) -> Result<Vec<Segment>, ImageError> {
+pub(crate) fn parse_ihex(bytes: &[u8]) -> Result<Vec<Segment>, ImageError> {
     let text = std::str::from_utf8(bytes).map_err(|e| ImageError::Ihex {
         line: line_of(bytes, e.valid_up_to()),
         reason: "not ASCII text".to_owned(),
     })?;
     let mut base: u64 = 0;
     let mut saw_eof = false;
-    let mut out = Vec::new();
+    let mut out = Pieces::new(FirmwareFormat::Ihex, bytes.len());
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
         let record = raw.trim();
@@ -174,10 +282,9 @@ fn parse_ihex(bytes: &[u8]) -> Result<Vec<Segment>, ImageError> {
             return Err(bad("data after the end-of-file record".to_owned()));
         }
         match ihex::Record::from_record_string(record).map_err(|e| bad(e.to_string()))? {
-            ihex::Record::Data { offset, value } => out.push(Segment {
-                address: base + u64::from(offset),
-                data: value,
-            }),
+            ihex::Record::Data { offset, value } => {
+                out.push(base + u64::from(offset), &value)?;
+            }
             ihex::Record::ExtendedSegmentAddress(seg) => base = u64::from(seg) << 4,
             ihex::Record::ExtendedLinearAddress(upper) => base = u64::from(upper) << 16,
             ihex::Record::EndOfFile => saw_eof = true,
@@ -190,7 +297,7 @@ fn parse_ihex(bytes: &[u8]) -> Result<Vec<Segment>, ImageError> {
             reason: "no end-of-file record".to_owned(),
         });
     }
-    Ok(out)
+    Ok(out.into_segments())
 }
 
 fn line_of(data: &[u8], offset: usize) -> usize {

@@ -4,7 +4,14 @@ use super::*;
 use crate::fixtures;
 
 fn parse_err(bytes: &[u8], format: FirmwareFormat, base: Option<u64>) -> ImageError {
-    parse(bytes, format, base).unwrap_err()
+    match parse(bytes, format, base) {
+        Ok(img) => panic!(
+            "parsed: {} segment(s), {} bytes",
+            img.segments.len(),
+            img.len()
+        ),
+        Err(e) => e,
+    }
 }
 
 #[test]
@@ -206,6 +213,153 @@ fn uf2_blocks_and_non_flash_blocks() {
     // A payload size over 476 is malformed.
     uf2[16..20].copy_from_slice(&477u32.to_le_bytes());
     assert!(parse(&uf2, FirmwareFormat::Uf2, None).is_err());
+}
+
+/// Issue 23: 65,534 headers naming the same 4 MiB asked for 256 GiB, and the agent aborted (`memory allocation of
+/// 4194304 bytes failed`). Refused from the headers, before a segment is copied.
+#[test]
+fn the_elf_program_header_bomb_is_refused_before_copying() {
+    let bomb = fixtures::elf32_header_bomb();
+    assert_eq!(bomb.len(), 4 << 20);
+    let err = parse_err(&bomb, FirmwareFormat::Elf, None);
+    assert_eq!(
+        err,
+        ImageError::DataExceedsFile {
+            format: FirmwareFormat::Elf,
+            file: 4 << 20
+        }
+    );
+    assert_eq!(err.code().as_str(), "unsupported-artifact");
+}
+
+#[test]
+fn elf_segments_that_share_file_bytes_are_refused_even_at_distinct_addresses() {
+    // Four 1 KiB segments, all from file offset 0, side by side in memory: 4 KiB of data from a 1 KiB file.
+    let elf = fixtures::elf32_loads(
+        1024,
+        &[
+            (0, 0, 1024),
+            (0, 1024, 1024),
+            (0, 2048, 1024),
+            (0, 3072, 1024),
+        ],
+    );
+    let err = parse_err(&elf, FirmwareFormat::Elf, None);
+    assert!(
+        matches!(err, ImageError::DataExceedsFile { file: 1024, .. }),
+        "{err}"
+    );
+    // The same layout from distinct file bytes is a firmware.
+    let elf = fixtures::elf32_loads(
+        8192,
+        &[(4096, 0, 1024), (5120, 1024, 1024), (6144, 2048, 1024)],
+    );
+    let img = parse(&elf, FirmwareFormat::Elf, None).unwrap();
+    assert_eq!((img.segments.len(), img.len()), (1, 3072));
+}
+
+#[test]
+fn overlapping_elf_segments_are_refused() {
+    let elf = fixtures::elf32_loads(8192, &[(4096, 0x100, 512), (6144, 0x200, 512)]);
+    assert_eq!(
+        parse_err(&elf, FirmwareFormat::Elf, None),
+        ImageError::Overlap {
+            format: FirmwareFormat::Elf,
+            at: 0x200,
+            previous_end: 0x300
+        }
+    );
+}
+
+#[test]
+fn elf_segment_count_is_bounded() {
+    // One byte each, a gap between them: nothing joins them.
+    let loads =
+        |n: u32| -> Vec<(u32, u32, u32)> { (0..n).map(|i| (0x10_0000 + i, 2 * i, 1)).collect() };
+    let max = MAX_SEGMENTS as u32;
+    let img = parse(
+        &fixtures::elf32_loads(2 << 20, &loads(max)),
+        FirmwareFormat::Elf,
+        None,
+    )
+    .unwrap();
+    assert_eq!(img.segments.len(), MAX_SEGMENTS);
+    let err = parse_err(
+        &fixtures::elf32_loads(2 << 20, &loads(max + 1)),
+        FirmwareFormat::Elf,
+        None,
+    );
+    assert_eq!(
+        err,
+        ImageError::TooManySegments {
+            format: FirmwareFormat::Elf,
+            max: MAX_SEGMENTS
+        }
+    );
+}
+
+/// Issue 23: a million one-byte records peaked at 121 MB for a 14 MB file, one allocation per record. Records that
+/// continue each other now cost one piece between them.
+#[test]
+fn contiguous_hex_records_become_one_piece_while_parsing() {
+    let data = fixtures::pattern(1_000_000, 7);
+    let hex = fixtures::ihex_pieces(
+        data.iter()
+            .enumerate()
+            .map(|(i, b)| (0x0800_0000 + i as u32, std::slice::from_ref(b))),
+    );
+    let pieces = crate::parse::parse_ihex(hex.as_bytes()).unwrap();
+    assert_eq!(
+        pieces.len(),
+        1,
+        "one allocation for the run, not one per record"
+    );
+    let img = parse(hex.as_bytes(), FirmwareFormat::Ihex, None).unwrap();
+    assert_eq!(
+        img.segments,
+        vec![Segment {
+            address: 0x0800_0000,
+            data
+        }]
+    );
+}
+
+#[test]
+fn hex_runs_are_bounded() {
+    let one = [0xAA_u8];
+    let hex = |n: u32| fixtures::ihex_pieces((0..n).map(|i| (2 * i, &one[..])));
+    let img = parse(
+        hex(MAX_SEGMENTS as u32).as_bytes(),
+        FirmwareFormat::Ihex,
+        None,
+    )
+    .unwrap();
+    assert_eq!(img.segments.len(), MAX_SEGMENTS);
+    let err = parse_err(hex(1_000_000).as_bytes(), FirmwareFormat::Ihex, None);
+    assert_eq!(
+        err,
+        ImageError::TooManySegments {
+            format: FirmwareFormat::Ihex,
+            max: MAX_SEGMENTS
+        }
+    );
+    assert_eq!(err.code().as_str(), "unsupported-artifact");
+}
+
+#[test]
+fn uf2_blocks_are_joined_while_parsing_and_bounded() {
+    let data = fixtures::pattern(64 * 1024, 9);
+    let pieces = crate::uf2::parse(&fixtures::uf2(0x2000, &data, 256)).unwrap();
+    assert_eq!(pieces.len(), 1);
+    // One byte per block, every other address: each block its own piece.
+    let mut sparse = Vec::new();
+    for i in 0..=MAX_SEGMENTS as u32 {
+        sparse.extend(fixtures::uf2(2 * i, &[1], 1));
+    }
+    assert!(matches!(
+        parse_err(&sparse, FirmwareFormat::Uf2, None),
+        ImageError::TooManySegments { .. }
+    ));
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //!
 //! No maintained UF2 reader crate fits (the few on crates.io are writers or tied to one board), and the format is small.
 
-use crate::{ImageError, Segment};
+use crate::parse::Pieces;
+use crate::{FirmwareFormat, ImageError, Segment};
 
 /// Size of one block.
 pub(crate) const BLOCK: usize = 512;
@@ -37,7 +38,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Vec<Segment>, ImageError> {
             reason: format!("file size {} is not a multiple of {BLOCK}", bytes.len()),
         });
     }
-    let mut out = Vec::new();
+    let mut out = Pieces::new(FirmwareFormat::Uf2, bytes.len());
     for (i, block) in bytes.chunks_exact(BLOCK).enumerate() {
         let bad = |reason: String| ImageError::Uf2 {
             block: i as u64,
@@ -58,10 +59,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Vec<Segment>, ImageError> {
         if flags & FLAG_NOT_MAIN_FLASH != 0 {
             continue;
         }
-        out.push(Segment {
-            address,
-            data: block[PAYLOAD..PAYLOAD + size].to_vec(),
-        });
+        out.push(address, &block[PAYLOAD..PAYLOAD + size])?;
     }
-    Ok(out)
+    Ok(out.into_segments())
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use mqtt_schema::small_file::read_small_file;
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, TlsConfiguration, Transport};
 use serde::{Deserialize, Serialize};
 
@@ -123,11 +124,7 @@ impl MqttSettings {
         match (&self.password, &self.password_file) {
             (Some(p), _) => Ok(Some(p.clone())),
             (None, Some(file)) => {
-                let bytes = std::fs::read(file).map_err(|cause| MqttError::File {
-                    what: "mqtt.password_file",
-                    path: file.clone(),
-                    cause,
-                })?;
+                let bytes = read("mqtt.password_file", file)?;
                 Ok(Some(
                     String::from_utf8_lossy(&bytes)
                         .trim_end_matches(['\r', '\n'])
@@ -193,7 +190,7 @@ pub fn parse_url(url: &str) -> Result<(String, u16, bool), MqttError> {
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, MqttError> {
-    std::fs::read(path).map_err(|cause| MqttError::File {
+    read_small_file(path).map_err(|cause| MqttError::File {
         what,
         path: path.to_owned(),
         cause,

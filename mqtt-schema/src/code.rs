@@ -55,11 +55,14 @@ pub enum ErrorCode {
     /// Signatures were found for the artifact, but none verifies with a trusted key: a wrong key, a tampered
     /// payload, or a signature of another digest.
     SignatureInvalid,
+    /// The registry sent the client somewhere it may not go: a redirect or a token realm over plain HTTP to a host
+    /// not listed in `plain_http`, or to a link-local address (the cloud metadata service). Nothing was sent there.
+    RedirectRefused,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::InvalidReference,
         ErrorCode::UnsupportedArtifact,
         ErrorCode::ChipMismatch,
@@ -81,6 +84,7 @@ impl ErrorCode {
         ErrorCode::InvalidConfig,
         ErrorCode::Unsigned,
         ErrorCode::SignatureInvalid,
+        ErrorCode::RedirectRefused,
     ];
 
     /// The stable wire string, e.g. `digest-mismatch`.
@@ -107,6 +111,7 @@ impl ErrorCode {
             ErrorCode::InvalidConfig => "invalid-config",
             ErrorCode::Unsigned => "unsigned",
             ErrorCode::SignatureInvalid => "signature-invalid",
+            ErrorCode::RedirectRefused => "redirect-refused",
         }
     }
 

@@ -1,7 +1,9 @@
 //! KubeEdge device-twin wire format and twinflash's firmware twin conventions.
 //!
 //! Wire-only: no I/O, no async. Encodes byte-identically to Go's `encoding/json` and decodes with
-//! Go's semantics, so edgecore, mappers and twinflash read the same bytes the same way.
+//! Go's semantics, so edgecore, mappers and twinflash read the same bytes the same way. Two helpers every twinflash
+//! crate shares live here too: [`clip`] (untrusted strings in logs) and [`small_file`] (the one bounded reader of
+//! key, certificate and password files, this crate's only I/O).
 
 mod builders;
 pub mod clip;
@@ -9,6 +11,7 @@ mod code;
 pub mod firmware;
 pub mod gojson;
 mod serde_impls;
+pub mod small_file;
 pub mod topic;
 mod types;
 pub mod validate;

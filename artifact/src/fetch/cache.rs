@@ -19,6 +19,22 @@ pub struct Cache {
     signatures: PathBuf,
 }
 
+/// `sha256:<hex>` of a file's content, read in blocks.
+pub(crate) fn file_sha256(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+}
+
 /// `sha256:<hex>` -> `<hex>`, for digests already validated.
 pub fn hex_of(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or(digest)
@@ -68,9 +84,28 @@ impl Cache {
         self.blobs.join(hex_of(digest))
     }
 
-    /// Whether a complete blob of this size is present.
-    pub fn has_blob(&self, digest: &str, size: u64) -> bool {
-        std::fs::metadata(self.blob_path(digest)).is_ok_and(|m| m.is_file() && m.len() == size)
+    /// Whether a complete blob of this size is present **and its bytes still hash to `digest`**. The cache does not
+    /// trust its own bytes: a blob that changed on disk (a flipped bit, an edit) is removed, so the caller fetches it
+    /// again, and a blob that cannot be read counts as absent. Reads the whole blob (cost: docs/benchmarks.md,
+    /// "cache re-hash"); blocking, so async callers run it on a blocking thread.
+    pub fn verified_blob(&self, digest: &str, size: u64) -> bool {
+        let path = self.blob_path(digest);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() && m.len() == size => {}
+            _ => return false,
+        }
+        match file_sha256(&path) {
+            Ok(actual) if actual == digest => true,
+            Ok(actual) => {
+                tracing::warn!(path = %path.display(), expected = %digest, %actual, "cached blob does not match its digest: removed, fetching it again");
+                let _ = std::fs::remove_file(&path);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cached blob cannot be read: fetching it again");
+                false
+            }
+        }
     }
 
     /// Reads a cached manifest, checking its digest (a damaged one is removed).
@@ -196,13 +231,16 @@ mod tests {
         let pins = HashSet::from([oldest.clone()]);
         let evicted = cache.evict(250, 50, &pins);
         assert_eq!(evicted, vec![hex_of(&old).to_owned()]);
-        assert!(cache.has_blob(&oldest, 100));
-        assert!(cache.has_blob(&newer, 100));
+        assert!(cache.verified_blob(&oldest, 100));
+        assert!(cache.verified_blob(&newer, 100));
 
         cache.touch(&oldest);
         let evicted = cache.evict(100, 100, &pins);
         assert_eq!(evicted, vec![hex_of(&newer).to_owned()]);
-        assert!(cache.has_blob(&oldest, 100), "pinned stays over the cap");
+        assert!(
+            cache.verified_blob(&oldest, 100),
+            "pinned stays over the cap"
+        );
         assert!(cache.blob_dir().join("ab.partial").exists());
     }
 

@@ -66,6 +66,10 @@ pub struct FetchConfig {
     /// The signature policy checked after the manifest and before the layer is downloaded
     /// (docs/security.md). Off by default.
     pub signatures: crate::signature::Policy,
+    /// Total deadline and referrer count of one signature lookup.
+    pub signature_lookup: crate::signature::LookupLimits,
+    /// Follow redirects and token realms to link-local addresses (off: refused as `redirect-refused`).
+    pub allow_link_local_redirects: bool,
 }
 
 impl FetchConfig {
@@ -86,6 +90,8 @@ impl FetchConfig {
             checkpoint_every: 4 * 1024 * 1024,
             timeouts: Timeouts::default(),
             signatures: crate::signature::Policy::default(),
+            signature_lookup: crate::signature::LookupLimits::default(),
+            allow_link_local_redirects: false,
         }
     }
 
@@ -97,6 +103,7 @@ impl FetchConfig {
             client_cert: self.client_cert.clone(),
             client_key: self.client_key.clone(),
             timeouts: self.timeouts,
+            allow_link_local_redirects: self.allow_link_local_redirects,
         }
     }
 }
@@ -438,7 +445,7 @@ impl Fetcher {
         {
             return Ok((Some(v), None));
         }
-        let discovery = discover_all(sources, digest, manifest).await;
+        let discovery = discover_all(sources, digest, manifest, self.cfg.signature_lookup).await;
         let verdict = discovery.judge(digest, &policy.keys);
         if let Verdict::Verified(v) = &verdict {
             if let Some(f) = discovery.found.iter().find(|f| f.location == v.location) {
@@ -503,7 +510,18 @@ impl Fetcher {
             signature: signature.clone(),
             signature_warning: signature_warning.clone(),
         };
-        if self.cache.has_blob(&artifact.layer_digest, artifact.size) {
+        // Re-hashed at every use: the cache does not trust its own bytes (a changed blob is removed and fetched again).
+        let cached = {
+            let (cache, digest, size) = (
+                self.cache.clone(),
+                artifact.layer_digest.clone(),
+                artifact.size,
+            );
+            tokio::task::spawn_blocking(move || cache.verified_blob(&digest, size))
+                .await
+                .unwrap_or(false)
+        };
+        if cached {
             // The manifest enters the cache only beside a verified layer.
             if source_name != "cache" {
                 self.cache.put_manifest(&pinned.digest, &manifest)?;

@@ -12,9 +12,10 @@ use tokio::io::AsyncSeekExt;
 
 use crate::error::FetchError;
 use crate::fetch::cache::hex_of;
-use crate::format::MANIFEST_MEDIA_TYPE;
+use crate::format::FIRMWARE_MANIFEST_ACCEPT;
 pub(crate) use crate::http::BlobBody;
-use crate::http::{RegistryClient, Repo};
+use crate::http::{MAX_MANIFEST, RegistryClient, Repo};
+use mqtt_schema::small_file::read_bounded;
 
 /// A mirror, tried in order before the origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,34 +56,52 @@ impl Source {
         match self {
             Self::Registry { client, reference } => {
                 client
-                    .manifest(repo(reference), digest, MANIFEST_MEDIA_TYPE)
+                    .manifest(repo(reference), digest, FIRMWARE_MANIFEST_ACCEPT)
                     .await
             }
             Self::Layout(dir) => {
                 let path = dir.join("blobs").join("sha256").join(hex_of(digest));
-                tokio::fs::read(&path)
-                    .await
-                    .map_err(|e| self.layout_err(e, "manifest", &path))
+                self.read_layout(&path, MAX_MANIFEST, "manifest").await
             }
         }
     }
 
-    /// A layout read failure: a missing file is `NotFound` (this source lacks it), anything else
-    /// a local I/O error.
+    /// A layout read failure: a missing file is `NotFound` (this source lacks it), a file that is not a regular
+    /// one or too large is refused like a registry answer that breaks the protocol, anything else is a local I/O
+    /// error.
     pub(crate) fn layout_err(
         &self,
         e: std::io::Error,
         what: &str,
         path: &std::path::Path,
     ) -> FetchError {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            FetchError::NotFound {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => FetchError::NotFound {
                 source_name: self.name(),
                 what: format!("{what} {}", path.display()),
+            },
+            std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => {
+                FetchError::Rejected {
+                    source_name: self.name(),
+                    detail: format!("{what} {}: {e}", path.display()),
+                }
             }
-        } else {
-            FetchError::io("read layout", path, e)
+            _ => FetchError::io("read layout", path, e),
         }
+    }
+
+    /// A whole file of a layout: a regular file of at most `max` bytes (a FIFO would block, a device never end).
+    pub(crate) async fn read_layout(
+        &self,
+        path: &std::path::Path,
+        max: usize,
+        what: &str,
+    ) -> Result<Vec<u8>, FetchError> {
+        let owned = path.to_owned();
+        tokio::task::spawn_blocking(move || read_bounded(&owned, max as u64))
+            .await
+            .map_err(|e| FetchError::io("read layout", path, std::io::Error::other(e)))?
+            .map_err(|e| self.layout_err(e, what, path))
     }
 
     /// The layer body from `offset`.
@@ -93,6 +112,17 @@ impl Source {
             }
             Self::Layout(dir) => {
                 let path = dir.join("blobs").join("sha256").join(hex_of(&layer.digest));
+                // Not opened unless it is a regular file: opening a FIFO blocks until someone writes to it.
+                let meta = tokio::fs::metadata(&path)
+                    .await
+                    .map_err(|e| self.layout_err(e, "blob", &path))?;
+                if !meta.is_file() {
+                    return Err(self.layout_err(
+                        std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+                        "blob",
+                        &path,
+                    ));
+                }
                 let mut f = tokio::fs::File::open(&path)
                     .await
                     .map_err(|e| self.layout_err(e, "blob", &path))?;

@@ -7,6 +7,7 @@ use std::error::Error as StdError;
 
 use rustls::AlertDescription;
 
+use super::policy::UrlRefused;
 use crate::error::FetchError;
 use crate::registry::Timeouts;
 
@@ -16,6 +17,12 @@ pub(crate) fn from_reqwest(
     err: &reqwest::Error,
     timeouts: &Timeouts,
 ) -> FetchError {
+    if let Some(refused) = causes(err).find_map(|e| e.downcast_ref::<UrlRefused>()) {
+        return FetchError::RedirectRefused {
+            source_name: source_name.to_owned(),
+            detail: refused.to_string(),
+        };
+    }
     let detail = describe(err, timeouts);
     if let Some(alert) = client_cert_refusal(err) {
         return FetchError::Auth {
@@ -61,28 +68,25 @@ fn chain(err: &(dyn StdError + 'static)) -> String {
 
 /// The alert, if somewhere in the chain the registry refused our client certificate.
 fn client_cert_refusal(err: &(dyn StdError + 'static)) -> Option<AlertDescription> {
-    let mut next: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = next {
-        if let Some(alert) = e.downcast_ref::<rustls::Error>().and_then(refusal_alert) {
-            return Some(alert);
-        }
-        // io::Error::source() skips the error it wraps: look inside explicitly.
-        if let Some(inner) = e
+    causes(err).find_map(|e| e.downcast_ref::<rustls::Error>().and_then(refusal_alert))
+}
+
+/// The error and every cause below it, looking inside `io::Error`s too (their `source()` skips the error they wrap).
+fn causes<'a>(
+    err: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    let mut next: Option<&'a (dyn StdError + 'static)> = Some(err);
+    std::iter::from_fn(move || {
+        let e = next?;
+        next = match e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
         {
-            if let Some(alert) = inner
-                .downcast_ref::<rustls::Error>()
-                .and_then(refusal_alert)
-            {
-                return Some(alert);
-            }
-            next = inner.source();
-            continue;
-        }
-        next = e.source();
-    }
-    None
+            Some(inner) => Some(inner as &(dyn StdError + 'static)),
+            None => e.source(),
+        };
+        Some(e)
+    })
 }
 
 fn refusal_alert(err: &rustls::Error) -> Option<AlertDescription> {

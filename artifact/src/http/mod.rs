@@ -6,6 +6,7 @@
 
 mod bearer;
 mod errors;
+mod policy;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use mqtt_schema::small_file::read_small_file;
 use oci_client::secrets::RegistryAuth;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_RANGE, RANGE, WWW_AUTHENTICATE};
 use reqwest::{Response, StatusCode};
@@ -23,9 +25,10 @@ use crate::error::FetchError;
 use crate::registry::{Timeouts, TlsOptions};
 use bearer::{Challenge, TokenCache};
 pub(crate) use errors::{describe, from_reqwest};
+pub(crate) use policy::UrlPolicy;
 
 /// Largest manifest accepted (a firmware manifest is about 1 KiB).
-const MAX_MANIFEST: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_MANIFEST: usize = 4 * 1024 * 1024;
 /// The OCI image index media type (referrers answers and the referrers tag schema).
 pub(crate) const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 /// Largest token-service answer accepted.
@@ -54,6 +57,8 @@ pub(crate) struct Repo<'a> {
 pub(crate) struct RegistryClient {
     http: reqwest::Client,
     plain_http: Vec<String>,
+    /// Where registries may send the client (redirects, token realms).
+    policy: UrlPolicy,
     creds: Arc<ResolvedCredentials>,
     tokens: TokenCache,
     timeouts: Timeouts,
@@ -63,13 +68,18 @@ impl RegistryClient {
     /// Builds the client: reads CA, client certificate and key now, so a bad file fails at start.
     pub fn new(opts: &TlsOptions, creds: Arc<ResolvedCredentials>) -> Result<Self, FetchError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let policy = UrlPolicy {
+            plain_http: opts.plain_http.clone(),
+            allow_link_local: opts.allow_link_local_redirects,
+        };
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("twinflash/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(opts.timeouts.connect)
             .read_timeout(opts.timeouts.idle)
+            .redirect(policy.redirects())
             .no_proxy();
         if let Some(path) = &opts.ca_file {
-            let pem = std::fs::read(path).map_err(|e| FetchError::io("read CA file", path, e))?;
+            let pem = read_small_file(path).map_err(|e| FetchError::io("read CA file", path, e))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| FetchError::Config(format!("CA file {}: {e}", path.display())))?;
             if certs.is_empty() {
@@ -82,11 +92,11 @@ impl RegistryClient {
         }
         match (&opts.client_cert, &opts.client_key) {
             (Some(cert), Some(key)) => {
-                let mut pem =
-                    std::fs::read(cert).map_err(|e| FetchError::io("read client cert", cert, e))?;
+                let mut pem = read_small_file(cert)
+                    .map_err(|e| FetchError::io("read client cert", cert, e))?;
                 pem.push(b'\n');
                 pem.extend(
-                    std::fs::read(key).map_err(|e| FetchError::io("read client key", key, e))?,
+                    read_small_file(key).map_err(|e| FetchError::io("read client key", key, e))?,
                 );
                 let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
                     FetchError::Config(format!(
@@ -110,6 +120,7 @@ impl RegistryClient {
         Ok(Self {
             http,
             plain_http: opts.plain_http.clone(),
+            policy,
             creds,
             tokens: TokenCache::default(),
             timeouts: opts.timeouts,
@@ -288,19 +299,14 @@ impl RegistryClient {
             if status.is_success() {
                 return Ok(response);
             }
-            if status == StatusCode::UNAUTHORIZED && !exchanged {
-                let challenge = response
-                    .headers()
-                    .get_all(WWW_AUTHENTICATE)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .find_map(Challenge::parse_bearer);
-                if let Some(challenge) = challenge {
-                    exchanged = true;
-                    let token = self.token(repo, &challenge, &auth).await?;
-                    header = Some(format!("Bearer {token}"));
-                    continue;
-                }
+            if status == StatusCode::UNAUTHORIZED
+                && !exchanged
+                && let Some(challenge) = bearer_challenge(&response)
+            {
+                exchanged = true;
+                let token = self.token(repo, &challenge, &auth).await?;
+                header = Some(format!("Bearer {token}"));
+                continue;
             }
             return Err(status_error(repo, response).await);
         }
@@ -334,7 +340,8 @@ impl RegistryClient {
         if let Some(service) = &challenge.service {
             query.push(("service", service.clone()));
         }
-        let mut request = self.http.get(&challenge.realm).query(&query);
+        let realm = self.realm(repo.registry, challenge)?;
+        let mut request = self.http.get(realm).query(&query);
         if let RegistryAuth::Basic(user, password) = auth {
             request = request.basic_auth(user, Some(password));
         }
@@ -372,6 +379,65 @@ impl RegistryClient {
             .put(repo.registry, repo.repository, token.clone(), ttl);
         Ok(token)
     }
+}
+
+impl RegistryClient {
+    /// The token realm of `challenge`, if the client may go there with credentials: the same rules as a redirect
+    /// (`plain_http`, link-local addresses), checked before anything is sent.
+    fn realm(&self, registry: &str, challenge: &Challenge) -> Result<reqwest::Url, FetchError> {
+        let refused = |detail: String| FetchError::RedirectRefused {
+            source_name: registry.to_owned(),
+            detail,
+        };
+        let url = reqwest::Url::parse(&challenge.realm).map_err(|e| {
+            refused(format!(
+                "token realm {:?} is not a URL: {e}",
+                mqtt_schema::clip::clip(&challenge.realm)
+            ))
+        })?;
+        self.policy
+            .check(&url)
+            .map_err(|r| refused(format!("token realm {r}")))?;
+        Ok(url)
+    }
+
+    /// Reads the registry's challenge (`GET /v2/` without credentials) and checks its token realm as [`Self::realm`]
+    /// does. For `push` and `sign`, whose oci-client follows the realm itself with no hook: a realm that the pull
+    /// client would refuse stops them before oci-client sends a credential.
+    pub async fn check_token_realm(&self, registry: &str) -> Result<(), FetchError> {
+        let url = format!("{}/", self.base(registry));
+        let check = async {
+            let response = self
+                .http
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| from_reqwest(registry, &e, &self.timeouts))?;
+            if response.status() != StatusCode::UNAUTHORIZED {
+                return Ok(());
+            }
+            match bearer_challenge(&response) {
+                Some(challenge) => self.realm(registry, &challenge).map(|_| ()),
+                None => Ok(()),
+            }
+        };
+        let repo = Repo {
+            registry,
+            repository: "",
+        };
+        self.within(repo, "registry check", self.timeouts.manifest, check)
+            .await
+    }
+}
+
+/// The Bearer challenge of a 401, if it has one.
+fn bearer_challenge(response: &Response) -> Option<Challenge> {
+    response
+        .headers()
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(Challenge::parse_bearer)
 }
 
 /// The whole body, refused (`Rejected`) beyond `max` bytes.

@@ -25,7 +25,7 @@ use crate::fetch::{Source, sha256_of};
 
 /// Largest signature manifest, index, payload or bundle read.
 const MAX_SIGNATURE_OBJECT: usize = 256 * 1024;
-/// Most referrers, or layers of a `.sig` manifest, looked at.
+/// Most layers of one signature manifest (`.sig` or referrer) looked at.
 const MAX_ENTRIES: usize = 64;
 /// Most blobs of a layout scanned for referrers.
 const MAX_LAYOUT_SCAN: usize = 4096;
@@ -78,14 +78,27 @@ fn is_signature_type(t: &str) -> bool {
     is_bundle_media_type(t) || t == SIMPLE_SIGNING_MEDIA_TYPE
 }
 
-/// Looks up every signature of `digest` in `source`.
-pub(crate) async fn in_source(source: &Source, digest: &str) -> Lookup {
-    let mut out = Lookup::default();
+/// Looks up every signature of `digest` in `source`, at most `max_referrers` referrers of it. What is found goes into
+/// `out` as it is found, so it stays there when the caller stops waiting (the lookup's deadline): in a registry, the
+/// referrers into `out[0]` and cosign's tag into `out[1]`, both asked at once, so referrers that hang do not keep the
+/// tag from being read.
+pub(crate) async fn in_source(
+    source: &Source,
+    digest: &str,
+    max_referrers: usize,
+    out: &mut [Lookup; 2],
+) {
+    let [referrers_out, tag_out] = out;
     match source {
-        Source::Registry { .. } => registry(source, digest, &mut out).await,
-        Source::Layout(dir) => layout(source, dir, digest, &mut out).await,
+        Source::Registry { .. } => {
+            futures_util::future::join(
+                registry_referrers(source, digest, max_referrers, referrers_out),
+                registry_tag(source, digest, tag_out),
+            )
+            .await;
+        }
+        Source::Layout(dir) => layout(source, dir, digest, max_referrers, referrers_out).await,
     }
-    out
 }
 
 impl Lookup {
@@ -141,32 +154,24 @@ async fn object(source: &Source, digest: &str, manifest: bool) -> Result<Vec<u8>
     Ok(bytes)
 }
 
+/// A layout file read for signatures (index.json, a signature object): bounded, regular files only.
 async fn read_layout_file(source: &Source, path: &std::path::Path) -> Result<Vec<u8>, FetchError> {
-    let meta = tokio::fs::metadata(path)
+    source
+        .read_layout(path, MAX_SIGNATURE_OBJECT * 16, "signature object")
         .await
-        .map_err(|e| source.layout_err(e, "signature object", path))?;
-    if meta.len() > MAX_SIGNATURE_OBJECT as u64 * 16 {
-        return Err(FetchError::Rejected {
-            source_name: source.name(),
-            detail: format!("{} is {} bytes", path.display(), meta.len()),
-        });
-    }
-    tokio::fs::read(path)
-        .await
-        .map_err(|e| FetchError::io("read layout", path, e))
 }
 
 fn parse(bytes: &[u8]) -> Option<Man> {
     serde_json::from_slice(bytes).ok()
 }
 
-async fn registry(source: &Source, digest: &str, out: &mut Lookup) {
+/// OCI 1.1 referrers in a registry: the API, else the tag schema.
+async fn registry_referrers(source: &Source, digest: &str, max: usize, out: &mut Lookup) {
     let Source::Registry { client, reference } = source else {
         return;
     };
     let repo = crate::fetch::source::repo(reference);
     let name = source.name();
-    // 1. Referrers: the API, else the tag schema.
     let index = match client.referrers(repo, digest).await {
         Ok(Some(bytes)) => Some((bytes, "referrers API")),
         Ok(None) => match client
@@ -185,9 +190,17 @@ async fn registry(source: &Source, digest: &str, out: &mut Lookup) {
         }
     };
     if let Some((bytes, how)) = index {
-        referrers(source, &bytes, digest, &format!("{name} {how}"), out).await;
+        referrers(source, &bytes, digest, &format!("{name} {how}"), max, out).await;
     }
-    // 2. cosign's tag.
+}
+
+/// cosign's tag `sha256-<hex>.sig` in a registry.
+async fn registry_tag(source: &Source, digest: &str, out: &mut Lookup) {
+    let Source::Registry { client, reference } = source else {
+        return;
+    };
+    let repo = crate::fetch::source::repo(reference);
+    let name = source.name();
     let tag = signature_tag(digest);
     match client.manifest(repo, &tag, MANIFEST_ACCEPT).await {
         Ok(bytes) => sig_manifest(source, &bytes, &format!("{name} tag {tag}"), out).await,
@@ -195,13 +208,29 @@ async fn registry(source: &Source, digest: &str, out: &mut Lookup) {
     }
 }
 
-/// The referrers listed in an image index: each manifest whose subject is `digest`.
-async fn referrers(source: &Source, index: &[u8], digest: &str, at: &str, out: &mut Lookup) {
+/// The referrers listed in an image index: each manifest whose subject is `digest`, at most `max` of them, those
+/// the index lists with a signature type first.
+async fn referrers(
+    source: &Source,
+    index: &[u8],
+    digest: &str,
+    at: &str,
+    max: usize,
+    out: &mut Lookup,
+) {
     let Some(index) = parse(index) else {
         out.problems.push(format!("{at}: not an image index"));
         return;
     };
-    for d in index.manifests.iter().take(MAX_ENTRIES) {
+    if index.manifests.len() > max {
+        out.problems.push(format!(
+            "{at}: {} referrers, only the first {max} examined",
+            index.manifests.len()
+        ));
+    }
+    let mut entries: Vec<&Desc> = index.manifests.iter().collect();
+    entries.sort_by_key(|d| !d.artifact_type.as_deref().is_some_and(is_signature_type));
+    for d in entries.into_iter().take(max) {
         // The index's artifactType is not trusted to filter: cosign 3.0.4 wrote
         // `application/vnd.oci.empty.v1+json` into the fallback index. Only what the manifest says.
         match object(source, &d.digest, true).await {
@@ -290,7 +319,13 @@ async fn simple_layer(source: &Source, layer: &Desc, location: &str, out: &mut L
     }
 }
 
-async fn layout(source: &Source, dir: &std::path::Path, digest: &str, out: &mut Lookup) {
+async fn layout(
+    source: &Source,
+    dir: &std::path::Path,
+    digest: &str,
+    max_referrers: usize,
+    out: &mut Lookup,
+) {
     let name = source.name();
     let index_path = dir.join("index.json");
     let index = match read_layout_file(source, &index_path).await {
@@ -321,6 +356,7 @@ async fn layout(source: &Source, dir: &std::path::Path, digest: &str, out: &mut 
                         &bytes,
                         digest,
                         &format!("{name} referrers tag"),
+                        max_referrers,
                         out,
                     )
                     .await;

@@ -61,7 +61,7 @@ pub struct TrustedKey {
 impl TrustedKey {
     /// Reads a PEM public key file; its name is the file name without extension.
     pub fn from_file(path: &Path) -> Result<Self, KeyError> {
-        let pem = std::fs::read(path)
+        let pem = mqtt_schema::small_file::read_small_file(path)
             .map_err(|e| KeyError(format!("read key {}: {e}", path.display())))?;
         let key = PublicKey::from_pem(&pem)
             .map_err(|e| KeyError(format!("key {}: {}", path.display(), e.0)))?;
@@ -359,19 +359,66 @@ pub(crate) async fn discover_all(
     sources: &[crate::fetch::Source],
     digest: &str,
     manifest: &[u8],
+    limits: LookupLimits,
 ) -> Discovery {
     let mut out = Discovery {
         manifest: manifest.to_vec(),
         ..Discovery::default()
     };
-    for source in sources {
-        let l = discover::in_source(source, digest).await;
+    // Every source at once, all within one deadline: a source that hangs neither delays nor hides the others, and
+    // what each one yielded before the deadline still counts.
+    let mut parts: Vec<[discover::Lookup; 2]> =
+        sources.iter().map(|_| Default::default()).collect();
+    let mut complete = vec![false; sources.len()];
+    let lookups = sources
+        .iter()
+        .zip(parts.iter_mut().zip(complete.iter_mut()))
+        .map(|(source, (part, done))| async move {
+            discover::in_source(source, digest, limits.max_referrers, part).await;
+            *done = true;
+        });
+    let _ = tokio::time::timeout(limits.deadline, futures_util::future::join_all(lookups)).await;
+    for ((source, part), done) in sources.iter().zip(parts).zip(complete) {
         out.looked_in.push(source.name());
-        out.found.extend(l.found);
-        out.transient.extend(l.transient);
-        out.problems.extend(l.problems);
+        for l in part {
+            out.found.extend(l.found);
+            out.transient.extend(l.transient);
+            out.problems.extend(l.problems);
+        }
+        if !done {
+            out.transient.push(crate::FetchError::Unreachable {
+                source_name: source.name(),
+                detail: format!(
+                    "signature lookup not complete within its deadline of {:?}",
+                    limits.deadline
+                ),
+            });
+        }
     }
     out
+}
+
+/// Bounds of one signature lookup (docs/security.md, "Limits and deadlines"): a source that lists many referrers, or
+/// whose requests each hang until their own deadline, holds a device in `pending` (and `twinflash verify`) for at
+/// most [`LookupLimits::deadline`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LookupLimits {
+    /// Total deadline of one lookup, every source asked at once (default 2 min). When it passes, what was found
+    /// counts; a source not done is a transient failure (`registry-unreachable`): under `require` the device waits
+    /// and retries unless a signature already verified.
+    pub deadline: std::time::Duration,
+    /// Referrers examined per source (default 32; those listed with a signature type first). The others are named
+    /// in the verdict's reasons.
+    pub max_referrers: usize,
+}
+
+impl Default for LookupLimits {
+    fn default() -> Self {
+        Self {
+            deadline: std::time::Duration::from_secs(120),
+            max_referrers: 32,
+        }
+    }
 }
 
 mod verifier;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Discovery, Mode, Policy, Verdict, discover_all};
+use super::{Discovery, LookupLimits, Mode, Policy, Verdict, discover_all};
 use crate::error::FetchError;
 use crate::fetch::{FetchConfig, Mirror, manifest_from, pinned, sources};
 use crate::http::RegistryClient;
@@ -13,6 +13,7 @@ use crate::http::RegistryClient;
 pub struct Verifier {
     client: Arc<RegistryClient>,
     mirrors: Vec<Mirror>,
+    limits: LookupLimits,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -30,6 +31,7 @@ impl Verifier {
         Ok(Self {
             client: Arc::new(RegistryClient::new(&cfg.tls(), creds)?),
             mirrors: cfg.mirrors.clone(),
+            limits: cfg.signature_lookup,
         })
     }
 
@@ -41,7 +43,7 @@ impl Verifier {
         let pinned = pinned(reference)?;
         let sources = sources(&self.client, &self.mirrors, &pinned);
         let (manifest, _) = manifest_from(&sources, &pinned.digest).await?;
-        Ok(discover_all(&sources, &pinned.digest, &manifest).await)
+        Ok(discover_all(&sources, &pinned.digest, &manifest, self.limits).await)
     }
 
     /// The verdict of `policy` on `reference`. A source that could not be asked, when nothing

@@ -22,7 +22,7 @@ use crate::error::FetchError;
 use crate::fetch::sha256_of;
 use crate::format::MANIFEST_MEDIA_TYPE;
 use crate::push::PushError;
-use crate::registry::{TlsOptions, build_client};
+use crate::registry::{TlsOptions, push_client};
 
 /// OCI image manifest media type (signature manifests).
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -78,11 +78,8 @@ pub async fn sign(
     let registry = parsed.resolve_registry().to_owned();
     let repository = parsed.repository().to_owned();
     let digest = inspected.manifest_digest.clone();
-    let client = build_client(tls)?;
     let auth = credentials.resolve().map_err(FetchError::from)?;
-    client
-        .store_auth_if_needed(&registry, &auth.for_registry(&registry))
-        .await;
+    let client = push_client(tls, &auth, &registry).await?;
     let w = Writer {
         client,
         auth: auth.for_registry(&registry),

@@ -3,7 +3,6 @@
 //! (or a new one): device nodes, FIFOs, sockets, directories and symbolic links are refused, and
 //! `--force` follows a symbolic link to the regular file it points to.
 
-use std::fs::FileType;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -170,7 +169,7 @@ fn output_target(output: &Path, force: bool) -> anyhow::Result<PathBuf> {
     if !meta.file_type().is_symlink() {
         bail!(
             "refusing to write {shown}: it is {}; -o takes a regular file",
-            kind(&meta.file_type())
+            mqtt_schema::small_file::file_kind(&meta.file_type())
         );
     }
     if !force {
@@ -185,28 +184,10 @@ fn output_target(output: &Path, force: bool) -> anyhow::Result<PathBuf> {
         bail!(
             "refusing to write {shown}: it points to {}, which is {}; -o takes a regular file",
             target.display(),
-            kind(&meta.file_type())
+            mqtt_schema::small_file::file_kind(&meta.file_type())
         );
     }
     Ok(target)
-}
-
-/// What a file type is, for the refusal.
-fn kind(file_type: &FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if file_type.is_dir() {
-        "a directory"
-    } else if file_type.is_fifo() {
-        "a FIFO"
-    } else if file_type.is_char_device() {
-        "a character device"
-    } else if file_type.is_block_device() {
-        "a block device"
-    } else if file_type.is_socket() {
-        "a socket"
-    } else {
-        "not a regular file"
-    }
 }
 
 /// Copies the verified blob to the regular file `target` atomically: a temporary file in the

@@ -31,6 +31,11 @@ pub struct RegistryArgs {
     /// ~/.docker/config.json when present].
     #[arg(long, value_name = "FILE")]
     pub docker_config: Option<PathBuf>,
+    /// Follow redirects and token realms to link-local addresses (169.254.0.0/16, fe80::/10, cloud
+    /// metadata addresses); refused otherwise [redirect-refused]. Plain HTTP stays limited to
+    /// --plain-http / --insecure-host hosts either way.
+    #[arg(long)]
+    pub allow_link_local_redirects: bool,
 }
 
 /// A client certificate for registries that require mutual TLS: `--cert` + `--key` (pull, inspect,
@@ -151,6 +156,7 @@ impl RegistryArgs {
             ca_file: self.ca_file.clone(),
             client_cert: client.cert.clone(),
             client_key: client.key.clone(),
+            allow_link_local_redirects: self.allow_link_local_redirects,
             ..TlsOptions::default()
         }
     }

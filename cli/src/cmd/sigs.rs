@@ -23,8 +23,8 @@ pub const PASSWORD_ENV: &str = "COSIGN_PASSWORD";
 /// password comes from `COSIGN_PASSWORD`, else a prompt when stdin is a terminal; without either
 /// it is an error rather than a hang on a pipe.
 pub fn load_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
-    let pem =
-        std::fs::read(path).with_context(|| format!("read signing key {}", path.display()))?;
+    let pem = mqtt_schema::small_file::read_small_file(path)
+        .with_context(|| format!("read signing key {}", path.display()))?;
     let key = if cosign_key::is_cosign_pem(&pem) {
         let password = password(path)?;
         SigningKey::from_cosign_pem(&pem, password.as_bytes())
@@ -107,6 +107,7 @@ pub fn fetch_config(
     cfg.client_cert = client.cert.clone();
     cfg.client_key = client.key.clone();
     cfg.timeouts = timeouts;
+    cfg.allow_link_local_redirects = registry.allow_link_local_redirects;
     Ok(cfg)
 }
 

@@ -14,19 +14,27 @@ pub const FLASH_FILE: &str = "flash.bin";
 /// The value of an erased byte.
 pub const ERASED: u8 = 0xFF;
 
+/// Bytes of [`ERASED`] written at a time: erasing costs this much memory whatever the size of the flash or a sector.
+pub const ERASE_CHUNK: usize = 64 * 1024;
+
+/// Writes `len` erased bytes at `offset`, [`ERASE_CHUNK`] at a time.
+fn fill_erased(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    let erased = [ERASED; ERASE_CHUNK];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(ERASE_CHUNK as u64) as usize;
+        file.write_all_at(&erased[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
 /// Create an erased `flash.bin` atomically (a crash never leaves a short file behind).
 fn create_erased(dir: &Path, path: &Path, size: u64) -> Result<(), FlashError> {
     let tmp = dir.join(format!(".{FLASH_FILE}.{}.tmp", std::process::id()));
     let ctx = |what: &str| format!("{what} {}", tmp.display());
     let file = File::create(&tmp).map_err(|e| FlashError::io(ctx("creating"), e))?;
-    let erased = vec![ERASED; 64 * 1024];
-    let mut off = 0;
-    while off < size {
-        let n = (size - off).min(erased.len() as u64) as usize;
-        file.write_all_at(&erased[..n], off)
-            .map_err(|e| FlashError::io(ctx("initialising"), e))?;
-        off += n as u64;
-    }
+    fill_erased(&file, 0, size).map_err(|e| FlashError::io(ctx("initialising"), e))?;
     file.sync_all()
         .map_err(|e| FlashError::io(ctx("syncing"), e))?;
     std::fs::rename(&tmp, path).map_err(|e| FlashError::io(ctx("renaming"), e))?;
@@ -131,12 +139,11 @@ impl FlashMemory {
         Ok(buf)
     }
 
-    /// Erase the sector with index `sector` (all bytes 0xFF).
+    /// Erase the sector with index `sector` (all bytes 0xFF), without holding a sector in memory.
     pub fn erase_sector(&self, sector: u64) -> Result<(), FlashError> {
         let offset = sector.saturating_mul(self.sector_size);
         self.check_range(offset, self.sector_size)?;
-        self.file
-            .write_all_at(&vec![ERASED; self.sector_size as usize], offset)
+        fill_erased(&self.file, offset, self.sector_size)
             .map_err(|e| FlashError::io(format!("erasing sector {sector}"), e))
     }
 
