@@ -85,6 +85,7 @@ pub fn fetch_config(cfg: &EdgeConfig) -> Result<FetchConfig, ConfigError> {
     fc.rate_limit_bps = r.rate_limit_bytes_per_sec;
     fc.checkpoint_every = r.checkpoint_bytes;
     fc.plain_http = r.plain_http.clone();
+    fc.allow_link_local_redirects = r.allow_link_local_redirects;
     fc.mirrors = r
         .mirrors
         .iter()

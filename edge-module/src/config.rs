@@ -164,6 +164,10 @@ pub struct RegistryConfig {
     /// Registry hosts (`host:port`) reached over plain HTTP instead of HTTPS.
     #[serde(default)]
     pub plain_http: Vec<String>,
+    /// Follow a registry's redirect (or token realm) to a link-local address (169.254.0.0/16, fe80::/10: where
+    /// cloud metadata services answer). Off: such a redirect fails the fetch with `redirect-refused`.
+    #[serde(default)]
+    pub allow_link_local_redirects: bool,
     /// Extra CA certificate (PEM) for registries.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -234,6 +238,7 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         RegistryConfig {
             plain_http: Vec::new(),
+            allow_link_local_redirects: false,
             ca_file: None,
             cert_file: None,
             key_file: None,
