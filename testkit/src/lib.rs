@@ -14,7 +14,11 @@ mod cloud_process;
 mod cloudcore;
 mod dmi_edgecore;
 mod edgecore;
+mod kubeedge_backend;
+mod kubeedge_dmi;
+mod kubeedge_mqtt;
 mod observe;
+pub mod real;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -33,8 +37,11 @@ pub use dmi_edgecore::{
 };
 pub use edgecore::{
     Clock, CloudSync, Counters, Direction, EDGECORE_RECONNECT, Edgecore, EdgecoreOptions, Logged,
-    StoredTwin, publish_once,
+    StoredTwin, publish_expected, publish_once,
 };
+pub use kubeedge_backend::{KubeEdgeMode, STANDIN_NODE};
+pub use kubeedge_dmi::DmiKubeEdge;
+pub use kubeedge_mqtt::{MQTT_MODEL, MqttKubeEdge, mqtt_device_model};
 pub use observe::{Message, Observer};
 
 /// Where the simulated flash starts, and where [`push`] places a BIN artifact.
