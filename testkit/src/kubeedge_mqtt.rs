@@ -171,10 +171,14 @@ impl MqttKubeEdge {
         self.backend.standin()?.cloud.as_ref().map(|c| &c.api)
     }
 
-    /// Writes Device `device` through the API server as an operator does, and returns once edgecore knows the device
-    /// (cloudcore's membership update). Stand-in without `cloud`: the membership update only.
+    /// Writes Device `device` through the API server as an operator does (labelled [`crate::real::LABEL`]), and
+    /// returns once edgecore knows the device (cloudcore's membership update). Stand-in without `cloud`: the
+    /// membership update only.
     pub async fn apply_device(&self, device: &Value) {
         let id = id_of(device);
+        let mut device = device.clone();
+        RealKubeEdge::mark(&mut device);
+        let device = &device;
         match &self.backend {
             Backend::StandIn(s) => {
                 if let Some(c) = &s.cloud {

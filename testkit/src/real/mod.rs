@@ -483,7 +483,7 @@ modules:
         cmd.arg(format!("--config={}", self.cloudcore_config().display()));
         let proc = ServiceProcess::spawn("cloudcore", cmd, &log)
             .unwrap_or_else(|e| panic!("starting cloudcore: {e}"));
-        wait_up(&proc, &log, "cloudcore", async || {
+        wait_up(&proc, &log, "cloudcore", || async {
             tcp_accepts(self.ports.https)
                 && tcp_accepts(self.ports.websocket)
                 && self.token().await.is_some()
@@ -544,11 +544,17 @@ modules:
         let proc = ServiceProcess::spawn("edgecore", cmd, &log)
             .unwrap_or_else(|e| panic!("starting edgecore: {e}"));
         let need_cloud = self.cloudcore_running();
-        wait_up(&proc, &log, "edgecore", async || {
+        wait_up(&proc, &log, "edgecore", || {
             let serving = socket_inode(&self.dmi_socket()).is_some_and(|i| Some(i) != stale);
-            serving
-                && (!need_cloud
-                    || logged_since(&log, from, "Websocket connect to cloud access successful"))
+            std::future::ready(
+                serving
+                    && (!need_cloud
+                        || logged_since(
+                            &log,
+                            from,
+                            "Websocket connect to cloud access successful",
+                        )),
+            )
         })
         .await;
         *self.edgecore.lock().unwrap() = Some(proc);
@@ -643,9 +649,13 @@ async fn prepare(cluster: &Cluster) {
         let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kubeedge"}});
         let _ = cluster.create(&NAMESPACE, &ns).await;
     }
-    for doc in serde_yaml::Deserializer::from_str(CRDS) {
-        let crd: Value = serde::Deserialize::deserialize(doc)
-            .unwrap_or_else(|e| panic!("testkit/data/kubeedge-crds: {e}"));
+    let crds: Vec<Value> = serde_yaml::Deserializer::from_str(CRDS)
+        .map(|doc| {
+            serde::Deserialize::deserialize(doc)
+                .unwrap_or_else(|e| panic!("testkit/data/kubeedge-crds: {e}"))
+        })
+        .collect();
+    for crd in crds {
         let Some(name) = crd["metadata"]["name"].as_str() else {
             continue;
         };
