@@ -8,15 +8,13 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::{Agent, AgentSpec, image, init, push};
 use twinflash_harness::Registry;
-use twinflash_testkit::{
-    DmiEdgecore, DmiKubeEdge, DmiLogKind, KubeEdgeMode, SimDevice, device_model,
-};
+use twinflash_testkit::{CONVERGE, DmiScene as World};
+use twinflash_testkit::{DmiEdgecore, DmiLogKind, SimDevice, device_model};
 
 /// Bound of every wait (a loaded CI machine; a passing run takes seconds).
 const WAIT: Duration = Duration::from_secs(60);
@@ -645,195 +643,19 @@ async fn the_device_models_defaults_fill_what_the_device_leaves_out() {
 // both modes.
 // ---------------------------------------------------------------------------------------------------------------
 
-/// Bound of a real-mode wait for one install or repair (a slow CI machine, real processes).
-const CONVERGE: Duration = Duration::from_secs(120);
-
-/// One scenario's world: KubeEdge (real or stand-in), a registry, and an agent whose simulated devices are declared
-/// only by their Device objects.
-struct World {
-    ke: DmiKubeEdge,
-    agent: Agent,
-    registry: Registry,
-    dir: tempfile::TempDir,
+/// One scenario's world (twinflash_testkit::DmiScene), started with the agent binary of these tests.
+async fn world(
     scenario: &'static str,
-}
-
-impl World {
-    async fn start(
-        scenario: &'static str,
-        devices: usize,
-        tweak: impl FnOnce(AgentSpec<'_>) -> AgentSpec<'_>,
-    ) -> World {
-        init();
-        let dir = tempfile::tempdir().unwrap();
-        let registry = Registry::start().unwrap();
-        let ke = DmiKubeEdge::start(&dir.path().join("kubeedge")).await;
-        ke.apply(&device_model(NS)).await;
-        let agent_dir = dir.path().join("agent");
-        let spec = AgentSpec {
-            dmi: Some(ke.socket()),
-            node: ke.node().to_owned(),
-            device_prefix: ke.device_prefix(),
-            ..AgentSpec::new(&agent_dir, 0, vec![registry.host()], devices)
-        };
-        let agent = Agent::start(tweak(spec));
-        let w = World {
-            ke,
-            agent,
-            registry,
-            dir,
-            scenario,
-        };
-        // Devices are declared once the agent is edgecore's mapper of protocol twinflash (edgecore has no DMI client
-        // for the protocol before, and logs the Device as failed).
-        w.until("the agent registered with edgecore", WAIT, || {
-            w.agent
-                .log()
-                .contains("registered with edgecore as a DMI mapper")
-        })
-        .await;
-        w
-    }
-
-    fn sim(&self, i: usize) -> &SimDevice {
-        &self.agent.devices[i]
-    }
-
-    fn name(&self, i: usize) -> String {
-        self.sim(i).id.split_once('/').unwrap().1.to_owned()
-    }
-
-    /// Device `i` as an operator writes it, wanting `wanted`.
-    fn device(&self, i: usize, wanted: &str) -> Value {
-        self.sim(i).device(self.ke.node(), wanted)
-    }
-
-    async fn create(&self, i: usize, wanted: &str) {
-        self.ke.apply(&self.device(i, wanted)).await;
-    }
-
-    /// `kubectl edit` of device `i`'s desired firmware.
-    async fn edit(&self, i: usize, wanted: &str) {
-        self.ke.set_firmware(NS, &self.name(i), wanted).await;
-    }
-
-    async fn push(&self, tag: &str, seed: u8, len: usize) -> String {
-        push(
-            &self.registry,
-            self.dir.path(),
-            &format!("fw/blinky:{tag}"),
-            &image(seed, len),
-            tag,
-            twinflash_testkit::CHIP,
-        )
-        .await
-    }
-
-    /// Polls `ok` until it holds; panics after `within` with the agent's log and what KubeEdge holds.
-    async fn until(&self, what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-        let t0 = Instant::now();
-        while !ok() {
-            assert!(
-                t0.elapsed() < within,
-                "[{}] timed out after {within:?} waiting for {what}\n{}\n--- agent log ---\n{}",
-                self.ke.mode(),
-                self.ke.dump(),
-                self.agent.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        t0.elapsed()
-    }
-
-    /// Waits until edgecore stores a `firmware-state` of device `i` starting with `prefix`.
-    async fn wait_stored_state(&self, i: usize, prefix: &str) {
-        let what = format!("edgecore to store a state {prefix}*");
-        self.until(&what, CONVERGE, || {
-            self.ke
-                .actual(NS, &self.name(i), "firmware-state")
-                .is_some_and(|v| v.starts_with(prefix))
-        })
-        .await;
-    }
-
-    /// The reported values of device `i`'s DeviceStatus, by twin.
-    async fn reported(&self, i: usize) -> BTreeMap<String, String> {
-        let status = self.ke.status(NS, &self.name(i)).await;
-        twinflash_testkit::FIRMWARE_TWINS
-            .iter()
-            .filter_map(|t| {
-                let v = twinflash_testkit::real::reported(status.as_ref()?, t)?;
-                Some(((*t).to_owned(), v))
-            })
-            .collect()
-    }
-
-    /// The actual values edgecore stores for device `i`, by twin.
-    fn stored(&self, i: usize) -> BTreeMap<String, String> {
-        self.ke
-            .twins(NS, &self.name(i))
-            .into_iter()
-            .filter_map(|(k, t)| Some((k, t.actual?)))
-            .collect()
-    }
-
-    /// Waits until edgecore's store AND DeviceStatus both hold `want` (twin -> actual value) for device `i`; returns
-    /// how long it took.
-    async fn wait_held(&self, i: usize, want: &[(&str, &str)], within: Duration) -> Duration {
-        let t0 = Instant::now();
-        loop {
-            let stored = self.stored(i);
-            let reported = self.reported(i).await;
-            let holds = |m: &BTreeMap<String, String>| {
-                want.iter()
-                    .all(|(t, v)| m.get(*t).map(String::as_str) == Some(*v))
-            };
-            if holds(&stored) && holds(&reported) {
-                return t0.elapsed();
-            }
-            assert!(
-                t0.elapsed() < within,
-                "[{}] {}: after {within:?} KubeEdge does not hold {want:?} for {}\nedgecore stores {stored:?}\n\
-                 DeviceStatus reports {reported:?}\n{}\n--- agent log ---\n{}",
-                self.ke.mode(),
-                self.scenario,
-                self.name(i),
-                self.ke.dump(),
-                self.agent.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn wait_installed(&self, i: usize, reference: &str, version: &str) -> Duration {
-        self.wait_held(
-            i,
-            &[
-                ("firmware", reference),
-                ("firmware-state", "installed"),
-                ("firmware-version", version),
-            ],
-            CONVERGE,
-        )
-        .await
-    }
-
-    /// One report line: the scenario, the mode, `what` took `took`, and what KubeEdge holds for device `i`.
-    async fn report(&self, i: usize, what: &str, took: Duration) {
-        println!(
-            "SCENARIO {} [{}]: {what} {:.2} s; device_twin actual {:?}; DeviceStatus reported {:?}",
-            self.scenario,
-            self.ke.mode(),
-            took.as_secs_f64(),
-            self.stored(i),
-            self.reported(i).await
-        );
-    }
+    devices: usize,
+    tweak: impl FnOnce(AgentSpec<'_>) -> AgentSpec<'_>,
+) -> World {
+    init();
+    World::start(scenario, devices, tweak).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_install_through_a_device_edit_with_no_agent_restart() {
-    let w = World::start("install by a Device edit", 1, |s| s).await;
+    let w = world("install by a Device edit", 1, |s| s).await;
     let v1 = w.push("1.0.0", 21, 16 * 1024).await;
     // The Device exists first with nothing wanted: the agent learns it from edgecore (RegisterDevice), reports idle.
     w.create(0, "").await;
@@ -855,7 +677,7 @@ async fn scenario_install_through_a_device_edit_with_no_agent_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_an_upgrade() {
-    let w = World::start("upgrade", 1, |s| s).await;
+    let w = world("upgrade", 1, |s| s).await;
     let v1 = w.push("1.0.0", 22, 16 * 1024).await;
     let v2 = w.push("1.1.0", 23, 16 * 1024).await;
     w.create(0, &v1).await;
@@ -876,7 +698,7 @@ async fn scenario_an_upgrade() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_a_pending_intent_across_an_edgecore_restart() {
-    let w = World::start("pending intent across an edgecore restart", 1, |s| s).await;
+    let w = world("pending intent across an edgecore restart", 1, |s| s).await;
     let v1 = w.push("1.0.0", 24, 8 * 1024).await;
     let v2 = w.push("1.1.0", 25, 8 * 1024).await;
     w.create(0, &v1).await;
@@ -900,7 +722,7 @@ async fn scenario_a_pending_intent_across_an_edgecore_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_a_cloudcore_outage_during_an_install() {
     // 256 KiB at 64 KiB/s: a download of about 4 s, during which cloudcore goes away.
-    let w = World::start("cloudcore outage during an install", 1, |s| AgentSpec {
+    let w = world("cloudcore outage during an install", 1, |s| AgentSpec {
         rate_limit: Some(64 * 1024),
         ..s
     })
@@ -938,7 +760,7 @@ async fn scenario_a_cloudcore_outage_during_an_install() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_an_agent_sigkill_mid_download() {
     // 256 KiB at 64 KiB/s: a download of about 4 s.
-    let mut w = World::start("agent SIGKILL mid-download", 1, |s| AgentSpec {
+    let mut w = world("agent SIGKILL mid-download", 1, |s| AgentSpec {
         rate_limit: Some(64 * 1024),
         ..s
     })
@@ -967,7 +789,7 @@ async fn scenario_an_agent_sigkill_mid_download() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_twenty_devices_at_once() {
     const N: usize = 20;
-    let w = World::start("20 Devices at once", N, |s| s).await;
+    let w = world("20 Devices at once", N, |s| s).await;
     let v1 = w.push("1.0.0", 28, 8 * 1024).await;
     let t0 = Instant::now();
     for i in 0..N {
@@ -1001,7 +823,7 @@ async fn scenario_twenty_devices_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_bad_config_data() {
-    let w = World::start("bad configData", 1, |s| s).await;
+    let w = world("bad configData", 1, |s| s).await;
     let v1 = w.push("1.0.0", 29, 8 * 1024).await;
     let mut bad = w.device(0, &v1);
     bad["spec"]["protocol"]["configData"]["size"] = Value::from("lots");
@@ -1036,7 +858,7 @@ async fn scenario_bad_config_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_a_tag_pinned_by_twinflash_cloud() {
-    let w = World::start("tag pinned by twinflash-cloud", 1, |s| s).await;
+    let w = world("tag pinned by twinflash-cloud", 1, |s| s).await;
     let pinned = w.push("1.0.0", 30, 8 * 1024).await;
     let tag = pinned.split_once('@').unwrap().0.to_owned();
     // twinflash-cloud in mode dmi on the same API server, watching only this test's Devices.

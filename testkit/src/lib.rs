@@ -13,6 +13,7 @@ mod cloud;
 mod cloud_process;
 mod cloudcore;
 mod dmi_edgecore;
+mod dmi_scene;
 mod edgecore;
 mod kubeedge_backend;
 mod kubeedge_dmi;
@@ -35,6 +36,7 @@ pub use dmi_edgecore::{
     ACCEPTED_STATES, DeviceStateRecord, DmiCounters, DmiEdgecore, DmiLog, DmiLogKind,
     MAPPER_CALL_DEADLINE, RATE_BURST, RATE_PER_SEC, StateSync, convert_device, convert_model,
 };
+pub use dmi_scene::{CONVERGE, DmiScene};
 pub use edgecore::{
     Clock, CloudSync, Counters, Direction, EDGECORE_RECONNECT, Edgecore, EdgecoreOptions, Logged,
     StoredTwin, publish_expected, publish_once,
