@@ -67,11 +67,12 @@ impl RealEnv {
     /// (the stand-ins). Panics, naming the variable, when only one is set, when `KUBECONFIG` is missing, or when a
     /// path is not a file.
     pub fn from_env() -> Option<RealEnv> {
-        let var = |n: &str| {
-            std::env::var_os(n)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
+        RealEnv::from_vars(|n| std::env::var_os(n))
+    }
+
+    /// [`RealEnv::from_env`] with the variables `var` gives.
+    pub fn from_vars(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<RealEnv> {
+        let var = |n: &str| var(n).filter(|v| !v.is_empty()).map(PathBuf::from);
         let (edgecore, cloudcore) = match (var("EDGECORE"), var("CLOUDCORE")) {
             (None, None) => return None,
             (Some(e), Some(c)) => (e, c),
@@ -708,5 +709,85 @@ async fn sweep(cluster: &Cluster) {
         let name = d["metadata"]["name"].as_str().unwrap_or_default();
         let _ = cluster.delete(&DEVICE, ns, name).await;
         let _ = cluster.delete(&DEVICE_STATUS, ns, name).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &Path)]) -> impl Fn(&str) -> Option<std::ffi::OsString> {
+        let vars: Vec<(String, std::ffi::OsString)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.as_os_str().to_owned()))
+            .collect();
+        move |n| vars.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn neither_binary_named_is_the_stand_ins_whatever_kubeconfig_says() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        assert!(RealEnv::from_vars(env(&[])).is_none());
+        assert!(RealEnv::from_vars(env(&[("KUBECONFIG", f.path())])).is_none());
+        assert!(
+            RealEnv::from_vars(env(&[
+                ("EDGECORE", Path::new("")),
+                ("CLOUDCORE", Path::new(""))
+            ]))
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn both_binaries_and_a_kubeconfig_are_real_mode() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let e = RealEnv::from_vars(env(&[
+            ("EDGECORE", f.path()),
+            ("CLOUDCORE", f.path()),
+            ("KUBECONFIG", f.path()),
+        ]))
+        .unwrap();
+        assert_eq!(e.kubeconfig, f.path());
+    }
+
+    #[test]
+    #[should_panic(expected = "needs both EDGECORE and CLOUDCORE")]
+    fn one_binary_alone_is_an_error() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        RealEnv::from_vars(env(&[("EDGECORE", f.path()), ("KUBECONFIG", f.path())]));
+    }
+
+    #[test]
+    #[should_panic(expected = "needs KUBECONFIG")]
+    fn real_mode_without_kubeconfig_is_an_error() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        RealEnv::from_vars(env(&[("EDGECORE", f.path()), ("CLOUDCORE", f.path())]));
+    }
+
+    #[test]
+    #[should_panic(expected = "CLOUDCORE=/nonexistent/cloudcore is not a file")]
+    fn a_missing_binary_is_named() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        RealEnv::from_vars(env(&[
+            ("EDGECORE", f.path()),
+            ("CLOUDCORE", Path::new("/nonexistent/cloudcore")),
+            ("KUBECONFIG", f.path()),
+        ]));
+    }
+
+    #[test]
+    fn run_ids_are_dns_labels_and_differ() {
+        let (a, b) = (fresh_run_id(), fresh_run_id());
+        assert_ne!(a, b);
+        for id in [a, b] {
+            assert!(id.len() + 3 <= 63, "{id}");
+            assert!(
+                id.starts_with('r')
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()),
+                "{id}"
+            );
+        }
     }
 }

@@ -109,3 +109,78 @@ pub fn dump(db: &Path) -> String {
         Err(e) => format!("  ({e})\n"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// edgecore v1.23.1's own schema of the two tables (`sqlite3 edgecore.db .schema`, recorded from a real
+    /// edgecore's store).
+    const SCHEMA: &str = "CREATE TABLE `device` (`id` text,`name` text,`description` text,`state` text,\
+        `last_online` text,PRIMARY KEY (`id`));\
+        CREATE TABLE `device_twin` (`id` integer PRIMARY KEY AUTOINCREMENT,`deviceid` text,`name` text,\
+        `description` text,`expected` text,`actual` text,`expected_meta` text,`actual_meta` text,\
+        `expected_version` text,`actual_version` text,`optional` numeric,`attr_type` text,`metadata` text);";
+
+    #[test]
+    fn reads_a_store_in_edgecores_schema() {
+        if !twinflash_harness::needs(
+            twinflash_harness::tool_available("sqlite3"),
+            "the sqlite3 command-line tool",
+        ) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("edgecore.db");
+        assert!(
+            device_twins(&db, "default", "x").is_empty(),
+            "no database yet: no rows"
+        );
+        let rows = "INSERT INTO device VALUES ('default/blinky-1','blinky-1','','online','2026-12-07T14:23:03Z');\
+            INSERT INTO device VALUES ('default/o''brien','o''brien','','','');\
+            INSERT INTO device_twin (deviceid,name,description,expected,actual,expected_meta,actual_meta,\
+            expected_version,actual_version,optional,attr_type,metadata) VALUES\
+            ('default/blinky-1','firmware','','reg/fw:1@sha256:aa','reg/fw:1@sha256:aa','{\"timestamp\":1}',\
+            '{\"timestamp\":2}','{\"cloud\":1,\"edge\":0}','{\"cloud\":0,\"edge\":1}',1,'string','{}'),\
+            ('default/blinky-1','firmware-state','','','installed','','{\"timestamp\":2}','',\
+            '{\"cloud\":0,\"edge\":1}',1,'string','{}'),\
+            ('default/o''brien','firmware','','','it''s','','','','',1,'string','{}');";
+        let out = Command::new("sqlite3")
+            .arg(&db)
+            .arg(format!("{SCHEMA}{rows}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let twins = device_twins(&db, "default", "blinky-1");
+        assert_eq!(twins.len(), 2);
+        assert_eq!(
+            twins["firmware"].expected.as_deref(),
+            Some("reg/fw:1@sha256:aa")
+        );
+        assert_eq!(twins["firmware-state"].actual.as_deref(), Some("installed"));
+        assert_eq!(
+            twins["firmware-state"].expected, None,
+            "an empty column is no value"
+        );
+        // A quote in a name is a literal, not SQL.
+        assert_eq!(
+            device_twins(&db, "default", "o'brien")["firmware"]
+                .actual
+                .as_deref(),
+            Some("it's")
+        );
+        assert!(device_twins(&db, "other", "blinky-1").is_empty());
+        let devices = devices(&db);
+        assert_eq!(devices["default/blinky-1"].as_deref(), Some("online"));
+        assert_eq!(devices["default/o'brien"], None);
+        assert!(
+            dump(&db)
+                .contains("default/blinky-1 firmware-state expected=\"\" actual=\"installed\"")
+        );
+    }
+}
