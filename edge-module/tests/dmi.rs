@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::{Agent, AgentSpec, image, init, push};
 use twinflash_harness::Registry;
+use twinflash_testkit::{CONVERGE, DmiScene as World};
 use twinflash_testkit::{DmiEdgecore, DmiLogKind, SimDevice, device_model};
 
 /// Bound of every wait (a loaded CI machine; a passing run takes seconds).
@@ -629,4 +630,299 @@ async fn the_device_models_defaults_fill_what_the_device_leaves_out() {
     s.edgecore.apply_device(&dev);
     s.wait_installed(0, &v1, "1.0.0").await;
     assert!(s.sim(0).holds(&image(11, 8 * 1024)));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The scenarios of issue 22's acceptance list, written once against `DmiKubeEdge` and run against the stand-ins (CI)
+// or against a real edgecore and cloudcore when EDGECORE, CLOUDCORE and KUBECONFIG name them (docs/testing.md; real
+// mode: `--test-threads=1`). A scenario writes only through the API server, as an operator does (create a Device,
+// `kubectl edit` its desired firmware), and judges only by what KubeEdge holds: edgecore's stored twins (the
+// stand-in's store, or the real `device_twin` table) AND DeviceStatus. Each prints one `SCENARIO` line with its time
+// and what KubeEdge held at the end (`--nocapture` shows it). The tests above use stand-in-only knobs (counters, a
+// cut cloud link without an outage, GetDevice, the pin written by the test itself) and run against the stand-ins in
+// both modes.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// One scenario's world (twinflash_testkit::DmiScene), started with the agent binary of these tests.
+async fn world(
+    scenario: &'static str,
+    devices: usize,
+    tweak: impl FnOnce(AgentSpec<'_>) -> AgentSpec<'_>,
+) -> World {
+    init();
+    World::start(scenario, devices, tweak).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_install_through_a_device_edit_with_no_agent_restart() {
+    let w = world("install by a Device edit", 1, |s| s).await;
+    let v1 = w.push("1.0.0", 21, 16 * 1024).await;
+    // The Device exists first with nothing wanted: the agent learns it from edgecore (RegisterDevice), reports idle.
+    w.create(0, "").await;
+    w.wait_stored_state(0, "idle").await;
+    // `kubectl edit`: edgecore hands the changed Device to the running agent (UpdateDevice).
+    let t0 = Instant::now();
+    w.edit(0, &v1).await;
+    w.wait_installed(0, &v1, "1.0.0").await;
+    w.report(0, "Device edit -> DeviceStatus installed", t0.elapsed())
+        .await;
+    assert_eq!(w.sim(0).completed(&v1), 1, "flashed once");
+    assert!(w.sim(0).holds(&image(21, 16 * 1024)));
+    assert_eq!(
+        w.ke.expected(NS, &w.name(0), "firmware").as_deref(),
+        Some(v1.as_str()),
+        "edgecore holds the reference acted on as the twin's expected value"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_an_upgrade() {
+    let w = world("upgrade", 1, |s| s).await;
+    let v1 = w.push("1.0.0", 22, 16 * 1024).await;
+    let v2 = w.push("1.1.0", 23, 16 * 1024).await;
+    w.create(0, &v1).await;
+    w.wait_installed(0, &v1, "1.0.0").await;
+    let t0 = Instant::now();
+    w.edit(0, &v2).await;
+    w.wait_installed(0, &v2, "1.1.0").await;
+    w.report(
+        0,
+        "Device edit -> DeviceStatus installed (upgrade)",
+        t0.elapsed(),
+    )
+    .await;
+    assert_eq!(w.sim(0).completed(&v1), 1);
+    assert_eq!(w.sim(0).completed(&v2), 1);
+    assert!(w.sim(0).holds(&image(23, 16 * 1024)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_a_pending_intent_across_an_edgecore_restart() {
+    let w = world("pending intent across an edgecore restart", 1, |s| s).await;
+    let v1 = w.push("1.0.0", 24, 8 * 1024).await;
+    let v2 = w.push("1.1.0", 25, 8 * 1024).await;
+    w.create(0, &v1).await;
+    w.wait_installed(0, &v1, "1.0.0").await;
+    // edgecore dies; the intent changes while it is away; it comes back. No new intent, no agent restart.
+    w.ke.stop_edgecore().await;
+    w.edit(0, &v2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    w.ke.start_edgecore().await;
+    let back = Instant::now();
+    w.wait_installed(0, &v2, "1.1.0").await;
+    w.report(
+        0,
+        "edgecore back -> DeviceStatus installed (intent set while it was down)",
+        back.elapsed(),
+    )
+    .await;
+    assert_eq!(w.sim(0).completed(&v2), 1, "flashed once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_a_cloudcore_outage_during_an_install() {
+    // 256 KiB at 64 KiB/s: a download of about 4 s, during which cloudcore goes away.
+    let w = world("cloudcore outage during an install", 1, |s| AgentSpec {
+        rate_limit: Some(64 * 1024),
+        ..s
+    })
+    .await;
+    let v1 = w.push("1.0.0", 26, 256 * 1024).await;
+    let mut dev = w.device(0, &v1);
+    // The re-report of a settled device every 10 s (the default is 60 s) bounds the repair in this test.
+    dev["spec"]["properties"][2]["reportCycle"] = Value::from(10_000);
+    w.ke.apply(&dev).await;
+    w.wait_stored_state(0, "downloading:").await;
+    w.ke.stop_cloudcore().await;
+    // The edge goes on: edgecore stores the install; DeviceStatus cannot know it.
+    w.wait_stored_state(0, "installed").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_ne!(
+        w.reported(0)
+            .await
+            .get("firmware-state")
+            .map(String::as_str),
+        Some("installed"),
+        "DeviceStatus cannot know the install while cloudcore is down"
+    );
+    w.ke.start_cloudcore().await;
+    let back = Instant::now();
+    w.wait_installed(0, &v1, "1.0.0").await;
+    w.report(
+        0,
+        "cloudcore back -> DeviceStatus installed",
+        back.elapsed(),
+    )
+    .await;
+    assert_eq!(w.sim(0).completed(&v1), 1, "flashed once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_an_agent_sigkill_mid_download() {
+    // 256 KiB at 64 KiB/s: a download of about 4 s.
+    let mut w = world("agent SIGKILL mid-download", 1, |s| AgentSpec {
+        rate_limit: Some(64 * 1024),
+        ..s
+    })
+    .await;
+    let v1 = w.push("1.0.0", 27, 256 * 1024).await;
+    let t0 = Instant::now();
+    w.create(0, &v1).await;
+    w.wait_stored_state(0, "downloading:").await;
+    w.agent.kill9();
+    w.agent.spawn();
+    w.wait_installed(0, &v1, "1.0.0").await;
+    w.report(
+        0,
+        "Device created -> DeviceStatus installed (agent killed once)",
+        t0.elapsed(),
+    )
+    .await;
+    assert_eq!(
+        w.sim(0).started(&v1),
+        1,
+        "flashed once: the journal resumed the download"
+    );
+    assert!(w.sim(0).holds(&image(27, 256 * 1024)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_twenty_devices_at_once() {
+    const N: usize = 20;
+    let w = world("20 Devices at once", N, |s| s).await;
+    let v1 = w.push("1.0.0", 28, 8 * 1024).await;
+    let t0 = Instant::now();
+    for i in 0..N {
+        w.create(i, &v1).await;
+    }
+    let mut slowest = Duration::ZERO;
+    for i in 0..N {
+        w.wait_installed(i, &v1, "1.0.0").await;
+        slowest = t0.elapsed();
+    }
+    w.report(
+        N - 1,
+        "20 Devices created -> all installed in DeviceStatus",
+        slowest,
+    )
+    .await;
+    for i in 0..N {
+        assert_eq!(w.sim(i).completed(&v1), 1, "device {i} flashed once");
+    }
+    assert!(w.ke.edgecore_running(), "edgecore did not crash");
+    assert!(
+        !w.agent.log().contains("rate limit refused"),
+        "the agent kept within edgecore's node budget\n{}",
+        w.agent.log()
+    );
+    if let Some(ec) = w.ke.standin() {
+        let c = ec.counters();
+        assert_eq!((c.rate_limited, c.crashes), (0, 0), "{c:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_bad_config_data() {
+    let w = world("bad configData", 1, |s| s).await;
+    let v1 = w.push("1.0.0", 29, 8 * 1024).await;
+    let mut bad = w.device(0, &v1);
+    bad["spec"]["protocol"]["configData"]["size"] = Value::from("lots");
+    let t0 = Instant::now();
+    w.ke.apply(&bad).await;
+    w.wait_held(
+        0,
+        &[("firmware-state", "rejected:invalid-config")],
+        CONVERGE,
+    )
+    .await;
+    w.report(
+        0,
+        "bad Device created -> DeviceStatus rejected:invalid-config",
+        t0.elapsed(),
+    )
+    .await;
+    assert_eq!(w.sim(0).started(&v1), 0, "never flashed");
+    assert!(
+        w.agent.log().contains("invalid type: string \"lots\""),
+        "{}",
+        w.agent.log()
+    );
+    // Fixed by an edit: the device installs.
+    let size = w.sim(0).size;
+    w.ke.edit_device(NS, &w.name(0), |d| {
+        d["spec"]["protocol"]["configData"]["size"] = Value::from(size);
+    })
+    .await;
+    w.wait_installed(0, &v1, "1.0.0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_a_tag_pinned_by_twinflash_cloud() {
+    let w = world("tag pinned by twinflash-cloud", 1, |s| s).await;
+    let pinned = w.push("1.0.0", 30, 8 * 1024).await;
+    let tag = pinned.split_once('@').unwrap().0.to_owned();
+    // twinflash-cloud in mode dmi on the same API server, watching only this test's Devices.
+    let config = format!(
+        "mode = \"dmi\"\nstatus_location = \"device-status\"\n\
+         [watch]\nlabel_selector = \"{}={}\"\n\
+         [registry]\nplain_http = [\"{}\"]\n\
+         [metrics]\nlisten = \"127.0.0.1:{}\"\n",
+        twinflash_testkit::real::LABEL.0,
+        twinflash_testkit::real::LABEL.1,
+        w.registry.host(),
+        twinflash_harness::free_port()
+    );
+    let cloud_dir = w.dir.path().join("cloud");
+    std::fs::create_dir_all(&cloud_dir).unwrap();
+    let cloud = twinflash_testkit::CloudProcess::start(&cloud_dir, &config, &w.ke.kubeconfig());
+    let t0 = Instant::now();
+    w.create(0, &tag).await;
+    let pin_of = |d: &Value| {
+        d["spec"]["properties"][0]["desired"]["metadata"]["twinflash.io/pinned"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let t_pin = Instant::now();
+    loop {
+        let device =
+            w.ke.cluster()
+                .get(&twinflash_testkit::real::DEVICE, NS, &w.name(0))
+                .await;
+        if device.as_ref().and_then(pin_of).as_deref() == Some(pinned.as_str()) {
+            break;
+        }
+        assert!(
+            t_pin.elapsed() < CONVERGE,
+            "twinflash-cloud never pinned the tag: {device:?}\n--- cloud log ---\n{}",
+            cloud.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.wait_held(
+        0,
+        &[
+            ("firmware", &pinned),
+            ("firmware-state", "installed"),
+            ("firmware-version", "1.0.0"),
+        ],
+        CONVERGE,
+    )
+    .await;
+    w.report(
+        0,
+        "Device created with a tag -> DeviceStatus installed (pinned)",
+        t0.elapsed(),
+    )
+    .await;
+    let device =
+        w.ke.cluster()
+            .get(&twinflash_testkit::real::DEVICE, NS, &w.name(0))
+            .await
+            .unwrap();
+    assert_eq!(
+        device["spec"]["properties"][0]["desired"]["value"],
+        tag.as_str(),
+        "the user's value is untouched"
+    );
+    assert_eq!(w.sim(0).started(&pinned), 1, "flashed once");
 }

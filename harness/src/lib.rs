@@ -32,7 +32,7 @@ pub use certs::{Certs, make_certs};
 pub use error::HarnessError;
 pub use kubeapi::FakeApi;
 pub use mosquitto::{Mosquitto, MosquittoOptions, TlsFiles};
-pub use process::tool_available;
+pub use process::{ServiceProcess, log_tail, tcp_accepts, tool_available};
 pub use proxy::{Fault, FaultProxy};
 pub use registry::{Registry, RegistryOptions, RegistryTls};
 

@@ -121,10 +121,12 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
-/// A running service process, SIGKILLed and reaped on drop. The child sits behind a mutex so that
-/// `is_running(&self)` can reap it without a second owner racing on the pid.
+/// A running service process, SIGKILLed and reaped on drop (and killed by the kernel if the test process dies
+/// first: `PR_SET_PDEATHSIG`). The child sits behind a mutex so that `is_running(&self)` can reap it without a
+/// second owner racing on the pid. Public for the test kit, which starts user-provided binaries (a real edgecore
+/// and cloudcore) the same way.
 #[derive(Debug)]
-pub(crate) struct ServiceProcess {
+pub struct ServiceProcess {
     child: Mutex<Child>,
     pid: u32,
     binary: &'static str,
@@ -132,7 +134,7 @@ pub(crate) struct ServiceProcess {
 
 impl ServiceProcess {
     /// Spawns `cmd` with stdout and stderr appended to `output`.
-    pub(crate) fn spawn(
+    pub fn spawn(
         binary: &'static str,
         mut cmd: Command,
         output: &Path,
@@ -163,21 +165,21 @@ impl ServiceProcess {
         self.child.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.pid
     }
 
     /// `Some(status)` once the process has exited (and is reaped).
-    pub(crate) fn exit_status(&self) -> Option<ExitStatus> {
+    pub fn exit_status(&self) -> Option<ExitStatus> {
         self.child().try_wait().ok().flatten()
     }
 
-    pub(crate) fn is_running(&self) -> bool {
+    pub fn is_running(&self) -> bool {
         self.exit_status().is_none()
     }
 
     /// SIGKILL by pid (unless already reaped, so a reused pid is never hit) and reap.
-    pub(crate) fn kill(&self) {
+    pub fn kill(&self) {
         let mut child = self.child();
         if matches!(child.try_wait(), Ok(None)) {
             let _ = child.kill();
@@ -186,7 +188,7 @@ impl ServiceProcess {
     }
 
     /// SIGTERM, wait up to `grace` for a clean exit, SIGKILL after. True if it exited on SIGTERM.
-    pub(crate) fn terminate(&self, grace: Duration) -> bool {
+    pub fn terminate(&self, grace: Duration) -> bool {
         {
             let mut child = self.child();
             if !matches!(child.try_wait(), Ok(None)) {
@@ -254,7 +256,7 @@ pub(crate) fn wait_ready(
 }
 
 /// The last `lines` lines of each file, each block headed by the file name.
-pub(crate) fn log_tail(files: &[&Path], lines: usize) -> String {
+pub fn log_tail(files: &[&Path], lines: usize) -> String {
     let mut out = String::new();
     for file in files {
         let text = fs::read(file)
@@ -272,7 +274,7 @@ pub(crate) fn log_tail(files: &[&Path], lines: usize) -> String {
 }
 
 /// Whether a TCP connection to 127.0.0.1:`port` succeeds within 100 ms.
-pub(crate) fn tcp_accepts(port: u16) -> bool {
+pub fn tcp_accepts(port: u16) -> bool {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
 }

@@ -24,7 +24,7 @@ tf_need_apt() {
 
 tf_need_services() {
     tf_need_apt mosquitto:mosquitto mosquitto_pub:mosquitto-clients docker-registry:docker-registry \
-        skopeo:skopeo htpasswd:apache2-utils curl:curl openssl:openssl python3:python3
+        skopeo:skopeo htpasswd:apache2-utils curl:curl openssl:openssl python3:python3 sqlite3:sqlite3
 }
 
 # The Python `oras` package (PyPI): an artifact written by another tool, for the interop tests.

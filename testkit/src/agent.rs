@@ -8,7 +8,7 @@ use crate::{CHIP, FLASH_SIZE, ORIGIN, agent_binary};
 /// One simulated device of an agent.
 #[derive(Clone, Debug)]
 pub struct SimDevice {
-    /// `<namespace>/sim-NN`, or `sim-NN` in the legacy layout.
+    /// `<namespace>/sim-NN`, or `sim-NN` in the legacy layout (`sim`: [`AgentSpec::device_prefix`]).
     pub id: String,
     pub dir: PathBuf,
     pub ab: bool,
@@ -117,8 +117,11 @@ pub struct AgentSpec<'a> {
     pub dir: &'a Path,
     pub mqtt_port: u16,
     pub registry_hosts: Vec<String>,
-    /// How many simulated devices: `sim-NN` for NN from `first_device`.
+    /// How many simulated devices: `<device_prefix>-NN` for NN from `first_device`.
     pub devices: usize,
+    /// The name of the simulated devices before `-NN` (`sim`; real mode takes a name unique to the run, since the
+    /// cluster outlives the test).
+    pub device_prefix: String,
     /// The number of the first simulated device (several agents on one broker own distinct devices).
     pub first_device: usize,
     /// Edge node name (`node-a`).
@@ -159,6 +162,7 @@ impl<'a> AgentSpec<'a> {
             mqtt_port,
             registry_hosts,
             devices,
+            device_prefix: "sim".into(),
             first_device: 0,
             node: "node-a".into(),
             client_id: format!(
@@ -215,12 +219,13 @@ impl Agent {
         );
         let mut devices = Vec::new();
         for i in spec.first_device..spec.first_device + spec.devices {
+            let name = format!("{}-{i:02}", spec.device_prefix);
             let id = if spec.legacy {
-                format!("sim-{i:02}")
+                name.clone()
             } else {
-                format!("{}/sim-{i:02}", spec.namespace)
+                format!("{}/{name}", spec.namespace)
             };
-            let dir = spec.dir.join(format!("sim-{i:02}"));
+            let dir = spec.dir.join(&name);
             devices.push(SimDevice {
                 id: id.clone(),
                 dir: dir.clone(),

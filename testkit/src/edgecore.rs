@@ -948,23 +948,17 @@ impl Edgecore {
     /// mode, does) from a client of its own, and returns its event id once the broker has acknowledged it.
     pub async fn set_expected(&self, device: &str, twin: &str, value: &str) -> String {
         let opts = &self.shared.opts;
-        let id = DeviceId::parse(device, opts.layout).expect("a device id for the layout");
         let event_id = format!("set-expected-{}", self.shared.fresh_id(0));
-        let mut twins = TwinMap::new();
-        twins.insert(
-            twin.to_owned(),
-            Some(MsgTwin {
-                expected: Some(TwinValue::new(value)),
-                metadata: Some(TypeMetadata::new("string")),
-                ..MsgTwin::default()
-            }),
-        );
-        let update = mqtt_schema::DeviceTwinUpdate {
-            base: BaseMessage::new(event_id.clone(), system_ms()),
-            twin: Some(twins),
-        };
-        let topic = Topic::device(&id, DeviceTopicKind::TwinUpdate).to_string();
-        publish_once(&opts.host, opts.port, &topic, to_go_json(&update)).await;
+        publish_expected(
+            &opts.host,
+            opts.port,
+            opts.layout,
+            device,
+            twin,
+            value,
+            &event_id,
+        )
+        .await;
         event_id
     }
 
@@ -978,6 +972,36 @@ impl Drop for Edgecore {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Publishes, as the cloud does, an update of `device`'s `twin` with `value` as its expected value (`event_id`) on
+/// the broker `host:port`: what twinflash-cloud sends edgecore in mode `edgecore` (the stand-in's
+/// [`Edgecore::set_expected`], and the real edgecore's in the test kit's real mode).
+pub async fn publish_expected(
+    host: &str,
+    port: u16,
+    layout: TopicLayout,
+    device: &str,
+    twin: &str,
+    value: &str,
+    event_id: &str,
+) {
+    let id = DeviceId::parse(device, layout).expect("a device id for the layout");
+    let mut twins = TwinMap::new();
+    twins.insert(
+        twin.to_owned(),
+        Some(MsgTwin {
+            expected: Some(TwinValue::new(value)),
+            metadata: Some(TypeMetadata::new("string")),
+            ..MsgTwin::default()
+        }),
+    );
+    let update = mqtt_schema::DeviceTwinUpdate {
+        base: BaseMessage::new(event_id.to_owned(), system_ms()),
+        twin: Some(twins),
+    };
+    let topic = Topic::device(&id, DeviceTopicKind::TwinUpdate).to_string();
+    publish_once(host, port, &topic, to_go_json(&update)).await;
 }
 
 /// Connects a clean-session client, publishes one QoS 1 message, waits for its PUBACK (at most [`crate::WAIT`]),

@@ -13,9 +13,14 @@ mod cloud;
 mod cloud_process;
 mod cloudcore;
 mod dmi_edgecore;
+mod dmi_scene;
 mod edgecore;
 pub mod grpc_go;
+mod kubeedge_backend;
+mod kubeedge_dmi;
+mod kubeedge_mqtt;
 mod observe;
+pub mod real;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,10 +37,14 @@ pub use dmi_edgecore::{
     ACCEPTED_STATES, DeviceStateRecord, DmiCounters, DmiEdgecore, DmiLog, DmiLogKind,
     MAPPER_CALL_DEADLINE, RATE_BURST, RATE_PER_SEC, StateSync, convert_device, convert_model,
 };
+pub use dmi_scene::{CONVERGE, DmiScene};
 pub use edgecore::{
     Clock, CloudSync, Counters, Direction, EDGECORE_RECONNECT, Edgecore, EdgecoreOptions, Logged,
-    StoredTwin, publish_once,
+    StoredTwin, publish_expected, publish_once,
 };
+pub use kubeedge_backend::{KubeEdgeMode, STANDIN_NODE};
+pub use kubeedge_dmi::DmiKubeEdge;
+pub use kubeedge_mqtt::{MQTT_MODEL, MqttKubeEdge, mqtt_device_model};
 pub use observe::{Message, Observer};
 
 /// Where the simulated flash starts, and where [`push`] places a BIN artifact.

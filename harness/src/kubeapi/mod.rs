@@ -293,6 +293,22 @@ impl FakeApi {
             .map_err(api_err)
     }
 
+    /// Deletes one object (`ns` empty for cluster-scoped resources); watchers see it. Returns the object as it
+    /// was, or the API server's 404.
+    pub fn delete(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+    ) -> Result<Value, HarnessError> {
+        self.shared
+            .store()
+            .delete(&Gvr::new(group, version, plural), ns, name)
+            .map_err(api_err)
+    }
+
     /// Every write of a resource still in the history (at most [`HISTORY`] writes of all
     /// resources), oldest first: what a watch from the beginning would have seen.
     pub fn history(&self, group: &str, version: &str, plural: &str) -> Vec<WatchRecord> {
