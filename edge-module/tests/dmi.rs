@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::{Agent, AgentSpec, image, init, push};
-use twinflash_harness::Registry;
 use twinflash_testkit::{CONVERGE, DmiScene as World};
 use twinflash_testkit::{DmiEdgecore, DmiLogKind, SimDevice, device_model};
 
@@ -20,36 +19,9 @@ use twinflash_testkit::{DmiEdgecore, DmiLogKind, SimDevice, device_model};
 const WAIT: Duration = Duration::from_secs(60);
 const NS: &str = "default";
 
-struct Scene {
-    agent: Agent,
-    edgecore: DmiEdgecore,
-    registry: Registry,
-    dir: tempfile::TempDir,
-}
+use support::DmiStandin as Scene;
 
 impl Scene {
-    async fn start(devices: usize, tweak: impl FnOnce(AgentSpec<'_>) -> AgentSpec<'_>) -> Scene {
-        init();
-        let dir = tempfile::tempdir().unwrap();
-        let registry = Registry::start().unwrap();
-        let edgecore = DmiEdgecore::start_in(&dir.path().join("edgecore"))
-            .await
-            .unwrap();
-        edgecore.apply_model(&device_model(NS));
-        let agent_dir = dir.path().join("agent");
-        let spec = AgentSpec {
-            dmi: Some(edgecore.socket()),
-            ..AgentSpec::new(&agent_dir, 0, vec![registry.host()], devices)
-        };
-        let agent = Agent::start(tweak(spec));
-        Scene {
-            agent,
-            edgecore,
-            registry,
-            dir,
-        }
-    }
-
     fn sim(&self, i: usize) -> &SimDevice {
         &self.agent.devices[i]
     }

@@ -207,3 +207,40 @@ pub fn policy(mode: &str, keys: &[&Key]) -> String {
         .collect();
     format!("[signatures]\nmode = \"{mode}\"\nkeys = {files:?}\n")
 }
+
+/// The usual scene of a DMI test: a registry, edgecore's DMI side played by the stand-in
+/// (`twinflash_testkit::DmiEdgecore`) holding the test DeviceModel of namespace `default`, and an agent in DMI mode
+/// with `devices` simulated devices (`tweak` changes its spec).
+pub struct DmiStandin {
+    pub agent: Agent,
+    pub edgecore: twinflash_testkit::DmiEdgecore,
+    pub registry: Registry,
+    pub dir: tempfile::TempDir,
+}
+
+impl DmiStandin {
+    pub async fn start(
+        devices: usize,
+        tweak: impl FnOnce(AgentSpec<'_>) -> AgentSpec<'_>,
+    ) -> DmiStandin {
+        init();
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::start().unwrap();
+        let edgecore = twinflash_testkit::DmiEdgecore::start_in(&dir.path().join("edgecore"))
+            .await
+            .unwrap();
+        edgecore.apply_model(&twinflash_testkit::device_model("default"));
+        let agent_dir = dir.path().join("agent");
+        let spec = AgentSpec {
+            dmi: Some(edgecore.socket()),
+            ..AgentSpec::new(&agent_dir, 0, vec![registry.host()], devices)
+        };
+        let agent = Agent::start(tweak(spec));
+        DmiStandin {
+            agent,
+            edgecore,
+            registry,
+            dir,
+        }
+    }
+}
