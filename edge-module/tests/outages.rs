@@ -85,7 +85,7 @@ async fn sigkill_during_a_download_resumes_without_fetching_durable_bytes_again(
         let host = format!("127.0.0.1:{}", proxy.port());
         let _ = proxied.set((proxy, host.clone()));
         AgentSpec {
-            rate_limit: Some(4 * 1024 * 1024),
+            rate_limit: Some(2 * 1024 * 1024),
             flash_size: 16 * 1024 * 1024,
             registry_hosts: vec![host],
             ..s
@@ -101,17 +101,18 @@ async fn sigkill_during_a_download_resumes_without_fetching_durable_bytes_again(
         .replace(&env.registry.host(), proxy_host);
     let dev = env.device(0);
     env.intent(0, &reference).await;
-    // Kill once the agent has received 70 % (8.8 MB): its 1 MiB checkpoints up to 8 MiB are durable. (The proxy's
-    // byte count runs ahead of what the agent consumed: loopback socket buffers hold megabytes.)
-    let past_70 = || {
-        env.cloud.states(&dev.id).iter().any(|s| {
+    // Kill once the agent reports 40 % or more (4.8 MB received). At 2 MiB/s reports come about every 17 %, so a
+    // report lands in 40..95 before the download ends. Its 1 MiB checkpoints (the default) lag what it received by the sink's
+    // buffers and the checkpoint in flight, so at least 2 MiB are durable.
+    let reported = || {
+        env.cloud.states(&dev.id).iter().find_map(|s| {
             s.strip_prefix("downloading:")
                 .and_then(|p| p.parse::<u8>().ok())
-                .is_some_and(|p| (70..100).contains(&p))
+                .filter(|p| (40..90).contains(p))
         })
     };
     assert!(
-        until(WAIT, past_70).await,
+        until(WAIT, || reported().is_some()).await,
         "{:?}\n{}",
         env.cloud.states(&dev.id),
         env.agent.log()
@@ -122,9 +123,11 @@ async fn sigkill_during_a_download_resumes_without_fetching_durable_bytes_again(
     env.wait(0, "firmware-state", "installed").await;
     let again = proxy.bytes_down() - before;
     assert!(dev.holds(&fw), "the device holds the verified image");
-    // The durable 8 MiB are not fetched again: the second run fetches the rest only.
+    // The kill came mid-download: the second run had bytes left to fetch.
+    assert!(again > 0, "the download had ended before the kill");
+    // The durable bytes are not fetched again: the second run fetches the rest only.
     let slack = 64 * 1024; // manifest and HTTP headers
-    let rest = size as u64 - 8 * 1024 * 1024;
+    let rest = size as u64 - 2 * 1024 * 1024;
     assert!(
         again <= rest + slack,
         "second run fetched {again} bytes; at most {rest} were missing"
