@@ -58,6 +58,8 @@ run "Fleet: 1,000 devices across 10 agents on one broker (issue 8)" agent_table 
 run "Twin: messages per install, edgecore-acknowledged latency, anti-entropy cost (issue 13; against the edgecore stand-in)" agent_table target/release/examples/bench_agent twin "$installs" 100 10
 run "DMI mode: 100 new Devices through one agent (issue 14; against the DMI stand-in)" agent_table target/release/examples/bench_dmi fleet 100
 NOTES=scripts/bench/notes/dmi-cost.md run "DMI mode: anti-entropy cost of converged devices (issue 14; against the DMI stand-in)" agent_table target/release/examples/bench_dmi cost
+NOTES=scripts/bench/notes/dmi-latency.md run "DMI mode: end of the flash to DeviceStatus, calls per install (issue 22; DMI and cloudcore stand-ins)" agent_table target/release/examples/bench_dmi latency 10
+NOTES=scripts/bench/notes/dmi-restart.md run "DMI mode: edgecore restarts seen (issue 22; against the DMI stand-in)" agent_table target/release/examples/bench_dmi restart 5
 NOTES=scripts/bench/notes/fetch.md run "Fetcher: B1, B2, peak RSS (issue 3)" bash scripts/bench/fetch.sh "$fetch_mib"
 run "Rollout planner over 10,000 Devices in 4 waves (issue 7)" target/release/examples/bench_rollout
 run "Rollout through the API server: twinflash-cloud, FakeApi, registry, mosquitto, simulated fleet (issue 7, full path)" target/release/examples/bench_rollout_api "$api_devices"

@@ -107,6 +107,11 @@ pub struct KubeedgeConfig {
     /// and a quick second report could be overtaken by the first.
     #[serde(default = "default_dmi_spacing")]
     pub report_spacing_ms: u64,
+    /// A settled state (installed, failed, rejected, idle) is reported once more this long after edgecore accepted
+    /// it, in two spaced calls: cloudcore can write back an older value of a twin (it patches the whole twin list from
+    /// a cache that lags), and nothing else would follow a settled state before the report cycle. 0: never.
+    #[serde(default = "default_dmi_confirm")]
+    pub confirm_after_ms: u64,
 }
 
 impl Default for KubeedgeConfig {
@@ -120,6 +125,7 @@ impl Default for KubeedgeConfig {
             dmi_calls_per_sec: default_dmi_rate(),
             dmi_burst: default_dmi_burst(),
             report_spacing_ms: default_dmi_spacing(),
+            confirm_after_ms: default_dmi_confirm(),
         }
     }
 }
@@ -151,6 +157,9 @@ fn default_dmi_burst() -> u32 {
 }
 fn default_dmi_spacing() -> u64 {
     1_000
+}
+fn default_dmi_confirm() -> u64 {
+    5_000
 }
 
 /// `[mqtt]`: the settings every twinflash program shares (`twinflash_mqtt::MqttSettings`). The agent's

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::{Agent, AgentSpec, image, init, push};
+use twinflash_harness::FakeApi;
 use twinflash_testkit::{CONVERGE, DmiScene as World};
-use twinflash_testkit::{DmiEdgecore, DmiLogKind, SimDevice, device_model};
+use twinflash_testkit::{Cloudcore, DmiEdgecore, DmiLogKind, Load, SimDevice, device_model};
 
 /// Bound of every wait (a loaded CI machine; a passing run takes seconds).
 const WAIT: Duration = Duration::from_secs(60);
@@ -22,6 +23,25 @@ const NS: &str = "default";
 use support::DmiStandin as Scene;
 
 impl Scene {
+    /// Waits until device `i` is flashing `reference` in edgecore's store, stops edgecore and waits until the flash
+    /// completes without it.
+    async fn flash_through_an_outage(&self, i: usize, reference: &str) {
+        until(
+            "a flash in progress in edgecore's store",
+            &self.agent,
+            || {
+                self.actual(i, "firmware-state")
+                    .is_some_and(|v| v.starts_with("flashing:"))
+            },
+        )
+        .await;
+        self.edgecore.stop();
+        until("the flash to complete", &self.agent, || {
+            self.sim(i).completed(reference) == 1
+        })
+        .await;
+    }
+
     fn sim(&self, i: usize) -> &SimDevice {
         &self.agent.devices[i]
     }
@@ -64,6 +84,27 @@ impl Scene {
         )
         .await
     }
+}
+
+/// Values of one twin edgecore stored (and synced to the cloud), in order, with edgecore's timestamp (ms).
+fn stored(ec: &DmiEdgecore, name: &str, twin: &str) -> Vec<(i64, String)> {
+    ec.cloud_syncs()
+        .iter()
+        .filter(|c| c.name == name)
+        .filter_map(|c| {
+            let a = c.twins.get(twin)?.actual.as_ref()?;
+            Some((a.metadata.as_ref()?.timestamp, a.value.clone()?))
+        })
+        .collect()
+}
+
+/// When the simulated device finished its last flash (its counters are written as the flash completes), in Unix ms.
+fn flash_end_ms(sim: &SimDevice) -> i64 {
+    let modified = std::fs::metadata(sim.dir.join("counters.json"))
+        .and_then(|m| m.modified())
+        .unwrap();
+    let since = modified.duration_since(std::time::UNIX_EPOCH).unwrap();
+    i64::try_from(since.as_millis()).unwrap()
 }
 
 async fn until(what: &str, agent: &Agent, mut f: impl FnMut() -> bool) {
@@ -204,17 +245,7 @@ async fn edgecore_restarted_during_a_flash_holds_the_final_state_once_it_is_back
     .await;
     let v1 = s.push("1.0.0", 4, 128 * 1024, "1.0.0").await;
     s.want(0, &v1);
-    until("a flash in progress in edgecore's store", &s.agent, || {
-        s.actual(0, "firmware-state")
-            .is_some_and(|v| v.starts_with("flashing:"))
-    })
-    .await;
-    s.edgecore.stop();
-    let sim = s.sim(0).clone();
-    until("the flash to complete", &s.agent, || {
-        sim.completed(&v1) == 1
-    })
-    .await;
+    s.flash_through_an_outage(0, &v1).await;
     assert!(
         s.actual(0, "firmware-state")
             .is_some_and(|v| v.starts_with("flashing:")),
@@ -897,4 +928,153 @@ async fn scenario_a_tag_pinned_by_twinflash_cloud() {
         "the user's value is untouched"
     );
     assert_eq!(w.sim(0).started(&pinned), 1, "flashed once");
+}
+
+/// No re-report during these tests: only what the fix under test does can repair anything.
+const NO_PERIODIC: &str = "[twin]\nanti_entropy_secs = 600\n";
+
+/// 32 KiB/s (128 KiB: a flash of about 4 s) with progress every 100 ms, and no re-report.
+fn slow_flash(mut spec: AgentSpec<'_>) -> AgentSpec<'_> {
+    spec.write_bytes_per_sec = Some(32 * 1024);
+    spec.extra_sections
+        .push_str("[twin]\nanti_entropy_secs = 600\nprogress_interval_ms = 100\n");
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intent_set_while_edgecore_was_down_is_applied_once_it_is_back_without_an_agent_restart()
+{
+    // edgecore pushes nothing after its start (e14) and the cloud's message is only in its cache (stand-in rule,
+    // issue 22's real run): the agent must see the restart itself and register again to get it.
+    let s = Scene::start(1, |mut spec| {
+        spec.extra_sections.push_str(NO_PERIODIC);
+        spec
+    })
+    .await;
+    let v1 = s.push("1.0.0", 12, 8 * 1024, "1.0.0").await;
+    let v2 = s.push("1.1.0", 13, 8 * 1024, "1.1.0").await;
+    s.want(0, &v1);
+    s.wait_installed(0, &v1, "1.0.0").await;
+    s.edgecore.wait_idle().await;
+    let calls = s.edgecore.logged(DmiLogKind::Call).len();
+    s.edgecore.stop();
+    s.want(0, &v2);
+    // Down for a while: the agent has nothing to report, so no call of its own fails.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let registrations = s.edgecore.counters().mapper_register;
+    s.edgecore.start().await.unwrap();
+    let back = Instant::now();
+    until("the agent to register again", &s.agent, || {
+        s.edgecore.counters().mapper_register > registrations
+    })
+    .await;
+    println!(
+        "edgecore restart seen and registered again after {:.2} s",
+        back.elapsed().as_secs_f64()
+    );
+    s.wait_installed(0, &v2, "1.1.0").await;
+    assert!(
+        s.edgecore.logged(DmiLogKind::Call)[calls..].is_empty(),
+        "v2 came only with the registration's answer, edgecore called the mapper for nothing\n{}",
+        s.edgecore.dump()
+    );
+    assert_eq!(s.sim(0).completed(&v2), 1, "flashed once");
+    assert!(s.sim(0).holds(&image(13, 8 * 1024)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_a_device_reports_its_newest_state_never_the_progress_it_made_meanwhile() {
+    let s = Scene::start(1, slow_flash).await;
+    let v1 = s.push("1.0.0", 14, 128 * 1024, "1.0.0").await;
+    s.want(0, &v1);
+    s.flash_through_an_outage(0, &v1).await;
+    let before = stored(&s.edgecore, &s.name(0), "firmware-state").len();
+    s.edgecore.start().await.unwrap();
+    s.wait_installed(0, &v1, "1.0.0").await;
+    let after: Vec<String> = stored(&s.edgecore, &s.name(0), "firmware-state")[before..]
+        .iter()
+        .map(|(_, v)| v.clone())
+        .collect();
+    assert!(
+        after.iter().all(|v| v == "installed"),
+        "after the outage edgecore stored {after:?}: old progress replayed\n{}",
+        s.edgecore.dump()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_settled_state_follows_the_end_of_a_flash_without_waiting_behind_older_reports() {
+    // Progress every 100 ms while reports of one device are 1 s apart: reports queue up behind each other.
+    let s = Scene::start(1, slow_flash).await;
+    let v1 = s.push("1.0.0", 15, 128 * 1024, "1.0.0").await;
+    s.want(0, &v1);
+    s.wait_installed(0, &v1, "1.0.0").await;
+    let end = flash_end_ms(s.sim(0));
+    let states = stored(&s.edgecore, &s.name(0), "firmware-state");
+    // A report already on its way when the flash ended may land just after it.
+    let late: Vec<&(i64, String)> = states
+        .iter()
+        .filter(|(t, v)| *t > end + 20 && v != "installed")
+        .collect();
+    let installed = states
+        .iter()
+        .find(|(_, v)| v == "installed")
+        .map(|(t, _)| t - end);
+    println!("installed stored {installed:?} ms after the flash ended");
+    assert!(
+        late.is_empty(),
+        "stored after the flash ended (at {end}): {late:?}; all: {states:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudcores_lagging_cache_cannot_keep_a_settled_state_reverted() {
+    // cloudcore patches the whole twin list from a cache its informer overwrites with older objects (stand-in
+    // `Load`, issue 22's real run): the second twin of a report goes back to its previous value. Nothing but the
+    // agent's confirmation follows a settled state here (no periodic re-report, no nudge).
+    let s = Scene::start(1, |mut spec| {
+        spec.extra_sections.push_str(NO_PERIODIC);
+        spec
+    })
+    .await;
+    let api = FakeApi::start().unwrap();
+    Cloudcore::declare_device(&api, NS, &s.name(0));
+    let cloudcore = Cloudcore::under_load(
+        &api,
+        Load {
+            informer_lag: Duration::from_millis(300),
+            per_sync: Duration::from_millis(200),
+        },
+    );
+    let follow = cloudcore.follow_syncs(s.edgecore.syncs());
+    let ds = |twin: &str| Cloudcore::reported(&api, NS, &s.name(0), twin);
+    let holds = |reference: &str, version: &str| {
+        ds("firmware").as_deref() == Some(reference)
+            && ds("firmware-version").as_deref() == Some(version)
+            && ds("firmware-state").as_deref() == Some("installed")
+    };
+    for (tag, seed, version) in [("1.0.0", 16, "1.0.0"), ("1.1.0", 17, "1.1.0")] {
+        let reference = s.push(tag, seed, 8 * 1024, version).await;
+        s.want(0, &reference);
+        s.wait_installed(0, &reference, version).await;
+        let deadline = Instant::now() + WAIT;
+        while !holds(&reference, version) {
+            assert!(
+                Instant::now() < deadline,
+                "DeviceStatus does not hold {reference} {version} installed: {}\n{}\nagent log:\n{}",
+                api.get(
+                    "devices.kubeedge.io",
+                    "v1beta1",
+                    "devicestatuses",
+                    NS,
+                    &s.name(0)
+                )
+                .unwrap_or_default(),
+                s.edgecore.dump(),
+                s.agent.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    follow.abort();
 }

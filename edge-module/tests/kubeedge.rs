@@ -406,19 +406,7 @@ async fn one_small_install_stays_within_the_message_budget() {
 
 /// What DeviceStatus `name` reports for `twin`, if anything.
 fn device_status(api: &FakeApi, name: &str, twin: &str) -> Option<String> {
-    let ds = api.get(
-        "devices.kubeedge.io",
-        "v1beta1",
-        "devicestatuses",
-        "default",
-        name,
-    )?;
-    ds["status"]["twins"]
-        .as_array()?
-        .iter()
-        .find(|t| t["propertyName"] == twin)?["reported"]["value"]
-        .as_str()
-        .map(str::to_owned)
+    Cloudcore::reported(api, "default", name, twin)
 }
 
 async fn wait_device_status(api: &FakeApi, name: &str, twin: &str, value: &str, agent: &Agent) {

@@ -9,13 +9,27 @@
 //! - one JSON merge patch of the whole `status.twins` list of `devicestatuses/<name>`, without a resourceVersion:
 //!   whatever another writer put into the list since cloudcore read it is overwritten.
 //!
-//! cloudcore computes the list from its cache of DeviceStatus (filled by its watch and by its own writes); the
-//! stand-in reads the object just before each patch, which is that cache when it is up to date. A missing
-//! DeviceStatus is created empty first (`getOrCreateDeviceStatusForDevice`). Twins are applied in name order (Go
-//! iterates the message's map in random order: several new twins in one sync may be appended in any order).
+//! cloudcore computes the list from its cache of DeviceStatus (`deviceStatusManager.DeviceStatus`), not from the API
+//! server. Two writers share that cache (upstream.go `updateDeviceStatus`, downstream.go `deviceStatusUpdated`): the
+//! status worker (`updateDeviceStatusWorkers`, 1 by default) stores its own result before it patches, and the
+//! DeviceStatus informer stores the object of every watch event when the event arrives. An event is a write that
+//! happened earlier, so when it arrives after the worker's next write of the same Device, the cache falls back to
+//! the older object, and the next sync of that Device patches the whole list computed from it: a twin written in
+//! between goes back to its previous value, and stays there until the edge reports it again. Real run (issue 22,
+//! 20 Devices installing at once on one node): fleet-04's `firmware` back to "" for 71 s, fleet-13's
+//! `firmware-version` back to "" for 88 s, blinky-1's `firmware-state` from `verifying` back to `downloading:0`.
+//! - [`Cloudcore::new`]: the cache is never behind (the stand-in reads the object right before each patch).
+//! - [`Cloudcore::under_load`]: the cache as above, fed by a real watch of `devicestatuses` whose events are applied
+//!   [`Load::informer_lag`] after they arrive, and a worker that spends [`Load::per_sync`] before each sync (the API
+//!   server's latency and the other Devices' syncs ahead of it in the one worker's queue). With
+//!   `per_sync < informer_lag < 2 x per_sync`, the three syncs of one DMI report (one per twin, golden d02) revert the
+//!   second twin: the third is computed from the object the first one wrote.
+//!
+//! A missing DeviceStatus is created empty first (`getOrCreateDeviceStatusForDevice`). Twins are applied in name order
+//! (Go iterates the message's map in random order: several new twins in one sync may be appended in any order).
 //! `state/update` syncs (`state`, `lastOnlineTime`) are not modelled.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,7 +37,7 @@ use std::time::Duration;
 
 use mqtt_schema::MsgTwin;
 use serde_json::{Map, Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::task::JoinHandle;
 use twinflash_harness::FakeApi;
 
@@ -33,6 +47,30 @@ const GROUP: &str = "/apis/devices.kubeedge.io/v1beta1";
 #[derive(Debug, Clone)]
 pub struct Cloudcore {
     addr: SocketAddr,
+    cache: Option<Arc<StatusCache>>,
+}
+
+/// How far behind cloudcore's DeviceStatus cache runs ([`Cloudcore::under_load`]; module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    /// From a DeviceStatus write to its watch event being stored in the cache.
+    pub informer_lag: Duration,
+    /// What the status worker spends before it computes each sync.
+    pub per_sync: Duration,
+}
+
+/// `deviceStatusManager.DeviceStatus`: `ns/name` to the DeviceStatus object, written by the worker and the informer.
+#[derive(Debug)]
+struct StatusCache {
+    load: Load,
+    objects: Arc<Mutex<HashMap<String, Value>>>,
+    watch: JoinHandle<()>,
+}
+
+impl Drop for StatusCache {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
 }
 
 /// A background [`Cloudcore`] that keeps applying a sync ([`Cloudcore::spawn_writer`]); stops when dropped.
@@ -89,9 +127,27 @@ pub fn sync_twin(actual: Option<&str>, expected: Option<&str>, timestamp_ms: i64
 pub const FIRMWARE_TWINS: [&str; 3] = ["firmware", "firmware-version", "firmware-state"];
 
 impl Cloudcore {
-    /// A stand-in writing to `api`.
+    /// A stand-in writing to `api`, its cache never behind.
     pub fn new(api: &FakeApi) -> Cloudcore {
-        Cloudcore { addr: api.addr() }
+        Cloudcore {
+            addr: api.addr(),
+            cache: None,
+        }
+    }
+
+    /// A stand-in writing to `api` whose DeviceStatus cache lags as `load` says (module doc); needs a tokio runtime.
+    /// The watch stops when the last clone is dropped.
+    pub fn under_load(api: &FakeApi, load: Load) -> Cloudcore {
+        let objects = Arc::new(Mutex::new(HashMap::new()));
+        let watch = tokio::spawn(informer(api.addr(), load.informer_lag, objects.clone()));
+        Cloudcore {
+            addr: api.addr(),
+            cache: Some(Arc::new(StatusCache {
+                load,
+                objects,
+                watch,
+            })),
+        }
     }
 
     /// Puts a Device `namespace/name` declaring [`FIRMWARE_TWINS`] (and nothing else) into `api`.
@@ -102,6 +158,23 @@ impl Cloudcore {
             "spec": {"properties": FIRMWARE_TWINS.iter().map(|t| json!({"name": t})).collect::<Vec<_>>()},
         }))
         .unwrap();
+    }
+
+    /// The `reported` value of twin `twin` in DeviceStatus `namespace/name` of `api` (what cloudcore wrote).
+    pub fn reported(api: &FakeApi, namespace: &str, name: &str, twin: &str) -> Option<String> {
+        let ds = api.get(
+            "devices.kubeedge.io",
+            "v1beta1",
+            "devicestatuses",
+            namespace,
+            name,
+        )?;
+        ds["status"]["twins"]
+            .as_array()?
+            .iter()
+            .find(|t| t["propertyName"] == twin)?["reported"]["value"]
+            .as_str()
+            .map(str::to_owned)
     }
 
     /// Applies every sync of `edgecore` from now on, in order (edgehub to cloudhub to the upstream controller). The
@@ -144,7 +217,18 @@ impl Cloudcore {
             .map(|ps| ps.iter().filter_map(|p| p["name"].as_str()).collect())
             .unwrap_or_default();
         let status_path = format!("{GROUP}/namespaces/{namespace}/devicestatuses/{name}");
-        let (code, mut current) = request(self.addr, "GET", &status_path, None).await;
+        let key = format!("{namespace}/{name}");
+        if let Some(cache) = &self.cache {
+            tokio::time::sleep(cache.load.per_sync).await;
+        }
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.objects.lock().unwrap().get(&key).cloned());
+        let (code, mut current) = match cached {
+            Some(object) => (200, object),
+            None => request(self.addr, "GET", &status_path, None).await,
+        };
         if code == 404 {
             let create = json!({
                 "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "DeviceStatus",
@@ -195,6 +279,11 @@ impl Cloudcore {
         } else {
             json!({"status": {"twins": list}})
         };
+        // "Store the status in cache so that when update is received by informer" (upstream.go), then patch.
+        if let Some(cache) = &self.cache {
+            current["status"]["twins"] = Value::Array(list.clone());
+            cache.objects.lock().unwrap().insert(key, current);
+        }
         let (code, answer) = request(self.addr, "PATCH", &status_path, Some(&body)).await;
         assert_eq!(code, 200, "PATCH {status_path}: {answer}");
         Some(body)
@@ -232,6 +321,90 @@ impl Cloudcore {
             syncs,
             task,
         }
+    }
+}
+
+/// The DeviceStatus informer: a watch of every `devicestatuses` object (first the current ones as ADDED), each event
+/// stored in `objects` `lag` after it arrived, in order (downstream.go `syncDeviceStatus`). Watches again when the
+/// stream ends.
+async fn informer(addr: SocketAddr, lag: Duration, objects: Arc<Mutex<HashMap<String, Value>>>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Value)>();
+    let store = tokio::spawn(async move {
+        while let Some((due, event)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            let object = &event["object"];
+            let key = format!(
+                "{}/{}",
+                object["metadata"]["namespace"].as_str().unwrap_or_default(),
+                object["metadata"]["name"].as_str().unwrap_or_default()
+            );
+            let mut objects = objects.lock().unwrap();
+            match event["type"].as_str() {
+                Some("ADDED" | "MODIFIED") => {
+                    objects.insert(key, object.clone());
+                }
+                Some("DELETED") => {
+                    objects.remove(&key);
+                }
+                _ => {}
+            }
+        }
+    });
+    let _stop_store = AbortOnDrop(store);
+    loop {
+        let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut stream = BufReader::new(stream);
+        let head = format!(
+            "GET {GROUP}/devicestatuses?watch=true HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n\
+             User-Agent: cloudcore-standin\r\n\r\n"
+        );
+        if stream.get_mut().write_all(head.as_bytes()).await.is_err() {
+            continue;
+        }
+        // Status line and headers; the body is chunked, one JSON event per line.
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match stream.read_line(&mut line).await {
+                Ok(n) if n > 0 && line != "\r\n" => {}
+                _ => break,
+            }
+        }
+        let mut pending = Vec::new();
+        loop {
+            line.clear();
+            if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                break;
+            }
+            let Ok(size) = usize::from_str_radix(line.trim(), 16) else {
+                break;
+            };
+            if size == 0 {
+                break;
+            }
+            let mut chunk = vec![0; size + 2];
+            if stream.read_exact(&mut chunk).await.is_err() {
+                break;
+            }
+            pending.extend_from_slice(&chunk[..size]);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let event: Vec<u8> = pending.drain(..=end).collect();
+                if let Ok(event) = serde_json::from_slice::<Value>(&event) {
+                    let _ = tx.send((tokio::time::Instant::now() + lag, event));
+                }
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

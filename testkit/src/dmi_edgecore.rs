@@ -21,8 +21,9 @@
 //!
 //! What it does NOT model: the MQTT side of the twin module (result, document and delta publishes are not sent to
 //! any broker; rejections are in the log), membership/detail requests, cloudcore's own resends. Cloud messages
-//! applied while the stand-in is stopped wait in the worker's queue until the next start (cloudhub delivers them
-//! when edgecore reconnects); an operation in progress when it stops or crashes is lost.
+//! applied while the stand-in is stopped, and those still queued when it stopped, update its cache (what
+//! MapperRegister answers) but are never sent to the mapper (see [`DmiEdgecore::start`]); an operation in progress
+//! when it stops or crashes is lost.
 #![allow(clippy::disallowed_types)] // edgecore's side must decode the raw requests a mapper sends, incomplete ones too
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -185,6 +186,8 @@ struct Store {
     cloud: BTreeMap<String, Value>,
     /// Models cloudcore has sent to the edge and not deleted since (`ns/name`).
     models_sent: BTreeSet<String>,
+    /// The resourceVersion of each model as last sent to the edge (cloudhub's ObjectSync; 0 when absent).
+    model_versions: BTreeMap<String, u64>,
     /// DMI clients: protocol -> mapper address (runtime state, rebuilt at start).
     clients: BTreeMap<String, Vec<u8>>,
 }
@@ -262,6 +265,14 @@ fn meta_id(obj: &Value) -> String {
     )
 }
 
+/// `metadata.resourceVersion` as cloudhub compares it (a number; 0 when absent or not one).
+fn resource_version(obj: &Value) -> u64 {
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 fn name_of(obj: &Value) -> &str {
     obj["metadata"]["name"].as_str().unwrap_or("")
 }
@@ -284,8 +295,35 @@ impl Inner {
     }
 
     fn enqueue(&self, op: Op) {
+        if self.running.lock().unwrap().is_none() {
+            return self.cache_only(op);
+        }
         self.queued.fetch_add(1, Ordering::SeqCst);
         let _ = self.ops_tx.send(op);
+    }
+
+    /// A cloud message edgecore was not running to deliver: its cache changes, the mapper hears nothing (see
+    /// [`DmiEdgecore::start`]).
+    fn cache_only(&self, op: Op) {
+        let mut guard = self.store.lock().unwrap();
+        let store = &mut *guard;
+        let (cache, object, delete, kind) = match op {
+            Op::DeviceInsert(d) | Op::DeviceUpdate(d) => (&mut store.devices, d, false, "device"),
+            Op::DeviceDelete(d) => (&mut store.devices, d, true, "device delete"),
+            Op::ModelInsert(m) | Op::ModelUpdate(m) => (&mut store.models, m, false, "model"),
+            Op::ModelDelete(m) => (&mut store.models, m, true, "model delete"),
+        };
+        let key = meta_id(&object);
+        if delete {
+            cache.remove(&key);
+        } else {
+            cache.insert(key.clone(), object);
+        }
+        drop(guard);
+        self.log(
+            DmiLogKind::Lifecycle,
+            format!("not running: {kind} {key} cached, never sent to the mapper"),
+        );
     }
 
     /// A call to the mapper of `protocol`, or the error edgecore logs (e01: no client for the protocol).
@@ -664,12 +702,26 @@ impl DmiEdgecore {
 
     /// Starts serving again after [`DmiEdgecore::stop`] or a crash (no-op while running). As edgecore at start
     /// (spec §3, e14): the store is reloaded (twins as sqlite gives them back), a client is created for every
-    /// saved MapperInfo whether its socket exists or not, and NO device is pushed to any mapper.
+    /// saved MapperInfo whether its socket exists or not, and NO device is pushed to any mapper. The socket is a new
+    /// file (a new inode), as edgecore's `CreateListener` unlinks and recreates it.
+    ///
+    /// Cloud messages that came while it was stopped, or were still queued when it stopped, are in its cache (the
+    /// answer to the next MapperRegister) and never sent to the mapper: the real run of issue 22 (edgecore v1.23.1)
+    /// set intents while edgecore was down and none reached the mapper within 120 s after it returned; edgecore pushes
+    /// nothing after a start (e14, dmiworker.go `init` only loads the database and creates clients), so the only
+    /// catch-up is the mapper's MapperRegister.
     pub async fn start(&self) -> io::Result<()> {
         if self.is_running() {
             return Ok(());
         }
         let inner = &self.inner;
+        {
+            let mut rx = inner.ops_rx.lock().await;
+            while let Ok(op) = rx.try_recv() {
+                inner.queued.fetch_sub(1, Ordering::SeqCst);
+                inner.cache_only(op);
+            }
+        }
         std::fs::create_dir_all(&inner.dir)?;
         let listener = create_listener(&inner.socket())?;
         {
@@ -756,6 +808,9 @@ impl DmiEdgecore {
         let known = {
             let mut store = self.inner.store.lock().unwrap();
             store.models_sent.insert(meta_id(model));
+            store
+                .model_versions
+                .insert(meta_id(model), resource_version(model));
             store.cloud.insert(key, model.clone()).is_some()
         };
         self.inner.enqueue(if known {
@@ -767,9 +822,14 @@ impl DmiEdgecore {
 
     /// A Device from the cloud, added or updated. An add makes the device known to the twin module (membership,
     /// p00) and is a Device insert (RegisterDevice), preceded by its model's insert when the model was applied
-    /// before but is not on the edge any more (its last device was deleted). An update whose spec differs from the previous one is sent
-    /// as cloudcore sends it: the DeviceModel update of its model first (b02, p00 "UpdateDeviceModel,
-    /// UpdateDevice"), then the Device update, which edgecore passes on only when the sorted spec changed (c03).
+    /// before but is not on the edge any more (its last device was deleted). An update whose spec differs from the
+    /// previous one is a Device update, which edgecore passes on only when the sorted spec changed (c03). No
+    /// DeviceModel update comes with it unless the model's `metadata.resourceVersion` is newer than the one last sent
+    /// to the edge: cloudcore does send the model with every spec change (downstream.go `deviceUpdated` ->
+    /// `sendDeviceModelMsg`, with the model's own resourceVersion), but cloudhub drops a message whose
+    /// resourceVersion is not newer than its ObjectSync's (dispatcher/message_dispatcher.go `enqueueAckMessage` ->
+    /// `enqueueNamespacedResource`). The real run of issue 22 saw UpdateDevice alone for 29 Device changes; b02 and
+    /// p00 were recorded with cloudhub bypassed.
     pub fn apply_device(&self, device: &Value) {
         let key = meta_id(device);
         let model_ref = text(&device["spec"]["deviceModelRef"]["name"]);
@@ -787,7 +847,10 @@ impl DmiEdgecore {
                     .get(&format!("model/{model_key}"))
                     .filter(|_| !store.models_sent.contains(&model_key))
                     .cloned();
-                if model.is_some() {
+                if let Some(m) = &model {
+                    store
+                        .model_versions
+                        .insert(model_key.clone(), resource_version(m));
                     store.models_sent.insert(model_key);
                 }
                 drop(store);
@@ -797,9 +860,17 @@ impl DmiEdgecore {
                 self.inner.enqueue(Op::DeviceInsert(device.clone()));
             }
             Some(old) => {
+                let model_key = id(&ns, &model_ref);
                 let model = (old["spec"] != device["spec"])
-                    .then(|| store.cloud.get(&format!("model/{ns}/{model_ref}")).cloned())
-                    .flatten();
+                    .then(|| store.cloud.get(&format!("model/{model_key}")).cloned())
+                    .flatten()
+                    .filter(|m| {
+                        resource_version(m)
+                            > store.model_versions.get(&model_key).copied().unwrap_or(0)
+                    });
+                if let Some(m) = &model {
+                    store.model_versions.insert(model_key, resource_version(m));
+                }
                 drop(store);
                 if let Some(m) = model {
                     self.inner.enqueue(Op::ModelUpdate(m));

@@ -32,7 +32,7 @@ pub use agent::{Agent, AgentSpec, SimDevice, device_model};
 pub use binary::{agent_binary, cloud_binary, set_agent_binary};
 pub use cloud::{Cloud, Seen};
 pub use cloud_process::CloudProcess;
-pub use cloudcore::{Cloudcore, CloudcoreWriter, FIRMWARE_TWINS, sync_twin};
+pub use cloudcore::{Cloudcore, CloudcoreWriter, FIRMWARE_TWINS, Load, sync_twin};
 pub use dmi_edgecore::{
     ACCEPTED_STATES, DeviceStateRecord, DmiCounters, DmiEdgecore, DmiLog, DmiLogKind,
     MAPPER_CALL_DEADLINE, RATE_BURST, RATE_PER_SEC, StateSync, convert_device, convert_model,

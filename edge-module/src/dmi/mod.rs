@@ -96,9 +96,20 @@ pub fn start(
         burst: k.dmi_burst,
         spacing: Duration::from_millis(k.report_spacing_ms),
         period: Duration::from_secs(cfg.twin.anti_entropy_secs.max(1)),
+        confirm_after: (k.confirm_after_ms > 0).then(|| Duration::from_millis(k.confirm_after_ms)),
     };
+    // The reporter confirms every settled state itself (see its module doc): the outbox's confirmation of the first
+    // one after a start would only cost a call more.
+    reports.set_first_confirmation(budget.confirm_after.is_none());
     let client = EdgecoreClient::new(k.dmi_socket.clone(), Duration::from_secs(2));
-    let reporter = reporter::Reporter::new(fleet, reports, metrics, client, info, budget);
+    let reporter = reporter::Reporter::new(
+        fleet,
+        reports,
+        metrics,
+        (client, k.dmi_socket.clone()),
+        info,
+        budget,
+    );
     tasks.spawn(reporter.run(stop));
     tracing::info!(socket = %socket.display(), edgecore = %k.dmi_socket.display(), protocol = %k.protocol, "serving as a DMI mapper");
     Ok(())

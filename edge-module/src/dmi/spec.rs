@@ -161,12 +161,45 @@ pub fn settings(
     if !device.contains_key("chip") {
         return Err(err("chip", "missing: the device's chip"));
     }
-    device.insert("flasher".into(), Value::Object(flasher));
-    let cfg: DeviceConfig = serde_json::from_value(Value::Object(device))
-        .map_err(|e| err("configData", e.to_string()))?;
+    device.insert("flasher".into(), Value::Object(flasher.clone()));
+    let cfg: DeviceConfig = deserialize(Value::Object(device)).map_err(|e| {
+        // Inside the backend (an internally tagged enum, buffered by serde) the path ends at `flasher`: the backend's
+        // own type names the key.
+        if e.key == "flasher" {
+            backend_error(&flasher).unwrap_or(e)
+        } else {
+            e
+        }
+    })?;
     cfg.check(mqtt_schema::TopicLayout::Namespaced)
         .map_err(|(key, reason)| err(&key, reason))?;
     Ok(cfg)
+}
+
+/// `T` from `value`, or the error with the config data key it is about: the first key of its path (the value is
+/// flat), `configData` for the value as a whole (e.g. an unknown key, which the reason names).
+fn deserialize<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, SettingsError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let key = match path.split('.').next() {
+            Some(k) if !k.is_empty() && path != "." => k.to_owned(),
+            _ => "configData".to_owned(),
+        };
+        err(&key, e.into_inner().to_string())
+    })
+}
+
+/// The error of the backend's own settings (`flasher` = its kind, the other keys its fields), if it has one.
+fn backend_error(flasher: &Map<String, Value>) -> Option<SettingsError> {
+    let mut fields = flasher.clone();
+    let kind = fields.remove("kind")?;
+    let fields = Value::Object(fields);
+    match kind.as_str()? {
+        "probe-rs" => deserialize::<twinflash_flasher::ProbeRsConfig>(fields).err(),
+        "command" => deserialize::<twinflash_flasher::CommandConfig>(fields).err(),
+        "simulated" => deserialize::<twinflash_flasher::SimulatedConfig>(fields).err(),
+        _ => None,
+    }
 }
 
 /// One config data value as the TOML entry would hold it (see the module doc).

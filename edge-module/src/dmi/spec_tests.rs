@@ -121,7 +121,32 @@ fn missing_and_wrong_settings_name_their_key() {
                 ("flasher", Value::from("jtag-magic")),
                 ("chip", Value::from("x")),
             ],
-            "configData",
+            "flasher",
+        ),
+        (
+            &[
+                ("flasher", Value::from("simulated")),
+                ("chip", Value::from("x")),
+                ("dir", Value::from("/tmp/sim")),
+                ("size", Value::from("lots")),
+            ],
+            "size",
+        ),
+        (
+            &[
+                ("flasher", Value::from("probe-rs")),
+                ("chip", Value::from("x")),
+                ("preverify", Value::from("yes please")),
+            ],
+            "preverify",
+        ),
+        (
+            &[
+                ("flasher", Value::from("probe-rs")),
+                ("chip", Value::from("x")),
+                ("allow_downgrade", Value::from("sometimes")),
+            ],
+            "allow_downgrade",
         ),
         (
             &[
@@ -193,5 +218,21 @@ fn names_that_could_escape_the_state_directory_are_refused() {
     assert_eq!(
         device_id("default", "blinky-1.a").as_deref(),
         Some("default/blinky-1.a")
+    );
+}
+
+#[test]
+fn a_value_of_the_wrong_type_names_its_own_key_not_the_config_data() {
+    // Issue 22: the real run logged ``config data key `configData`: invalid type: string "lots"``.
+    let p = config(&[
+        ("flasher", Value::from("simulated")),
+        ("chip", Value::from("x")),
+        ("dir", Value::from("/tmp/sim")),
+        ("size", Value::from("lots")),
+    ]);
+    let e = settings("default/d", Some(&p)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "config data key `size`: invalid type: string \"lots\", expected u64"
     );
 }

@@ -120,6 +120,21 @@ impl ReportQueue {
         self.lock().collapse(device)
     }
 
+    /// See [`Outbox::collapse_before_settled`].
+    pub fn collapse_before_settled(&self) -> Result<usize, OutboxError> {
+        self.lock().collapse_before_settled()
+    }
+
+    /// See [`Outbox::collapse_all`].
+    pub fn collapse_all(&self) -> Result<usize, OutboxError> {
+        self.lock().collapse_all()
+    }
+
+    /// See [`Outbox::set_first_confirmation`].
+    pub fn set_first_confirmation(&self, on: bool) {
+        self.lock().set_first_confirmation(on);
+    }
+
     /// Forgets every report of a device no longer managed.
     pub fn forget(&self, device: &str) -> Result<(), OutboxError> {
         self.lock().forget(device)

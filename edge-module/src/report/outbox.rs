@@ -67,6 +67,9 @@ struct DeviceQueue {
 pub struct Outbox {
     dir: PathBuf,
     devices: HashMap<String, DeviceQueue>,
+    /// Whether the first acknowledged settled report after a start is queued once more ([`Outbox::acked`]); the DMI
+    /// mode confirms every settled state itself, later (docs/operations.md section 9.4).
+    confirm_first: bool,
 }
 
 /// An outbox file could not be read or written.
@@ -131,7 +134,16 @@ impl Outbox {
                 }
             }
         }
-        Ok(Outbox { dir, devices })
+        Ok(Outbox {
+            dir,
+            devices,
+            confirm_first: true,
+        })
+    }
+
+    /// Turns the confirmation of the first settled report after a start on or off (on by default).
+    pub fn set_first_confirmation(&mut self, on: bool) {
+        self.confirm_first = on;
     }
 
     fn file(&self, device: &str) -> PathBuf {
@@ -198,7 +210,7 @@ impl Outbox {
         let done = q.queue.remove(pos);
         let first = q.acked == 0;
         q.acked += 1;
-        if done.confirm && first && q.queue.is_empty() {
+        if done.confirm && first && q.queue.is_empty() && self.confirm_first {
             q.next_seq += 1;
             q.queue.push(Pending {
                 seq: q.next_seq,
@@ -228,6 +240,34 @@ impl Outbox {
             self.persist(device)?;
         }
         Ok(true)
+    }
+
+    /// [`Outbox::collapse`] for every device whose queue holds a settled report behind its front (nothing is in
+    /// flight): an older report never delays a settled state. Returns the devices collapsed.
+    pub fn collapse_before_settled(&mut self) -> Result<usize, OutboxError> {
+        let due: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|(_, q)| q.queue.iter().skip(1).any(|p| p.terminal))
+            .map(|(d, _)| d.clone())
+            .collect();
+        for d in &due {
+            self.collapse(d)?;
+        }
+        Ok(due.len())
+    }
+
+    /// [`Outbox::collapse`] for every device (nothing is in flight): after an outage each device reports its newest
+    /// state first, never the progress it made meanwhile. Returns the devices collapsed.
+    pub fn collapse_all(&mut self) -> Result<usize, OutboxError> {
+        let devices: Vec<String> = self.devices.keys().cloned().collect();
+        let mut n = 0;
+        for d in &devices {
+            if self.collapse(d)? {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Forgets every report of `device` (a device no longer managed), on disk too.

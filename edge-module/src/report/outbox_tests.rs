@@ -262,3 +262,50 @@ fn outbox_files_are_private_and_an_oversized_one_is_skipped() {
         "a 1 MiB outbox file was loaded"
     );
 }
+
+#[test]
+fn the_first_confirmation_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ob = Outbox::open(dir.path()).unwrap();
+    ob.set_first_confirmation(false);
+    let done = put(&mut ob, "ns/a", "installed", true, None);
+    assert!(ob.acked("ns/a", done).unwrap());
+    assert_eq!(ob.depth(), 0, "no copy queued");
+}
+
+#[test]
+fn a_settled_report_never_waits_behind_older_ones_and_an_outage_leaves_only_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ob = Outbox::open(dir.path()).unwrap();
+    put(&mut ob, "ns/a", "verifying", false, None);
+    put(&mut ob, "ns/a", "flashing:10", false, Some("flashing"));
+    put(&mut ob, "ns/b", "downloading:10", false, DL);
+    put(&mut ob, "ns/b", "verifying", false, None);
+    put(&mut ob, "ns/c", "installed", true, None);
+    put(&mut ob, "ns/c", "pending", false, None);
+    assert_eq!(
+        ob.collapse_before_settled().unwrap(),
+        0,
+        "nothing settled behind a front"
+    );
+    put(&mut ob, "ns/a", "installed", true, None);
+    assert_eq!(ob.collapse_before_settled().unwrap(), 1);
+    assert_eq!(states(&ob, "ns/a"), ["installed"]);
+    assert_eq!(states(&ob, "ns/b"), ["downloading:10", "verifying"]);
+    assert_eq!(
+        states(&ob, "ns/c"),
+        ["installed", "pending"],
+        "the settled front goes first"
+    );
+    assert_eq!(ob.collapse_all().unwrap(), 2);
+    assert_eq!(states(&ob, "ns/b"), ["verifying"]);
+    assert_eq!(states(&ob, "ns/c"), ["pending"]);
+    assert_eq!(states(&ob, "ns/a"), ["installed"]);
+    // The collapsed settled report is what a restart finds on disk.
+    let again = Outbox::open(dir.path()).unwrap();
+    assert_eq!(states(&again, "ns/a"), ["installed"]);
+    assert!(
+        states(&again, "ns/c").is_empty(),
+        "the dropped settled report is gone from disk too"
+    );
+}
