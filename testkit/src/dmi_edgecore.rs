@@ -190,6 +190,29 @@ struct Store {
     model_versions: BTreeMap<String, u64>,
     /// DMI clients: protocol -> mapper address (runtime state, rebuilt at start).
     clients: BTreeMap<String, Vec<u8>>,
+    /// Cloud messages that came while edgecore was down (see [`Inner::cache_only`]).
+    missed: Vec<Op>,
+    /// What the synccontroller re-sent after the last start: in the database (metamanager's `meta` table), not in
+    /// the DMI cache until the next start reloads it.
+    in_database_only: Vec<Op>,
+}
+
+impl Store {
+    /// A Device or DeviceModel message as the database has it after metamanager stored it.
+    fn apply_to_cache(&mut self, op: Op) {
+        let (cache, object, delete) = match op {
+            Op::DeviceInsert(d) | Op::DeviceUpdate(d) => (&mut self.devices, d, false),
+            Op::DeviceDelete(d) => (&mut self.devices, d, true),
+            Op::ModelInsert(m) | Op::ModelUpdate(m) => (&mut self.models, m, false),
+            Op::ModelDelete(m) => (&mut self.models, m, true),
+        };
+        let key = meta_id(&object);
+        if delete {
+            cache.remove(&key);
+        } else {
+            cache.insert(key, object);
+        }
+    }
 }
 
 struct Running {
@@ -302,27 +325,21 @@ impl Inner {
         let _ = self.ops_tx.send(op);
     }
 
-    /// A cloud message edgecore was not running to deliver: its cache changes, the mapper hears nothing (see
-    /// [`DmiEdgecore::start`]).
+    /// A cloud message for edgecore while it is not running: cloudhub keeps it in the node's message pool, which is
+    /// replaced at the reconnection (message_handler.go `InitNodeMessagePool`), so the DMI worker never gets it.
+    /// cloudcore's synccontroller re-sends the newer object after the reconnection, to edgecore's metamanager only:
+    /// it lands in the database, not in the DMI cache (see [`DmiEdgecore::start`]).
     fn cache_only(&self, op: Op) {
-        let mut guard = self.store.lock().unwrap();
-        let store = &mut *guard;
-        let (cache, object, delete, kind) = match op {
-            Op::DeviceInsert(d) | Op::DeviceUpdate(d) => (&mut store.devices, d, false, "device"),
-            Op::DeviceDelete(d) => (&mut store.devices, d, true, "device delete"),
-            Op::ModelInsert(m) | Op::ModelUpdate(m) => (&mut store.models, m, false, "model"),
-            Op::ModelDelete(m) => (&mut store.models, m, true, "model delete"),
+        let (kind, key) = match &op {
+            Op::DeviceInsert(d) | Op::DeviceUpdate(d) => ("device", meta_id(d)),
+            Op::DeviceDelete(d) => ("device delete", meta_id(d)),
+            Op::ModelInsert(m) | Op::ModelUpdate(m) => ("model", meta_id(m)),
+            Op::ModelDelete(m) => ("model delete", meta_id(m)),
         };
-        let key = meta_id(&object);
-        if delete {
-            cache.remove(&key);
-        } else {
-            cache.insert(key.clone(), object);
-        }
-        drop(guard);
+        self.store.lock().unwrap().missed.push(op);
         self.log(
             DmiLogKind::Lifecycle,
-            format!("not running: {kind} {key} cached, never sent to the mapper"),
+            format!("not running: {kind} {key} lost for the DMI worker, stored by metamanager after the start"),
         );
     }
 
@@ -705,11 +722,13 @@ impl DmiEdgecore {
     /// saved MapperInfo whether its socket exists or not, and NO device is pushed to any mapper. The socket is a new
     /// file (a new inode), as edgecore's `CreateListener` unlinks and recreates it.
     ///
-    /// Cloud messages that came while it was stopped, or were still queued when it stopped, are in its cache (the
-    /// answer to the next MapperRegister) and never sent to the mapper: the real run of issue 22 (edgecore v1.23.1)
-    /// set intents while edgecore was down and none reached the mapper within 120 s after it returned; edgecore pushes
-    /// nothing after a start (e14, dmiworker.go `init` only loads the database and creates clients), so the only
-    /// catch-up is the mapper's MapperRegister.
+    /// Cloud messages that came while it was stopped, or were still queued when it stopped, never reach the mapper
+    /// and are not in the DMI cache that answers the next MapperRegister: the second real run of issue 22 (edgecore
+    /// and cloudcore v1.23.1) edited a Device while edgecore was down; after its return edgecore's `meta` table held
+    /// the new Device (cloudcore's synccontroller re-sends it to metamanager), but the DMI cache, loaded from the
+    /// database before that, kept the old one: no UpdateDevice, and the mapper's MapperRegister answer (server.go,
+    /// from `dmiCache`) gave the old value for 120 s. They reach the DMI cache only at the next start, which reloads
+    /// the database (dmiworker.go `init`). edgecore pushes nothing after a start (e14).
     pub async fn start(&self) -> io::Result<()> {
         if self.is_running() {
             return Ok(());
@@ -721,6 +740,14 @@ impl DmiEdgecore {
                 inner.queued.fetch_sub(1, Ordering::SeqCst);
                 inner.cache_only(op);
             }
+        }
+        {
+            // The database as this start loads it, then what the synccontroller re-sends after the reconnection.
+            let mut store = inner.store.lock().unwrap();
+            for op in std::mem::take(&mut store.in_database_only) {
+                store.apply_to_cache(op);
+            }
+            store.in_database_only = std::mem::take(&mut store.missed);
         }
         std::fs::create_dir_all(&inner.dir)?;
         let listener = create_listener(&inner.socket())?;

@@ -68,6 +68,15 @@ pub const DEVICE_STATUS: Kind = kind(
     "devicestatuses",
     true,
 );
+/// cloudhub's record of the resourceVersion of an object a node acknowledged (`<node>.<object uid>`, in the object's
+/// namespace).
+pub const OBJECT_SYNC: Kind = kind(
+    "reliablesyncs.kubeedge.io",
+    "v1alpha1",
+    "ObjectSync",
+    "objectsyncs",
+    true,
+);
 pub const NAMESPACE: Kind = kind("", "v1", "Namespace", "namespaces", false);
 pub const NODE: Kind = kind("", "v1", "Node", "nodes", false);
 pub const SECRET: Kind = kind("", "v1", "Secret", "secrets", true);

@@ -37,7 +37,7 @@ use twinflash_harness::{Mosquitto, ServiceProcess, free_port, log_tail, tcp_acce
 
 pub use cluster::{
     CRD, Cluster, DEVICE, DEVICE_MODEL, DEVICE_STATUS, EVENT, FIELD_MANAGER, Kind, NAMESPACE,
-    NODE as NODE_KIND, SECRET, observed_desired, reported,
+    NODE as NODE_KIND, OBJECT_SYNC, SECRET, observed_desired, reported,
 };
 pub use store::DbTwin;
 
@@ -211,9 +211,14 @@ async fn wait_up(
 }
 
 /// The inode of a socket file, if it exists.
-fn socket_inode(p: &Path) -> Option<u64> {
+/// The socket file's identity: inode and change time. The inode alone is not enough: the file system may give the
+/// new socket the inode number the removed one freed (seen in issue 22's real runs: the second start of edgecore in
+/// one run was not seen for 90 s).
+fn socket_inode(p: &Path) -> Option<(u64, i64, i64)> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(p).ok().map(|m| m.ino())
+    std::fs::metadata(p)
+        .ok()
+        .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 /// Whether `log`, from byte `from` on, contains `needle`.
@@ -701,8 +706,21 @@ async fn established(cluster: &Cluster, name: &str) -> bool {
 }
 
 /// Deletes every Device labelled [`LABEL`] and its DeviceStatus (no garbage collector may run to follow the
-/// owner reference).
+/// owner reference), and the ObjectSyncs of [`NODE`].
+///
+/// Each run's edgecore starts with an empty store, as a new node does. cloudhub sends an object to a node only when
+/// its resourceVersion is newer than the node's ObjectSync of it (dispatcher/message_dispatcher.go): with the
+/// previous run's ObjectSyncs left, an unchanged DeviceModel never reaches the new edgecore, which then refuses every
+/// Device of that model ("device model sim-model not found in cache", seen in the first real run of issue 22).
 async fn sweep(cluster: &Cluster) {
+    let prefix = format!("{NODE}.");
+    for s in cluster.list(&OBJECT_SYNC, None, None).await {
+        let ns = s["metadata"]["namespace"].as_str().unwrap_or_default();
+        let name = s["metadata"]["name"].as_str().unwrap_or_default();
+        if name.starts_with(&prefix) {
+            let _ = cluster.delete(&OBJECT_SYNC, ns, name).await;
+        }
+    }
     let selector = format!("{}={}", LABEL.0, LABEL.1);
     for d in cluster.list(&DEVICE, None, Some(&selector)).await {
         let ns = d["metadata"]["namespace"].as_str().unwrap_or_default();
