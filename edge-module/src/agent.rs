@@ -147,7 +147,17 @@ pub(crate) async fn load_device(
     if state != journaled {
         journal.store(&state)?;
     }
-    for pinned in [&state.installed, &state.wanted].into_iter().flatten() {
+    // What is installed or wanted, and a fallback while a confirmation or a revert needs it, stay in the cache.
+    let fallback = state
+        .confirming
+        .as_ref()
+        .and_then(|c| c.fallback.as_ref())
+        .or(state.reverting.as_ref().map(|r| &r.to))
+        .map(|f| &f.reference);
+    for pinned in [state.installed.as_ref(), state.wanted.as_ref(), fallback]
+        .into_iter()
+        .flatten()
+    {
         let _ = fetcher.pin(pinned);
     }
     let clipped = |s: &Option<String>| s.as_deref().map(|s| mqtt_schema::clip::clip(s).to_string());

@@ -248,3 +248,51 @@ fn a_missing_or_bad_key_file_and_a_policy_without_keys_are_errors_naming_them() 
     let typo = format!("{MINIMAL}\n[signatures]\nmode = \"enforce\"\n");
     assert!(EdgeConfig::load(&write(dir.path(), &typo)).is_err());
 }
+
+#[test]
+fn a_confirm_check_is_read_and_checked_and_its_mistakes_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |table: &str| {
+        MINIMAL.replace(
+            "[devices.flasher]",
+            &format!("[devices.confirm]\n{table}\n[devices.flasher]"),
+        )
+    };
+    let cfg = EdgeConfig::load(&write(
+        dir.path(),
+        &with("kind = \"command\"\nargv = [\"/bin/check\", \"{version}\"]"),
+    ))
+    .unwrap();
+    let c = cfg.devices[0].confirm.as_ref().unwrap();
+    assert_eq!(
+        (c.kind, c.timeout_secs, c.interval_ms),
+        (ConfirmKind::Command, 60, 1000)
+    );
+    assert!(
+        c.describe().contains("/bin/check {version}"),
+        "{}",
+        c.describe()
+    );
+    for (table, key) in [
+        ("kind = \"command\"", "confirm.argv"),
+        ("kind = \"command\"\nargv = [\"\"]", "confirm.argv"),
+        (
+            "kind = \"command\"\nargv = [\"c\"]\ntimeout_secs = 0",
+            "confirm.timeout_secs",
+        ),
+        (
+            "kind = \"command\"\nargv = [\"c\"]\ninterval_ms = 0",
+            "confirm.interval_ms",
+        ),
+        ("kind = \"serial\"", "confirm"),
+        (
+            "kind = \"command\"\nargv = [\"c\"]\npattern = \"x\"",
+            "confirm",
+        ),
+    ] {
+        let err = EdgeConfig::load(&write(dir.path(), &with(table)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{table}: {err}");
+    }
+}

@@ -249,6 +249,7 @@ mod tests {
             outcome: None,
             attempts: 2,
             installed_version: Some("1.0.0".into()),
+            ..JobState::default()
         }
     }
 

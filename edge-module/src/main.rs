@@ -71,6 +71,14 @@ fn main() -> ExitCode {
 /// `--check-config`: every device's flasher settings are built, the state directory is checked as the start would
 /// check it (without creating anything), and the summary says where each device comes from and which signature
 /// policy and keys the agent applies. The load already checked every other setting, and read every file one names.
+/// Which behaviour a device has after its flash, for `--check-config`.
+fn confirmation(confirm: Option<&twinflash_edge::config::ConfirmConfig>) -> String {
+    match confirm {
+        Some(c) => format!("installed once {}", c.describe()),
+        None => "installed once written and read back (no [devices.confirm] check)".into(),
+    }
+}
+
 fn check_config(cfg: &EdgeConfig) -> ExitCode {
     if let Err(e) = twinflash_edge::state_dir::check_existing(&cfg.state_dir) {
         eprintln!("twinflash-edge: {e}");
@@ -128,6 +136,7 @@ fn check_config(cfg: &EdgeConfig) -> ExitCode {
             ""
         };
         println!("  {}: [[devices]] entry ({}){wins}", d.id, d.flasher.kind());
+        println!("    {}", confirmation(d.confirm.as_ref()));
     }
     if cfg.kubeedge.mode == DeliveryMode::Dmi {
         let journaled = twinflash_edge::dmi::store::Store::read_only(&cfg.state_dir).devices();
@@ -143,7 +152,10 @@ fn check_config(cfg: &EdgeConfig) -> ExitCode {
                         read.id
                     )
                 }
-                Ok(s) => println!("  {}: {from} ({})", read.id, s.flasher.kind()),
+                Ok(s) => {
+                    println!("  {}: {from} ({})", read.id, s.flasher.kind());
+                    println!("    {}", confirmation(s.confirm.as_ref()));
+                }
                 Err(e) => println!(
                     "  {}: {from}; refused, reported rejected:invalid-config: {e}",
                     read.id

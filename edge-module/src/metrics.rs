@@ -90,6 +90,8 @@ pub struct Metrics {
     edgecore_errors: Family<CodeLabel, Counter>,
     repairs: Counter,
     signature_checks: Family<ResultLabel, Counter>,
+    confirm_seconds: Family<ResultLabel, Histogram>,
+    revert_seconds: Family<ResultLabel, Histogram>,
     ready: AtomicBool,
     /// Since when the broker link is down (None: up, or never connected yet: see `down_at_start`).
     broker_down_since: Mutex<Option<Instant>>,
@@ -169,8 +171,23 @@ impl Metrics {
             "Signature checks of fetched artifacts (signatures = warn or require), by result: verified, unsigned and invalid (rejected under require), warned (no good signature, used under warn)",
             signature_checks.clone(),
         );
+        let seconds = || Histogram::new([0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]);
+        let confirm_seconds = Family::<ResultLabel, Histogram>::new_with_constructor(seconds);
+        registry.register(
+            "confirm_duration_seconds",
+            "Confirmations of flashed firmware ([devices.confirm]): from the end of the flash (device reset) to the check's verdict, by result: confirmed, boot-failed, version-mismatch (a _count per result counts them)",
+            confirm_seconds.clone(),
+        );
+        let revert_seconds = Family::<ResultLabel, Histogram>::new_with_constructor(seconds);
+        registry.register(
+            "revert_duration_seconds",
+            "Reverts after a failed confirmation: from the failed check to the previous firmware confirmed again, by result: reverted, revert-failed",
+            revert_seconds.clone(),
+        );
         Metrics {
             registry,
+            confirm_seconds,
+            revert_seconds,
             signature_checks,
             dropped,
             retries,
@@ -207,6 +224,20 @@ impl Metrics {
                 result: result.as_str(),
             })
             .inc();
+    }
+
+    /// A confirmation ended with `result` after `took`.
+    pub fn observe_confirm(&self, result: &'static str, took: Duration) {
+        self.confirm_seconds
+            .get_or_create(&ResultLabel { result })
+            .observe(took.as_secs_f64());
+    }
+
+    /// A revert ended with `result` after `took`.
+    pub fn observe_revert(&self, result: &'static str, took: Duration) {
+        self.revert_seconds
+            .get_or_create(&ResultLabel { result })
+            .observe(took.as_secs_f64());
     }
 
     /// Anti-entropy found edgecore's twin stale and the device reported again.

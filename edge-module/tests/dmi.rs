@@ -1103,3 +1103,39 @@ async fn cloudcores_lagging_cache_cannot_keep_a_settled_state_reverted() {
     }
     follow.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirm_check_in_the_config_data_reverts_a_release_that_does_not_boot() {
+    // Issue 24 in DMI mode: the same `[devices.confirm]` table, as the Device's config data key `confirm`.
+    let s = Scene::start(1, |s| s).await;
+    let checks = support::Checks::new();
+    checks.list("bad", &["2.0.0"]);
+    let v1 = s.push("1.0.0", 41, 8 * 1024, "1.0.0").await;
+    let v2 = s.push("2.0.0", 42, 8 * 1024, "2.0.0").await;
+    let with_check = |wanted: &str| {
+        let mut d = s.sim(0).device("node-a", wanted);
+        d["spec"]["protocol"]["configData"]["confirm"] = Value::from(checks.config_data(4));
+        d
+    };
+    s.edgecore.apply_device(&with_check(&v1));
+    s.wait_installed(0, &v1, "1.0.0").await;
+    s.edgecore.apply_device(&with_check(&v2));
+    s.wait_actual(0, "firmware-state", "failed:boot-failed")
+        .await;
+    assert_eq!(s.actual(0, "firmware").as_deref(), Some(v1.as_str()));
+    assert_eq!(s.actual(0, "firmware-version").as_deref(), Some("1.0.0"));
+    assert!(
+        s.sim(0).holds(&image(41, 8 * 1024)),
+        "the previous firmware is back"
+    );
+    assert_eq!(s.sim(0).completed(&v2), 1);
+    let name = s.name(0);
+    let firmware: Vec<String> = stored(&s.edgecore, &name, "firmware")
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert!(
+        !firmware.contains(&v2),
+        "edgecore stored the release that never booted: {firmware:?}"
+    );
+}

@@ -58,11 +58,20 @@ pub enum ErrorCode {
     /// The registry sent the client somewhere it may not go: a redirect or a token realm over plain HTTP to a host
     /// not listed in `plain_http`, or to a link-local address (the cloud metadata service). Nothing was sent there.
     RedirectRefused,
+    /// The new firmware was written and verified but did not prove that it runs: its `[devices.confirm]` check did
+    /// not pass within its timeout. The previous firmware was flashed back and confirmed.
+    BootFailed,
+    /// Putting the previous firmware back after a failed confirmation failed too (its flash or its own
+    /// confirmation). The device runs an unknown image; it takes no new intent until its desired value changes.
+    RevertFailed,
+    /// The device booted and reported another version than the artifact claims. The previous firmware was flashed
+    /// back and confirmed.
+    VersionMismatch,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::InvalidReference,
         ErrorCode::UnsupportedArtifact,
         ErrorCode::ChipMismatch,
@@ -85,6 +94,9 @@ impl ErrorCode {
         ErrorCode::Unsigned,
         ErrorCode::SignatureInvalid,
         ErrorCode::RedirectRefused,
+        ErrorCode::BootFailed,
+        ErrorCode::RevertFailed,
+        ErrorCode::VersionMismatch,
     ];
 
     /// The stable wire string, e.g. `digest-mismatch`.
@@ -112,6 +124,9 @@ impl ErrorCode {
             ErrorCode::Unsigned => "unsigned",
             ErrorCode::SignatureInvalid => "signature-invalid",
             ErrorCode::RedirectRefused => "redirect-refused",
+            ErrorCode::BootFailed => "boot-failed",
+            ErrorCode::RevertFailed => "revert-failed",
+            ErrorCode::VersionMismatch => "version-mismatch",
         }
     }
 

@@ -25,6 +25,8 @@ pub struct Seen {
     pub expected: BTreeMap<String, String>,
     pub actual: BTreeMap<String, BTreeMap<String, String>>,
     pub states: BTreeMap<String, Vec<String>>,
+    /// Every reported value per device and twin, in order.
+    pub history: BTreeMap<String, BTreeMap<String, Vec<String>>>,
     pub reports: usize,
     pub gets: usize,
     /// SUBACKs received: grows each time the observer is subscribed again after a reconnect.
@@ -135,6 +137,12 @@ impl Cloud {
                                 .or_default()
                                 .push(value.clone());
                         }
+                        seen.history
+                            .entry(dev.to_string())
+                            .or_default()
+                            .entry(name.clone())
+                            .or_default()
+                            .push(value.clone());
                         seen.actual
                             .entry(dev.to_string())
                             .or_default()
@@ -214,6 +222,18 @@ impl Cloud {
             .get(device)?
             .get(twin)
             .cloned()
+    }
+
+    /// Every value `device` reported for `twin`, in order.
+    pub fn history(&self, device: &str, twin: &str) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .history
+            .get(device)
+            .and_then(|h| h.get(twin))
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn states(&self, device: &str) -> Vec<String> {

@@ -156,6 +156,12 @@ mod tests {
             ("installed", Report::Installed),
             ("failed:flash-failed", known(ErrorCode::FlashFailed)),
             ("rejected:chip-mismatch", known(ErrorCode::ChipMismatch)),
+            // A release that did not confirm (reverted, or the revert failed) fails the rollout like a flash.
+            ("failed:boot-failed", known(ErrorCode::BootFailed)),
+            ("failed:version-mismatch", known(ErrorCode::VersionMismatch)),
+            ("failed:revert-failed", known(ErrorCode::RevertFailed)),
+            // Confirming: the device has not proven it runs the release yet.
+            ("confirming", Report::Working),
             // A newer agent's code is kept as written.
             (
                 "failed:brand-new",

@@ -3,8 +3,8 @@
 //! and its report cycle. Pure: no I/O, table-tested.
 //!
 //! The config data is flat (KubeEdge cannot convert nested values, golden e11): `flasher` names the backend kind,
-//! `chip`, `allow_downgrade` and `twin_prefix` are the device's keys, every other key is the backend's, as in a TOML
-//! `[devices.flasher]` table. KubeEdge passes numbers through float32, so a number above 2^24 may have lost digits:
+//! `chip`, `allow_downgrade`, `twin_prefix` and `confirm` (a JSON object string: the `[devices.confirm]` table) are
+//! the device's keys, every other key is the backend's, as in a TOML `[devices.flasher]` table. KubeEdge passes numbers through float32, so a number above 2^24 may have lost digits:
 //! it is refused, and such values are written as strings (`"0x08000000"`), which are read as integers. A string
 //! starting with `[` or `{` is read as JSON (the command backend's argv lists, the simulated device's faults).
 //! The result is checked by the same serde types and rules as a `[[devices]]` entry, so the messages are the same.
@@ -144,7 +144,7 @@ pub fn settings(
                     "the backend kind is the key `flasher` (probe-rs, command, simulated)",
                 ));
             }
-            "chip" | "allow_downgrade" | "twin_prefix" => {
+            "chip" | "allow_downgrade" | "twin_prefix" | "confirm" => {
                 device.insert(key, value);
             }
             _ => {

@@ -14,9 +14,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use twinflash_artifact::fetch::Fetcher;
 
+mod confirm;
 mod fetch;
 mod flash;
 
+use confirm::{confirm, revert};
 use fetch::fetch;
 use flash::{flash, start_flash};
 
@@ -80,6 +82,16 @@ pub async fn run(device: Arc<Device>, ctx: Arc<JobContext>) {
                 install(&device, &ctx, &reference, attempt).await;
                 continue;
             }
+            Step::Confirm { firmware } => {
+                last = None;
+                confirm(&device, &ctx, &firmware).await;
+                continue;
+            }
+            Step::Revert { to, failed, code } => {
+                last = None;
+                revert(&device, &ctx, &to, &failed, code).await;
+                continue;
+            }
         };
         if last.as_ref() != Some(&settled) {
             ctx.metrics
@@ -138,8 +150,9 @@ async fn install(device: &Arc<Device>, ctx: &JobContext, reference: &str, attemp
     drop(permit);
     device.lock().flashing = false;
     let max = ctx.max_attempts;
+    let confirms = device.cfg.confirm.is_some();
     let after = durable(device, ctx, |s| {
-        plan::after_flash(s, reference, attempt, max, result.clone())
+        plan::after_flash(s, reference, attempt, max, result.clone(), confirms)
     })
     .await;
     if let Some(AfterFlash::RetryLater { code }) = after {
@@ -150,7 +163,7 @@ async fn install(device: &Arc<Device>, ctx: &JobContext, reference: &str, attemp
 
 /// Journals a change of the state, retrying while the journal cannot be written: the device reports
 /// `waiting:<code>` (`waiting:disk-full` on a full disk) until the write lands. None when shutdown came first.
-async fn durable<R>(
+pub(super) async fn durable<R>(
     device: &Device,
     ctx: &JobContext,
     mut change: impl FnMut(&mut JobState) -> R,
@@ -206,14 +219,14 @@ fn put(device: &Device, ctx: &JobContext, report: &Report) {
     ctx.metrics.set_outbox_depth(ctx.reports.depth());
 }
 
-fn progress(device: &Device, ctx: &JobContext, state: FirmwareState) {
+pub(super) fn progress(device: &Device, ctx: &JobContext, state: FirmwareState) {
     let installed = installed_pair(&device.state());
     put(device, ctx, &Report { state, installed });
 }
 
 /// Waits before a retry: exponential from `retry_base`, capped at 30 s, with jitter; a new intent or shutdown ends
 /// the wait early.
-async fn backoff(ctx: &JobContext, device: &Device, attempt: u32) {
+pub(super) async fn backoff(ctx: &JobContext, device: &Device, attempt: u32) {
     let exp = ctx.retry_base.saturating_mul(1u32 << attempt.min(10));
     let capped = exp.min(Duration::from_secs(30));
     let jitter = rand::random_range(0.5..1.0);

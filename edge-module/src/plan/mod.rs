@@ -55,6 +55,42 @@ pub struct JobState {
     /// The version of `installed` (the artifact's `org.opencontainers.image.version`).
     #[serde(default)]
     pub installed_version: Option<String>,
+    /// A flashed and verified firmware that has not proven it runs yet (`[devices.confirm]`). `installed` still names
+    /// the previous one until it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirming: Option<Confirming>,
+    /// The previous firmware being put back after a failed confirmation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverting: Option<Reverting>,
+}
+
+/// A firmware and its version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Firmware {
+    /// The digest-pinned reference.
+    pub reference: String,
+    /// Its version.
+    pub version: String,
+}
+
+/// A firmware waiting for its confirmation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirming {
+    /// What was flashed.
+    pub firmware: Firmware,
+    /// What was installed before, to put back when the confirmation fails (None: nothing known was).
+    pub fallback: Option<Firmware>,
+}
+
+/// A revert under way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reverting {
+    /// The reference that did not confirm.
+    pub failed: String,
+    /// Why: `boot-failed` or `version-mismatch`.
+    pub code: ErrorCode,
+    /// The firmware being put back.
+    pub to: Firmware,
 }
 
 /// What a backend read back from the device at start-up.
@@ -78,6 +114,14 @@ pub enum Step {
     Settled { reference: String, outcome: Outcome },
     /// Fetch (resuming any partial download) and then flash `reference`.
     Install { reference: String, attempt: u32 },
+    /// Wait for `firmware`, flashed and verified, to prove it runs (`[devices.confirm]`).
+    Confirm { firmware: Firmware },
+    /// Put `to` back (fetch from the cache, flash, confirm) because `failed` did not confirm with `code`.
+    Revert {
+        to: Firmware,
+        failed: String,
+        code: ErrorCode,
+    },
 }
 
 /// What a newly received intent does to a running job.
@@ -104,6 +148,19 @@ pub fn content_id(reference: &str) -> &str {
 
 /// Decides what the job does next from its state alone.
 pub fn next_step(state: &JobState, max_attempts: u32) -> Step {
+    // A revert, then a confirmation, go before any intent: the device runs firmware that has not proven itself.
+    if let Some(r) = &state.reverting {
+        return Step::Revert {
+            to: r.to.clone(),
+            failed: r.failed.clone(),
+            code: r.code,
+        };
+    }
+    if let Some(c) = &state.confirming {
+        return Step::Confirm {
+            firmware: c.firmware.clone(),
+        };
+    }
     let Some(wanted) = state.wanted.clone() else {
         return Step::Idle;
     };
@@ -141,7 +198,9 @@ pub fn next_step(state: &JobState, max_attempts: u32) -> Step {
 /// started is finished when the device now holds that digest; otherwise it stays started and is redone. When the
 /// backend reads back nothing valid (a power cut left a partial image), nothing is installed.
 pub fn reconcile(mut state: JobState, reads_back: bool, device: Option<ReadBack>) -> JobState {
-    if !reads_back {
+    // A confirmation or a revert under way settles `installed` itself: the device may hold firmware that has not
+    // proven it runs, which the twin must never claim.
+    if !reads_back || state.confirming.is_some() || state.reverting.is_some() {
         return state;
     }
     match device {
@@ -292,6 +351,7 @@ pub fn after_flash(
     attempt: u32,
     max: u32,
     result: FlashResult,
+    confirm: bool,
 ) -> AfterFlash {
     let current = state.wanted.as_deref() == Some(reference);
     // A failed flash on a backend that cannot read back leaves the device in doubt: the flash stays "started", so
@@ -308,8 +368,25 @@ pub fn after_flash(
     }
     match result {
         FlashResult::Verified { version } => {
-            state.installed = Some(reference.to_owned());
-            state.installed_version = Some(version);
+            let firmware = Firmware {
+                reference: reference.to_owned(),
+                version,
+            };
+            if confirm {
+                // `installed` keeps the previous firmware until this one proves it runs.
+                let fallback = state
+                    .installed
+                    .clone()
+                    .filter(|i| content_id(i) != content_id(reference))
+                    .map(|reference| Firmware {
+                        reference,
+                        version: state.installed_version.clone().unwrap_or_default(),
+                    });
+                state.confirming = Some(Confirming { firmware, fallback });
+            } else {
+                state.installed = Some(firmware.reference);
+                state.installed_version = Some(firmware.version);
+            }
             state.attempts = 0;
             state.outcome = None;
             AfterFlash::Done
@@ -347,6 +424,64 @@ pub fn after_flash(
             }
             AfterFlash::RetryLater { code }
         }
+    }
+}
+
+/// What a confirmation's verdict does: `Ok` makes the firmware installed; an error code (`boot-failed`,
+/// `version-mismatch`) starts the revert to the fallback, or, with none, ends the intent with that code and nothing
+/// known installed (the twin never claims the firmware that failed).
+pub fn after_confirm(state: &mut JobState, verdict: Result<(), ErrorCode>) {
+    let Some(c) = state.confirming.take() else {
+        return;
+    };
+    match verdict {
+        Ok(()) => {
+            state.installed = Some(c.firmware.reference);
+            state.installed_version = Some(c.firmware.version);
+        }
+        Err(code) => match c.fallback {
+            Some(to) => {
+                state.reverting = Some(Reverting {
+                    failed: c.firmware.reference,
+                    code,
+                    to,
+                });
+            }
+            None => {
+                state.installed = None;
+                state.installed_version = None;
+                end_failed(state, &c.firmware.reference, code);
+            }
+        },
+    }
+}
+
+/// What the end of a revert does: `Ok` makes the fallback installed again and ends the failed intent with the
+/// confirmation's code; an error (its flash or its own confirmation failed) leaves nothing known installed and ends
+/// it with `revert-failed`. Either way the failed intent is settled: no new install until the desired value changes.
+pub fn after_revert(state: &mut JobState, result: Result<(), ErrorCode>) {
+    let Some(r) = state.reverting.take() else {
+        return;
+    };
+    match result {
+        Ok(()) => {
+            state.installed = Some(r.to.reference);
+            state.installed_version = Some(r.to.version);
+            end_failed(state, &r.failed, r.code);
+        }
+        Err(_) => {
+            state.installed = None;
+            state.installed_version = None;
+            end_failed(state, &r.failed, ErrorCode::RevertFailed);
+        }
+    }
+}
+
+/// Ends the intent `reference` with `failed:<code>` if it is still the wanted one.
+fn end_failed(state: &mut JobState, reference: &str, code: ErrorCode) {
+    if state.wanted.as_deref() == Some(reference) {
+        state.outcome = Some((reference.to_owned(), Outcome::Failed { code }));
+        state.attempts = 0;
     }
 }
 

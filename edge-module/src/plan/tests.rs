@@ -437,7 +437,11 @@ fn table_of_flash_results() {
     ];
     for (name, attempt, result, after, installed, flash_started, attempts, outcome) in rows {
         let mut st = started.clone();
-        assert_eq!(after_flash(&mut st, B, attempt, 3, result), after, "{name}");
+        assert_eq!(
+            after_flash(&mut st, B, attempt, 3, result, false),
+            after,
+            "{name}"
+        );
         assert_eq!(st.installed.as_deref(), installed, "{name}: installed");
         assert_eq!(
             st.flash_started.as_deref(),
@@ -462,6 +466,166 @@ fn table_of_flash_results() {
         3,
         3,
         err(ErrorCode::FlashFailed, Verdict::Fail, Some(None)),
+        false,
     );
     assert_eq!((st.outcome, st.attempts), (None, 1));
+}
+
+fn fw(reference: &str, version: &str) -> Firmware {
+    Firmware {
+        reference: reference.to_owned(),
+        version: version.to_owned(),
+    }
+}
+
+/// B flashed and verified on a device with a confirm check, A (1.0.0) installed before.
+fn flashed_b_confirming() -> JobState {
+    let mut st = JobState {
+        wanted: Some(B.into()),
+        installed: Some(A.into()),
+        installed_version: Some("1.0.0".into()),
+        flash_started: Some(B.into()),
+        ..JobState::default()
+    };
+    let verified = FlashResult::Verified {
+        version: "1.1.0".into(),
+    };
+    assert_eq!(
+        after_flash(&mut st, B, 1, 3, verified, true),
+        AfterFlash::Done
+    );
+    st
+}
+
+#[test]
+fn a_confirmed_flash_is_installed_only_once_the_device_proved_it_runs() {
+    let mut st = flashed_b_confirming();
+    assert_eq!(
+        (st.installed.as_deref(), st.installed_version.as_deref()),
+        (Some(A), Some("1.0.0")),
+        "the twin keeps the previous firmware while confirming"
+    );
+    assert_eq!(
+        next_step(&st, 3),
+        Step::Confirm {
+            firmware: fw(B, "1.1.0")
+        }
+    );
+    // A restart while confirming: the device read back B, but B has not proven itself.
+    let st2 = reconcile(
+        st.clone(),
+        true,
+        Some(ReadBack {
+            reference: B.into(),
+            version: "1.1.0".into(),
+        }),
+    );
+    assert_eq!(st2, st, "reconcile leaves a confirmation alone");
+    after_confirm(&mut st, Ok(()));
+    assert_eq!(st.confirming, None);
+    assert_eq!(
+        next_step(&st, 3),
+        Step::Converged {
+            reference: B.into()
+        }
+    );
+    assert_eq!(st.installed_version.as_deref(), Some("1.1.0"));
+}
+
+#[test]
+fn a_failed_confirmation_reverts_and_ends_the_intent_with_the_old_firmware_installed() {
+    for code in [ErrorCode::BootFailed, ErrorCode::VersionMismatch] {
+        let mut st = flashed_b_confirming();
+        after_confirm(&mut st, Err(code));
+        let revert = Step::Revert {
+            to: fw(A, "1.0.0"),
+            failed: B.into(),
+            code,
+        };
+        assert_eq!(next_step(&st, 3), revert);
+        // A new intent during the revert does not jump the queue.
+        let mut newer = st.clone();
+        on_intent(&mut newer, &Intent::Valid(A_OTHER_TAG.into()), false);
+        assert_eq!(next_step(&newer, 3), revert);
+        // Reverted: the old firmware is installed again and B ended with the code, for good.
+        after_revert(&mut st, Ok(()));
+        assert_eq!(
+            (st.installed.as_deref(), st.installed_version.as_deref()),
+            (Some(A), Some("1.0.0"))
+        );
+        assert_eq!(
+            next_step(&st, 3),
+            Step::Settled {
+                reference: B.into(),
+                outcome: Outcome::Failed { code }
+            }
+        );
+    }
+}
+
+#[test]
+fn a_failed_revert_is_revert_failed_with_nothing_claimed_until_the_intent_changes() {
+    let mut st = flashed_b_confirming();
+    after_confirm(&mut st, Err(ErrorCode::BootFailed));
+    after_revert(&mut st, Err(ErrorCode::FlashFailed));
+    assert_eq!(
+        (st.installed.clone(), st.installed_version.clone()),
+        (None, None)
+    );
+    let settled = Step::Settled {
+        reference: B.into(),
+        outcome: Outcome::Failed {
+            code: ErrorCode::RevertFailed,
+        },
+    };
+    assert_eq!(next_step(&st, 3), settled);
+    // The same intent again changes nothing; a changed one is installed.
+    assert_eq!(
+        on_intent(&mut st, &Intent::Valid(B.into()), false),
+        OnIntent::Unchanged
+    );
+    assert_eq!(next_step(&st, 3), settled);
+    on_intent(&mut st, &Intent::Valid(A.into()), false);
+    assert_eq!(
+        next_step(&st, 3),
+        Step::Install {
+            reference: A.into(),
+            attempt: 1
+        }
+    );
+}
+
+#[test]
+fn without_a_fallback_a_failed_confirmation_ends_the_intent_and_claims_nothing() {
+    let mut st = JobState {
+        wanted: Some(B.into()),
+        flash_started: Some(B.into()),
+        ..JobState::default()
+    };
+    let verified = FlashResult::Verified {
+        version: "1.1.0".into(),
+    };
+    after_flash(&mut st, B, 1, 3, verified, true);
+    assert_eq!(
+        st.confirming.as_ref().and_then(|c| c.fallback.clone()),
+        None
+    );
+    after_confirm(&mut st, Err(ErrorCode::BootFailed));
+    assert_eq!(st.installed, None);
+    assert_eq!(
+        next_step(&st, 3),
+        Step::Settled {
+            reference: B.into(),
+            outcome: Outcome::Failed {
+                code: ErrorCode::BootFailed
+            }
+        }
+    );
+}
+
+#[test]
+fn a_journal_without_the_confirmation_fields_still_loads() {
+    let old = r#"{"wanted":"w","installed":"i","flash_started":null,"outcome":null,"attempts":0,"installed_version":"1.0.0"}"#;
+    let st: JobState = serde_json::from_str(old).unwrap();
+    assert_eq!((st.confirming, st.reverting), (None, None));
 }

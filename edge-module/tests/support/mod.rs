@@ -244,3 +244,62 @@ impl DmiStandin {
         }
     }
 }
+
+/// The files a device's `command` confirmation check reads (issue 24): version `$1` never boots when listed in
+/// `bad`, boots as another version when listed in `other` (exit 3), waits while a file `hold` exists, and is confirmed
+/// otherwise.
+pub struct Checks {
+    pub dir: std::path::PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+const CHECK: &str = r#"d="$0"; v="$1"
+if grep -qx "$v" "$d/other" 2>/dev/null; then echo "boot version=9.9.9"; exit 3; fi
+if grep -qx "$v" "$d/bad" 2>/dev/null; then exit 1; fi
+if [ -e "$d/hold" ]; then exit 1; fi
+exit 0"#;
+
+impl Checks {
+    pub fn new() -> Checks {
+        let tmp = tempfile::tempdir().unwrap();
+        Checks {
+            dir: tmp.path().to_owned(),
+            _tmp: tmp,
+        }
+    }
+
+    /// The check's argv (no shell of the agent's: `/bin/sh -c` is the program).
+    pub fn argv(&self) -> Vec<String> {
+        let dir = self.dir.display().to_string();
+        ["/bin/sh", "-c", CHECK, &dir, "{version}"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    /// The `[devices.confirm]` table of a `[[devices]]` entry, confirmation within `timeout_secs`.
+    pub fn toml(&self, timeout_secs: u64) -> String {
+        format!(
+            "[devices.confirm]\nkind = \"command\"\nargv = {}\ntimeout_secs = {timeout_secs}\ninterval_ms = 100\n",
+            serde_json::to_string(&self.argv()).unwrap()
+        )
+    }
+
+    /// The same as a DMI Device's config data value `confirm` (a JSON object string).
+    pub fn config_data(&self, timeout_secs: u64) -> String {
+        serde_json::json!({"kind": "command", "argv": self.argv(), "timeout_secs": timeout_secs, "interval_ms": 100})
+            .to_string()
+    }
+
+    pub fn list(&self, file: &str, versions: &[&str]) {
+        std::fs::write(self.dir.join(file), versions.join("\n") + "\n").unwrap();
+    }
+
+    pub fn hold(&self, on: bool) {
+        let p = self.dir.join("hold");
+        if on {
+            std::fs::write(p, "").unwrap();
+        } else {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}

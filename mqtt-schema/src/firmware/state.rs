@@ -59,7 +59,11 @@ pub enum FirmwareState {
     Verifying,
     /// `flashing:<0-100>`: percent written.
     Flashing(u8),
-    /// `installed`: the intended firmware is installed and verified.
+    /// `confirming`: the new firmware is written, verified and the device reset; the agent waits for the device to
+    /// prove it runs it (its `[devices.confirm]` check), or puts the previous firmware back. The twin's `firmware`
+    /// and `firmware-version` still name the previous firmware.
+    Confirming,
+    /// `installed`: the intended firmware is installed and verified (and confirmed, where the device has a check).
     Installed,
     /// `waiting:<code>`: a transient error; retried with backoff.
     Waiting(StateCode),
@@ -157,6 +161,7 @@ impl FirmwareState {
             FirmwareState::Downloading(_) => "downloading",
             FirmwareState::Verifying => "verifying",
             FirmwareState::Flashing(_) => "flashing",
+            FirmwareState::Confirming => "confirming",
             FirmwareState::Installed => "installed",
             FirmwareState::Waiting(_) => "waiting",
             FirmwareState::Failed(_) => "failed",
@@ -220,6 +225,7 @@ impl FromStr for FirmwareState {
             "idle" => plain(FirmwareState::Idle),
             "pending" => plain(FirmwareState::Pending),
             "verifying" => plain(FirmwareState::Verifying),
+            "confirming" => plain(FirmwareState::Confirming),
             "installed" => plain(FirmwareState::Installed),
             "downloading" => detail
                 .and_then(percent)
@@ -250,6 +256,7 @@ mod tests {
             "downloading:100",
             "verifying",
             "flashing:42",
+            "confirming",
             "installed",
             "waiting:registry-unreachable",
             "failed:flash-failed",
