@@ -421,3 +421,92 @@ async fn connections_each_holding_an_unfinished_64_kib_message_are_bounded() {
         "150 connections each holding an unfinished 64 KiB message",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_messages_at_the_largest_message_limit_are_bounded() {
+    // The worst case of the caps: limits.max_message_bytes at its largest (16 MiB, for MQTT; it bounded one DMI
+    // call too, and 40 connections holding 16 MiB messages took the agent to 540 MiB), and each connection sending
+    // all but the last byte of the largest message the transport decodes, honouring flow control.
+    const CONNECTIONS: usize = 40;
+    const MESSAGE: usize = twinflash_dmi::transport::MAX_MESSAGE;
+    let s = Scene::start(0, |s| AgentSpec {
+        limits_extra: format!("max_message_bytes = {}\n", 16 << 20),
+        ..s
+    })
+    .await;
+    let socket = s.agent.state_dir.join("dmi.sock");
+    until("the mapper socket", &s.agent, || socket.exists()).await;
+    let mut message = vec![0u8];
+    message.extend(u32::try_from(MESSAGE).unwrap().to_be_bytes());
+    message.resize(MESSAGE + 4, b'm');
+    let message = bytes::Bytes::from(message);
+    let mut calls = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (socket, message) = (socket.clone(), message.clone());
+        calls.push(tokio::spawn(async move {
+            let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+            let Ok((mut send, conn)) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(stream),
+            )
+            .await
+            else {
+                return;
+            };
+            tokio::spawn(conn);
+            let chunks = (0..message.len()).step_by(64 * 1024).map(move |at| {
+                let end = (at + 64 * 1024).min(message.len());
+                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(message.slice(at..end)))
+            });
+            let body = http_body_util::StreamBody::new(futures_util::StreamExt::chain(
+                futures_util::stream::iter(chunks),
+                futures_util::stream::pending(),
+            ));
+            let req = http::Request::post(
+                "http://localhost/v1beta1.DeviceMapperService/CreateDeviceModel",
+            )
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(body)
+            .unwrap();
+            let _ = send.send_request(req).await;
+        }));
+    }
+    // Past the connections' lifetime (15 s): the first 32 were served and closed, the rest are being served.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    print_vm_hwm(
+        &s.agent,
+        "40 connections each holding an unfinished 512 KiB message (max_message_bytes = 16 MiB)",
+    );
+    for call in &calls {
+        call.abort();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    serves_a_real_call(&socket).await;
+    // A whole message over the transport's bound (512 KiB) is refused, though under max_message_bytes.
+    let mut mapper =
+        twinflash_dmi::pb::device_mapper_service_client::DeviceMapperServiceClient::with_origin(
+            twinflash_dmi::transport::UnixConnector::new(socket, Duration::from_secs(5)),
+            twinflash_dmi::transport::origin(),
+        );
+    let model = twinflash_dmi::pb::DeviceModel {
+        name: "big".into(),
+        namespace: NS.into(),
+        spec: Some(twinflash_dmi::pb::DeviceModelSpec {
+            properties: vec![twinflash_dmi::pb::ModelProperty {
+                name: "firmware".into(),
+                description: "p".repeat(1 << 20),
+                ..Default::default()
+            }],
+        }),
+    };
+    let refused = mapper
+        .create_device_model(twinflash_dmi::pb::CreateDeviceModelRequest { model: Some(model) })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused}");
+    let models = std::fs::read_dir(s.agent.state_dir.join("dmi/models"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(models, 0);
+}
