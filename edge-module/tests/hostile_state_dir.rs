@@ -20,7 +20,8 @@ use twinflash_testkit::{DmiEdgecore, SimDevice, convert_device, device_model};
 const WAIT: Duration = Duration::from_secs(60);
 const NS: &str = "default";
 
-/// The agent binary of this module: `umask 000`, then the real agent.
+/// The agent binary of this module: `umask 000`, then the real agent (`TWINFLASH_EDGE_BIN` if set, as
+/// `support::init` takes it).
 fn agent() -> PathBuf {
     static WRAPPER: OnceLock<PathBuf> = OnceLock::new();
     WRAPPER
@@ -31,7 +32,8 @@ fn agent() -> PathBuf {
                 &tmp,
                 format!(
                     "#!/bin/sh\numask 000\nexec '{}' \"$@\"\n",
-                    env!("CARGO_BIN_EXE_twinflash-edge")
+                    std::env::var("TWINFLASH_EDGE_BIN")
+                        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_twinflash-edge").to_owned())
                 ),
             )
             .unwrap();
