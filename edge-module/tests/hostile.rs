@@ -270,9 +270,14 @@ async fn poisoned_messages_even_retained_cost_no_device_its_intent() {
         env.wait(0, "firmware", &good).await;
         env.wait(0, "firmware-state", "installed").await;
     }
-    // Retained: a restarted agent gets the last poison again at subscription, and still takes intents.
+    // Retained: an agent that starts on a new session (another client id, as after its session expired) gets the
+    // last poison again at subscription, and still takes intents.
     env.agent.kill9();
+    let config = std::fs::read_to_string(&env.agent.config).unwrap();
+    let config = config.replacen("client_id = \"", "client_id = \"fresh-", 1);
+    std::fs::write(&env.agent.config, config).unwrap();
     env.agent.spawn();
+    wait_log(&env, "malformed twin message", 3).await;
     let fw = image(45, 6_000);
     let good = env.push("a:2.0.0", &fw, "2.0.0").await;
     env.intent(1, &good).await;
