@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -16,9 +16,6 @@ use twinflash_artifact::{Credentials, FetchConfig, FetchError, Fetcher};
 use twinflash_harness::Registry;
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-
-/// What a scripted server was asked.
-type Seen = Arc<Mutex<Vec<String>>>;
 
 /// Issue 23: one flipped byte in a cached layer, and the CLI printed "verified … from cache" and the agent flashed
 /// it. A changed blob is now fetched again; offline, the fetch fails: it is never handed out.
@@ -231,38 +228,7 @@ async fn redirects_to_link_local_addresses_are_refused_before_connecting() {
 #[tokio::test]
 async fn a_signature_lookup_of_hanging_referrers_ends_at_its_deadline() {
     let (manifest, digest) = manifest_for(b"fw");
-    let referrers = {
-        let entries: Vec<serde_json::Value> = (0..10_000)
-            .map(|i| {
-                serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "digest": format!("sha256:{i:064x}"), "size": 100,
-                    "artifactType": "application/vnd.dev.sigstore.bundle.v0.3+json"})
-            })
-            .collect();
-        serde_json::to_vec(
-            &serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}),
-        )
-        .unwrap()
-    };
-    let asked: Seen = Arc::default();
-    let log = asked.clone();
-    let manifest_path = format!("/manifests/{digest}");
-    let registry = scripted(move |_, target, _| {
-        if target.contains("/referrers/") {
-            answer(200, referrers.clone(), false)
-        } else if target.ends_with(&manifest_path) {
-            answer(200, manifest.clone(), false)
-        } else if target.contains("/manifests/sha256-") {
-            answer(
-                404,
-                br#"{"errors":[{"code":"MANIFEST_UNKNOWN"}]}"#.to_vec(),
-                false,
-            )
-        } else {
-            log.lock().unwrap().push(target.to_owned());
-            hang()
-        }
-    });
+    let (registry, asked) = hanging_referrers(manifest, &digest, None, 10_000).unwrap();
     let key = SigningKey::from_pkcs8_der(&SigningKey::generate_p256_pkcs8().unwrap()).unwrap();
     let policy = Policy {
         mode: Mode::Require,

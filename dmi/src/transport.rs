@@ -41,6 +41,12 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 1;
 pub const STREAM_WINDOW: u32 = 64 * 1024;
 pub const CONNECTION_WINDOW: u32 = 64 * 1024;
 pub const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Largest message of one call a served connection decodes, whatever the caller's own limit is (the agent's
+/// `limits.max_message_bytes` is sized for MQTT, up to 16 MiB). A call's unfinished message is buffered as it
+/// arrives, so with [`MAX_CONNECTIONS`] this bounds what peers can make the server hold: 32 × 512 KiB = 16 MiB (with
+/// 16 MiB messages, 40 unfinished calls took the agent to 540 MiB). A Device or DeviceModel edgecore sends is a few
+/// KiB.
+pub const MAX_MESSAGE: usize = 512 * 1024;
 
 /// Binds a unix socket at `path`, never deleting what it did not create:
 /// - a missing parent directory is created `0700`;

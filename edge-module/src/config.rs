@@ -324,7 +324,9 @@ pub struct Limits {
     #[serde(default = "default_attempts")]
     pub flash_attempts: u32,
     /// Largest inbound MQTT message handled, in bytes; a larger one is acknowledged and dropped unread (one log line,
-    /// `twinflash_edge_mqtt_dropped_messages_total{reason="oversized"}`). At most the transport's cap (16 MiB).
+    /// `twinflash_edge_mqtt_dropped_messages_total{reason="oversized"}`). At most the transport's cap (16 MiB). Also
+    /// the largest message of one call on the DMI mapper socket, there at most 512 KiB
+    /// (`twinflash_dmi::transport::MAX_MESSAGE`).
     #[serde(default = "default_max_message")]
     pub max_message_bytes: usize,
     /// While a device's intents arrive faster than they complete (one replaced another before it ended): reports of

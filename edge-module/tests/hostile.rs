@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use mqtt_schema::{DeviceId, DeviceTopicKind, Topic, TopicLayout};
 use rumqttc::{Event, MqttOptions, Packet, QoS};
-use support::{AgentSpec, Env, WAIT, image};
+use support::{AgentSpec, Env, WAIT, image, print_vm_hwm};
 use twinflash_harness::Mosquitto;
 
 fn delta_topic(device: &str) -> String {
@@ -22,24 +22,31 @@ fn delta_topic(device: &str) -> String {
 
 /// Publishes `len` bytes on `topic` at QoS 1 with mosquitto_pub (the test's own MQTT client caps its packets).
 fn publish_big(mqtt: &Mosquitto, dir: &std::path::Path, topic: &str, len: usize) {
-    let file = dir.join(format!("big-{len}.bin"));
-    std::fs::write(&file, vec![b'x'; len]).unwrap();
+    publish_file(mqtt, dir, topic, &vec![b'x'; len], false);
+}
+
+/// Publishes `payload` on `topic` at QoS 1 with mosquitto_pub, retained if `retain`.
+fn publish_file(
+    mqtt: &Mosquitto,
+    dir: &std::path::Path,
+    topic: &str,
+    payload: &[u8],
+    retain: bool,
+) {
+    let file = dir.join(format!("payload-{}.bin", payload.len()));
+    std::fs::write(&file, payload).unwrap();
+    let port = mqtt.port().to_string();
+    let mut args = vec!["-h", "127.0.0.1", "-p", &port, "-q", "1", "-t", topic];
+    if retain {
+        args.push("-r");
+    }
     let status = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &mqtt.port().to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-f",
-        ])
+        .args(args)
+        .arg("-f")
         .arg(&file)
         .status()
         .unwrap();
-    assert!(status.success(), "mosquitto_pub of {len} bytes");
+    assert!(status.success(), "mosquitto_pub of {} bytes", payload.len());
 }
 
 /// Polls the agent's log until `needle` appears `n` times.
@@ -108,6 +115,7 @@ async fn an_oversized_message_costs_no_other_device_its_intent_and_no_reconnect_
         "a reconnect loop:\n{log}"
     );
     assert!(env.device(1).holds(&v2) && env.device(0).holds(&v1));
+    print_vm_hwm(&env.agent, "a 10 MiB and a 17 MiB MQTT message");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,6 +187,7 @@ async fn invalid_references_never_fill_the_journal_or_the_log() {
             .contains(&filler[..1024])
     );
     assert!(env.device(0).holds(&fw));
+    print_vm_hwm(&env.agent, "300 invalid references of 200 KiB");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,5 +221,72 @@ async fn a_storm_of_intents_costs_bounded_reports_and_flashes() {
         env.device(0).started(&rb) <= 3,
         "{:?}",
         env.device(0).counters()
+    );
+    print_vm_hwm(&env.agent, "2000 alternating intents");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poisoned_messages_even_retained_cost_no_device_its_intent() {
+    let mut env = Env::start(2, |s| s).await;
+    let dev0 = env.device(0).id;
+    // Not UTF-8 inside the twin's value (decoded as Go does, U+FFFD for each bad byte, then refused by the twin
+    // charset), and as the whole payload.
+    let in_value = b"{\"delta\":{\"firmware\":\"\xff\xfe\xc0\x80\"}}".to_vec();
+    let not_utf8 = b"\xff\xfe{\xc0\x80}".to_vec();
+    // 9,000 levels of nesting where the twin belongs (serde_json's own limit is 128).
+    let deep = format!(
+        r#"{{"event_id":"","timestamp":1,"delta":{}{}}}"#,
+        "[".repeat(9_000),
+        "]".repeat(9_000)
+    )
+    .into_bytes();
+    for (round, (payload, state)) in [
+        (&in_value, "rejected:invalid-reference"),
+        (&not_utf8, "rejected:invalid-message"),
+        (&deep, "rejected:invalid-message"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        publish_file(
+            &env.mqtt,
+            env.dir.path(),
+            &delta_topic(&dev0),
+            payload,
+            true,
+        );
+        env.wait(0, "firmware-state", state).await;
+        // A good intent still installs (a new one each round: the state of an intent already installed is not
+        // reported again).
+        let version = format!("1.{round}.0");
+        let good = env
+            .push(
+                &format!("a:{version}"),
+                &image(50 + round as u8, 6_000),
+                &version,
+            )
+            .await;
+        env.intent(0, &good).await;
+        env.wait(0, "firmware", &good).await;
+        env.wait(0, "firmware-state", "installed").await;
+    }
+    // Retained: an agent that starts on a new session (another client id, as after its session expired) gets the
+    // last poison again at subscription, and still takes intents.
+    env.agent.kill9();
+    let config = std::fs::read_to_string(&env.agent.config).unwrap();
+    let config = config.replacen("client_id = \"", "client_id = \"fresh-", 1);
+    std::fs::write(&env.agent.config, config).unwrap();
+    env.agent.spawn();
+    wait_log(&env, "malformed twin message", 3).await;
+    let fw = image(45, 6_000);
+    let good = env.push("a:2.0.0", &fw, "2.0.0").await;
+    env.intent(1, &good).await;
+    env.wait(1, "firmware", &good).await;
+    env.intent(0, &good).await;
+    env.wait(0, "firmware", &good).await;
+    assert!(env.device(0).holds(&fw) && env.device(1).holds(&fw));
+    print_vm_hwm(
+        &env.agent,
+        "retained non-UTF-8 and 9,000-deep MQTT messages",
     );
 }

@@ -9,7 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Agent, AgentSpec, image, init, push};
+use support::{Agent, AgentSpec, image, init, print_vm_hwm, push};
 use twinflash_testkit::{DmiEdgecore, SimDevice, device_model};
 
 /// Bound of every wait (a loaded CI machine; a passing run takes seconds).
@@ -57,25 +57,6 @@ impl Scene {
         )
         .await
     }
-
-    /// The agent's peak resident memory, printed for the report.
-    fn print_vm_hwm(&self, attack: &str) {
-        if let Some(kib) = self.agent.pid().and_then(vm_hwm_kib) {
-            println!("VmHWM under {attack}: {} MiB", kib / 1024);
-        }
-    }
-}
-
-/// VmHWM of process `pid` in KiB.
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,7 +86,7 @@ async fn a_long_but_valid_device_name_installs_and_blocks_no_other_device() {
     s.wait_installed(&long, &v2).await;
     s.wait_installed(&normal, &v2).await;
     assert_eq!(long.completed(&v1), 1, "flashed once");
-    s.print_vm_hwm("long device names");
+    print_vm_hwm(&s.agent, "long device names");
 }
 
 async fn until(what: &str, agent: &Agent, mut f: impl FnMut() -> bool) {
@@ -204,7 +185,7 @@ async fn the_mapper_socket_is_0600_in_a_0700_directory_whatever_the_umask() {
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&socket), 0o600);
     assert_eq!(mode(socket.parent().unwrap()), 0o700);
-    s.print_vm_hwm("the socket checks");
+    print_vm_hwm(&s.agent, "the socket checks");
 }
 
 /// Lines of `log` that contain `what`.
@@ -266,28 +247,13 @@ async fn out_of_file_descriptors_devices_wait_and_none_is_rejected() {
     let log = s.agent.log();
     assert_eq!(count(&log, "invalid-config"), 0, "{log}");
     assert!(count(&log, "ERROR") <= DEVICES, "{log}");
-    s.print_vm_hwm("file descriptor exhaustion");
+    print_vm_hwm(&s.agent, "file descriptor exhaustion");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_and_unfinished_connections_to_the_mapper_socket_are_closed() {
-    use std::io::{Read, Write};
-    let s = Scene::start(0, |s| s).await;
-    let socket = s.agent.state_dir.join("dmi.sock");
-    until("the mapper socket", &s.agent, || socket.exists()).await;
-    // More than the cap: idle ones, and ones that start a message and never finish it.
-    let mut conns = Vec::new();
-    for i in 0..48 {
-        let mut c = std::os::unix::net::UnixStream::connect(&socket).unwrap();
-        if i % 2 == 0 {
-            c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
-            c.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap(); // an empty SETTINGS frame
-        }
-        c.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        conns.push(c);
-    }
-    let deadline = Instant::now() + WAIT;
+/// Waits up to `limit` until the agent has closed every connection of `conns` (read timeouts set).
+async fn until_closed(conns: &mut [std::os::unix::net::UnixStream], s: &Scene, limit: Duration) {
+    use std::io::Read;
+    let deadline = Instant::now() + limit;
     let mut open = conns.len();
     while open > 0 {
         assert!(
@@ -296,7 +262,7 @@ async fn idle_and_unfinished_connections_to_the_mapper_socket_are_closed() {
             s.agent.log()
         );
         open = 0;
-        for c in &mut conns {
+        for c in conns.iter_mut() {
             let mut buf = [0u8; 4096];
             loop {
                 match c.read(&mut buf) {
@@ -312,21 +278,46 @@ async fn idle_and_unfinished_connections_to_the_mapper_socket_are_closed() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // The socket still serves a real call.
+}
+
+/// The mapper socket still answers a real call: GetDevice of an unknown device is NotFound.
+async fn serves_a_real_call(socket: &std::path::Path) {
+    let connector =
+        twinflash_dmi::transport::UnixConnector::new(socket.to_owned(), Duration::from_secs(5));
     let mut mapper =
         twinflash_dmi::pb::device_mapper_service_client::DeviceMapperServiceClient::with_origin(
-            twinflash_dmi::transport::UnixConnector::new(socket, Duration::from_secs(5)),
+            connector,
             twinflash_dmi::transport::origin(),
         );
-    let unknown = mapper
-        .get_device(twinflash_dmi::pb::GetDeviceRequest {
-            device_name: "nobody".into(),
-            device_namespace: NS.into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(unknown.code(), tonic::Code::NotFound);
-    s.print_vm_hwm("48 idle and unfinished connections");
+    let request = twinflash_dmi::pb::GetDeviceRequest {
+        device_name: "nobody".into(),
+        device_namespace: NS.into(),
+    };
+    let status = mapper.get_device(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_unfinished_connections_to_the_mapper_socket_are_closed() {
+    use std::io::Write;
+    let s = Scene::start(0, |s| s).await;
+    let socket = s.agent.state_dir.join("dmi.sock");
+    until("the mapper socket", &s.agent, || socket.exists()).await;
+    // More than the cap: idle ones, and ones that start a message and never finish it.
+    let mut conns = Vec::new();
+    for i in 0..48 {
+        let mut c = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        if i % 2 == 0 {
+            c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+            c.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap(); // an empty SETTINGS frame
+        }
+        c.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        conns.push(c);
+    }
+    until_closed(&mut conns, &s, WAIT).await;
+    serves_a_real_call(&socket).await;
+    print_vm_hwm(&s.agent, "48 idle and unfinished connections");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,5 +358,155 @@ async fn a_flood_of_device_models_is_capped_with_a_stable_code() {
         .unwrap()
         .count();
     assert_eq!(models, 1024);
-    s.print_vm_hwm("1,100 CreateDeviceModel calls of 8 KiB");
+    print_vm_hwm(&s.agent, "1,100 CreateDeviceModel calls of 8 KiB");
+}
+
+/// The bytes of a connection that starts a unary call to `method` on `socket` as grpc-go would (preface, SETTINGS,
+/// HEADERS) and sends `sent` bytes of a message whose gRPC prefix announces `announced` bytes, never the rest.
+fn unfinished_call(socket: &std::path::Path, method: &str, announced: u32, sent: usize) -> Vec<u8> {
+    use twinflash_testkit::grpc_go::{frame, go_hpack, header_list};
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[])); // SETTINGS
+    let headers = go_hpack(&header_list(socket, method, Duration::from_secs(60)));
+    out.extend(frame(1, 4, 1, &headers)); // HEADERS, END_HEADERS
+    let mut message = vec![0];
+    message.extend(announced.to_be_bytes());
+    message.resize(sent, b'm');
+    for chunk in message.chunks(16_384) {
+        out.extend(frame(0, 0, 1, chunk)); // DATA, the stream left open
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_each_holding_an_unfinished_64_kib_message_are_bounded() {
+    use std::io::Write;
+    // The case: 150 connections, each with a 64 KiB message begun (within the default 65,535-byte window)
+    // and never finished; the agent saw 1.68 GB before the caps.
+    const CONNECTIONS: usize = 150;
+    let s = Scene::start(0, |s| s).await;
+    let socket = s.agent.state_dir.join("dmi.sock");
+    until("the mapper socket", &s.agent, || socket.exists()).await;
+    let bytes = unfinished_call(
+        &socket,
+        "/v1beta1.DeviceMapperService/CreateDeviceModel",
+        64 * 1024,
+        65_535,
+    );
+    let path = socket.clone();
+    // Written from a thread: connections beyond the cap wait in the backlog, their bytes in the socket buffers.
+    let mut conns = tokio::task::spawn_blocking(move || {
+        (0..CONNECTIONS)
+            .map(|_| {
+                let mut c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+                c.write_all(&bytes).unwrap();
+                c.set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                c
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    // Every connection is served in turn and closed at its lifetime (32 at once, 15 s each: about 75 s in all).
+    until_closed(&mut conns, &s, Duration::from_secs(180)).await;
+    // The socket still serves a real call, and no model was stored from the unfinished ones.
+    serves_a_real_call(&socket).await;
+    let models = std::fs::read_dir(s.agent.state_dir.join("dmi/models"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(models, 0);
+    print_vm_hwm(
+        &s.agent,
+        "150 connections each holding an unfinished 64 KiB message",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_messages_at_the_largest_message_limit_are_bounded() {
+    // The worst case of the caps: limits.max_message_bytes at its largest (16 MiB, for MQTT; it bounded one DMI
+    // call too, and 40 connections holding 16 MiB messages took the agent to 540 MiB), and each connection sending
+    // all but the last byte of the largest message the transport decodes, honouring flow control.
+    const CONNECTIONS: usize = 40;
+    const MESSAGE: usize = twinflash_dmi::transport::MAX_MESSAGE;
+    let s = Scene::start(0, |s| AgentSpec {
+        limits_extra: format!("max_message_bytes = {}\n", 16 << 20),
+        ..s
+    })
+    .await;
+    let socket = s.agent.state_dir.join("dmi.sock");
+    until("the mapper socket", &s.agent, || socket.exists()).await;
+    let mut message = vec![0u8];
+    message.extend(u32::try_from(MESSAGE).unwrap().to_be_bytes());
+    message.resize(MESSAGE + 4, b'm');
+    let message = bytes::Bytes::from(message);
+    let mut calls = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (socket, message) = (socket.clone(), message.clone());
+        calls.push(tokio::spawn(async move {
+            let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+            let Ok((mut send, conn)) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(stream),
+            )
+            .await
+            else {
+                return;
+            };
+            tokio::spawn(conn);
+            let chunks = (0..message.len()).step_by(64 * 1024).map(move |at| {
+                let end = (at + 64 * 1024).min(message.len());
+                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(message.slice(at..end)))
+            });
+            let body = http_body_util::StreamBody::new(futures_util::StreamExt::chain(
+                futures_util::stream::iter(chunks),
+                futures_util::stream::pending(),
+            ));
+            let req = http::Request::post(
+                "http://localhost/v1beta1.DeviceMapperService/CreateDeviceModel",
+            )
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(body)
+            .unwrap();
+            let _ = send.send_request(req).await;
+        }));
+    }
+    // Past the connections' lifetime (15 s): the first 32 were served and closed, the rest are being served.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    print_vm_hwm(
+        &s.agent,
+        "40 connections each holding an unfinished 512 KiB message (max_message_bytes = 16 MiB)",
+    );
+    for call in &calls {
+        call.abort();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    serves_a_real_call(&socket).await;
+    // A whole message over the transport's bound (512 KiB) is refused, though under max_message_bytes.
+    let mut mapper =
+        twinflash_dmi::pb::device_mapper_service_client::DeviceMapperServiceClient::with_origin(
+            twinflash_dmi::transport::UnixConnector::new(socket, Duration::from_secs(5)),
+            twinflash_dmi::transport::origin(),
+        );
+    let model = twinflash_dmi::pb::DeviceModel {
+        name: "big".into(),
+        namespace: NS.into(),
+        spec: Some(twinflash_dmi::pb::DeviceModelSpec {
+            properties: vec![twinflash_dmi::pb::ModelProperty {
+                name: "firmware".into(),
+                description: "p".repeat(1 << 20),
+                ..Default::default()
+            }],
+        }),
+    };
+    let refused = mapper
+        .create_device_model(twinflash_dmi::pb::CreateDeviceModelRequest { model: Some(model) })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused}");
+    let models = std::fs::read_dir(s.agent.state_dir.join("dmi/models"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(models, 0);
 }

@@ -2,7 +2,7 @@
 //! what it finds there as its own (journaled intents, whole Devices with their flasher settings), so it must be the
 //! agent's alone. Every agent of this module runs under `umask 000` (a wrapper script is the agent binary), the
 //! umask that left `mkdir(state_dir, 0777)` behind in the report.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // tests: a panic is a failed test
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod support;
 
@@ -20,7 +20,8 @@ use twinflash_testkit::{DmiEdgecore, SimDevice, convert_device, device_model};
 const WAIT: Duration = Duration::from_secs(60);
 const NS: &str = "default";
 
-/// The agent binary of this module: `umask 000`, then the real agent.
+/// The agent binary of this module: `umask 000`, then the real agent (`TWINFLASH_EDGE_BIN` if set, as
+/// `support::init` takes it).
 fn agent() -> PathBuf {
     static WRAPPER: OnceLock<PathBuf> = OnceLock::new();
     WRAPPER
@@ -31,7 +32,8 @@ fn agent() -> PathBuf {
                 &tmp,
                 format!(
                     "#!/bin/sh\numask 000\nexec '{}' \"$@\"\n",
-                    env!("CARGO_BIN_EXE_twinflash-edge")
+                    std::env::var("TWINFLASH_EDGE_BIN")
+                        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_twinflash-edge").to_owned())
                 ),
             )
             .unwrap();
@@ -179,11 +181,7 @@ async fn under_umask_000_every_directory_is_0700_and_every_state_file_0600() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Measured for the note (memory goals are proven by measurement, not asserted here).
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid().unwrap()))
-        .unwrap_or_default();
-    if let Some(hwm) = status.lines().find(|l| l.starts_with("VmHWM")) {
-        println!("agent after a start on a 1 MiB journal record: {hwm}");
-    }
+    support::print_vm_hwm(&agent, "a start on a 1 MiB journal record");
     let grown = agent.log().len() - before;
     assert!(
         grown < 64 * 1024,

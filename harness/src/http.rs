@@ -66,6 +66,24 @@ pub fn get_within(
     parse_head(&head)
 }
 
+/// Runs `curl -sSf` with `args`, for what this client does not do (uploads, other methods, bodies): its output, or
+/// curl's error.
+pub fn curl(args: &[&str]) -> Result<Vec<u8>, String> {
+    let out = std::process::Command::new("curl")
+        .arg("-sSf")
+        .args(args)
+        .output()
+        .map_err(|e| format!("curl: {e}"))?;
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(format!(
+            "curl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
 fn parse_head(raw: &[u8]) -> io::Result<HttpHead> {
     let text = String::from_utf8_lossy(raw);
     let head = text.split("\r\n\r\n").next().unwrap_or_default();

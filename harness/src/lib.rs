@@ -25,6 +25,7 @@ mod mosquitto;
 mod process;
 mod proxy;
 mod registry;
+pub mod scripted;
 
 use std::net::{Ipv4Addr, TcpListener};
 

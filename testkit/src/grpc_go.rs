@@ -217,7 +217,7 @@ pub fn header_list(dialled: &Path, method: &str, time_left: Duration) -> Vec<(St
 }
 
 /// A header block as Go's HPACK encoder writes it on a new connection (see the module doc).
-fn go_hpack(fields: &[(String, String)]) -> Vec<u8> {
+pub fn go_hpack(fields: &[(String, String)]) -> Vec<u8> {
     let mut enc = httlib_hpack::Encoder::default();
     let mut out = Vec::new();
     for (n, v) in fields {

@@ -21,6 +21,7 @@ mod kubeedge_dmi;
 mod kubeedge_mqtt;
 mod observe;
 pub mod real;
+mod unparsed;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -46,6 +47,7 @@ pub use kubeedge_backend::{KubeEdgeMode, STANDIN_NODE};
 pub use kubeedge_dmi::DmiKubeEdge;
 pub use kubeedge_mqtt::{MQTT_MODEL, MqttKubeEdge, mqtt_device_model};
 pub use observe::{Message, Observer};
+pub use unparsed::{firmware_manifest, push_unparsed, sha256_digest};
 
 /// Where the simulated flash starts, and where [`push`] places a BIN artifact.
 pub const ORIGIN: u64 = 0x0800_0000;

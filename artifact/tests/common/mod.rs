@@ -1,11 +1,7 @@
 //! Shared helpers of the artifact integration tests: a registry, pushes, fetcher configs.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::BTreeMap;
 
 use sha2::Digest;
 use std::path::{Path, PathBuf};
@@ -155,148 +151,26 @@ pub fn manifest_for(blob: &[u8]) -> (Vec<u8>, String) {
     (manifest, digest)
 }
 
-/// Reads one HTTP request head for a scripted server: the target and the headers (names in
-/// lower case); `None` if the client sent nothing.
-pub fn read_head(reader: &mut impl BufRead) -> Option<(String, HashMap<String, String>)> {
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let target = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-    let mut headers = HashMap::new();
-    loop {
-        let mut l = String::new();
-        if reader.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-        }
-    }
-    Some((target, headers))
-}
-
 /// Re-targets a pinned reference at another host (e.g. the fault proxy).
 pub fn via(reference: &str, host: &str) -> String {
     let (_, rest) = reference.split_once('/').unwrap();
     format!("{host}/{rest}")
 }
 
-/// One answer of the scripted server: status, extra header lines, body, and how it is sent: at once, trickled at
-/// 1 byte/s (the head at once), or never (`hang`: the server holds the connection and sends nothing).
-pub struct Answer {
-    pub status: u16,
-    pub extra: String,
-    pub body: Vec<u8>,
-    pub trickle: bool,
-    pub hang: bool,
-}
+#[allow(unused_imports)] // each test binary uses its part
+pub use twinflash_harness::scripted::{
+    Answer, Scripted, Seen, answer, flood, hang, hanging_referrers, read_head, redirect,
+};
 
-pub fn answer(status: u16, body: Vec<u8>, trickle: bool) -> Answer {
-    Answer {
-        status,
-        extra: String::new(),
-        body,
-        trickle,
-        hang: false,
-    }
-}
-
-/// An answer that never comes.
-pub fn hang() -> Answer {
-    Answer {
-        hang: true,
-        ..answer(200, Vec::new(), false)
-    }
-}
-
-/// A redirect to `location`.
-pub fn redirect(location: &str) -> Answer {
-    Answer {
-        extra: format!("Location: {location}\r\n"),
-        ..answer(307, Vec::new(), false)
-    }
-}
-
-/// A loopback HTTP server answering each request with `route(host, target, authorization)`, one thread per
-/// connection so a slow answer does not block the others. It counts the connections it accepted.
-pub struct Scripted {
-    pub host: String,
-    connections: Arc<AtomicUsize>,
-}
-
-impl Scripted {
-    /// Connections accepted so far.
-    pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
-    }
-}
-
+/// A loopback HTTP server answering each request with `route(host, target, authorization)`
+/// ([`Scripted::start`]).
 pub fn scripted(route: impl Fn(&str, &str, &str) -> Answer + Send + Sync + 'static) -> Scripted {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let host = listener.local_addr().unwrap().to_string();
-    let route = Arc::new(route);
-    let connections = Arc::new(AtomicUsize::new(0));
-    let (h, count) = (host.clone(), connections.clone());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            count.fetch_add(1, Ordering::SeqCst);
-            let (route, h) = (route.clone(), h.clone());
-            std::thread::spawn(move || serve(stream, &h, &*route));
-        }
-    });
-    Scripted { host, connections }
-}
-
-fn serve(mut stream: TcpStream, host: &str, route: &dyn Fn(&str, &str, &str) -> Answer) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let Some((target, headers)) = read_head(&mut reader) else {
-        return;
-    };
-    let auth = headers.get("authorization").map_or("", String::as_str);
-    let a = route(host, &target, auth);
-    if a.hang {
-        // Held open, silent, until the client gives up (or the test ends).
-        let _ = std::io::copy(&mut reader, &mut std::io::sink());
-        return;
-    }
-    let head = format!(
-        "HTTP/1.1 {} X\r\nContent-Type: application/json\r\n{}Content-Length: {}\r\nConnection: close\r\n\r\n",
-        a.status,
-        a.extra,
-        a.body.len()
-    );
-    if stream.write_all(head.as_bytes()).is_err() {
-        return;
-    }
-    if !a.trickle {
-        let _ = stream.write_all(&a.body);
-        return;
-    }
-    for byte in a.body {
-        if stream
-            .write_all(&[byte])
-            .and_then(|()| stream.flush())
-            .is_err()
-        {
-            return; // the client gave up
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    Scripted::start(route).unwrap()
 }
 
 /// Runs `curl -sSf` with `args`; its output.
 pub fn curl(args: &[&str]) -> Vec<u8> {
-    let out = std::process::Command::new("curl")
-        .arg("-sSf")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    twinflash_harness::http::curl(args).unwrap()
 }
 
 /// `PUT /v2/<repo>/manifests/<tag>` of `body` as `content_type` to a plain-HTTP registry.

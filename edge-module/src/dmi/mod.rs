@@ -84,7 +84,11 @@ pub fn start(
     let service = twinflash_dmi::pb::device_mapper_service_server::DeviceMapperServiceServer::new(
         server::MapperService::new(fleet.clone()),
     )
-    .max_decoding_message_size(cfg.limits.max_message_bytes);
+    .max_decoding_message_size(
+        cfg.limits
+            .max_message_bytes
+            .min(twinflash_dmi::transport::MAX_MESSAGE),
+    );
     let server_stop = stop.clone();
     tasks.spawn(twinflash_dmi::transport::serve(
         incoming,

@@ -38,7 +38,8 @@ pub enum Kind {
     Model,
 }
 
-/// Most Devices the journal keeps (a Device is at most `limits.max_message_bytes`, the mapper's decoding limit).
+/// Most Devices the journal keeps (a Device is at most the mapper's decoding limit: `limits.max_message_bytes`, at
+/// most 512 KiB).
 pub const MAX_DEVICES: usize = 4096;
 /// Most DeviceModels the journal keeps.
 pub const MAX_MODELS: usize = 1024;
