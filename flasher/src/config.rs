@@ -1,4 +1,4 @@
-//! The `[devices.flasher]` table of the edge config: `kind = "probe-rs" | "command" | "simulated"`
+//! The `[devices.flasher]` table of the edge config: `kind = "probe-rs" | "command" | "gdb" | "simulated"`
 //! plus the backend's keys (snake_case, unknown keys rejected).
 
 use std::path::PathBuf;
@@ -15,6 +15,8 @@ pub enum FlasherConfig {
     ProbeRs(ProbeRsConfig),
     /// An external flashing tool.
     Command(CommandConfig),
+    /// Any GDB server (QEMU, OpenOCD, pyOCD, J-Link GDB server, Black Magic Probe), over the GDB remote protocol.
+    Gdb(GdbConfig),
     /// The simulated microcontroller flash.
     Simulated(SimulatedConfig),
 }
@@ -25,6 +27,7 @@ impl FlasherConfig {
         match self {
             FlasherConfig::ProbeRs(_) => "probe-rs",
             FlasherConfig::Command(_) => "command",
+            FlasherConfig::Gdb(_) => "gdb",
             FlasherConfig::Simulated(_) => "simulated",
         }
     }
@@ -70,6 +73,38 @@ pub struct CommandConfig {
     /// Working directory of the commands; absent: the agent's.
     #[serde(default)]
     pub workdir: Option<PathBuf>,
+}
+
+/// `kind = "gdb"`: flash through a GDB server with the GDB remote serial protocol (ADR 0006).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GdbConfig {
+    /// The server: `host:port` (QEMU `-gdb tcp::1234`, OpenOCD `:3333`, pyOCD `:3333`, J-Link `:2331`), or the
+    /// path of a serial device (a Black Magic Probe's GDB port, e.g. `/dev/ttyACM0`).
+    pub target: String,
+    /// The monitor command (`qRcmd`) that resets the target after a verified flash: `system_reset` for QEMU,
+    /// `reset` for OpenOCD, pyOCD and J-Link. Absent: no reset; the target runs on from where it stopped when the
+    /// backend detaches.
+    #[serde(default)]
+    pub reset: Option<String>,
+    /// Limit for connecting to the server, in seconds.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Limit for each reply of the server (an erase of a large flash may take long), in seconds.
+    #[serde(default = "default_reply_timeout")]
+    pub reply_timeout_secs: u64,
+}
+
+impl GdbConfig {
+    /// A configuration with defaults for everything but the target.
+    pub fn new(target: impl Into<String>) -> Self {
+        GdbConfig {
+            target: target.into(),
+            reset: None,
+            connect_timeout_secs: default_connect_timeout(),
+            reply_timeout_secs: default_reply_timeout(),
+        }
+    }
 }
 
 /// `kind = "simulated"`.
@@ -124,6 +159,14 @@ fn default_timeout() -> u64 {
     600
 }
 
+fn default_connect_timeout() -> u64 {
+    10
+}
+
+fn default_reply_timeout() -> u64 {
+    60
+}
+
 fn default_sector() -> u64 {
     4096
 }
@@ -176,6 +219,23 @@ faults = { power_cut_at_byte = 100 }
             panic!("not probe-rs")
         };
         assert!(p.preverify && p.reset_after && !p.connect_under_reset);
+
+        let gdb: FlasherConfig =
+            toml::from_str("kind = \"gdb\"\ntarget = \"127.0.0.1:3333\"\nreset = \"reset\"\n")
+                .unwrap();
+        assert_eq!(gdb.kind(), "gdb");
+        let FlasherConfig::Gdb(g) = gdb else {
+            panic!("not gdb")
+        };
+        assert_eq!(
+            (
+                g.target.as_str(),
+                g.reset.as_deref(),
+                g.connect_timeout_secs,
+                g.reply_timeout_secs
+            ),
+            ("127.0.0.1:3333", Some("reset"), 10, 60)
+        );
     }
 
     #[test]
@@ -188,5 +248,12 @@ faults = { power_cut_at_byte = 100 }
         );
         assert!(toml::from_str::<FlasherConfig>("kind = \"jlink\"\n").is_err());
         assert!(toml::from_str::<FlasherConfig>("kind = \"command\"\n").is_err());
+        assert!(toml::from_str::<FlasherConfig>("kind = \"gdb\"\n").is_err());
+        assert!(
+            toml::from_str::<FlasherConfig>(
+                "kind = \"gdb\"\ntarget = \"h:1\"\nreset_after = true\n"
+            )
+            .is_err()
+        );
     }
 }
