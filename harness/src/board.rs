@@ -438,6 +438,24 @@ impl Board {
         qmp_execute(&mut qmp, "system_reset")
     }
 
+    /// `len` bytes of the board's memory from `address`, read by QEMU itself (QMP `pmemsave`), not through the GDB
+    /// server: what a test compares a flasher's work with.
+    pub fn read_memory(&self, address: u64, len: u64) -> Result<Vec<u8>, HarnessError> {
+        let file = self.dir.path().join(format!("mem-{address:x}-{len:x}.bin"));
+        let args = format!(
+            "{{\"val\":{address},\"size\":{len},\"filename\":{:?}}}",
+            file.display().to_string()
+        );
+        {
+            let mut qmp = self.qmp.lock().unwrap_or_else(PoisonError::into_inner);
+            qmp_execute_with(&mut qmp, "pmemsave", &args)?;
+        }
+        let bytes =
+            fs::read(&file).map_err(|e| HarnessError::io(format!("read {}", file.display()), e))?;
+        let _ = fs::remove_file(&file);
+        Ok(bytes)
+    }
+
     /// Power off: SIGKILL QEMU (the flash content is lost with it).
     pub fn kill(&self) {
         self.proc.kill();
@@ -469,9 +487,18 @@ fn qmp_connect(port: u16) -> Result<BufReader<TcpStream>, HarnessError> {
 
 /// Runs one QMP command without arguments and waits for its `return` (events before it are skipped).
 fn qmp_execute(qmp: &mut BufReader<TcpStream>, command: &str) -> Result<(), HarnessError> {
+    qmp_execute_with(qmp, command, "{}")
+}
+
+/// Runs one QMP command with `arguments` (a JSON object) and waits for its `return`.
+fn qmp_execute_with(
+    qmp: &mut BufReader<TcpStream>,
+    command: &str,
+    arguments: &str,
+) -> Result<(), HarnessError> {
     let io = |e| HarnessError::io(format!("qemu QMP {command}"), e);
     qmp.get_mut()
-        .write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())
+        .write_all(format!("{{\"execute\":\"{command}\",\"arguments\":{arguments}}}\n").as_bytes())
         .map_err(io)?;
     loop {
         let mut line = String::new();

@@ -25,6 +25,14 @@ fn good_firmware_boots_and_prints_its_version_on_both_boards() {
         let b = Board::start(kind, Some(&fw)).unwrap();
         let line = b.wait_line("boot version=", BOOT).unwrap();
         assert_eq!(line, "boot version=1.0.0", "{kind:?}");
+        // QEMU loaded the ELF into flash: the raw binary is what the flash holds.
+        let bin = std::fs::read(fw.bin()).unwrap();
+        assert_eq!(
+            b.read_memory(kind.flash_origin(), bin.len() as u64)
+                .unwrap(),
+            bin,
+            "{kind:?}"
+        );
         // A reset boots it again: a second banner.
         b.reset().unwrap();
         b.wait_line_after(1, "boot version=1.0.0", BOOT).unwrap();
