@@ -31,6 +31,20 @@ impl FlasherConfig {
             FlasherConfig::Simulated(_) => "simulated",
         }
     }
+
+    /// The backend in a few words for a config summary: its kind, and for `gdb` the server and the reset.
+    pub fn describe(&self) -> String {
+        match self {
+            FlasherConfig::Gdb(g) => format!(
+                "gdb {}, reset: {}",
+                g.target,
+                g.reset
+                    .as_deref()
+                    .map_or("none (detach only)".into(), |r| format!("monitor {r}"))
+            ),
+            other => other.kind().to_owned(),
+        }
+    }
 }
 
 /// `kind = "probe-rs"`.
@@ -82,6 +96,14 @@ pub struct GdbConfig {
     /// The server: `host:port` (QEMU `-gdb tcp::1234`, OpenOCD `:3333`, pyOCD `:3333`, J-Link `:2331`), or the
     /// path of a serial device (a Black Magic Probe's GDB port, e.g. `/dev/ttyACM0`).
     pub target: String,
+    /// Monitor commands (`qRcmd`) sent after connecting, before anything is written: a Black Magic Probe needs
+    /// `swdp_scan` (or `jtag_scan`) to find its target; OpenOCD `reset halt` for a target that does not halt on attach.
+    #[serde(default)]
+    pub init: Vec<String>,
+    /// Attach to this target number (`vAttach`) after `init`: `1` for a Black Magic Probe. Absent: the server's
+    /// current target (QEMU, OpenOCD, pyOCD and J-Link attach on connect).
+    #[serde(default)]
+    pub attach: Option<u32>,
     /// The monitor command (`qRcmd`) that resets the target after a verified flash: `system_reset` for QEMU,
     /// `reset` for OpenOCD, pyOCD and J-Link. Absent: no reset; the target runs on from where it stopped when the
     /// backend detaches.
@@ -100,6 +122,8 @@ impl GdbConfig {
     pub fn new(target: impl Into<String>) -> Self {
         GdbConfig {
             target: target.into(),
+            init: Vec::new(),
+            attach: None,
             reset: None,
             connect_timeout_secs: default_connect_timeout(),
             reply_timeout_secs: default_reply_timeout(),
@@ -224,6 +248,7 @@ faults = { power_cut_at_byte = 100 }
             toml::from_str("kind = \"gdb\"\ntarget = \"127.0.0.1:3333\"\nreset = \"reset\"\n")
                 .unwrap();
         assert_eq!(gdb.kind(), "gdb");
+        assert_eq!(gdb.describe(), "gdb 127.0.0.1:3333, reset: monitor reset");
         let FlasherConfig::Gdb(g) = gdb else {
             panic!("not gdb")
         };

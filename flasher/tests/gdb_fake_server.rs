@@ -268,6 +268,10 @@ fn serve(mut stream: TcpStream, b: &Behaviour, seen: &Mutex<Seen>) {
                 format!("O{}", hex_of("resetting target\n")).as_bytes(),
             );
             b"OK".to_vec()
+        } else if text == "vAttach;1" {
+            b"T05thread:01;".to_vec()
+        } else if text.starts_with("vAttach;") {
+            b"E01".to_vec()
         } else if text == "D" {
             b"OK".to_vec()
         } else {
@@ -328,7 +332,15 @@ async fn flash_regions_of_the_memory_map_go_through_vflash() {
     let tmp = tempfile::tempdir().unwrap();
     let req = bin_request(tmp.path(), 0x0800_0100);
     let (tx, mut rx) = common::progress();
-    let out = flasher(server.addr, 10)
+    // Set up as for a Black Magic Probe: scan, attach to target 1.
+    let bmp = GdbConfig {
+        init: vec!["swdp_scan".into()],
+        attach: Some(1),
+        reset: Some("reset".into()),
+        ..GdbConfig::new(server.addr.to_string())
+    };
+    let out = GdbFlasher::new(bmp, "STM32F405RG")
+        .unwrap()
         .flash(&req, tx, CancellationToken::new())
         .await
         .unwrap();
@@ -356,9 +368,20 @@ async fn flash_regions_of_the_memory_map_go_through_vflash() {
     let order: Vec<&str> = packets
         .iter()
         .map(|p| p.split([':', ',']).next().unwrap())
-        .filter(|p| ["vFlashErase", "vFlashDone", "qRcmd", "D"].contains(p))
+        .filter(|p| ["vAttach;1", "vFlashErase", "vFlashDone", "qRcmd", "D"].contains(p))
         .collect();
-    assert_eq!(order, ["vFlashErase", "vFlashDone", "qRcmd", "D"]);
+    assert_eq!(
+        order,
+        [
+            "qRcmd",
+            "vAttach;1",
+            "vFlashErase",
+            "vFlashDone",
+            "qRcmd",
+            "D"
+        ]
+    );
+    assert!(packets.contains(&format!("qRcmd,{}", hex_of("swdp_scan"))));
     assert!(packets.contains(&format!("qRcmd,{}", hex_of("reset"))));
     let events = common::drain(&mut rx);
     assert!(
@@ -427,6 +450,25 @@ async fn a_server_that_stops_answering_is_timeout() {
         .unwrap_err();
     assert_eq!(err.code().as_str(), "timeout", "{err}");
     assert!(err.to_string().contains("vFlashErase"), "{err}");
+}
+
+#[tokio::test]
+async fn a_target_the_server_cannot_attach_is_probe_not_found() {
+    let server = FakeServer::start(Behaviour::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let req = bin_request(tmp.path(), 0x2000_0000);
+    let cfg = GdbConfig {
+        attach: Some(2),
+        ..GdbConfig::new(server.addr.to_string())
+    };
+    let err = GdbFlasher::new(cfg, "STM32F405RG")
+        .unwrap()
+        .flash(&req, common::progress().0, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().as_str(), "probe-not-found", "{err}");
+    assert!(err.to_string().contains("target 2"), "{err}");
+    assert!(server.seen.lock().unwrap().memory.is_empty());
 }
 
 #[tokio::test]

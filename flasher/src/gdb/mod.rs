@@ -57,12 +57,17 @@ impl GdbFlasher {
                 }
             }
         }
-        if let Some(r) = &cfg.reset
-            && (r.trim().is_empty() || !r.chars().all(|c| c.is_ascii_graphic() || c == ' '))
+        for (key, cmd) in cfg
+            .reset
+            .iter()
+            .map(|r| ("reset", r))
+            .chain(cfg.init.iter().map(|c| ("init", c)))
         {
-            return bad(format!(
-                "gdb reset {r:?} must be a monitor command of printable ASCII (e.g. \"reset\", \"system_reset\")"
-            ));
+            if cmd.trim().is_empty() || !cmd.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+                return bad(format!(
+                    "gdb {key} {cmd:?} must be a monitor command of printable ASCII (e.g. \"reset\", \"swdp_scan\")"
+                ));
+            }
         }
         if cfg.connect_timeout_secs == 0 || cfg.reply_timeout_secs == 0 {
             return bad("gdb connect_timeout_secs and reply_timeout_secs must be > 0".into());
@@ -100,6 +105,7 @@ impl GdbFlasher {
         let features = client.handshake().await?;
         // The stop reason: every server answers it once attached (and OpenOCD/pyOCD halt the target on attach).
         client.request(b"?").await?;
+        self.attach(&mut client).await?;
         let regions = if features.memory_map {
             let xml = read_memory_map(&mut client).await?;
             memory_map::flash_regions(&xml).map_err(|detail| FlashError::FlashFailed {
@@ -137,6 +143,32 @@ impl GdbFlasher {
             bytes: image.len(),
             unchanged: false,
         })
+    }
+}
+
+impl GdbFlasher {
+    /// The `init` monitor commands, then `vAttach` when configured. A target the server cannot find or attach to (a
+    /// Black Magic Probe whose board is unpowered) is `probe-not-found`, like an unplugged probe.
+    async fn attach(&self, client: &mut Client) -> Result<(), FlashError> {
+        for cmd in &self.cfg.init {
+            let reply = client.monitor(cmd).await?;
+            if reply != b"OK" {
+                return Err(refused(&self.cfg.target, &format!("monitor {cmd}"), &reply));
+            }
+        }
+        if let Some(n) = self.cfg.attach {
+            let reply = client.request(format!("vAttach;{n:x}").as_bytes()).await?;
+            if !matches!(reply.first(), Some(b'T' | b'S')) {
+                return Err(FlashError::ProbeNotFound {
+                    selector: format!("GDB server {} target {n}", self.cfg.target),
+                    detail: format!(
+                        "vAttach;{n:x} answered {:?}",
+                        String::from_utf8_lossy(&reply[..reply.len().min(64)])
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -373,10 +405,9 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// `monitor <cmd>` (`qRcmd`); the server's console output goes to the log.
+    /// `monitor <cmd>`: `flash-failed` unless the server answers `OK`.
     async fn monitor(&mut self, cmd: &str) -> Result<(), FlashError> {
-        let packet = format!("qRcmd,{}", hex::encode(cmd));
-        let reply = self.client.request(packet.as_bytes()).await?;
+        let reply = self.client.monitor(cmd).await?;
         if reply != b"OK" {
             return Err(self.refused(&format!("monitor {cmd}"), &reply));
         }
@@ -395,17 +426,22 @@ impl Session<'_> {
     }
 
     fn refused(&self, what: &str, reply: &[u8]) -> FlashError {
-        let why = if reply.is_empty() {
-            "an empty reply (not supported)".to_owned()
-        } else {
-            format!(
-                "{:?}",
-                String::from_utf8_lossy(&reply[..reply.len().min(64)])
-            )
-        };
-        FlashError::FlashFailed {
-            detail: format!("GDB server {} refused {what}: {why}", self.target),
-        }
+        refused(self.target, what, reply)
+    }
+}
+
+/// `flash-failed`: the server at `target` answered `what` with an error (or did not support it).
+fn refused(target: &str, what: &str, reply: &[u8]) -> FlashError {
+    let why = if reply.is_empty() {
+        "an empty reply (not supported)".to_owned()
+    } else {
+        format!(
+            "{:?}",
+            String::from_utf8_lossy(&reply[..reply.len().min(64)])
+        )
+    };
+    FlashError::FlashFailed {
+        detail: format!("GDB server {target} refused {what}: {why}"),
     }
 }
 
@@ -476,6 +512,11 @@ mod tests {
             reset: Some(r.into()),
             ..cfg("h:1")
         };
+        let init = GdbConfig {
+            init: vec!["swdp_scan".into(), "".into()],
+            ..cfg("/dev/ttyACM0")
+        };
+        assert!(GdbFlasher::new(init, "c").is_err());
         assert!(GdbFlasher::new(reset("reset halt"), "c").is_ok());
         assert!(GdbFlasher::new(reset(""), "c").is_err());
         assert!(GdbFlasher::new(reset("reset\nquit"), "c").is_err());

@@ -136,6 +136,12 @@ impl Client {
         self.receive(payload).await
     }
 
+    /// `monitor <cmd>` (`qRcmd,<hex>`); the server's console output goes to the log, the final reply is returned.
+    pub(crate) async fn monitor(&mut self, cmd: &str) -> Result<Vec<u8>, FlashError> {
+        self.request(format!("qRcmd,{}", hex::encode(cmd)).as_bytes())
+            .await
+    }
+
     /// Sends a packet without waiting for a reply (`D` on servers that close at once, `k`).
     pub(crate) async fn send(&mut self, payload: &[u8]) -> Result<(), FlashError> {
         let mut frame = Vec::with_capacity(payload.len() + 4);
