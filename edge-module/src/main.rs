@@ -127,7 +127,11 @@ fn check_config(cfg: &EdgeConfig) -> ExitCode {
         } else {
             ""
         };
-        println!("  {}: [[devices]] entry ({}){wins}", d.id, d.flasher.kind());
+        println!(
+            "  {}: [[devices]] entry ({}){wins}",
+            d.id,
+            d.flasher.describe()
+        );
     }
     if cfg.kubeedge.mode == DeliveryMode::Dmi {
         let journaled = twinflash_edge::dmi::store::Store::read_only(&cfg.state_dir).devices();
@@ -143,7 +147,7 @@ fn check_config(cfg: &EdgeConfig) -> ExitCode {
                         read.id
                     )
                 }
-                Ok(s) => println!("  {}: {from} ({})", read.id, s.flasher.kind()),
+                Ok(s) => println!("  {}: {from} ({})", read.id, s.flasher.describe()),
                 Err(e) => println!(
                     "  {}: {from}; refused, reported rejected:invalid-config: {e}",
                     read.id
