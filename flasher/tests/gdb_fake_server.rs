@@ -485,3 +485,24 @@ async fn a_cancelled_flash_writes_nothing() {
     assert!(err.is_cancelled(), "{err}");
     assert!(server.seen.lock().unwrap().memory.is_empty());
 }
+
+#[tokio::test]
+async fn a_bin_is_judged_as_push_judges_it_before_anything_is_sent() {
+    let server = FakeServer::start(Behaviour::default());
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, bytes, base) in [
+        ("no-base.bin", vec![1u8; 16], None),
+        ("empty.bin", vec![], Some(0x2000_0000)),
+        ("wraps.bin", vec![1u8; 16], Some(u64::MAX - 4)),
+    ] {
+        let push = twinflash_image::parse(&bytes, FirmwareFormat::Bin, base).unwrap_err();
+        let path = common::write(tmp.path(), name, &bytes);
+        let req = common::request(path, FirmwareFormat::Bin, base, "STM32F405RG", "1.0.0");
+        let err = flasher(server.addr, 10)
+            .flash(&req, common::progress().0, CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), push.code(), "{name}: {err} vs push's {push}");
+    }
+    assert!(server.packets().is_empty(), "nothing was sent");
+}

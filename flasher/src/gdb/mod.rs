@@ -87,12 +87,7 @@ impl GdbFlasher {
     ) -> Result<FlashOutcome, FlashError> {
         self.check_chip(&req.chip)?;
         let _guard = self.lock.lock().await;
-        let (path, format, base) = (req.image.clone(), req.format, req.base_address);
-        let image = tokio::task::spawn_blocking(move || crate::image::load(&path, format, base))
-            .await
-            .map_err(|e| FlashError::Internal {
-                detail: format!("image loader: {e}"),
-            })??;
+        let mut source = Source::open(req).await?;
         if cancel.is_cancelled() {
             return Err(FlashError::Cancelled);
         }
@@ -118,7 +113,7 @@ impl GdbFlasher {
             target = %self.cfg.target,
             packet_size = features.packet_size,
             flash_regions = regions.len(),
-            bytes = image.len(),
+            bytes = source.len(),
             "flashing through GDB server"
         );
         if cancel.is_cancelled() {
@@ -130,17 +125,17 @@ impl GdbFlasher {
             target: &self.cfg.target,
             packet_size: features.packet_size,
             reporter: Reporter::new(progress),
-            total: image.len(),
+            total: source.len(),
             memory_writes: MemoryWrite::Binary,
         };
-        session.program(&image, &regions).await?;
-        session.verify(&image).await?;
+        session.program(&mut source, &regions).await?;
+        session.verify(&mut source).await?;
         if let Some(cmd) = &self.cfg.reset {
             session.monitor(cmd).await?;
         }
         session.detach().await;
         Ok(FlashOutcome {
-            bytes: image.len(),
+            bytes: source.len(),
             unchanged: false,
         })
     }
@@ -189,20 +184,115 @@ struct Session<'a> {
     memory_writes: MemoryWrite,
 }
 
+/// The image as the backend sends it: a BIN is read from its file chunk by chunk, twice (write, then verify), and
+/// never held whole; ELF, Intel HEX and UF2 are parsed into memory by `twinflash-image` first.
+enum Source {
+    Loaded(Image),
+    Bin {
+        file: tokio::fs::File,
+        path: std::path::PathBuf,
+        base: u64,
+        len: u64,
+    },
+}
+
+impl Source {
+    async fn open(req: &FlashRequest) -> Result<Source, FlashError> {
+        let path = req.image.clone();
+        if req.format == crate::FirmwareFormat::Bin {
+            let file = tokio::fs::File::open(&path)
+                .await
+                .map_err(|e| FlashError::io(format!("opening image {}", path.display()), e))?;
+            let len = file
+                .metadata()
+                .await
+                .map_err(|e| FlashError::io(format!("image {}", path.display()), e))?
+                .len();
+            // The judgement `twinflash push` makes of a BIN, which needs only its length and base address.
+            let base = twinflash_image::check_bin(len, req.base_address)?;
+            return Ok(Source::Bin {
+                file,
+                path,
+                base,
+                len,
+            });
+        }
+        let (format, base) = (req.format, req.base_address);
+        let image = tokio::task::spawn_blocking(move || crate::image::load(&path, format, base))
+            .await
+            .map_err(|e| FlashError::Internal {
+                detail: format!("image loader: {e}"),
+            })??;
+        Ok(Source::Loaded(image))
+    }
+
+    /// Bytes of image data.
+    fn len(&self) -> u64 {
+        match self {
+            Source::Loaded(image) => image.len(),
+            Source::Bin { len, .. } => *len,
+        }
+    }
+
+    /// The segments as (address, length).
+    fn segments(&self) -> Vec<(u64, u64)> {
+        match self {
+            Source::Loaded(image) => image
+                .segments
+                .iter()
+                .map(|s| (s.address, s.data.len() as u64))
+                .collect(),
+            Source::Bin { base, len, .. } => vec![(*base, *len)],
+        }
+    }
+
+    /// Fills `buf` with the bytes of segment `seg` from `offset`.
+    async fn read(&mut self, seg: usize, offset: u64, buf: &mut [u8]) -> Result<(), FlashError> {
+        match self {
+            Source::Loaded(image) => {
+                let data = image
+                    .segments
+                    .get(seg)
+                    .map_or(&[][..], |s| s.data.as_slice());
+                let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                let chunk = start
+                    .checked_add(buf.len())
+                    .and_then(|end| data.get(start..end))
+                    .ok_or_else(|| FlashError::Internal {
+                        detail: format!("read past segment {seg} at {offset}"),
+                    })?;
+                buf.copy_from_slice(chunk);
+            }
+            Source::Bin { file, path, .. } => {
+                use tokio::io::{AsyncReadExt, AsyncSeekExt};
+                let io = |e| FlashError::io(format!("reading image {}", path.display()), e);
+                file.seek(std::io::SeekFrom::Start(offset))
+                    .await
+                    .map_err(io)?;
+                file.read_exact(buf).await.map_err(io)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A part of a segment, in flash (with its region) or not.
-struct Piece<'a> {
+struct Piece {
     address: u64,
-    data: &'a [u8],
+    len: u64,
+    /// Which segment, and where in it the piece starts.
+    seg: usize,
+    offset: u64,
     region: Option<FlashRegion>,
 }
 
-/// Splits the image's segments at flash region boundaries.
-fn pieces<'a>(image: &'a Image, regions: &[FlashRegion]) -> Vec<Piece<'a>> {
+/// Splits the segments (address, length) at flash region boundaries.
+fn pieces(segments: &[(u64, u64)], regions: &[FlashRegion]) -> Vec<Piece> {
     let mut out = Vec::new();
-    for seg in &image.segments {
-        let mut addr = seg.address;
-        let mut data = seg.data.as_slice();
-        while !data.is_empty() {
+    for (seg, &(address, len)) in segments.iter().enumerate() {
+        let mut offset = 0;
+        while offset < len {
+            let addr = address.saturating_add(offset);
             let inside = regions.iter().find(|r| r.start <= addr && addr < r.end());
             let limit = match inside {
                 Some(r) => r.end(),
@@ -214,30 +304,29 @@ fn pieces<'a>(image: &'a Image, regions: &[FlashRegion]) -> Vec<Piece<'a>> {
                     .min()
                     .unwrap_or(u64::MAX),
             };
-            let n = usize::try_from(limit.saturating_sub(addr))
-                .unwrap_or(usize::MAX)
-                .min(data.len());
+            let n = limit.saturating_sub(addr).min(len - offset);
             out.push(Piece {
                 address: addr,
-                data: &data[..n],
+                len: n,
+                seg,
+                offset,
                 region: inside.copied(),
             });
-            addr = addr.saturating_add(n as u64);
-            data = &data[n..];
+            offset += n;
         }
     }
     out
 }
 
 /// The erase ranges for the flash pieces: each widened to its region's blocks, overlaps merged.
-fn erase_ranges(pieces: &[Piece<'_>]) -> Vec<(u64, u64)> {
+fn erase_ranges(pieces: &[Piece]) -> Vec<(u64, u64)> {
     let mut ranges: Vec<(u64, u64)> = pieces
         .iter()
         .filter_map(|p| {
             let r = p.region?;
             let offset = p.address - r.start;
             let start = r.start + offset / r.blocksize * r.blocksize;
-            let end_offset = offset + p.data.len() as u64;
+            let end_offset = offset + p.len;
             let end = (r.start + end_offset.div_ceil(r.blocksize) * r.blocksize).min(r.end());
             Some((start, end))
         })
@@ -254,8 +343,12 @@ fn erase_ranges(pieces: &[Piece<'_>]) -> Vec<(u64, u64)> {
 }
 
 impl Session<'_> {
-    async fn program(&mut self, image: &Image, regions: &[FlashRegion]) -> Result<(), FlashError> {
-        let pieces = pieces(image, regions);
+    async fn program(
+        &mut self,
+        source: &mut Source,
+        regions: &[FlashRegion],
+    ) -> Result<(), FlashError> {
+        let pieces = pieces(&source.segments(), regions);
         let erases = erase_ranges(&pieces);
         let erase_total: u64 = erases.iter().map(|(s, e)| e - s).sum();
         self.reporter.report(Phase::Erasing, 0, erase_total);
@@ -269,18 +362,24 @@ impl Session<'_> {
             erased += end - start;
             self.reporter.report(Phase::Erasing, erased, erase_total);
         }
+        let mut buf = vec![0u8; self.data_room()];
         let mut written = 0u64;
         for piece in &pieces {
-            let mut addr = piece.address;
-            let mut rest = piece.data;
-            while !rest.is_empty() {
+            let mut done = 0u64;
+            while done < piece.len {
+                let want = usize::try_from(piece.len - done)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
+                let chunk = &mut buf[..want];
+                source.read(piece.seg, piece.offset + done, chunk).await?;
+                let addr = piece.address + done;
+                // A packet may take fewer bytes than read (escapes); the rest is read again for the next one.
                 let n = if piece.region.is_some() {
-                    self.flash_write(addr, rest).await?
+                    self.flash_write(addr, chunk).await?
                 } else {
-                    self.memory_write(addr, rest).await?
+                    self.memory_write(addr, chunk).await?
                 };
-                addr += n as u64;
-                rest = &rest[n..];
+                done += n as u64;
                 written += n as u64;
                 self.reporter
                     .report(Phase::Programming, written, self.total);
@@ -360,13 +459,20 @@ impl Session<'_> {
     }
 
     /// Reads every segment back with `m` and compares.
-    async fn verify(&mut self, image: &Image) -> Result<(), FlashError> {
+    async fn verify(&mut self, source: &mut Source) -> Result<(), FlashError> {
         let chunk = (self.packet_size / 2).saturating_sub(8).max(8);
+        let mut want_buf = vec![0u8; chunk];
         let mut done = 0u64;
-        for seg in &image.segments {
-            for (i, want) in seg.data.chunks(chunk).enumerate() {
-                let addr = seg.address + (i * chunk) as u64;
-                let cmd = format!("m{addr:x},{:x}", want.len());
+        for (seg, (address, len)) in source.segments().into_iter().enumerate() {
+            let mut offset = 0u64;
+            while offset < len {
+                let n = usize::try_from(len - offset)
+                    .unwrap_or(usize::MAX)
+                    .min(chunk);
+                let want = &mut want_buf[..n];
+                source.read(seg, offset, want).await?;
+                let addr = address + offset;
+                let cmd = format!("m{addr:x},{n:x}");
                 let reply = self.client.request(cmd.as_bytes()).await?;
                 let got = hex::decode(&reply).map_err(|_| FlashError::VerifyFailed {
                     detail: format!(
@@ -375,7 +481,7 @@ impl Session<'_> {
                         String::from_utf8_lossy(&reply[..reply.len().min(16)])
                     ),
                 })?;
-                if got.len() != want.len() {
+                if got.len() != n {
                     return Err(FlashError::VerifyFailed {
                         detail: format!(
                             "GDB server {} returned {} bytes for {cmd}",
@@ -384,19 +490,19 @@ impl Session<'_> {
                         ),
                     });
                 }
-                if let Some(off) = got.iter().zip(want).position(|(g, w)| g != w) {
-                    let differ = got.iter().zip(want).filter(|(g, w)| g != w).count();
+                if let Some(off) = got.iter().zip(want.iter()).position(|(g, w)| g != w) {
+                    let differ = got.iter().zip(want.iter()).filter(|(g, w)| g != w).count();
                     return Err(FlashError::VerifyFailed {
                         detail: format!(
-                            "{:#x} reads {:#04x}, the image has {:#04x} ({differ} of {} bytes read at {addr:#x} differ)",
+                            "{:#x} reads {:#04x}, the image has {:#04x} ({differ} of {n} bytes read at {addr:#x} differ)",
                             addr + off as u64,
                             got[off],
                             want[off],
-                            want.len()
                         ),
                     });
                 }
-                done += want.len() as u64;
+                offset += n as u64;
+                done += n as u64;
                 self.reporter.report(Phase::Verifying, done, self.total);
             }
         }
@@ -553,10 +659,11 @@ mod tests {
                 blocksize: 0x10000,
             },
         ];
-        let p = pieces(&image, &regions);
-        let shape: Vec<(u64, usize, bool)> = p
+        let segments = Source::Loaded(image).segments();
+        let p = pieces(&segments, &regions);
+        let shape: Vec<(u64, u64, bool)> = p
             .iter()
-            .map(|p| (p.address, p.data.len(), p.region.is_some()))
+            .map(|p| (p.address, p.len, p.region.is_some()))
             .collect();
         assert_eq!(
             shape,
@@ -569,6 +676,11 @@ mod tests {
         // Widened to whole blocks of each region, then merged where they touch.
         assert_eq!(erase_ranges(&p), vec![(0x0800_3000, 0x0801_4000)]);
         // Nothing in flash without a memory map: everything is plain memory.
-        assert!(pieces(&image, &[]).iter().all(|p| p.region.is_none()));
+        assert!(pieces(&segments, &[]).iter().all(|p| p.region.is_none()));
+        // Where each piece reads from: segment 0 from 0 and 0x10, segment 1 from 0.
+        assert_eq!(
+            p.iter().map(|p| (p.seg, p.offset)).collect::<Vec<_>>(),
+            vec![(0, 0), (0, 0x10), (1, 0)]
+        );
     }
 }
