@@ -6,7 +6,10 @@
 //! the backend also reads every byte back (its verify), gdb once without and once with `compare-sections`.
 //! Best of three runs each.
 //!
-//! Run: `cargo run --release -p twinflash-flasher --no-default-features --example bench_gdb [KiB]`
+//! `rss <MiB>`: the peak resident set of this process while the backend flashes a `<MiB>` BIN (streamed from its
+//! file) into the RAM of QEMU's `virt` machine (the only emulated ARM memory that large), through QEMU's GDB server.
+//!
+//! Run: `cargo run --release -p twinflash-flasher --no-default-features --example bench_gdb [KiB | rss MiB]`
 
 use std::path::Path;
 use std::process::Command;
@@ -21,11 +24,12 @@ use twinflash_harness::board::{Board, BoardKind, Firmware, Variant};
 const RUNS: usize = 3;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let kib: u64 = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(768);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("rss") {
+        let mib: u64 = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(512);
+        return rss(mib);
+    }
+    let kib: u64 = args.first().map(|a| a.parse()).transpose()?.unwrap_or(768);
     let kind = BoardKind::Netduinoplus2;
     let fw = Firmware::build(kind, Variant::Good, "1.0.0")?;
     let dir = tempfile::tempdir()?;
@@ -156,5 +160,88 @@ fn objcopy_to_elf(bin: &Path, elf: &Path, origin: u64) -> Result<(), Box<dyn std
     if !out.status.success() {
         return Err(format!("objcopy: {}", String::from_utf8_lossy(&out.stderr)).into());
     }
+    Ok(())
+}
+
+/// Peak resident set size (VmHWM) of this process in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Flashes a `mib` MiB BIN into QEMU `virt` RAM (at 0x4000_0000) and reports the peak RSS.
+fn rss(mib: u64) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write;
+    let dir = tempfile::tempdir()?;
+    let bin = dir.path().join("big.bin");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&bin)?);
+        let block: Vec<u8> = (0..1024 * 1024)
+            .map(|i: usize| (i * 31 % 251) as u8)
+            .collect();
+        for _ in 0..mib {
+            f.write_all(&block)?;
+        }
+        f.flush()?;
+    }
+    let port = twinflash_harness::free_port();
+    let mut qemu = Command::new("qemu-system-arm")
+        .args(["-M", "virt", "-m", &format!("{}", mib + 64)])
+        .args(["-nodefaults", "-display", "none", "-S"])
+        .args(["-gdb", &format!("tcp:127.0.0.1:{port}")])
+        .stdin(std::process::Stdio::null())
+        .spawn()?;
+    let target = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(&target).is_err() {
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = qemu.kill();
+            return Err("qemu did not listen".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // That probe connection made QEMU stop and resume nothing (it was started halted); wait for it to close.
+    std::thread::sleep(Duration::from_millis(200));
+    let before = peak_rss_kib();
+    let flasher = GdbFlasher::new(GdbConfig::new(target), "virt")?;
+    let req = FlashRequest {
+        image: bin,
+        format: FirmwareFormat::Bin,
+        base_address: Some(0x4000_0000),
+        chip: "virt".into(),
+        reference: "bench".into(),
+        version: "1.0.0".into(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    let result = rt.block_on(flasher.flash(
+        &req,
+        tokio::sync::mpsc::unbounded_channel().0,
+        CancellationToken::new(),
+    ));
+    let took = started.elapsed();
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    let out = result?;
+    println!(
+        "| image | bytes written and verified | time | peak RSS of the flashing process | before the flash |"
+    );
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {mib} MiB BIN into QEMU virt RAM | {} | {:.1} s | {:.1} MiB | {:.1} MiB |",
+        out.bytes,
+        took.as_secs_f64(),
+        peak_rss_kib() as f64 / 1024.0,
+        before as f64 / 1024.0
+    );
     Ok(())
 }
