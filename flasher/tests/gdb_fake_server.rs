@@ -261,6 +261,18 @@ fn serve(mut stream: TcpStream, b: &Behaviour, seen: &Mutex<Seen>) {
             } else {
                 hex.into_bytes()
             }
+        } else if text == format!("qRcmd,{}", hex_of("flood")) {
+            // A monitor command whose output never ends: console packets every 50 ms, no result.
+            loop {
+                send(
+                    &mut stream,
+                    format!("O{}", hex_of("still busy\n")).as_bytes(),
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                if stream.peer_addr().is_err() {
+                    return;
+                }
+            }
         } else if text.starts_with("qRcmd,") {
             // Console output first, as OpenOCD sends it, then the result.
             send(
@@ -469,6 +481,26 @@ async fn a_target_the_server_cannot_attach_is_probe_not_found() {
     assert_eq!(err.code().as_str(), "probe-not-found", "{err}");
     assert!(err.to_string().contains("target 2"), "{err}");
     assert!(server.seen.lock().unwrap().memory.is_empty());
+}
+
+#[tokio::test]
+async fn console_output_without_end_still_times_out() {
+    let server = FakeServer::start(Behaviour::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let req = bin_request(tmp.path(), 0x2000_0000);
+    let cfg = GdbConfig {
+        reset: Some("flood".into()),
+        reply_timeout_secs: 1,
+        ..GdbConfig::new(server.addr.to_string())
+    };
+    let flasher = GdbFlasher::new(cfg, "STM32F405RG").unwrap();
+    let flash = flasher.flash(&req, common::progress().0, CancellationToken::new());
+    let err = tokio::time::timeout(std::time::Duration::from_secs(15), flash)
+        .await
+        .expect("the flash never ended: each console packet restarted the reply timeout")
+        .unwrap_err();
+    assert_eq!(err.code().as_str(), "timeout", "{err}");
+    assert!(err.to_string().contains("qRcmd"), "{err}");
 }
 
 #[tokio::test]

@@ -176,13 +176,14 @@ impl Client {
         })
     }
 
-    /// Waits for the reply to `request` (named in errors); console output (`O...`) is skipped.
+    /// Waits for the reply to `request` (named in errors); console output (`O...`) is skipped. The reply timeout
+    /// bounds the whole wait, so a server that sends console output without end still times out.
     pub(crate) async fn receive(&mut self, request: &[u8]) -> Result<Vec<u8>, FlashError> {
+        let deadline = tokio::time::Instant::now() + self.reply_timeout;
         loop {
-            let packet = tokio::time::timeout(self.reply_timeout, self.read_packet()).await;
-            match self.settle(request, packet)? {
-                Some(p) => return Ok(p),
-                None => continue,
+            let packet = tokio::time::timeout_at(deadline, self.read_packet()).await;
+            if let Some(p) = self.settle(request, packet)? {
+                return Ok(p);
             }
         }
     }
