@@ -115,6 +115,12 @@ async fn lm3s6965evb_is_updated_from_running_v1_to_v2() {
     let board = Board::start(kind, Some(&v1)).unwrap();
     board.wait_line("boot version=1.0.0", BOOT).unwrap();
     flash_and_boot(&board, &v2, FirmwareFormat::Elf).await;
+    // A reset of the board (not through the GDB server) boots what was flashed, not what QEMU loaded at start.
+    let before = board.uart_lines().len();
+    board.reset().unwrap();
+    board
+        .wait_line_after(before, "boot version=2.0.0", BOOT)
+        .unwrap();
     flash_and_boot(&board, &v1, FirmwareFormat::Bin).await;
 }
 
