@@ -18,10 +18,11 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
+use crate::image::Source;
 use crate::progress::{Phase, Reporter};
 use crate::{
     BoxFuture, CancellationToken, FlashError, FlashOutcome, FlashRequest, Flasher, GdbConfig,
-    Image, ProgressSender,
+    ProgressSender,
 };
 use memory_map::FlashRegion;
 use rsp::Client;
@@ -87,7 +88,12 @@ impl GdbFlasher {
     ) -> Result<FlashOutcome, FlashError> {
         self.check_chip(&req.chip)?;
         let _guard = self.lock.lock().await;
-        let mut source = Source::open(req).await?;
+        let (path, format, base) = (req.image.clone(), req.format, req.base_address);
+        let source = tokio::task::spawn_blocking(move || Source::open(&path, format, base))
+            .await
+            .map_err(|e| FlashError::Internal {
+                detail: format!("image loader: {e}"),
+            })??;
         if cancel.is_cancelled() {
             return Err(FlashError::Cancelled);
         }
@@ -128,8 +134,8 @@ impl GdbFlasher {
             total: source.len(),
             memory_writes: MemoryWrite::Binary,
         };
-        session.program(&mut source, &regions).await?;
-        session.verify(&mut source).await?;
+        session.program(&source, &regions).await?;
+        session.verify(&source).await?;
         if let Some(cmd) = &self.cfg.reset {
             session.monitor(cmd).await?;
         }
@@ -182,98 +188,6 @@ struct Session<'a> {
     reporter: Reporter,
     total: u64,
     memory_writes: MemoryWrite,
-}
-
-/// The image as the backend sends it: a BIN is read from its file chunk by chunk, twice (write, then verify), and
-/// never held whole; ELF, Intel HEX and UF2 are parsed into memory by `twinflash-image` first.
-enum Source {
-    Loaded(Image),
-    Bin {
-        file: tokio::fs::File,
-        path: std::path::PathBuf,
-        base: u64,
-        len: u64,
-    },
-}
-
-impl Source {
-    async fn open(req: &FlashRequest) -> Result<Source, FlashError> {
-        let path = req.image.clone();
-        if req.format == crate::FirmwareFormat::Bin {
-            let file = tokio::fs::File::open(&path)
-                .await
-                .map_err(|e| FlashError::io(format!("opening image {}", path.display()), e))?;
-            let len = file
-                .metadata()
-                .await
-                .map_err(|e| FlashError::io(format!("image {}", path.display()), e))?
-                .len();
-            // The judgement `twinflash push` makes of a BIN, which needs only its length and base address.
-            let base = twinflash_image::check_bin(len, req.base_address)?;
-            return Ok(Source::Bin {
-                file,
-                path,
-                base,
-                len,
-            });
-        }
-        let (format, base) = (req.format, req.base_address);
-        let image = tokio::task::spawn_blocking(move || crate::image::load(&path, format, base))
-            .await
-            .map_err(|e| FlashError::Internal {
-                detail: format!("image loader: {e}"),
-            })??;
-        Ok(Source::Loaded(image))
-    }
-
-    /// Bytes of image data.
-    fn len(&self) -> u64 {
-        match self {
-            Source::Loaded(image) => image.len(),
-            Source::Bin { len, .. } => *len,
-        }
-    }
-
-    /// The segments as (address, length).
-    fn segments(&self) -> Vec<(u64, u64)> {
-        match self {
-            Source::Loaded(image) => image
-                .segments
-                .iter()
-                .map(|s| (s.address, s.data.len() as u64))
-                .collect(),
-            Source::Bin { base, len, .. } => vec![(*base, *len)],
-        }
-    }
-
-    /// Fills `buf` with the bytes of segment `seg` from `offset`.
-    async fn read(&mut self, seg: usize, offset: u64, buf: &mut [u8]) -> Result<(), FlashError> {
-        match self {
-            Source::Loaded(image) => {
-                let data = image
-                    .segments
-                    .get(seg)
-                    .map_or(&[][..], |s| s.data.as_slice());
-                let start = usize::try_from(offset).unwrap_or(usize::MAX);
-                let chunk = start
-                    .checked_add(buf.len())
-                    .and_then(|end| data.get(start..end))
-                    .ok_or_else(|| FlashError::Internal {
-                        detail: format!("read past segment {seg} at {offset}"),
-                    })?;
-                buf.copy_from_slice(chunk);
-            }
-            Source::Bin { file, path, .. } => {
-                use tokio::io::{AsyncReadExt, AsyncSeekExt};
-                let io = |e| FlashError::io(format!("reading image {}", path.display()), e);
-                file.seek(std::io::SeekFrom::Start(offset))
-                    .await
-                    .map_err(io)?;
-                file.read_exact(buf).await.map_err(io)?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// A part of a segment, in flash (with its region) or not.
@@ -345,7 +259,7 @@ fn erase_ranges(pieces: &[Piece]) -> Vec<(u64, u64)> {
 impl Session<'_> {
     async fn program(
         &mut self,
-        source: &mut Source,
+        source: &Source,
         regions: &[FlashRegion],
     ) -> Result<(), FlashError> {
         let pieces = pieces(&source.segments(), regions);
@@ -371,7 +285,8 @@ impl Session<'_> {
                     .unwrap_or(usize::MAX)
                     .min(buf.len());
                 let chunk = &mut buf[..want];
-                source.read(piece.seg, piece.offset + done, chunk).await?;
+                // A positional read of a local file (the artifact cache): microseconds, not worth a blocking thread.
+                source.read(piece.seg, piece.offset + done, chunk)?;
                 let addr = piece.address + done;
                 // A packet may take fewer bytes than read (escapes); the rest is read again for the next one.
                 let n = if piece.region.is_some() {
@@ -459,7 +374,7 @@ impl Session<'_> {
     }
 
     /// Reads every segment back with `m` and compares.
-    async fn verify(&mut self, source: &mut Source) -> Result<(), FlashError> {
+    async fn verify(&mut self, source: &Source) -> Result<(), FlashError> {
         let chunk = (self.packet_size / 2).saturating_sub(8).max(8);
         let mut want_buf = vec![0u8; chunk];
         let mut done = 0u64;
@@ -470,7 +385,7 @@ impl Session<'_> {
                     .unwrap_or(usize::MAX)
                     .min(chunk);
                 let want = &mut want_buf[..n];
-                source.read(seg, offset, want).await?;
+                source.read(seg, offset, want)?;
                 let addr = address + offset;
                 let cmd = format!("m{addr:x},{n:x}");
                 let reply = self.client.request(cmd.as_bytes()).await?;
@@ -599,7 +514,7 @@ impl Flasher for GdbFlasher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Segment;
+    use crate::{Image, Segment};
 
     fn cfg(target: &str) -> GdbConfig {
         GdbConfig::new(target)
