@@ -91,6 +91,30 @@ impl Source {
         }
     }
 
+    /// Calls `f(address, bytes)` for the image in pieces of at most `chunk` bytes, in order, while it returns true.
+    pub fn for_each_chunk(
+        &self,
+        chunk: usize,
+        mut f: impl FnMut(u64, &[u8]) -> Result<bool, FlashError>,
+    ) -> Result<(), FlashError> {
+        let mut buf = vec![0u8; chunk.max(1)];
+        for (seg, (address, len)) in self.segments().into_iter().enumerate() {
+            let mut pos = 0u64;
+            while pos < len {
+                let n = usize::try_from(len - pos)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
+                let piece = &mut buf[..n];
+                self.read(seg, pos, piece)?;
+                if !f(address + pos, piece)? {
+                    return Ok(());
+                }
+                pos += n as u64;
+            }
+        }
+        Ok(())
+    }
+
     /// Fills `buf` with the bytes of segment `seg` from `offset` (a positional read for a BIN).
     pub fn read(&self, seg: usize, offset: u64, buf: &mut [u8]) -> Result<(), FlashError> {
         match self {
@@ -137,6 +161,17 @@ mod tests {
         src.read(0, 100, &mut buf).unwrap();
         assert_eq!(buf, [100, 101, 102, 103]);
         assert!(src.read(0, 254, &mut buf).is_err(), "past the end");
+        let mut seen = Vec::new();
+        src.for_each_chunk(100, |addr, bytes| {
+            seen.push((addr, bytes.len(), bytes[0]));
+            Ok(addr < 0x1064)
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            vec![(0x1000, 100, 0), (0x1064, 100, 100)],
+            "stops when told"
+        );
         let no_base = Source::open(&bin, FirmwareFormat::Bin, None).unwrap_err();
         assert_eq!(
             no_base.code(),
