@@ -9,11 +9,12 @@ cd "$(dirname "$0")/.."
 source scripts/lib/deps.sh
 tf_need_rust
 tf_need_services
+tf_need_emulator
 [ -x /usr/bin/time ] || tf_need_apt /usr/bin/time:time
 
 quick=false
 [ "${1:-}" = "--quick" ] && quick=true
-if $quick; then fetch_mib=64; rss_mib=64; intents=50; api_devices=1000; installs=5; sig_mib=16; else fetch_mib=512; rss_mib=512; intents=200; api_devices=10000; installs=20; sig_mib=64; fi
+if $quick; then fetch_mib=64; rss_mib=64; intents=50; api_devices=1000; installs=5; sig_mib=16; gdb_mib=16; else fetch_mib=512; rss_mib=512; intents=200; api_devices=10000; installs=20; sig_mib=64; gdb_mib=512; fi
 
 out=docs/benchmarks.md
 tmp=$(mktemp -d)
@@ -22,6 +23,7 @@ trap 'rm -rf "$tmp"' EXIT
 tf_log "release builds"
 cargo build --release --locked -q -p twinflash-edge -p twinflash-cloud --bins
 cargo build --release --locked -q -p twinflash-bench --examples
+cargo build --release --locked -q -p twinflash-flasher --no-default-features --example bench_gdb
 
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
 sha=$(lscpu | grep -qw sha_ni && echo "SHA-NI" || echo "no SHA-NI")
@@ -68,6 +70,8 @@ run "Controller through the API server: twinflash-cloud, FakeApi, registry, mosq
 run "Controller anti-entropy: 10,000 converged Devices, cost per period and CPU of one scan (issue 13, point 3)" target/release/examples/bench_anti_entropy 10000
 NOTES=scripts/bench/notes/signatures.md run "Signatures: verification time (issue 15; real registry on loopback)" agent_table target/release/examples/bench_signature "$sig_mib"
 NOTES=scripts/bench/notes/hostile.md run "Hostile input: cache re-hash cost, parser memory bounds (issue 23)" target/release/examples/bench_hostile
+NOTES=scripts/bench/notes/gdb.md run "gdb backend: flash throughput into QEMU's GDB server against gdb-multiarch (issue 24)" target/release/examples/bench_gdb
+run "gdb backend: peak RSS while flashing a ${gdb_mib} MiB BIN (issue 24)" target/release/examples/bench_gdb rss "$gdb_mib"
 NOTES=scripts/bench/notes/binary-size.md run "twinflash-edge release binary, stripped (issues 4, 14 and 15)" bash -c 'echo "| date | commit | with probe-rs, DMI and signatures (goal <= 13 MiB) | without probe-rs |"; echo "|---|---|---|---|"; bash scripts/bench/binary-size.sh'
 
 {

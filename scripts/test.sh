@@ -12,6 +12,9 @@ source scripts/lib/standalone.sh
 tf_need_rust
 tf_need_services
 tf_need_oras
+tf_need_emulator
+# The emulated-board tests (twinflash-harness board, twinflash-flasher gdb_qemu) fail instead of skipping.
+export TWINFLASH_REQUIRE_QEMU=1
 
 tf_log "the repository stands alone (nothing points beside the checkout)"
 tf_standalone_check

@@ -28,11 +28,15 @@ size = 65536
 #[test]
 fn the_documented_example_loads() {
     let cfg = EdgeConfig::load(&example()).unwrap();
-    assert_eq!(cfg.devices.len(), 3);
+    assert_eq!(cfg.devices.len(), 4);
     assert_eq!(cfg.mqtt.topic_layout, mqtt_schema::TopicLayout::Namespaced);
     assert_eq!(cfg.registry.mirrors.len(), 1);
     assert!(matches!(
-        cfg.devices[2].flasher,
+        &cfg.devices[2].flasher,
+        FlasherConfig::Gdb(g) if g.target == "127.0.0.1:3333"
+    ));
+    assert!(matches!(
+        cfg.devices[3].flasher,
         FlasherConfig::Simulated(_)
     ));
 }

@@ -135,7 +135,11 @@ fn check_config(cfg: &EdgeConfig) -> ExitCode {
         } else {
             ""
         };
-        println!("  {}: [[devices]] entry ({}){wins}", d.id, d.flasher.kind());
+        println!(
+            "  {}: [[devices]] entry ({}){wins}",
+            d.id,
+            d.flasher.describe()
+        );
         println!("    {}", confirmation(d.confirm.as_ref()));
     }
     if cfg.kubeedge.mode == DeliveryMode::Dmi {
@@ -153,7 +157,7 @@ fn check_config(cfg: &EdgeConfig) -> ExitCode {
                     )
                 }
                 Ok(s) => {
-                    println!("  {}: {from} ({})", read.id, s.flasher.kind());
+                    println!("  {}: {from} ({})", read.id, s.flasher.describe());
                     println!("    {}", confirmation(s.confirm.as_ref()));
                 }
                 Err(e) => println!(

@@ -87,6 +87,46 @@ fn expect_refused(dir: &Path, cases: Vec<(&str, String, Vec<&str>)>) {
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
+/// The gdb backend (issue 24): `--check-config` builds it, refuses a target that is no `host:port` or device path,
+/// and says where each device is flashed through.
+#[test]
+fn check_config_checks_and_describes_a_gdb_flasher() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let sim = format!(
+        "kind = \"simulated\"\ndir = \"{}/d\"\nsize = 65536\n",
+        dir.display()
+    );
+    let gdb = mqtt_config(dir).replace(
+        &sim,
+        "kind = \"gdb\"\ntarget = \"127.0.0.1:3333\"\nreset = \"system_reset\"\n",
+    );
+    assert!(gdb.contains("kind = \"gdb\""), "{gdb}");
+    let (code, out) = check(dir, "gdb", &gdb);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(
+            "default/d: [[devices]] entry (gdb 127.0.0.1:3333, reset: monitor system_reset)"
+        ),
+        "{out}"
+    );
+    expect_refused(
+        dir,
+        vec![
+            (
+                "gdb-target",
+                gdb.replace("127.0.0.1:3333", "localhost"),
+                vec!["default/d", "gdb target", "host:port"],
+            ),
+            (
+                "gdb-unknown-key",
+                gdb.replace("reset = ", "reset_after = true\nreset = "),
+                vec!["reset_after"],
+            ),
+        ],
+    );
+}
+
 #[test]
 fn settings_that_would_fail_at_run_time_are_refused_by_check_config() {
     let tmp = tempfile::tempdir().unwrap();

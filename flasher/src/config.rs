@@ -1,4 +1,4 @@
-//! The `[devices.flasher]` table of the edge config: `kind = "probe-rs" | "command" | "simulated"`
+//! The `[devices.flasher]` table of the edge config: `kind = "probe-rs" | "command" | "gdb" | "simulated"`
 //! plus the backend's keys (snake_case, unknown keys rejected).
 
 use std::path::PathBuf;
@@ -15,6 +15,8 @@ pub enum FlasherConfig {
     ProbeRs(ProbeRsConfig),
     /// An external flashing tool.
     Command(CommandConfig),
+    /// Any GDB server (QEMU, OpenOCD, pyOCD, J-Link GDB server, Black Magic Probe), over the GDB remote protocol.
+    Gdb(GdbConfig),
     /// The simulated microcontroller flash.
     Simulated(SimulatedConfig),
 }
@@ -25,7 +27,22 @@ impl FlasherConfig {
         match self {
             FlasherConfig::ProbeRs(_) => "probe-rs",
             FlasherConfig::Command(_) => "command",
+            FlasherConfig::Gdb(_) => "gdb",
             FlasherConfig::Simulated(_) => "simulated",
+        }
+    }
+
+    /// The backend in a few words for a config summary: its kind, and for `gdb` the server and the reset.
+    pub fn describe(&self) -> String {
+        match self {
+            FlasherConfig::Gdb(g) => format!(
+                "gdb {}, reset: {}",
+                g.target,
+                g.reset
+                    .as_deref()
+                    .map_or("none (detach only)".into(), |r| format!("monitor {r}"))
+            ),
+            other => other.kind().to_owned(),
         }
     }
 }
@@ -70,6 +87,48 @@ pub struct CommandConfig {
     /// Working directory of the commands; absent: the agent's.
     #[serde(default)]
     pub workdir: Option<PathBuf>,
+}
+
+/// `kind = "gdb"`: flash through a GDB server with the GDB remote serial protocol (ADR 0006).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GdbConfig {
+    /// The server: `host:port` (QEMU `-gdb tcp::1234`, OpenOCD `:3333`, pyOCD `:3333`, J-Link `:2331`), or the
+    /// path of a serial device (a Black Magic Probe's GDB port, e.g. `/dev/ttyACM0`).
+    pub target: String,
+    /// Monitor commands (`qRcmd`) sent after connecting, before anything is written: a Black Magic Probe needs
+    /// `swdp_scan` (or `jtag_scan`) to find its target; OpenOCD `reset halt` for a target that does not halt on attach.
+    #[serde(default)]
+    pub init: Vec<String>,
+    /// Attach to this target number (`vAttach`) after `init`: `1` for a Black Magic Probe. Absent: the server's
+    /// current target (QEMU, OpenOCD, pyOCD and J-Link attach on connect).
+    #[serde(default)]
+    pub attach: Option<u32>,
+    /// The monitor command (`qRcmd`) that resets the target after a verified flash: `system_reset` for QEMU,
+    /// `reset` for OpenOCD, pyOCD and J-Link. Absent: no reset; the target runs on from where it stopped when the
+    /// backend detaches.
+    #[serde(default)]
+    pub reset: Option<String>,
+    /// Limit for connecting to the server, in seconds.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Limit for each reply of the server (an erase of a large flash may take long), in seconds.
+    #[serde(default = "default_reply_timeout")]
+    pub reply_timeout_secs: u64,
+}
+
+impl GdbConfig {
+    /// A configuration with defaults for everything but the target.
+    pub fn new(target: impl Into<String>) -> Self {
+        GdbConfig {
+            target: target.into(),
+            init: Vec::new(),
+            attach: None,
+            reset: None,
+            connect_timeout_secs: default_connect_timeout(),
+            reply_timeout_secs: default_reply_timeout(),
+        }
+    }
 }
 
 /// `kind = "simulated"`.
@@ -124,6 +183,14 @@ fn default_timeout() -> u64 {
     600
 }
 
+fn default_connect_timeout() -> u64 {
+    10
+}
+
+fn default_reply_timeout() -> u64 {
+    60
+}
+
 fn default_sector() -> u64 {
     4096
 }
@@ -176,6 +243,24 @@ faults = { power_cut_at_byte = 100 }
             panic!("not probe-rs")
         };
         assert!(p.preverify && p.reset_after && !p.connect_under_reset);
+
+        let gdb: FlasherConfig =
+            toml::from_str("kind = \"gdb\"\ntarget = \"127.0.0.1:3333\"\nreset = \"reset\"\n")
+                .unwrap();
+        assert_eq!(gdb.kind(), "gdb");
+        assert_eq!(gdb.describe(), "gdb 127.0.0.1:3333, reset: monitor reset");
+        let FlasherConfig::Gdb(g) = gdb else {
+            panic!("not gdb")
+        };
+        assert_eq!(
+            (
+                g.target.as_str(),
+                g.reset.as_deref(),
+                g.connect_timeout_secs,
+                g.reply_timeout_secs
+            ),
+            ("127.0.0.1:3333", Some("reset"), 10, 60)
+        );
     }
 
     #[test]
@@ -188,5 +273,12 @@ faults = { power_cut_at_byte = 100 }
         );
         assert!(toml::from_str::<FlasherConfig>("kind = \"jlink\"\n").is_err());
         assert!(toml::from_str::<FlasherConfig>("kind = \"command\"\n").is_err());
+        assert!(toml::from_str::<FlasherConfig>("kind = \"gdb\"\n").is_err());
+        assert!(
+            toml::from_str::<FlasherConfig>(
+                "kind = \"gdb\"\ntarget = \"h:1\"\nreset_after = true\n"
+            )
+            .is_err()
+        );
     }
 }

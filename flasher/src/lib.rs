@@ -1,11 +1,12 @@
-//! Flashing backends behind one trait: probe-rs (feature `probe-rs`), an external command, and a
-//! simulated microcontroller flash. [`build`] turns a device's `[devices.flasher]` config into a
+//! Flashing backends behind one trait: probe-rs (feature `probe-rs`), an external command, a GDB
+//! server (the GDB remote serial protocol) and a simulated microcontroller flash. [`build`] turns a device's `[devices.flasher]` config into a
 //! [`Flasher`]; every `flash` returns only after the content on the device was verified.
 
 pub mod chip;
 pub mod command;
 pub mod config;
 mod error;
+pub mod gdb;
 pub mod image;
 #[cfg(feature = "probe-rs")]
 pub mod probe_rs;
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use tokio_util::sync::CancellationToken;
 
 pub use chip::{check_chip, chip_fits};
-pub use config::{CommandConfig, FlasherConfig, ProbeRsConfig, SimulatedConfig};
+pub use config::{CommandConfig, FlasherConfig, GdbConfig, ProbeRsConfig, SimulatedConfig};
 pub use error::FlashError;
 pub use image::{FirmwareFormat, Image, ImageError, Segment};
 pub use progress::{Phase, Progress, ProgressSender};
@@ -75,7 +76,7 @@ pub struct Installed {
 /// Implementations serialise operations on the same probe or device; `flash` honours `cancel` only
 /// before its first erase or write, then runs to the end (a flash is never interrupted).
 pub trait Flasher: Send + Sync {
-    /// The backend kind: `probe-rs`, `command` or `simulated`.
+    /// The backend kind: `probe-rs`, `command`, `gdb` or `simulated`.
     fn kind(&self) -> &'static str;
 
     /// The device's configured chip.
@@ -113,6 +114,7 @@ pub fn build(cfg: &FlasherConfig, chip: &str) -> Result<Box<dyn Flasher>, FlashE
     match cfg {
         FlasherConfig::ProbeRs(c) => build_probe_rs(c, chip),
         FlasherConfig::Command(c) => Ok(Box::new(command::CommandFlasher::new(c.clone(), chip)?)),
+        FlasherConfig::Gdb(c) => Ok(Box::new(gdb::GdbFlasher::new(c.clone(), chip)?)),
         FlasherConfig::Simulated(c) => {
             Ok(Box::new(simulated::SimulatedFlasher::new(c.clone(), chip)?))
         }
@@ -157,6 +159,13 @@ mod tests {
             f.check_chip("esp32c6").unwrap_err().code().as_str(),
             "chip-mismatch"
         );
+
+        let gdb: FlasherConfig =
+            toml::from_str("kind = \"gdb\"\ntarget = \"127.0.0.1:1234\"\n").unwrap();
+        let f = build(&gdb, "STM32F405RG").unwrap();
+        assert_eq!((f.kind(), f.reads_back()), ("gdb", false));
+        let bad: FlasherConfig = toml::from_str("kind = \"gdb\"\ntarget = \"\"\n").unwrap();
+        assert!(build(&bad, "c").is_err());
 
         let pr: FlasherConfig =
             toml::from_str("kind = \"probe-rs\"\nprobe = \"1366:1015\"\n").unwrap();

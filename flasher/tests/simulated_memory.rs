@@ -6,23 +6,12 @@ mod common;
 
 use std::os::unix::fs::FileExt;
 
-use common::{progress, request, write};
+use common::{peak_rss, progress, request, write};
 use twinflash_flasher::simulated::SimulatedFlasher;
 use twinflash_flasher::{CancellationToken, FirmwareFormat, Flasher, SimulatedConfig};
 use twinflash_image::fixtures;
 
 const MIB: u64 = 1024 * 1024;
-
-/// The process's peak resident set (VmHWM) in bytes.
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib * 1024
-}
 
 #[tokio::test]
 async fn a_huge_sector_is_erased_without_holding_it_in_memory() {

@@ -79,6 +79,18 @@ pub enum HarnessError {
         message: String,
     },
     /// A file the caller gave (TLS material) does not exist.
+    /// An emulated board's UART did not print a line with `pattern` in time (or QEMU exited).
+    #[error("{board}: no UART line containing {pattern:?} after {waited:?}; last lines:\n{tail}")]
+    Uart {
+        /// The QEMU machine.
+        board: &'static str,
+        /// What was awaited.
+        pattern: String,
+        /// How long.
+        waited: Duration,
+        /// The last UART lines and QEMU's own output.
+        tail: String,
+    },
     #[error("missing file {path}")]
     MissingFile {
         /// The path.
@@ -96,7 +108,7 @@ impl HarnessError {
                 crate::registry::BINARY => ErrorCode::RegistryUnreachable,
                 _ => ErrorCode::Internal,
             },
-            HarnessError::NotReady { .. } => ErrorCode::Timeout,
+            HarnessError::NotReady { .. } | HarnessError::Uart { .. } => ErrorCode::Timeout,
             HarnessError::BinaryNotFound { .. }
             | HarnessError::Spawn { .. }
             | HarnessError::Io { .. }

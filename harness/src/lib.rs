@@ -1,5 +1,6 @@
 //! Dev-only test harness: real mosquitto and docker-registry on free loopback ports, a TCP
-//! fault proxy and a minimal in-memory Kubernetes API server ([`kubeapi`]). Synchronous handles
+//! fault proxy, a minimal in-memory Kubernetes API server ([`kubeapi`]) and emulated microcontroller
+//! boards in qemu-system-arm with test firmware built from C ([`board`]). Synchronous handles
 //! (std processes, sockets and threads), so they work from plain `#[test]` and `#[tokio::test]`
 //! alike; every process dies with its handle or with the test process.
 //!
@@ -17,6 +18,7 @@
 //! # }
 //! ```
 
+pub mod board;
 mod certs;
 mod error;
 pub mod http;
@@ -29,6 +31,7 @@ pub mod scripted;
 
 use std::net::{Ipv4Addr, TcpListener};
 
+pub use board::{Board, BoardKind, Firmware, Variant};
 pub use certs::{Certs, make_certs};
 pub use error::HarnessError;
 pub use kubeapi::FakeApi;
@@ -73,6 +76,7 @@ mod tests {
         assert_send_sync::<Registry>();
         assert_send_sync::<FaultProxy>();
         assert_send_sync::<FakeApi>();
+        assert_send_sync::<Board>();
         assert_send_sync::<HarnessError>();
     }
 

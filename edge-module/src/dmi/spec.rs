@@ -141,7 +141,7 @@ pub fn settings(
             "kind" => {
                 return Err(err(
                     "kind",
-                    "the backend kind is the key `flasher` (probe-rs, command, simulated)",
+                    "the backend kind is the key `flasher` (probe-rs, command, gdb, simulated)",
                 ));
             }
             "chip" | "allow_downgrade" | "twin_prefix" | "confirm" => {
@@ -155,7 +155,7 @@ pub fn settings(
     if !flasher.contains_key("kind") {
         return Err(err(
             "flasher",
-            "missing: the backend kind (probe-rs, command, simulated)",
+            "missing: the backend kind (probe-rs, command, gdb, simulated)",
         ));
     }
     if !device.contains_key("chip") {

@@ -13,9 +13,12 @@ use super::state::{
     COUNTERS_FILE, Counters, DeviceState, INSTALLED_FILE, Slot, SlotImage, read_json,
     write_json_atomic,
 };
-use crate::image::{self, Image};
+use crate::image::Source;
 use crate::progress::{Phase, Reporter};
 use crate::{FlashError, FlashOutcome, FlashRequest, Installed, SimulatedConfig, chip};
+
+/// Bytes of the image and of the flash compared at a time (verify, and the search of [`Device::weaken_cell`]).
+const CHUNK: usize = 64 * 1024;
 
 /// What a boot did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,15 +118,13 @@ impl Device {
         Ok(())
     }
 
-    fn check_bounds(&self, img: &Image) -> Result<(), FlashError> {
+    fn check_bounds(&self, img: &Source) -> Result<(), FlashError> {
         let (lo, hi) = (self.cfg.origin, self.cfg.origin + self.slot_size());
-        for seg in &img.segments {
-            if seg.address < lo || seg.end() > hi {
+        for (address, len) in img.segments() {
+            if address < lo || address.saturating_add(len) > hi {
                 return Err(FlashError::TooLarge {
                     detail: format!(
-                        "{} bytes at {:#x} fall outside the {} flash {lo:#x}..{hi:#x}",
-                        seg.data.len(),
-                        seg.address,
+                        "{len} bytes at {address:#x} fall outside the {} flash {lo:#x}..{hi:#x}",
                         if self.cfg.ab { "slot of the" } else { "device" },
                     ),
                 });
@@ -146,7 +147,7 @@ impl Device {
             });
         }
         chip::check_chip("simulated", &self.chip, &req.chip)?;
-        let img = image::load(&req.image, req.format, req.base_address)?;
+        let img = Source::open(&req.image, req.format, req.base_address)?;
         self.check_bounds(&img)?;
         if cancel.is_cancelled() {
             return Err(FlashError::Cancelled);
@@ -177,11 +178,7 @@ impl Device {
                 reference: req.reference.clone(),
                 version: req.version.clone(),
                 sha256,
-                regions: img
-                    .segments
-                    .iter()
-                    .map(|s| (s.address, s.data.len() as u64))
-                    .collect(),
+                regions: img.segments(),
             }),
         );
         state.writing = None;
@@ -201,7 +198,7 @@ impl Device {
     /// Erase, program and verify `img` into `target`; returns the image's SHA-256.
     fn write_and_verify(
         &self,
-        img: &Image,
+        img: &Source,
         target: Slot,
         faults: &Faults,
         reporter: &mut Reporter,
@@ -209,11 +206,11 @@ impl Device {
     ) -> Result<String, FlashError> {
         let sector = self.mem.sector_size();
         let mut sectors: Vec<u64> = img
-            .segments
-            .iter()
-            .flat_map(|s| {
-                let first = self.offset(target, s.address) / sector;
-                let last = (self.offset(target, s.end()) - 1) / sector;
+            .segments()
+            .into_iter()
+            .flat_map(|(address, len)| {
+                let first = self.offset(target, address) / sector;
+                let last = (self.offset(target, address + len) - 1) / sector;
                 first..=last
             })
             .collect();
@@ -243,7 +240,7 @@ impl Device {
     #[allow(clippy::too_many_arguments)]
     fn erase_and_program(
         &self,
-        img: &Image,
+        img: &Source,
         target: Slot,
         sectors: &[u64],
         faults: &Faults,
@@ -262,12 +259,15 @@ impl Device {
         let total = img.len();
         let page = self.mem.page_size();
         let mut done: u64 = 0;
-        for seg in &img.segments {
-            let mut pos = 0usize;
-            while pos < seg.data.len() {
-                let off = self.offset(target, seg.address) + pos as u64;
-                let room = (page - off % page) as usize;
-                let chunk = &seg.data[pos..(pos + room).min(seg.data.len())];
+        let mut buf = vec![0u8; usize::try_from(page).unwrap_or(usize::MAX)];
+        for (seg, (address, len)) in img.segments().into_iter().enumerate() {
+            let mut pos = 0u64;
+            while pos < len {
+                let off = self.offset(target, address) + pos;
+                let room = page - off % page;
+                let chunk = &mut buf[..usize::try_from(room.min(len - pos)).unwrap_or(usize::MAX)];
+                img.read(seg, pos, chunk)?;
+                let chunk = &*chunk;
                 let end = done + chunk.len() as u64;
                 if let Some(n) = faults.fail_after_bytes.filter(|n| *n < end) {
                     fired.fail_after_bytes = true;
@@ -293,7 +293,7 @@ impl Device {
                     });
                 }
                 done = end;
-                pos += chunk.len();
+                pos += chunk.len() as u64;
                 reporter.report(Phase::Programming, done, total);
             }
         }
@@ -304,45 +304,53 @@ impl Device {
     }
 
     /// A programmed 0 bit that did not take: the first byte with a 0 bit gets it back to 1.
-    fn weaken_cell(&self, img: &Image, target: Slot) -> Result<(), FlashError> {
-        for seg in &img.segments {
-            if let Some((i, b)) = seg.data.iter().enumerate().find(|(_, b)| **b != ERASED) {
-                let bit = (!*b).trailing_zeros();
-                let off = self.offset(target, seg.address) + i as u64;
-                return self.mem.poke(off, b | (1 << bit));
+    fn weaken_cell(&self, img: &Source, target: Slot) -> Result<(), FlashError> {
+        let mut first = None;
+        img.for_each_chunk(CHUNK, |address, chunk| {
+            first = chunk
+                .iter()
+                .position(|b| *b != ERASED)
+                .map(|i| (address + i as u64, chunk[i]));
+            Ok(first.is_none())
+        })?;
+        match first {
+            Some((address, b)) => {
+                let bit = (!b).trailing_zeros();
+                self.mem.poke(self.offset(target, address), b | (1 << bit))
             }
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Compare flash with the image; the SHA-256 of what was read back.
     fn verify(
         &self,
-        img: &Image,
+        img: &Source,
         target: Slot,
         reporter: &mut Reporter,
     ) -> Result<String, FlashError> {
         let mut hasher = Sha256::new();
         let total = img.len();
         let mut done = 0;
-        for seg in &img.segments {
+        img.for_each_chunk(CHUNK, |address, want| {
             let got = self
                 .mem
-                .read(self.offset(target, seg.address), seg.data.len() as u64)?;
-            if let Some(i) = got.iter().zip(&seg.data).position(|(g, w)| g != w) {
+                .read(self.offset(target, address), want.len() as u64)?;
+            if let Some(i) = got.iter().zip(want).position(|(g, w)| g != w) {
                 return Err(FlashError::VerifyFailed {
                     detail: format!(
                         "address {:#x}: read {:#04x}, expected {:#04x}",
-                        seg.address + i as u64,
+                        address + i as u64,
                         got[i],
-                        seg.data[i]
+                        want[i]
                     ),
                 });
             }
             hasher.update(&got);
             done += got.len() as u64;
             reporter.report(Phase::Verifying, done, total);
-        }
+            Ok(true)
+        })?;
         Ok(hex::encode(hasher.finalize()))
     }
 
@@ -353,7 +361,12 @@ impl Device {
             if *addr < self.cfg.origin || addr + len > self.cfg.origin + self.slot_size() {
                 return Ok(None);
             }
-            hasher.update(self.mem.read(self.offset(slot, *addr), *len)?);
+            let mut pos = 0u64;
+            while pos < *len {
+                let n = (*len - pos).min(CHUNK as u64);
+                hasher.update(self.mem.read(self.offset(slot, *addr) + pos, n)?);
+                pos += n;
+            }
         }
         Ok(Some(hex::encode(hasher.finalize())))
     }
