@@ -105,6 +105,7 @@ pub fn fetch_config(cfg: &EdgeConfig) -> Result<FetchConfig, ConfigError> {
     fc.client_key = r.key_file.clone();
     fc.timeouts = r.timeouts();
     fc.signatures = cfg.signatures.policy()?;
+    fc.signature_lookup.deadline = Duration::from_secs(cfg.signatures.lookup_deadline_secs);
     Ok(fc)
 }
 

@@ -286,7 +286,7 @@ pub enum MirrorConfig {
 
 /// `[signatures]`: the signature policy the fetcher applies after the manifest and before a byte of the layer
 /// (docs/security.md). Off by default, so an existing configuration keeps working on an upgrade.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignaturesConfig {
     /// `off` (default: not looked up), `warn` (checked, logged, used anyway) or `require` (only an artifact signed by
@@ -296,6 +296,27 @@ pub struct SignaturesConfig {
     /// PEM public keys (cosign's `cosign.pub`); any one suffices. A signer is reported by its file's stem.
     #[serde(default)]
     pub keys: Vec<PathBuf>,
+    /// The total deadline of one signature lookup, every source asked at once (default 120 s, at most 3600). When it
+    /// passes, what was found counts; a source not done is a transient failure (`waiting:registry-unreachable` under
+    /// `require`).
+    #[serde(default = "default_lookup_deadline")]
+    pub lookup_deadline_secs: u64,
+}
+
+impl Default for SignaturesConfig {
+    fn default() -> Self {
+        SignaturesConfig {
+            mode: Mode::default(),
+            keys: Vec::new(),
+            lookup_deadline_secs: default_lookup_deadline(),
+        }
+    }
+}
+
+fn default_lookup_deadline() -> u64 {
+    twinflash_artifact::signature::LookupLimits::default()
+        .deadline
+        .as_secs()
 }
 
 impl SignaturesConfig {
@@ -659,6 +680,13 @@ impl EdgeConfig {
             return Err(invalid(
                 "registry.cert_file".into(),
                 "cert_file and key_file go together (a client certificate needs its key)",
+            ));
+        }
+        let deadline = self.signatures.lookup_deadline_secs;
+        if !(1..=3600).contains(&deadline) {
+            return Err(invalid(
+                "signatures.lookup_deadline_secs".into(),
+                "must be between 1 and 3600",
             ));
         }
         if self.registry.checkpoint_bytes < 4096 {

@@ -300,3 +300,24 @@ fn a_confirm_check_is_read_and_checked_and_its_mistakes_named() {
         assert!(err.contains(key), "{table}: {err}");
     }
 }
+
+#[test]
+fn the_signature_lookup_deadline_has_a_default_reaches_the_fetcher_and_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = EdgeConfig::load(&write(dir.path(), MINIMAL)).unwrap();
+    assert_eq!(cfg.signatures.lookup_deadline_secs, 120);
+    let set = format!("{MINIMAL}\n[signatures]\nlookup_deadline_secs = 10\n");
+    let cfg = EdgeConfig::load(&write(dir.path(), &set)).unwrap();
+    let fc = crate::agent::fetch_config(&cfg).unwrap();
+    assert_eq!(
+        fc.signature_lookup.deadline,
+        std::time::Duration::from_secs(10)
+    );
+    for bad in ["0", "3601"] {
+        let text = format!("{MINIMAL}\n[signatures]\nlookup_deadline_secs = {bad}\n");
+        let err = EdgeConfig::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("signatures.lookup_deadline_secs"), "{err}");
+    }
+}

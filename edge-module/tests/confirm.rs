@@ -6,9 +6,9 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{AgentSpec, Checks, Env, WAIT, image};
+use support::{AgentSpec, Checks, Env, WAIT, image, until};
 
 async fn start(
     timeout_secs: u64,
@@ -25,17 +25,6 @@ async fn start(
     })
     .await;
     (env, checks)
-}
-
-async fn until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,21 +4,10 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{AgentSpec, Env, WAIT, image};
+use support::{AgentSpec, Env, WAIT, image, until};
 use twinflash_harness::FaultProxy;
-
-async fn until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_broker_stopped_the_install_goes_on_and_reports_arrive_after() {

@@ -327,3 +327,15 @@ impl Checks {
         }
     }
 }
+
+/// Polls `f` every 20 ms until it holds (true) or `within` has passed (false).
+pub async fn until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
