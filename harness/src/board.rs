@@ -380,6 +380,11 @@ impl Board {
         self.proc.is_running()
     }
 
+    /// The file QEMU writes the UART to (what a device-side check may read, as it would read a serial port).
+    pub fn uart_path(&self) -> PathBuf {
+        self.dir.path().join(UART_FILE)
+    }
+
     /// Every complete line the firmware printed on its UART so far (without line ends).
     pub fn uart_lines(&self) -> Vec<String> {
         let bytes = fs::read(self.dir.path().join(UART_FILE)).unwrap_or_default();

@@ -132,6 +132,9 @@ pub struct AgentSpec<'a> {
     pub flash_attempts: u32,
     /// Extra lines in each `[[devices]]` (e.g. `allow_downgrade = true`).
     pub extra_device_toml: &'a str,
+    /// The chip and the `[devices.flasher]` table of each device instead of the simulated one (e.g. a gdb backend on
+    /// an emulated board); the device's [`SimDevice`] then says nothing about it.
+    pub flasher_toml: Option<(&'a str, &'a str)>,
     pub write_bytes_per_sec: Option<u64>,
     pub rate_limit: Option<u64>,
     pub flash_size: u64,
@@ -171,6 +174,7 @@ impl<'a> AgentSpec<'a> {
             ),
             flash_attempts: 3,
             extra_device_toml: "",
+            flasher_toml: None,
             write_bytes_per_sec: None,
             rate_limit: None,
             flash_size: FLASH_SIZE,
@@ -235,6 +239,13 @@ impl Agent {
             });
             // In DMI mode the device is declared by its Device object (SimDevice::device).
             if spec.dmi.is_some() {
+                continue;
+            }
+            if let Some((chip, flasher)) = spec.flasher_toml {
+                toml.push_str(&format!(
+                    "[[devices]]\nid = \"{id}\"\nchip = \"{chip}\"\n{}{flasher}",
+                    spec.extra_device_toml
+                ));
                 continue;
             }
             toml.push_str(&format!(

@@ -1,0 +1,91 @@
+//! The agent updates an emulated microcontroller (issue 24): QEMU's netduinoplus2 (STM32F405) started by the harness,
+//! flashed through its GDB server by the gdb backend, test firmware built from C. The device's confirmation check
+//! reads the board's UART as a device-side script reads a serial port: the newest boot banner must name the version
+//! just flashed. Judged by what the UART printed and what the twin holds.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
+
+mod support;
+
+use std::time::Duration;
+
+use support::{AgentSpec, Env};
+use twinflash_harness::board::{self, Board, BoardKind, Firmware, Variant};
+
+/// `$0` = the UART file, `$1` = the version: confirmed when the newest boot banner names it (the UART ends its
+/// lines with CR LF).
+const UART_CHECK: &str = r#"last=$(tr -d '\r' < "$0" | grep "^boot version=" | tail -n 1); [ "$last" = "boot version=$1" ]"#;
+
+/// How long the board may take to print its banner after the reset.
+const BOOT: Duration = Duration::from_secs(20);
+
+/// Leaked: AgentSpec borrows its strings for any lifetime.
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emulated_stm32_is_updated_and_a_release_that_hangs_is_reverted() {
+    if !board::required() {
+        return;
+    }
+    let kind = BoardKind::Netduinoplus2;
+    let board = Board::start(kind, None).unwrap();
+    let good = Firmware::build(kind, Variant::Good, "1.0.0").unwrap();
+    let hangs = Firmware::build(kind, Variant::Hang, "2.0.0").unwrap();
+    let flasher = leak(format!(
+        "[devices.flasher]\nkind = \"gdb\"\ntarget = \"{}\"\nreset = \"system_reset\"\n",
+        board.gdb_addr()
+    ));
+    let uart = board.uart_path().display().to_string();
+    let argv = ["/bin/sh", "-c", UART_CHECK, &uart, "{version}"];
+    let confirm = leak(format!(
+        "[devices.confirm]\nkind = \"command\"\nargv = {}\ntimeout_secs = 5\ninterval_ms = 200\n",
+        serde_json::to_string(&argv).unwrap()
+    ));
+    let chip = kind.chip();
+    let env = Env::start(1, |s| AgentSpec {
+        extra_device_toml: confirm,
+        flasher_toml: Some((chip, flasher)),
+        ..s
+    })
+    .await;
+    let id = env.device(0).id;
+    let bin = |fw: &Firmware| std::fs::read(fw.bin()).unwrap();
+    let v1 = env
+        .push_for("stm32:1.0.0", &bin(&good), "1.0.0", chip)
+        .await;
+    let v2 = env
+        .push_for("stm32:2.0.0", &bin(&hangs), "2.0.0", chip)
+        .await;
+
+    // A good release: installed once the board printed its banner.
+    env.intent(0, &v1).await;
+    env.wait(0, "firmware-state", "installed").await;
+    assert_eq!(env.actual(0, "firmware-version").as_deref(), Some("1.0.0"));
+    board.wait_line("boot version=1.0.0", BOOT).unwrap();
+    assert!(env.cloud.states(&id).iter().any(|s| s == "confirming"));
+    println!("UART after 1.0.0: {:?}", board.uart_lines());
+
+    // A release that hangs before its banner: reverted, the old banner again, the twin never claims it.
+    let before = board.uart_lines().len();
+    env.intent(0, &v2).await;
+    env.wait(0, "firmware-state", "failed:boot-failed").await;
+    assert_eq!(env.actual(0, "firmware").as_deref(), Some(v1.as_str()));
+    assert_eq!(env.actual(0, "firmware-version").as_deref(), Some("1.0.0"));
+    board
+        .wait_line_after(before, "boot version=1.0.0", BOOT)
+        .unwrap();
+    let after: Vec<String> = board.uart_lines().split_off(before);
+    assert!(
+        !after.iter().any(|l| l.contains("2.0.0")),
+        "the hanging release printed: {after:?}"
+    );
+    println!("UART after the bad release and the revert: {after:?}");
+    let firmware = env.cloud.history(&id, "firmware");
+    assert!(!firmware.contains(&v2), "{firmware:?}");
+    let log = env.agent.log();
+    assert!(
+        log.contains("previous firmware back and confirmed"),
+        "{log}"
+    );
+}
