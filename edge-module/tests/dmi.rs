@@ -11,7 +11,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Agent, AgentSpec, image, init, push};
+use support::{AgentSpec, image, init, push, until_logged as until};
 use twinflash_harness::FakeApi;
 use twinflash_testkit::{CONVERGE, DmiScene as World};
 use twinflash_testkit::{Cloudcore, DmiEdgecore, DmiLogKind, Load, SimDevice, device_model};
@@ -105,17 +105,6 @@ fn flash_end_ms(sim: &SimDevice) -> i64 {
         .unwrap();
     let since = modified.duration_since(std::time::UNIX_EPOCH).unwrap();
     i64::try_from(since.as_millis()).unwrap()
-}
-
-async fn until(what: &str, agent: &Agent, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}\nagent log:\n{}", agent.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Agent, AgentSpec, image, init, print_vm_hwm, push};
+use support::{Agent, AgentSpec, image, init, print_vm_hwm, push, until_logged as until};
 use twinflash_testkit::{DmiEdgecore, SimDevice, device_model};
 
 /// Bound of every wait (a loaded CI machine; a passing run takes seconds).
@@ -87,17 +87,6 @@ async fn a_long_but_valid_device_name_installs_and_blocks_no_other_device() {
     s.wait_installed(&normal, &v2).await;
     assert_eq!(long.completed(&v1), 1, "flashed once");
     print_vm_hwm(&s.agent, "long device names");
-}
-
-async fn until(what: &str, agent: &Agent, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}\nagent log:\n{}", agent.log());
 }
 
 /// An agent in DMI mode whose `mapper_socket` is `socket`.

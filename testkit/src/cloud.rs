@@ -24,7 +24,6 @@ pub struct Seen {
     /// What the cloud wants per device (answered on twin/get, as edgecore does).
     pub expected: BTreeMap<String, String>,
     pub actual: BTreeMap<String, BTreeMap<String, String>>,
-    pub states: BTreeMap<String, Vec<String>>,
     /// Every reported value per device and twin, in order.
     pub history: BTreeMap<String, BTreeMap<String, Vec<String>>>,
     pub reports: usize,
@@ -131,12 +130,6 @@ impl Cloud {
                         let Some(value) = twin.and_then(|t| t.actual).and_then(|a| a.value) else {
                             continue;
                         };
-                        if name == "firmware-state" {
-                            seen.states
-                                .entry(dev.to_string())
-                                .or_default()
-                                .push(value.clone());
-                        }
                         seen.history
                             .entry(dev.to_string())
                             .or_default()
@@ -236,14 +229,9 @@ impl Cloud {
             .unwrap_or_default()
     }
 
+    /// Every `firmware-state` `device` reported, in order.
     pub fn states(&self, device: &str) -> Vec<String> {
-        self.seen
-            .lock()
-            .unwrap()
-            .states
-            .get(device)
-            .cloned()
-            .unwrap_or_default()
+        self.history(device, "firmware-state")
     }
 
     /// Waits until `device` reports `twin` = `value`.

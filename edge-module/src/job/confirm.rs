@@ -89,9 +89,7 @@ async fn put_back(
             let code = e.code();
             if plan::verdict(code, false) == Verdict::Retry {
                 tracing::warn!(device = device.id(), %code, error = %e, "previous firmware not fetched yet; retrying");
-                progress(device, ctx, FirmwareState::Waiting(code.into()));
-                backoff(ctx, device, 1).await;
-                return None;
+                return wait_out(device, ctx, code).await;
             }
             tracing::error!(device = device.id(), %code, error = %e, "previous firmware cannot be fetched");
             return Some(Err(code));
@@ -108,16 +106,24 @@ async fn put_back(
             code,
             verdict: Verdict::Retry,
             ..
-        } => {
-            progress(device, ctx, FirmwareState::Waiting(code.into()));
-            backoff(ctx, device, 1).await;
-            return None;
-        }
+        } => return wait_out(device, ctx, code).await,
         FlashResult::Error { code, .. } => return Some(Err(code)),
     }
     // The previous firmware proves it runs too.
     progress(device, ctx, FirmwareState::Confirming);
     check(device, ctx, to).await
+}
+
+/// A transient error of the revert: reported `waiting:<code>`, then a backoff; the journal still says `reverting`,
+/// so the job tries again. Always None (the revert has no result yet).
+async fn wait_out(
+    device: &Device,
+    ctx: &JobContext,
+    code: ErrorCode,
+) -> Option<Result<(), ErrorCode>> {
+    progress(device, ctx, FirmwareState::Waiting(code.into()));
+    backoff(ctx, device, 1).await;
+    None
 }
 
 /// How one run of a check ended.

@@ -339,3 +339,12 @@ pub async fn until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// Polls `f` every 50 ms until it holds; panics after 60 s with `what` and the agent's log (the DMI tests' wait).
+pub async fn until_logged(what: &str, agent: &Agent, f: impl FnMut() -> bool) {
+    assert!(
+        until(Duration::from_secs(60), f).await,
+        "timed out waiting for {what}\nagent log:\n{}",
+        agent.log()
+    );
+}
