@@ -14,6 +14,12 @@
 # as edgecore's DMI mapper against the test kit's `dmi_edgecore_standin` (a TEST STAND-IN for edgecore's DMI side,
 # see docs/kubeedge.md section 11), the devices are declared only by Device objects (YAML files the stand-in
 # watches, as cloudcore would deliver them), and an upgrade is a change of the Device's desired `firmware`.
+#
+# scripts/demo.sh --mcu updates an emulated microcontroller: an STM32F405 (QEMU's netduinoplus2) started with its GDB
+# server and UART on loopback, test firmware built from C (harness/testdata/firmware) with arm-none-eabi-gcc, flashed
+# by the agent's gdb backend and confirmed by the board's boot banner on its UART. It installs 1.0.0 (ELF), then a
+# 2.0.0 (BIN) that hangs before its banner and is reverted (failed:boot-failed, the twin still on 1.0.0), then 1.1.0
+# (Intel HEX), showing the UART and the twin after each step. Same MQTT path and edgecore stand-in as the default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/deps.sh
@@ -24,19 +30,21 @@ source scripts/lib/services.sh
 path=mqtt
 case "${1:-}" in
 --dmi) path=dmi ;;
+--mcu) path=mcu ;;
 "") ;;
 -h | --help)
-    sed -n '2,17p' "$0"
+    sed -n '2,22p' "$0"
     exit 0
     ;;
 *)
-    echo "usage: scripts/demo.sh [--dmi]" >&2
+    echo "usage: scripts/demo.sh [--dmi | --mcu]" >&2
     exit 2
     ;;
 esac
 
 tf_need_rust
 tf_need_services
+[ "$path" = mcu ] && tf_need_emulator
 
 work=$(mktemp -d -t twinflash-demo.XXXXXX)
 cleanup() {
@@ -48,6 +56,7 @@ trap cleanup EXIT
 tf_log "building release binaries (the first build takes several minutes)"
 cargo build --release --locked -q -p twinflash-cli -p twinflash-edge -p twinflash-cloud
 cargo build --release --locked -q -p twinflash-testkit --example edgecore_standin --example dmi_edgecore_standin
+[ "$path" = mcu ] && cargo build --release --locked -q -p twinflash-harness --example emulated_board
 bin=$PWD/target/release
 start=$SECONDS
 
@@ -57,12 +66,23 @@ if [ "$path" = dmi ]; then
     tf_start_registry "$work/registry"
     echo "  registry $TF_REGISTRY" >&2
 else
-    tf_log "this demo runs the MQTT twin path (scripts/demo.sh --dmi runs the KubeEdge-native DMI path)"
+    tf_log "this demo runs the MQTT twin path (scripts/demo.sh --dmi runs the KubeEdge-native DMI path, --mcu an emulated STM32)"
     tf_log "starting docker-registry and mosquitto on free loopback ports"
     tf_start_registry "$work/registry"
     tf_start_mosquitto "$work/mqtt"
     mqtt="mqtt://127.0.0.1:$TF_MQTT_PORT"
     echo "  registry $TF_REGISTRY, broker $mqtt" >&2
+fi
+
+tf_log "a release signing key (ECDSA P-256, as cosign generate-key-pair makes; here with openssl)"
+mkdir -p "$work/keys"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/keys/release.key" 2>/dev/null
+openssl pkey -in "$work/keys/release.key" -pubout -out "$work/keys/release.pub"
+
+if [ "$path" = mcu ]; then
+    # shellcheck source=scripts/lib/demo-mcu.sh
+    source scripts/lib/demo-mcu.sh
+    exit 0
 fi
 
 tf_log "making two firmware images for an STM32F411 (flash at 0x08000000)"
@@ -84,11 +104,6 @@ open(f"{w}/blinky-1.0.0.hex", "w").write("\n".join(lines) + "\n")
 # 1.1.0 as a raw binary (needs --base-address)
 open(f"{w}/blinky-1.1.0.bin", "wb").write(body("1.1.0", 32 * 1024))
 PY
-
-tf_log "a release signing key (ECDSA P-256, as cosign generate-key-pair makes; here with openssl)"
-mkdir -p "$work/keys"
-openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/keys/release.key" 2>/dev/null
-openssl pkey -in "$work/keys/release.key" -pubout -out "$work/keys/release.pub"
 
 tf_log "twinflash push --sign-key (format detected from content; a cosign signature at the sha256-<hex>.sig tag; the digest-pinned reference is the last line)"
 ref1=$("$bin/twinflash" push "$TF_REGISTRY/fw/blinky:1.0.0" "$work/blinky-1.0.0.hex" \

@@ -15,7 +15,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use error::ImageError;
-pub use parse::{Image, MAX_SEGMENTS, Segment, check_bin, parse};
+pub use parse::{ElfLoad, Image, MAX_SEGMENTS, Segment, check_bin, elf_layout, parse};
 
 /// Bytes [`sniff`] wants to see (fewer when the file is shorter): one UF2 block.
 pub const SNIFF_LEN: usize = uf2::BLOCK;

@@ -193,42 +193,76 @@ pub fn check_bin(len: u64, base_address: Option<u64>) -> Result<u64, ImageError>
 }
 
 fn parse_elf(bytes: &[u8]) -> Result<Vec<Segment>, ImageError> {
-    if !bytes.starts_with(ELF_MAGIC) {
+    let mut pieces = Pieces::new(FirmwareFormat::Elf, bytes.len());
+    for load in elf_layout(bytes)? {
+        let data = usize::try_from(load.offset)
+            .ok()
+            .zip(usize::try_from(load.len).ok())
+            .and_then(|(at, len)| bytes.get(at..at.checked_add(len)?))
+            .ok_or_else(|| ImageError::Elf("segment data out of file bounds".to_owned()))?;
+        pieces.push(load.address, data)?;
+    }
+    Ok(pieces.into_segments())
+}
+
+/// One loadable piece of an ELF file: `len` bytes at `offset` in the file, to be written at `address`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ElfLoad {
+    /// The physical (load) address.
+    pub address: u64,
+    /// Where its bytes are in the file.
+    pub offset: u64,
+    /// How many bytes.
+    pub len: u64,
+}
+
+/// Where an ELF file's data is: its PT_LOAD segments with file data, at their physical (load) addresses, sorted by
+/// address, judged as [`parse`] judges an ELF but without reading the data: the headers only. `data` is the whole
+/// file in memory (`&[u8]`) or a file read on demand (`&object::ReadCache<File>`), so a flasher can stream a large
+/// ELF from its file.
+///
+/// Where each segment's data is, how many there are, how many bytes they hold together (at most the file's size:
+/// segments may not share file bytes) and whether they overlap are all checked: a small file whose headers name the
+/// same bytes many times is refused without allocating them.
+pub fn elf_layout<'a, R: object::ReadRef<'a>>(data: R) -> Result<Vec<ElfLoad>, ImageError> {
+    let err = |e: object::read::Error| ImageError::Elf(e.to_string());
+    if data.read_bytes_at(0, ELF_MAGIC.len() as u64) != Ok(ELF_MAGIC) {
         return Err(ImageError::Elf("no ELF magic".to_owned()));
     }
-    let err = |e: object::read::Error| ImageError::Elf(e.to_string());
-    match object::FileKind::parse(bytes).map_err(err)? {
+    match object::FileKind::parse(data).map_err(err)? {
         object::FileKind::Elf32 => {
-            elf_segments::<object::elf::FileHeader32<object::Endianness>>(bytes)
+            elf_loads::<object::elf::FileHeader32<object::Endianness>, R>(data)
         }
         object::FileKind::Elf64 => {
-            elf_segments::<object::elf::FileHeader64<object::Endianness>>(bytes)
+            elf_loads::<object::elf::FileHeader64<object::Endianness>, R>(data)
         }
         other => Err(ImageError::Elf(format!("not an ELF file ({other:?})"))),
     }
 }
 
-/// The PT_LOAD segments with file data, at their physical (load) addresses. Where each one's data is, how many there
-/// are, how many bytes they hold together (at most the file's size: segments may not share file bytes) and whether
-/// they overlap are all checked before a byte is copied: a small file whose headers name the same bytes many times
-/// is refused without allocating them.
-fn elf_segments<H: FileHeader<Endian = object::Endianness>>(
-    bytes: &[u8],
-) -> Result<Vec<Segment>, ImageError> {
+fn elf_loads<'a, H: FileHeader<Endian = object::Endianness>, R: object::ReadRef<'a>>(
+    data: R,
+) -> Result<Vec<ElfLoad>, ImageError> {
     let format = FirmwareFormat::Elf;
     let err = |e: object::read::Error| ImageError::Elf(e.to_string());
-    let header = H::parse(bytes).map_err(err)?;
+    let file_len = data
+        .len()
+        .map_err(|()| ImageError::Elf("cannot read the file's length".to_owned()))?;
+    let header = H::parse(data).map_err(err)?;
     let endian = header.endian().map_err(err)?;
-    let mut loads: Vec<(u64, &[u8])> = Vec::new();
+    let mut loads: Vec<ElfLoad> = Vec::new();
     let mut total: u64 = 0;
-    for ph in header.program_headers(endian, bytes).map_err(err)? {
+    for ph in header.program_headers(endian, data).map_err(err)? {
         if ph.p_type(endian) != object::elf::PT_LOAD {
             continue;
         }
-        let data = ph
-            .data(endian, bytes)
-            .map_err(|()| ImageError::Elf("segment data out of file bounds".to_owned()))?;
-        if data.is_empty() {
+        let (offset, len) = ph.file_range(endian);
+        if offset.checked_add(len).is_none_or(|end| end > file_len) {
+            return Err(ImageError::Elf(
+                "segment data out of file bounds".to_owned(),
+            ));
+        }
+        if len == 0 {
             continue;
         }
         if loads.len() >= MAX_SEGMENTS {
@@ -237,27 +271,22 @@ fn elf_segments<H: FileHeader<Endian = object::Endianness>>(
                 max: MAX_SEGMENTS,
             });
         }
-        total = total.saturating_add(data.len() as u64);
-        if total > bytes.len() as u64 {
+        total = total.saturating_add(len);
+        if total > file_len {
             return Err(ImageError::DataExceedsFile {
                 format,
-                file: bytes.len() as u64,
+                file: file_len,
             });
         }
-        loads.push((ph.p_paddr(endian).into(), data));
+        loads.push(ElfLoad {
+            address: ph.p_paddr(endian).into(),
+            offset,
+            len,
+        });
     }
-    loads.sort_by_key(|(address, _)| *address);
-    check_layout(
-        format,
-        loads
-            .iter()
-            .map(|(address, data)| (*address, data.len() as u64)),
-    )?;
-    let mut pieces = Pieces::new(format, bytes.len());
-    for (address, data) in loads {
-        pieces.push(address, data)?;
-    }
-    Ok(pieces.into_segments())
+    loads.sort_by_key(|l| l.address);
+    check_layout(format, loads.iter().map(|l| (l.address, l.len)))?;
+    Ok(loads)
 }
 
 /// Intel HEX, line by line: every record's syntax and checksum, exactly one end-of-file record, last.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use mqtt_schema::gojson::decode;
 use mqtt_schema::{
     BaseMessage, DeviceId, DeviceTopicKind, DeviceTwinDelta, DeviceTwinResult, DeviceTwinUpdate,
-    FirmwareState, ResultMessage, Topic, TwinNames, to_go_json,
+    ErrorCode, FirmwareState, ResultMessage, StateCode, Topic, TwinNames, to_go_json,
 };
 use rumqttc::{Event, Packet, QoS, SubscribeFilter};
 use serde::Serialize;
@@ -158,9 +158,32 @@ impl Row {
                 self.stale.join(", ")
             ))
         } else {
-            None
+            self.firmware_state().and_then(|s| state_note(&s))
         };
     }
+}
+
+/// What the NOTE column says of a state an operator may not read at a glance: the confirmation and its outcomes
+/// (docs/contract.md section 3).
+fn state_note(state: &FirmwareState) -> Option<String> {
+    let note = match state {
+        FirmwareState::Confirming => {
+            "flashed; waiting for the device to prove it runs the new firmware"
+        }
+        _ => match state.failure()? {
+            StateCode::Known(ErrorCode::BootFailed) => {
+                "the new firmware did not boot: the previous one was put back and runs (REPORTED)"
+            }
+            StateCode::Known(ErrorCode::VersionMismatch) => {
+                "the device ran another version than the artifact claims: the previous one was put back"
+            }
+            StateCode::Known(ErrorCode::RevertFailed) => {
+                "the revert failed: the device runs an unknown image; set another desired firmware"
+            }
+            _ => return None,
+        },
+    };
+    Some(note.to_owned())
 }
 
 fn view_of(twin: &mqtt_schema::TwinMap, names: &TwinNames) -> View {
@@ -626,6 +649,51 @@ mod tests {
             (None, None)
         );
         assert!(row.ended_badly());
+    }
+
+    #[test]
+    fn confirmation_states_are_explained_in_the_note_when_edgecore_holds_them() {
+        let names = TwinNames::default();
+        let row = |state: &str| {
+            let held = View {
+                desired: Some("r@sha256:2".into()),
+                reported: Some("r@sha256:1".into()),
+                version: Some("1.0.0".into()),
+                state: Some(state.into()),
+            };
+            let mut r = Row {
+                device: "ns/d".into(),
+                edgecore: Some(held.clone()),
+                agent: held,
+                ..Row::default()
+            };
+            r.settle(&names);
+            r
+        };
+        let confirming = row("confirming");
+        assert!(!confirming.converged() && !confirming.ended_badly());
+        let booted = row("failed:boot-failed");
+        assert!(booted.ended_badly());
+        for (r, says) in [
+            (&confirming, "waiting for the device to prove"),
+            (&booted, "did not boot: the previous one was put back"),
+            (&row("failed:version-mismatch"), "another version"),
+            (&row("failed:revert-failed"), "unknown image"),
+        ] {
+            let t = table(std::slice::from_ref(r));
+            assert!(t.contains(says), "{t}");
+        }
+        assert_eq!(
+            row("failed:flash-failed").note,
+            None,
+            "other codes speak for themselves"
+        );
+        assert_eq!(row("installed").note, None);
+        // A connectivity note comes first: it says the values shown may not be KubeEdge's.
+        let mut unanswered = row("confirming");
+        unanswered.edgecore = None;
+        unanswered.settle(&names);
+        assert_eq!(unanswered.note.as_deref(), Some("no answer from edgecore"));
     }
 
     #[test]

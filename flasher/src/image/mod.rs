@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-pub use twinflash_image::{FirmwareFormat, Image, ImageError, Segment, parse};
+pub use twinflash_image::{ElfLoad, FirmwareFormat, Image, ImageError, Segment, parse};
 
 use crate::FlashError;
 
@@ -21,9 +21,10 @@ pub fn load(
     Ok(parse(&bytes, format, base_address)?)
 }
 
-/// An image as the backends that write memory themselves read it (the simulated device, the gdb backend): a BIN is
-/// read from its file chunk by chunk (positional reads, so writing and verifying read it twice and never hold it
-/// whole); ELF, Intel HEX and UF2 are parsed whole by [`load`] (at most the agent's `max_artifact_bytes`).
+/// An image as the backends that write memory themselves read it (the simulated device, the gdb backend): a BIN and
+/// an ELF are read from their file chunk by chunk (positional reads, so writing and verifying read them twice and
+/// never hold them whole; of an ELF only its headers are read whole); Intel HEX and UF2 are parsed whole by [`load`]
+/// (at most the agent's `max_artifact_bytes`).
 #[derive(Debug)]
 pub enum Source {
     /// A parsed image.
@@ -39,6 +40,15 @@ pub enum Source {
         /// Its length.
         len: u64,
     },
+    /// An ELF file, judged by its headers as [`parse`] judges it ([`twinflash_image::elf_layout`]).
+    Elf {
+        /// The open file.
+        file: std::fs::File,
+        /// Its path, for messages.
+        path: std::path::PathBuf,
+        /// Its loadable pieces, in address order.
+        loads: Vec<ElfLoad>,
+    },
 }
 
 impl Source {
@@ -48,11 +58,23 @@ impl Source {
         format: FirmwareFormat,
         base_address: Option<u64>,
     ) -> Result<Source, FlashError> {
-        if format != FirmwareFormat::Bin {
+        if !matches!(format, FirmwareFormat::Bin | FirmwareFormat::Elf) {
             return Ok(Source::Loaded(load(path, format, base_address)?));
         }
         let file = std::fs::File::open(path)
             .map_err(|e| FlashError::io(format!("opening image {}", path.display()), e))?;
+        if format == FirmwareFormat::Elf {
+            let cache = object::ReadCache::new(file);
+            let loads = twinflash_image::elf_layout(&cache)?;
+            if loads.is_empty() {
+                return Err(ImageError::NoData(format).into());
+            }
+            return Ok(Source::Elf {
+                file: cache.into_inner(),
+                path: path.to_path_buf(),
+                loads,
+            });
+        }
         let len = file
             .metadata()
             .map_err(|e| FlashError::io(format!("image {}", path.display()), e))?
@@ -71,6 +93,7 @@ impl Source {
         match self {
             Source::Loaded(image) => image.len(),
             Source::Bin { len, .. } => *len,
+            Source::Elf { loads, .. } => loads.iter().map(|l| l.len).sum(),
         }
     }
 
@@ -88,6 +111,7 @@ impl Source {
                 .map(|s| (s.address, s.data.len() as u64))
                 .collect(),
             Source::Bin { base, len, .. } => vec![(*base, *len)],
+            Source::Elf { loads, .. } => loads.iter().map(|l| (l.address, l.len)).collect(),
         }
     }
 
@@ -115,7 +139,7 @@ impl Source {
         Ok(())
     }
 
-    /// Fills `buf` with the bytes of segment `seg` from `offset` (a positional read for a BIN).
+    /// Fills `buf` with the bytes of segment `seg` from `offset` (a positional read for a BIN or an ELF).
     pub fn read(&self, seg: usize, offset: u64, buf: &mut [u8]) -> Result<(), FlashError> {
         match self {
             Source::Loaded(image) => {
@@ -136,13 +160,37 @@ impl Source {
                 buf.copy_from_slice(chunk);
                 Ok(())
             }
-            Source::Bin { file, path, .. } => {
-                use std::os::unix::fs::FileExt;
-                file.read_exact_at(buf, offset)
-                    .map_err(|e| FlashError::io(format!("reading image {}", path.display()), e))
+            Source::Bin { file, path, .. } => read_at(file, path, offset, buf),
+            Source::Elf { file, path, loads } => {
+                let load = loads.get(seg).filter(|l| {
+                    offset
+                        .checked_add(buf.len() as u64)
+                        .is_some_and(|end| end <= l.len)
+                });
+                let Some(load) = load else {
+                    return Err(FlashError::Internal {
+                        detail: format!(
+                            "read of {} bytes past segment {seg} at {offset}",
+                            buf.len()
+                        ),
+                    });
+                };
+                read_at(file, path, load.offset + offset, buf)
             }
         }
     }
+}
+
+/// A positional read of exactly `buf.len()` bytes.
+fn read_at(
+    file: &std::fs::File,
+    path: &Path,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<(), FlashError> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buf, offset)
+        .map_err(|e| FlashError::io(format!("reading image {}", path.display()), e))
 }
 
 #[cfg(test)]
@@ -185,5 +233,55 @@ mod tests {
         src.read(0, 1, &mut buf[..3]).unwrap();
         assert_eq!(&buf[..3], &[2, 3, 4]);
         assert!(src.read(0, 2, &mut buf).is_err());
+    }
+
+    #[test]
+    fn an_elf_is_read_in_place_with_the_parsers_segments_and_verdicts() {
+        use twinflash_image::fixtures;
+        let tmp = tempfile::tempdir().unwrap();
+        let elf = tmp.path().join("fw.elf");
+        let a = fixtures::pattern(300, 1);
+        let b = fixtures::pattern(40, 2);
+        // Given out of address order, with a virtual-to-physical offset: placed by physical address.
+        let bytes = fixtures::elf32(&[(0x0800_1000, &b), (0x0800_0000, &a)], 0x1000_0000);
+        std::fs::write(&elf, &bytes).unwrap();
+        let src = Source::open(&elf, FirmwareFormat::Elf, None).unwrap();
+        assert!(matches!(src, Source::Elf { .. }), "streamed, not loaded");
+        let parsed = parse(&bytes, FirmwareFormat::Elf, None).unwrap();
+        let want: Vec<(u64, u64)> = parsed
+            .segments
+            .iter()
+            .map(|s| (s.address, s.data.len() as u64))
+            .collect();
+        assert_eq!(src.segments(), want);
+        assert_eq!(src.len(), 340);
+        let mut got = Vec::new();
+        src.for_each_chunk(64, |addr, bytes| {
+            got.push((addr, bytes.to_vec()));
+            Ok(true)
+        })
+        .unwrap();
+        let flat: Vec<u8> = got.iter().flat_map(|(_, b)| b.clone()).collect();
+        let expected: Vec<u8> = parsed
+            .segments
+            .iter()
+            .flat_map(|s| s.data.clone())
+            .collect();
+        assert_eq!(flat, expected);
+        assert_eq!(got[0].0, 0x0800_0000);
+        let mut buf = [0u8; 8];
+        assert!(src.read(1, 36, &mut buf).is_err(), "past the segment");
+
+        // What the parser refuses, the streamed source refuses with the same code.
+        for bad in [
+            fixtures::elf32_loads(64, &[(0x100, 0x10_0000, 0x20)]),
+            fixtures::elf32_header_bomb(),
+            b"\x7fELF but not really".to_vec(),
+        ] {
+            std::fs::write(&elf, &bad).unwrap();
+            let streamed = Source::open(&elf, FirmwareFormat::Elf, None).unwrap_err();
+            let parsed = FlashError::from(parse(&bad, FirmwareFormat::Elf, None).unwrap_err());
+            assert_eq!(streamed.code(), parsed.code(), "{streamed} / {parsed}");
+        }
     }
 }
