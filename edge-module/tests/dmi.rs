@@ -928,6 +928,54 @@ async fn scenario_a_tag_pinned_by_twinflash_cloud() {
     assert_eq!(w.sim(0).started(&pinned), 1, "flashed once");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_a_release_that_does_not_boot_is_reverted() {
+    // Issue 24 in DMI mode, through the API server only: the Device's config data carries the confirm check (a JSON
+    // object string, KubeEdge cannot carry nested values); 1.0.0 confirms, 2.0.0 never boots.
+    let w = world("a release that does not boot, reverted", 1, |s| s).await;
+    let checks = support::Checks::new();
+    checks.list("bad", &["2.0.0"]);
+    let v1 = w.push("1.0.0", 31, 8 * 1024).await;
+    let v2 = w.push("2.0.0", 32, 8 * 1024).await;
+    let mut dev = w.device(0, &v1);
+    dev["spec"]["protocol"]["configData"]["confirm"] = Value::from(checks.config_data(4));
+    w.ke.apply(&dev).await;
+    w.wait_installed(0, &v1, "1.0.0").await;
+    let t0 = Instant::now();
+    w.edit(0, &v2).await;
+    let took = w
+        .wait_held(
+            0,
+            &[
+                ("firmware", &v1),
+                ("firmware-state", "failed:boot-failed"),
+                ("firmware-version", "1.0.0"),
+            ],
+            CONVERGE,
+        )
+        .await;
+    w.report(
+        0,
+        "Device edit to a release that does not boot -> DeviceStatus failed:boot-failed, firmware still 1.0.0",
+        t0.elapsed().max(took),
+    )
+    .await;
+    assert!(w.sim(0).holds(&image(31, 8 * 1024)), "1.0.0 is back");
+    assert_eq!(w.sim(0).completed(&v2), 1, "2.0.0 flashed once");
+    assert_eq!(
+        w.sim(0).completed(&v1),
+        2,
+        "1.0.0 flashed twice: install, revert"
+    );
+    assert!(
+        w.agent
+            .log()
+            .contains("previous firmware back and confirmed"),
+        "{}",
+        w.agent.log()
+    );
+}
+
 /// No re-report during these tests: only what the fix under test does can repair anything.
 const NO_PERIODIC: &str = "[twin]\nanti_entropy_secs = 600\n";
 
