@@ -89,3 +89,107 @@ async fn an_emulated_stm32_is_updated_and_a_release_that_hangs_is_reverted() {
         "{log}"
     );
 }
+
+/// Pushes `fw`'s ELF file as `fw/<repo_tag>` for its board's chip; returns the digest-pinned reference.
+async fn push_elf(env: &Env, repo_tag: &str, fw: &Firmware) -> String {
+    let tls = twinflash_artifact::TlsOptions {
+        plain_http: vec![env.registry.host()],
+        ..Default::default()
+    };
+    let req = twinflash_artifact::PushRequest {
+        reference: format!("{}/fw/{repo_tag}", env.registry.host()),
+        file: fw.elf().to_path_buf(),
+        version: fw.version().into(),
+        chip: fw.board().chip().into(),
+        format: None,
+        base_address: None,
+        annotations: Default::default(),
+    };
+    twinflash_artifact::push(
+        &tls,
+        &twinflash_artifact::Credentials::default(),
+        &req,
+        |_, _| {},
+    )
+    .await
+    .unwrap()
+    .pinned_reference
+}
+
+/// The gdb backend's settings for `board`, reset by QEMU's `system_reset`.
+fn gdb_flasher(board: &Board) -> &'static str {
+    leak(format!(
+        "[devices.flasher]\nkind = \"gdb\"\ntarget = \"{}\"\nreset = \"system_reset\"\n",
+        board.gdb_addr()
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serial_check_reads_the_banner_on_the_boards_pty_and_a_mislabelled_release_is_reverted() {
+    if !board::required() {
+        return;
+    }
+    let kind = BoardKind::Netduinoplus2;
+    let board = Board::start(kind, None).unwrap();
+    let good = Firmware::build(kind, Variant::Good, "1.0.0").unwrap();
+    let liar = Firmware::build(
+        kind,
+        Variant::Mislabelled {
+            prints: "9.9.9".into(),
+        },
+        "2.0.0",
+    )
+    .unwrap();
+    // The agent itself listens on the board's serial port (a pty): no device-side script.
+    let confirm = leak(format!(
+        "[devices.confirm]\nkind = \"serial\"\nport = \"{}\"\nbaud = 115200\npattern = \"boot version={{version}}\"\ntimeout_secs = 10\n",
+        board.uart_pty().display()
+    ));
+    let chip = kind.chip();
+    let env = Env::start(1, |s| AgentSpec {
+        extra_device_toml: confirm,
+        flasher_toml: Some((chip, gdb_flasher(&board))),
+        ..s
+    })
+    .await;
+    let id = env.device(0).id;
+    let v1 = push_elf(&env, "stm32:1.0.0", &good).await;
+    let v2 = push_elf(&env, "stm32:2.0.0", &liar).await;
+
+    env.intent(0, &v1).await;
+    env.wait(0, "firmware-state", "installed").await;
+    assert_eq!(env.actual(0, "firmware-version").as_deref(), Some("1.0.0"));
+    board.wait_line("boot version=1.0.0", BOOT).unwrap();
+    assert!(env.cloud.states(&id).iter().any(|s| s == "confirming"));
+
+    // The release prints another version than its artifact claims: version-mismatch, reverted.
+    let before = board.uart_lines().len();
+    env.intent(0, &v2).await;
+    env.wait(0, "firmware-state", "failed:version-mismatch")
+        .await;
+    assert_eq!(env.actual(0, "firmware").as_deref(), Some(v1.as_str()));
+    assert_eq!(env.actual(0, "firmware-version").as_deref(), Some("1.0.0"));
+    board
+        .wait_line_after(before, "boot version=1.0.0", BOOT)
+        .unwrap();
+    let after: Vec<String> = board.uart_lines().split_off(before);
+    println!("UART after the mislabelled release and the revert: {after:?}");
+    let banners: Vec<&String> = after
+        .iter()
+        .filter(|l| l.starts_with("boot version="))
+        .collect();
+    assert_eq!(
+        banners,
+        ["boot version=9.9.9", "boot version=1.0.0"],
+        "the mislabelled release booted, then the old one"
+    );
+    let firmware = env.cloud.history(&id, "firmware");
+    assert!(!firmware.contains(&v2), "{firmware:?}");
+    let versions = env.cloud.history(&id, "firmware-version");
+    assert!(!versions.iter().any(|v| v == "2.0.0"), "{versions:?}");
+    let log = env.agent.log();
+    assert!(
+        log.contains("the device runs another version than the artifact claims"),
+        "{log}"
+    );
+}
