@@ -193,3 +193,65 @@ async fn a_serial_check_reads_the_banner_on_the_boards_pty_and_a_mislabelled_rel
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_check_reads_the_running_version_of_a_stellaris_board_and_a_hanging_release_is_reverted()
+ {
+    if !board::required() {
+        return;
+    }
+    // The second board family: TI Stellaris (Cortex-M3), flash at 0, UART0.
+    let kind = BoardKind::Lm3s6965evb;
+    let board = Board::start(kind, None).unwrap();
+    let good = Firmware::build(kind, Variant::Good, "1.0.0").unwrap();
+    let hangs = Firmware::build(kind, Variant::Hang, "2.0.0").unwrap();
+    // The firmware writes its version into RAM at boot; the agent reads it through the GDB server, at the symbol
+    // it finds in each flashed ELF.
+    let confirm = "[devices.confirm]\nkind = \"memory\"\nsymbol = \"twinflash_running_version\"\ntimeout_secs = 5\ninterval_ms = 200\n";
+    let chip = kind.chip();
+    let env = Env::start(1, |s| AgentSpec {
+        extra_device_toml: confirm,
+        flasher_toml: Some((chip, gdb_flasher(&board))),
+        ..s
+    })
+    .await;
+    let id = env.device(0).id;
+    let v1 = push_elf(&env, "lm3s:1.0.0", &good).await;
+    let v2 = push_elf(&env, "lm3s:2.0.0", &hangs).await;
+
+    env.intent(0, &v1).await;
+    env.wait(0, "firmware-state", "installed").await;
+    assert_eq!(env.actual(0, "firmware-version").as_deref(), Some("1.0.0"));
+    board.wait_line("boot version=1.0.0", BOOT).unwrap();
+    assert!(env.cloud.states(&id).iter().any(|s| s == "confirming"));
+    // The reads left the board running: QEMU's own view of the RAM holds what the firmware wrote.
+    assert_eq!(&board.read_memory(0x2000_0000, 6).unwrap(), b"1.0.0\0");
+    let seen = board.uart_lines().len();
+    board.reset().unwrap();
+    board
+        .wait_line_after(seen, "boot version=1.0.0", BOOT)
+        .unwrap();
+
+    // A release that hangs before it writes its version: boot-failed, reverted, the old version runs again.
+    let before = board.uart_lines().len();
+    env.intent(0, &v2).await;
+    env.wait(0, "firmware-state", "failed:boot-failed").await;
+    assert_eq!(env.actual(0, "firmware").as_deref(), Some(v1.as_str()));
+    assert_eq!(env.actual(0, "firmware-version").as_deref(), Some("1.0.0"));
+    board
+        .wait_line_after(before, "boot version=1.0.0", BOOT)
+        .unwrap();
+    assert_eq!(&board.read_memory(0x2000_0000, 6).unwrap(), b"1.0.0\0");
+    let after: Vec<String> = board.uart_lines().split_off(before);
+    assert!(
+        !after.iter().any(|l| l.contains("2.0.0")),
+        "the hanging release printed: {after:?}"
+    );
+    let firmware = env.cloud.history(&id, "firmware");
+    assert!(!firmware.contains(&v2), "{firmware:?}");
+    let log = env.agent.log();
+    assert!(
+        log.contains("previous firmware back and confirmed"),
+        "{log}"
+    );
+}
