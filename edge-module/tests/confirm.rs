@@ -188,3 +188,53 @@ async fn sigkill_during_the_revert_resumes_it_and_ends_with_the_old_firmware() {
     let firmware = env.cloud.history(&dev.id, "firmware");
     assert!(!firmware.contains(&v2), "{firmware:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_a_serial_check_listens_resets_the_device_and_listens_again() {
+    use std::io::Write as _;
+    // The device's UART is a pty: the test holds its master end and prints the device's lines.
+    let (mut uart, slave) = serialport::TTYPort::pair().unwrap();
+    let port = serialport::SerialPort::name(&slave).unwrap();
+    drop(slave);
+    let toml: &'static str = Box::leak(
+        format!(
+            "[devices.confirm]\nkind = \"serial\"\nport = \"{port}\"\npattern = \"boot version={{version}}\"\ntimeout_secs = 30\ninterval_ms = 100\n"
+        )
+        .into_boxed_str(),
+    );
+    let mut env = Env::start(1, |s| AgentSpec {
+        extra_device_toml: toml,
+        ..s
+    })
+    .await;
+    let dev = env.device(0);
+    let fw1 = image(11, 8 * 1024);
+    let v1 = env.push("blinky:1.0.0", &fw1, "1.0.0").await;
+    env.intent(0, &v1).await;
+    env.wait(0, "firmware-state", "confirming").await;
+    let boots = || dev.counters()["boots"].as_u64().unwrap_or(0);
+    let booted = boots();
+    // Killed while it listens: the banner it waited for is gone with it.
+    env.agent.kill9();
+    env.agent.spawn();
+    // The restarted agent resets the device (a boot of the simulated device) to see the banner again...
+    assert!(
+        until(WAIT, || boots() > booted).await,
+        "{}",
+        env.agent.log()
+    );
+    assert!(
+        until(WAIT, || env
+            .agent
+            .log()
+            .contains("device reset to see its boot line again"))
+        .await,
+        "{}",
+        env.agent.log()
+    );
+    // ...and listens: the banner now confirms.
+    uart.write_all(b"boot version=1.0.0\r\n").unwrap();
+    env.wait(0, "firmware-state", "installed").await;
+    assert_eq!(env.actual(0, "firmware").as_deref(), Some(v1.as_str()));
+    assert_eq!(dev.completed(&v1), 1, "confirmed, not flashed again");
+}
