@@ -50,6 +50,9 @@ pub struct ConfirmConfig {
     /// `kind = "memory"`: bytes read (default 32, at most 256); the string ends at its first NUL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub length: Option<u64>,
+    /// `kind = "twin"`: the twin property the device's own application reports its running version in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub property: Option<String>,
     /// The device must pass the check within this many seconds of the end of its flash (default 60).
     #[serde(default = "default_confirm_timeout")]
     pub timeout_secs: u64,
@@ -68,6 +71,8 @@ pub enum ConfirmKind {
     Serial,
     /// A version string in the running device's memory, read through the flasher (`address` or `symbol`).
     Memory,
+    /// A twin property the device's own application reports (`property`; MQTT mode only).
+    Twin,
 }
 
 impl ConfirmKind {
@@ -77,6 +82,7 @@ impl ConfirmKind {
             ConfirmKind::Command => "command",
             ConfirmKind::Serial => "serial",
             ConfirmKind::Memory => "memory",
+            ConfirmKind::Twin => "twin",
         }
     }
 
@@ -86,6 +92,7 @@ impl ConfirmKind {
             ConfirmKind::Command => &["argv"],
             ConfirmKind::Serial => &["port", "baud", "pattern"],
             ConfirmKind::Memory => &["address", "symbol", "length"],
+            ConfirmKind::Twin => &["property"],
         }
     }
 }
@@ -150,6 +157,10 @@ impl ConfirmConfig {
                 },
                 self.length()
             ),
+            ConfirmKind::Twin => format!(
+                "the device's own report of its version in the twin property `{}` (MQTT mode)",
+                self.property.as_deref().unwrap_or_default()
+            ),
         };
         format!(
             "confirmed by {what} within {} s (checked every {} ms), the previous firmware flashed back otherwise",
@@ -167,6 +178,7 @@ impl ConfirmConfig {
             ("address", self.address.is_some()),
             ("symbol", self.symbol.is_some()),
             ("length", self.length.is_some()),
+            ("property", self.property.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, set)| set.then_some(k))
@@ -271,6 +283,24 @@ impl ConfirmConfig {
                     );
                 }
             }
+            ConfirmKind::Twin => match &self.property {
+                Some(p) if mqtt_schema::validate::validate_twin_key(p) => {}
+                Some(p) => {
+                    return fail(
+                        "property",
+                        format!(
+                            "{p:?} is not a twin property name (1-128 of a-z A-Z 0-9 - _ . , : / @ #)"
+                        ),
+                    );
+                }
+                None => {
+                    return fail(
+                        "property",
+                        "missing: the twin property the device's application reports its version in"
+                            .into(),
+                    );
+                }
+            },
         }
         Ok(())
     }

@@ -368,7 +368,15 @@ fn a_confirm_check_is_read_and_checked_and_its_mistakes_named() {
             "kind = \"memory\"\naddress = 1\nport = \"/dev/ttyS0\"",
             "confirm.port",
         ),
-        ("kind = \"twin\"", "confirm"),
+        ("kind = \"twin\"", "confirm.property"),
+        (
+            "kind = \"twin\"\nproperty = \"app version\"",
+            "confirm.property",
+        ),
+        (
+            "kind = \"twin\"\nproperty = \"v\"\nargv = [\"c\"]",
+            "confirm.argv",
+        ),
     ] {
         let err = EdgeConfig::load(&write(dir.path(), &with(table)))
             .unwrap_err()

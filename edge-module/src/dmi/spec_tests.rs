@@ -282,4 +282,12 @@ fn the_confirm_key_takes_every_check_kind_of_the_toml_table() {
     )
     .unwrap_err();
     assert_eq!(e.key, "confirm.pattern", "{e}");
+    // A twin check needs edgecore's twin store (MQTT mode): refused, by name.
+    let e = settings(
+        "default/d",
+        Some(&base(r#"{"kind":"twin","property":"app-version"}"#)),
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "confirm.kind", "{e}");
+    assert!(e.reason.contains("DMI"), "{e}");
 }

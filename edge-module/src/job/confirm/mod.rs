@@ -7,11 +7,12 @@
 //!
 //! The kinds of check: `command` (an external health check), `serial` (a boot line on the UART, listened to from
 //! before the flash on: [`prepare`]), `memory` (a version string in the running device's memory, through the
-//! flasher).
+//! flasher), `twin` (the device's own report of its version in a twin property, MQTT mode).
 
 mod command;
 mod memory;
 mod serial;
+mod twin;
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ use mqtt_schema::{ErrorCode, FirmwareRef, FirmwareState};
 use twinflash_artifact::fetch::Fetched;
 
 use super::{JobContext, backoff, durable, flash, progress};
-use crate::config::{ConfirmConfig, ConfirmKind};
+use crate::config::ConfirmKind;
 use crate::device::Device;
 use crate::plan::{self, Firmware, FlashResult, Verdict};
 
@@ -183,6 +184,8 @@ enum Probe {
     Serial(Result<serial::Serial, String>),
     /// `memory`: the address of the version string (or why it is unknown).
     Memory(Result<u64, String>),
+    /// `twin`: edgecore's stored twin, asked for anew each time.
+    Twin,
 }
 
 /// Makes the device's check ready before `fetched` is flashed as `reference`: a serial check starts listening (the
@@ -195,6 +198,7 @@ pub(super) async fn prepare(
     let cfg = device.cfg.confirm.as_ref()?;
     let probe = match cfg.kind {
         ConfirmKind::Command => Probe::Command,
+        ConfirmKind::Twin => Probe::Twin,
         ConfirmKind::Serial => {
             let mut check = serial::Serial::new(cfg, None);
             if let Ok(c) = &mut check
@@ -225,6 +229,7 @@ async fn resume(device: &Device, ctx: &JobContext, firmware: &Firmware) -> Optio
     let cfg = device.cfg.confirm.as_ref()?;
     match cfg.kind {
         ConfirmKind::Command => Some(Probe::Command),
+        ConfirmKind::Twin => Some(Probe::Twin),
         ConfirmKind::Serial => {
             let mut check = serial::Serial::new(cfg, None);
             if let Ok(c) = &mut check {
@@ -312,7 +317,7 @@ async fn check(
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let once = tokio::select! {
-            once = run_once(cfg, &mut probe, device, firmware, replaced, began, left) => once,
+            once = run_once(&mut probe, device, ctx, firmware, replaced, began, left) => once,
             () = ctx.shutdown.cancelled() => return None,
         };
         match once {
@@ -338,14 +343,17 @@ async fn check(
 
 /// One run of the check, bounded by `left`.
 async fn run_once(
-    cfg: &ConfirmConfig,
     probe: &mut Probe,
     device: &Device,
+    ctx: &JobContext,
     firmware: &Firmware,
     replaced: &Replaced,
     began: Instant,
     left: Duration,
 ) -> Once {
+    let Some(cfg) = &device.cfg.confirm else {
+        return Once::Confirmed;
+    };
     match probe {
         Probe::Command => command::run(&cfg.argv, device.id(), firmware, left).await,
         Probe::Serial(Ok(check)) => {
@@ -363,6 +371,10 @@ async fn run_once(
                 left,
             )
             .await
+        }
+        Probe::Twin => {
+            let property = cfg.property.as_deref().unwrap_or_default();
+            twin::run(device, &ctx.reports, property, &firmware.version, left).await
         }
         Probe::Serial(Err(why)) | Probe::Memory(Err(why)) => Once::NotYet(why.clone()),
     }
