@@ -92,28 +92,50 @@ async fn an_emulated_stm32_is_updated_and_a_release_that_hangs_is_reverted() {
 
 /// Pushes `fw`'s ELF file as `fw/<repo_tag>` for its board's chip; returns the digest-pinned reference.
 async fn push_elf(env: &Env, repo_tag: &str, fw: &Firmware) -> String {
-    let tls = twinflash_artifact::TlsOptions {
-        plain_http: vec![env.registry.host()],
-        ..Default::default()
-    };
-    let req = twinflash_artifact::PushRequest {
-        reference: format!("{}/fw/{repo_tag}", env.registry.host()),
-        file: fw.elf().to_path_buf(),
-        version: fw.version().into(),
-        chip: fw.board().chip().into(),
-        format: None,
-        base_address: None,
-        annotations: Default::default(),
-    };
-    twinflash_artifact::push(
-        &tls,
-        &twinflash_artifact::Credentials::default(),
-        &req,
-        |_, _| {},
+    let file = fw.elf().to_path_buf();
+    let chip = fw.board().chip();
+    twinflash_testkit::push_file(
+        &env.registry,
+        &format!("fw/{repo_tag}"),
+        file,
+        fw.version(),
+        chip,
+        None,
     )
     .await
-    .unwrap()
-    .pinned_reference
+}
+
+/// Starts an agent whose device is `board`, flashed by the gdb backend and confirmed by `confirm`; pushes `good`
+/// and `bad` as ELF artifacts and installs `good`, which must confirm. Returns the agent, the device id and the two
+/// references.
+async fn install_good(
+    board: &Board,
+    confirm: &'static str,
+    good: &Firmware,
+    bad: &Firmware,
+) -> (Env, String, String, String) {
+    let chip = board.kind().chip();
+    let env = Env::start(1, |s| AgentSpec {
+        extra_device_toml: confirm,
+        flasher_toml: Some((chip, gdb_flasher(board))),
+        ..s
+    })
+    .await;
+    let id = env.device(0).id;
+    let tag = board.kind().machine();
+    let v1 = push_elf(&env, &format!("{tag}:{}", good.version()), good).await;
+    let v2 = push_elf(&env, &format!("{tag}:{}", bad.version()), bad).await;
+    env.intent(0, &v1).await;
+    env.wait(0, "firmware-state", "installed").await;
+    assert_eq!(
+        env.actual(0, "firmware-version").as_deref(),
+        Some(good.version())
+    );
+    board
+        .wait_line(&format!("boot version={}", good.version()), BOOT)
+        .unwrap();
+    assert!(env.cloud.states(&id).iter().any(|s| s == "confirming"));
+    (env, id, v1, v2)
 }
 
 /// The gdb backend's settings for `board`, reset by QEMU's `system_reset`.
@@ -145,22 +167,7 @@ async fn a_serial_check_reads_the_banner_on_the_boards_pty_and_a_mislabelled_rel
         "[devices.confirm]\nkind = \"serial\"\nport = \"{}\"\nbaud = 115200\npattern = \"boot version={{version}}\"\ntimeout_secs = 10\n",
         board.uart_pty().display()
     ));
-    let chip = kind.chip();
-    let env = Env::start(1, |s| AgentSpec {
-        extra_device_toml: confirm,
-        flasher_toml: Some((chip, gdb_flasher(&board))),
-        ..s
-    })
-    .await;
-    let id = env.device(0).id;
-    let v1 = push_elf(&env, "stm32:1.0.0", &good).await;
-    let v2 = push_elf(&env, "stm32:2.0.0", &liar).await;
-
-    env.intent(0, &v1).await;
-    env.wait(0, "firmware-state", "installed").await;
-    assert_eq!(env.actual(0, "firmware-version").as_deref(), Some("1.0.0"));
-    board.wait_line("boot version=1.0.0", BOOT).unwrap();
-    assert!(env.cloud.states(&id).iter().any(|s| s == "confirming"));
+    let (env, id, v1, v2) = install_good(&board, confirm, &good, &liar).await;
 
     // The release prints another version than its artifact claims: version-mismatch, reverted.
     let before = board.uart_lines().len();
@@ -208,22 +215,7 @@ async fn a_memory_check_reads_the_running_version_of_a_stellaris_board_and_a_han
     // The firmware writes its version into RAM at boot; the agent reads it through the GDB server, at the symbol
     // it finds in each flashed ELF.
     let confirm = "[devices.confirm]\nkind = \"memory\"\nsymbol = \"twinflash_running_version\"\ntimeout_secs = 5\ninterval_ms = 200\n";
-    let chip = kind.chip();
-    let env = Env::start(1, |s| AgentSpec {
-        extra_device_toml: confirm,
-        flasher_toml: Some((chip, gdb_flasher(&board))),
-        ..s
-    })
-    .await;
-    let id = env.device(0).id;
-    let v1 = push_elf(&env, "lm3s:1.0.0", &good).await;
-    let v2 = push_elf(&env, "lm3s:2.0.0", &hangs).await;
-
-    env.intent(0, &v1).await;
-    env.wait(0, "firmware-state", "installed").await;
-    assert_eq!(env.actual(0, "firmware-version").as_deref(), Some("1.0.0"));
-    board.wait_line("boot version=1.0.0", BOOT).unwrap();
-    assert!(env.cloud.states(&id).iter().any(|s| s == "confirming"));
+    let (env, id, v1, v2) = install_good(&board, confirm, &good, &hangs).await;
     // The reads left the board running: QEMU's own view of the RAM holds what the firmware wrote.
     assert_eq!(&board.read_memory(0x2000_0000, 6).unwrap(), b"1.0.0\0");
     let seen = board.uart_lines().len();
