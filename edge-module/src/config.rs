@@ -9,6 +9,10 @@ use twinflash_artifact::Timeouts;
 use twinflash_artifact::signature::{Mode, Policy};
 use twinflash_flasher::FlasherConfig;
 
+#[path = "config_confirm.rs"]
+mod confirm;
+pub use confirm::{ConfirmConfig, ConfirmKind, VersionPattern};
+
 /// Prefix of the environment overrides: `TWINFLASH_EDGE__MQTT__URL=mqtt://...` sets `mqtt.url`.
 pub const ENV_PREFIX: &str = "TWINFLASH_EDGE";
 
@@ -504,54 +508,6 @@ pub struct DeviceConfig {
     pub confirm: Option<ConfirmConfig>,
 }
 
-/// `[devices.confirm]`: the check that a flashed firmware runs (docs/contract.md section 3, docs/hardware.md).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfirmConfig {
-    /// How the check is made.
-    pub kind: ConfirmKind,
-    /// `kind = "command"`: the program and its arguments, run without a shell, with `{version}`, `{reference}` and
-    /// `{device}` replaced. Exit 0 confirms; exit 3 says the device runs another version (`version-mismatch`);
-    /// anything else means "not yet" and the check runs again until the timeout.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub argv: Vec<String>,
-    /// The device must pass the check within this many seconds of the end of its flash (default 60).
-    #[serde(default = "default_confirm_timeout")]
-    pub timeout_secs: u64,
-    /// A check that fails is run again after this many milliseconds while time is left (default 1000).
-    #[serde(default = "default_confirm_interval")]
-    pub interval_ms: u64,
-}
-
-/// The kinds of confirmation check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ConfirmKind {
-    /// An external health check (`argv`).
-    Command,
-}
-
-impl ConfirmConfig {
-    /// What the config says, for `--check-config`.
-    pub fn describe(&self) -> String {
-        match self.kind {
-            ConfirmKind::Command => format!(
-                "confirmed by the command `{}` within {} s (run every {} ms), the previous firmware flashed back otherwise",
-                self.argv.join(" "),
-                self.timeout_secs,
-                self.interval_ms
-            ),
-        }
-    }
-}
-
-fn default_confirm_timeout() -> u64 {
-    60
-}
-fn default_confirm_interval() -> u64 {
-    1000
-}
-
 fn default_max_artifact() -> u64 {
     64 * 1024 * 1024
 }
@@ -1045,24 +1001,7 @@ impl DeviceConfig {
             return Err(("chip".into(), "must not be empty".into()));
         }
         if let Some(c) = &self.confirm {
-            if c.timeout_secs == 0 || c.timeout_secs > 86_400 {
-                return Err((
-                    "confirm.timeout_secs".into(),
-                    format!("{} is outside 1..=86400", c.timeout_secs),
-                ));
-            }
-            if c.interval_ms == 0 || c.interval_ms > 60_000 {
-                return Err((
-                    "confirm.interval_ms".into(),
-                    format!("{} is outside 1..=60000", c.interval_ms),
-                ));
-            }
-            if c.kind == ConfirmKind::Command && c.argv.first().is_none_or(String::is_empty) {
-                return Err((
-                    "confirm.argv".into(),
-                    "must name a program (no shell is used)".into(),
-                ));
-            }
+            c.check(&self.flasher)?;
         }
         let empty_path = match &self.flasher {
             FlasherConfig::Simulated(s) if s.dir.as_os_str().is_empty() => Some("flasher.dir"),

@@ -277,6 +277,46 @@ fn a_confirm_check_is_read_and_checked_and_its_mistakes_named() {
         "{}",
         c.describe()
     );
+    let serial = EdgeConfig::load(&write(
+        dir.path(),
+        &with("kind = \"serial\"\nport = \"/dev/ttyUSB0\"\npattern = \"boot version={version}\""),
+    ))
+    .unwrap();
+    let c = serial.devices[0].confirm.as_ref().unwrap();
+    assert_eq!((c.kind, c.baud()), (ConfirmKind::Serial, 115_200));
+    assert!(
+        c.describe().contains("/dev/ttyUSB0 at 115200 baud"),
+        "{}",
+        c.describe()
+    );
+    for (table, at) in [
+        ("kind = \"memory\"\naddress = 0x20000000", "0x20000000"),
+        (
+            "kind = \"memory\"\naddress = \"0x20000000\"\nlength = 16",
+            "0x20000000 (16 bytes)",
+        ),
+        (
+            "kind = \"memory\"\nsymbol = \"fw_version\"",
+            "the ELF symbol `fw_version`",
+        ),
+    ] {
+        let cfg = EdgeConfig::load(&write(dir.path(), &with(table))).unwrap();
+        let c = cfg.devices[0].confirm.as_ref().unwrap();
+        assert_eq!(c.kind, ConfirmKind::Memory);
+        assert!(c.describe().contains(at), "{table}: {}", c.describe());
+    }
+    // A memory check reads through the flasher: a backend that cannot read memory is refused.
+    let command_flasher = MINIMAL.replace(
+        "[devices.flasher]\nkind = \"simulated\"\ndir = \"/tmp/tf/d1\"\nsize = 65536",
+        "[devices.confirm]\nkind = \"memory\"\naddress = 1\n[devices.flasher]\nkind = \"command\"\nflash = [\"x\", \"{file}\"]",
+    );
+    let err = EdgeConfig::load(&write(dir.path(), &command_flasher))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("confirm.kind") && err.contains("command backend"),
+        "{err}"
+    );
     for (table, key) in [
         ("kind = \"command\"", "confirm.argv"),
         ("kind = \"command\"\nargv = [\"\"]", "confirm.argv"),
@@ -288,10 +328,54 @@ fn a_confirm_check_is_read_and_checked_and_its_mistakes_named() {
             "kind = \"command\"\nargv = [\"c\"]\ninterval_ms = 0",
             "confirm.interval_ms",
         ),
-        ("kind = \"serial\"", "confirm"),
+        ("kind = \"serial\"", "confirm.port"),
         (
             "kind = \"command\"\nargv = [\"c\"]\npattern = \"x\"",
-            "confirm",
+            "confirm.pattern",
+        ),
+        (
+            "kind = \"serial\"\nport = \"ttyUSB0\"\npattern = \"v={version}\"",
+            "confirm.port",
+        ),
+        (
+            "kind = \"serial\"\nport = \"/dev/ttyUSB0\"",
+            "confirm.pattern",
+        ),
+        (
+            "kind = \"serial\"\nport = \"/dev/ttyUSB0\"\npattern = \"boot version=\"",
+            "confirm.pattern",
+        ),
+        (
+            "kind = \"serial\"\nport = \"/dev/ttyUSB0\"\npattern = \"v={version}\"\nbaud = 0",
+            "confirm.baud",
+        ),
+        (
+            "kind = \"serial\"\nport = \"/dev/ttyUSB0\"\npattern = \"v={version}\"\nargv = [\"c\"]",
+            "confirm.argv",
+        ),
+        ("kind = \"memory\"", "confirm.address"),
+        (
+            "kind = \"memory\"\naddress = 1\nsymbol = \"v\"",
+            "confirm.symbol",
+        ),
+        ("kind = \"memory\"\nsymbol = \"\"", "confirm.symbol"),
+        ("kind = \"memory\"\naddress = \"0xzz\"", "confirm.address"),
+        (
+            "kind = \"memory\"\naddress = 1\nlength = 257",
+            "confirm.length",
+        ),
+        (
+            "kind = \"memory\"\naddress = 1\nport = \"/dev/ttyS0\"",
+            "confirm.port",
+        ),
+        ("kind = \"twin\"", "confirm.property"),
+        (
+            "kind = \"twin\"\nproperty = \"app version\"",
+            "confirm.property",
+        ),
+        (
+            "kind = \"twin\"\nproperty = \"v\"\nargv = [\"c\"]",
+            "confirm.argv",
         ),
     ] {
         let err = EdgeConfig::load(&write(dir.path(), &with(table)))

@@ -26,6 +26,8 @@ pub struct Device {
     journal: Journal,
     inner: Mutex<Inner>,
     wake: Notify,
+    /// The value edgecore's twin last held for the property of a `twin` confirmation check (None: absent).
+    app_reported: tokio::sync::watch::Sender<Option<String>>,
     /// Set when the device was removed (DMI): its job ends at the next step, after a running flash.
     retired: std::sync::atomic::AtomicBool,
 }
@@ -92,6 +94,7 @@ impl Device {
                 ..Inner::default()
             }),
             wake: Notify::new(),
+            app_reported: tokio::sync::watch::Sender::new(None),
             retired: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -248,6 +251,22 @@ impl Device {
     /// True once [`Device::retire`] was called.
     pub fn is_retired(&self) -> bool {
         self.retired.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// edgecore's stored twin answered a `twin/get` with these other twins' actual values: keeps the one a `twin`
+    /// confirmation check names (every answer wakes the check, whether the value changed or not).
+    pub fn twin_reported(&self, others: &std::collections::BTreeMap<String, String>) {
+        if let Some(c) = &self.cfg.confirm
+            && let Some(property) = &c.property
+        {
+            self.app_reported
+                .send_replace(others.get(property).cloned());
+        }
+    }
+
+    /// Follows what [`Device::twin_reported`] keeps.
+    pub fn app_reports(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.app_reported.subscribe()
     }
 
     /// Asks the job to look at its state again (a re-report after a reconnect, a new intent).

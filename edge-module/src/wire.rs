@@ -98,6 +98,9 @@ pub enum Incoming {
         event_id: String,
         wanted: Option<Intent>,
         actual: BTreeMap<String, String>,
+        /// The `actual` value of every other twin (what the device's own application reports, e.g. the property
+        /// of a `twin` confirmation check).
+        others: BTreeMap<String, String>,
         code: i64,
         reason: String,
     },
@@ -202,6 +205,7 @@ fn get_result(device: &str, payload: &[u8], names: &TwinNames) -> Result<Incomin
             event_id,
             wanted: None,
             actual: BTreeMap::new(),
+            others: BTreeMap::new(),
             code: status.code,
             reason,
         });
@@ -220,11 +224,27 @@ fn get_result(device: &str, payload: &[u8], names: &TwinNames) -> Result<Incomin
             Some((n.clone(), t.actual_value().to_owned()))
         })
         .collect();
+    let own = [&names.firmware, &names.version, &names.state];
+    let others = r
+        .twin
+        .iter()
+        .flatten()
+        .filter(|(n, _)| !own.contains(n))
+        .filter_map(|(n, t)| {
+            let t = t.as_ref()?;
+            t.actual.as_ref()?;
+            Some((
+                prefix(n, 128).to_owned(),
+                prefix(t.actual_value(), 512).to_owned(),
+            ))
+        })
+        .collect();
     Ok(Incoming::GetResult {
         device,
         event_id,
         wanted,
         actual,
+        others,
         code: 0,
         reason,
     })

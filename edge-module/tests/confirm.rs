@@ -188,3 +188,95 @@ async fn sigkill_during_the_revert_resumes_it_and_ends_with_the_old_firmware() {
     let firmware = env.cloud.history(&dev.id, "firmware");
     assert!(!firmware.contains(&v2), "{firmware:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_a_serial_check_listens_resets_the_device_and_listens_again() {
+    use std::io::Write as _;
+    // The device's UART is a pty: the test holds its master end and prints the device's lines.
+    let (mut uart, slave) = serialport::TTYPort::pair().unwrap();
+    let port = serialport::SerialPort::name(&slave).unwrap();
+    drop(slave);
+    let toml: &'static str = Box::leak(
+        format!(
+            "[devices.confirm]\nkind = \"serial\"\nport = \"{port}\"\npattern = \"boot version={{version}}\"\ntimeout_secs = 30\ninterval_ms = 100\n"
+        )
+        .into_boxed_str(),
+    );
+    let mut env = Env::start(1, |s| AgentSpec {
+        extra_device_toml: toml,
+        ..s
+    })
+    .await;
+    let dev = env.device(0);
+    let fw1 = image(11, 8 * 1024);
+    let v1 = env.push("blinky:1.0.0", &fw1, "1.0.0").await;
+    env.intent(0, &v1).await;
+    env.wait(0, "firmware-state", "confirming").await;
+    let boots = || dev.counters()["boots"].as_u64().unwrap_or(0);
+    let booted = boots();
+    // Killed while it listens: the banner it waited for is gone with it.
+    env.agent.kill9();
+    env.agent.spawn();
+    // The restarted agent resets the device (a boot of the simulated device) to see the banner again...
+    assert!(
+        until(WAIT, || boots() > booted).await,
+        "{}",
+        env.agent.log()
+    );
+    assert!(
+        until(WAIT, || env
+            .agent
+            .log()
+            .contains("device reset to see its boot line again"))
+        .await,
+        "{}",
+        env.agent.log()
+    );
+    // ...and listens: the banner now confirms.
+    uart.write_all(b"boot version=1.0.0\r\n").unwrap();
+    env.wait(0, "firmware-state", "installed").await;
+    assert_eq!(env.actual(0, "firmware").as_deref(), Some(v1.as_str()));
+    assert_eq!(dev.completed(&v1), 1, "confirmed, not flashed again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twin_check_confirms_once_the_application_reports_the_version_in_its_own_twin_property() {
+    let toml = "[devices.confirm]\nkind = \"twin\"\nproperty = \"app-version\"\ntimeout_secs = 5\ninterval_ms = 100\n";
+    let env = Env::start(1, |s| AgentSpec {
+        extra_device_toml: toml,
+        ..s
+    })
+    .await;
+    let dev = env.device(0);
+    let (fw1, fw2) = (image(12, 8 * 1024), image(13, 8 * 1024));
+    let v1 = env.push("blinky:1.0.0", &fw1, "1.0.0").await;
+    let v2 = env.push("blinky:2.0.0", &fw2, "2.0.0").await;
+    // The device's application reports as a KubeEdge mapper does: an update of its own twin property, which
+    // edgecore (here its stand-in) stores and returns on every twin/get.
+    let app_reports = |version: &str| {
+        let payload = format!(
+            r#"{{"event_id":"app-{version}","timestamp":1,"twin":{{"app-version":{{"actual":{{"value":"{version}"}},"metadata":{{"type":"string"}}}}}}}}"#
+        );
+        env.cloud.raw(
+            &dev.id,
+            mqtt_schema::DeviceTopicKind::TwinUpdate,
+            payload.into_bytes(),
+        )
+    };
+
+    env.intent(0, &v1).await;
+    env.wait(0, "firmware-state", "confirming").await;
+    app_reports("1.0.0").await;
+    env.wait(0, "firmware-state", "installed").await;
+    assert_eq!(env.actual(0, "firmware-version").as_deref(), Some("1.0.0"));
+
+    // A release whose application never reports its version (it still says 1.0.0): boot-failed, reverted, and the
+    // application's report confirms the old firmware back.
+    env.intent(0, &v2).await;
+    env.wait(0, "firmware-state", "failed:boot-failed").await;
+    assert_eq!(env.actual(0, "firmware").as_deref(), Some(v1.as_str()));
+    assert_eq!(env.actual(0, "firmware-version").as_deref(), Some("1.0.0"));
+    assert!(dev.holds(&fw1));
+    let log = env.agent.log();
+    assert!(log.contains("the application reports app-version"), "{log}");
+}

@@ -106,7 +106,7 @@ pub struct GdbConfig {
     pub attach: Option<u32>,
     /// The monitor command (`qRcmd`) that resets the target after a verified flash: `system_reset` for QEMU,
     /// `reset` for OpenOCD, pyOCD and J-Link. Absent: no reset; the target runs on from where it stopped when the
-    /// backend detaches.
+    /// backend detaches, and [`crate::Flasher::reset`] is unsupported.
     #[serde(default)]
     pub reset: Option<String>,
     /// Limit for connecting to the server, in seconds.

@@ -76,6 +76,15 @@ pub enum FlashError {
         /// What is wrong.
         detail: String,
     },
+    /// The backend cannot do what was asked of it (reset the device, read its memory): a setting that needs it
+    /// does not fit this backend.
+    #[error("the {backend} flasher cannot {operation}")]
+    Unsupported {
+        /// The backend kind.
+        backend: &'static str,
+        /// What it was asked to do.
+        operation: &'static str,
+    },
     /// The flash was cancelled before anything was written.
     #[error("flash cancelled before the first write")]
     Cancelled,
@@ -109,6 +118,7 @@ impl FlashError {
             FlashError::TooLarge { .. } => ErrorCode::TooLarge,
             FlashError::UnsupportedImage { .. } => ErrorCode::UnsupportedArtifact,
             FlashError::Image(e) => e.code(),
+            FlashError::Unsupported { .. } => ErrorCode::InvalidConfig,
             FlashError::Config { .. }
             | FlashError::Cancelled
             | FlashError::Io { .. }
@@ -169,6 +179,12 @@ mod tests {
         assert_eq!(v.code().as_str(), "verify-failed");
         assert!(!v.is_transient());
         assert_eq!(FlashError::Cancelled.code().as_str(), "internal");
+        let cannot = FlashError::Unsupported {
+            backend: "command",
+            operation: "reset the device",
+        };
+        assert_eq!(cannot.code().as_str(), "invalid-config");
+        assert!(!cannot.is_transient());
         assert!(FlashError::Cancelled.is_cancelled());
     }
 }

@@ -104,7 +104,35 @@ pub trait Flasher: Send + Sync {
     fn installed(&self) -> BoxFuture<'_, Result<Option<Installed>, FlashError>> {
         Box::pin(async { Ok(None) })
     }
+
+    /// Resets the device so that it boots what its flash holds, and leaves it running (what a confirmation check
+    /// that listens for the boot banner needs after an agent restart). Default: [`FlashError::Unsupported`].
+    fn reset(&self) -> BoxFuture<'_, Result<(), FlashError>> {
+        let backend = self.kind();
+        Box::pin(async move {
+            Err(FlashError::Unsupported {
+                backend,
+                operation: "reset the device",
+            })
+        })
+    }
+
+    /// Reads `len` bytes of the running device's memory from `address`, and leaves it running (a confirmation
+    /// check reading the version the firmware wrote at boot). Default: [`FlashError::Unsupported`].
+    fn read_memory(&self, address: u64, len: u64) -> BoxFuture<'_, Result<Vec<u8>, FlashError>> {
+        let _ = (address, len);
+        let backend = self.kind();
+        Box::pin(async move {
+            Err(FlashError::Unsupported {
+                backend,
+                operation: "read the device's memory",
+            })
+        })
+    }
 }
+
+/// The most bytes one [`Flasher::read_memory`] may ask for.
+pub const MAX_MEMORY_READ: u64 = 4096;
 
 /// Build the backend described by `cfg` for a device whose chip is `chip`.
 ///

@@ -216,3 +216,47 @@ async fn chip_is_checked_before_anything_is_sent() {
         .unwrap_err();
     assert_eq!(err.code().as_str(), "chip-mismatch", "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_board_is_read_and_reset_through_its_gdb_server_and_runs_on() {
+    if !board::required() {
+        return;
+    }
+    let kind = BoardKind::Netduinoplus2;
+    // A crash loop prints without end: new lines after a read prove the board runs on (QEMU halts it for a client).
+    let crash = Firmware::build(kind, Variant::CrashLoop, "3.0.0").unwrap();
+    let board = Board::start(kind, Some(&crash)).unwrap();
+    board.wait_line("boot version=3.0.0", BOOT).unwrap();
+    let f = flasher(&board);
+    let bin = std::fs::read(crash.bin()).unwrap();
+    let read = f
+        .read_memory(kind.flash_origin(), bin.len() as u64)
+        .await
+        .unwrap();
+    assert!(read == bin, "the read differs from the flash content");
+    let seen = board.uart_lines().len();
+    board
+        .wait_line_after(seen + 1, "boot version=3.0.0", BOOT)
+        .unwrap();
+    drop(board);
+
+    // A reset: the board boots again and prints its banner a second time.
+    let good = Firmware::build(kind, Variant::Good, "1.0.0").unwrap();
+    let board = Board::start(kind, Some(&good)).unwrap();
+    board.wait_line("boot version=1.0.0", BOOT).unwrap();
+    flasher(&board).reset().await.unwrap();
+    board
+        .wait_line_after(1, "boot version=1.0.0", BOOT)
+        .unwrap();
+    // Without a configured reset command the backend cannot reset; a read beyond the limit is refused.
+    let no_reset =
+        GdbFlasher::new(GdbConfig::new(board.gdb_addr().to_string()), kind.chip()).unwrap();
+    let err = no_reset.reset().await.unwrap_err();
+    assert_eq!(err.code().as_str(), "invalid-config", "{err}");
+    assert!(
+        no_reset
+            .read_memory(0, twinflash_flasher::MAX_MEMORY_READ + 1)
+            .await
+            .is_err()
+    );
+}

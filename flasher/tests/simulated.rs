@@ -489,3 +489,45 @@ async fn malformed_faults_file_is_reported_not_ignored() {
     assert!(err.to_string().contains("faults.json"), "{err}");
     assert!(dev.counters().unwrap().started.is_empty());
 }
+
+#[tokio::test]
+async fn the_running_slot_is_read_and_a_reset_is_a_boot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = sim(tmp.path(), true);
+    let (v1, data1) = bin(tmp.path(), "1.0.0", 4096, 1, 0);
+    flash(&dev, &v1).await.unwrap();
+    assert!(dev.confirm().unwrap());
+    let (v2, data2) = bin(tmp.path(), "2.0.0", 4096, 2, 0);
+    flash(&dev, &v2).await.unwrap();
+    // The new image runs in test mode from slot B: a read at its addresses gives its bytes.
+    assert_eq!(
+        dev.read_memory(ORIGIN + 16, 32).await.unwrap(),
+        data2[16..48]
+    );
+    // A reset without its confirmation: the bootloader reverts, and the read gives the old image.
+    dev.reset().await.unwrap();
+    assert_eq!(dev.read_memory(ORIGIN, 8).await.unwrap(), data1[..8]);
+    assert_eq!(dev.counters().unwrap().reverts, 1);
+    // Outside the slot, or too long: refused.
+    for (address, len) in [(ORIGIN - 1, 4), (ORIGIN + 32 * 1024 - 2, 4), (ORIGIN, 8192)] {
+        let err = dev.read_memory(address, len).await.unwrap_err();
+        assert_eq!(
+            err.code().as_str(),
+            "too-large",
+            "{address:#x}+{len}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_backend_that_cannot_reset_or_read_memory_says_so_with_a_stable_code() {
+    let cmd: FlasherConfig =
+        toml::from_str("kind = \"command\"\nflash = [\"true\", \"{file}\"]\n").unwrap();
+    let f = build(&cmd, CHIP).unwrap();
+    let reset = f.reset().await.unwrap_err();
+    let read = f.read_memory(0, 4).await.unwrap_err();
+    for e in [&reset, &read] {
+        assert_eq!(e.code().as_str(), "invalid-config", "{e}");
+        assert!(e.to_string().contains("command flasher cannot"), "{e}");
+    }
+}

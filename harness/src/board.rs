@@ -40,6 +40,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const START_ATTEMPTS: usize = 5;
 const UART_FILE: &str = "uart.log";
 const OUTPUT_FILE: &str = "qemu.out";
+/// The id of the UART's chardev, which QEMU names when it says which pty it is on.
+const UART_LABEL: &str = "uart0";
 
 /// Whether the emulated boards can run here: `qemu-system-arm` and `arm-none-eabi-gcc` are installed.
 pub fn available() -> bool {
@@ -269,8 +271,8 @@ fn run_tool(mut cmd: Command, name: &str) -> Result<(), HarnessError> {
     ))
 }
 
-/// One `qemu-system-arm` running a board: its GDB server on `127.0.0.1:<free port>`, its first UART written to a
-/// file, a QMP connection for resets. Dropping it SIGKILLs QEMU and removes the temp dir.
+/// One `qemu-system-arm` running a board: its GDB server on `127.0.0.1:<free port>`, its first UART on a pty and
+/// logged to a file, a QMP connection for resets. Dropping it SIGKILLs QEMU and removes the temp dir.
 #[derive(Debug)]
 pub struct Board {
     // Declared first so QEMU dies before its directory is removed.
@@ -278,6 +280,7 @@ pub struct Board {
     kind: BoardKind,
     gdb_port: u16,
     qmp: Mutex<BufReader<TcpStream>>,
+    uart_pty: PathBuf,
     dir: TempDir,
 }
 
@@ -293,12 +296,13 @@ impl Board {
         let mut attempt = 1;
         loop {
             match Board::launch(&binary, kind, firmware, &dir) {
-                Ok((proc, gdb_port, qmp)) => {
+                Ok((proc, gdb_port, qmp, uart_pty)) => {
                     return Ok(Board {
                         proc,
                         kind,
                         gdb_port,
                         qmp: Mutex::new(qmp),
+                        uart_pty,
                         dir,
                     });
                 }
@@ -316,7 +320,7 @@ impl Board {
         kind: BoardKind,
         firmware: Option<&Firmware>,
         dir: &TempDir,
-    ) -> Result<(ServiceProcess, u16, BufReader<TcpStream>), HarnessError> {
+    ) -> Result<(ServiceProcess, u16, BufReader<TcpStream>, PathBuf), HarnessError> {
         let gdb_port = crate::free_port();
         let qmp_port = crate::free_port();
         let uart = dir.path().join(UART_FILE);
@@ -332,8 +336,15 @@ impl Board {
             "-nic",
             "none",
         ])
+        // The UART on a pty (what a serial confirmation check opens), every byte also logged to the file, whether
+        // the pty is open or not.
+        .arg("-chardev")
+        .arg(format!(
+            "pty,id={UART_LABEL},logfile={},signal=off",
+            uart.display()
+        ))
         .arg("-serial")
-        .arg(format!("file:{}", uart.display()))
+        .arg(format!("chardev:{UART_LABEL}"))
         .arg("-gdb")
         .arg(format!("tcp:127.0.0.1:{gdb_port}"))
         .arg("-qmp")
@@ -357,7 +368,15 @@ impl Board {
         })?;
         let qmp = qmp
             .ok_or_else(|| HarnessError::io("qemu QMP", std::io::Error::other("no connection")))?;
-        Ok((proc, gdb_port, qmp))
+        // QEMU said which pty before it served QMP.
+        let said = fs::read_to_string(&output).unwrap_or_default();
+        let pty = uart_pty_in(&said).ok_or_else(|| {
+            HarnessError::io(
+                "qemu UART pty",
+                std::io::Error::other(format!("QEMU did not name the pty of {UART_LABEL}: {said}")),
+            )
+        })?;
+        Ok((proc, gdb_port, qmp, pty))
     }
 
     /// Which board this is.
@@ -383,6 +402,12 @@ impl Board {
     /// The file QEMU writes the UART to (what a device-side check may read, as it would read a serial port).
     pub fn uart_path(&self) -> PathBuf {
         self.dir.path().join(UART_FILE)
+    }
+
+    /// The pty of the UART (`/dev/pts/N`): what a device-side program opens as the board's serial port. The UART file
+    /// ([`Board::uart_path`]) gets the same bytes, whether the pty is open or not.
+    pub fn uart_pty(&self) -> PathBuf {
+        self.uart_pty.clone()
     }
 
     /// Every complete line the firmware printed on its UART so far (without line ends).
@@ -467,6 +492,15 @@ impl Board {
     }
 }
 
+/// The pty QEMU's output names for the UART: "char device redirected to /dev/pts/N (label uart0)".
+fn uart_pty_in(output: &str) -> Option<PathBuf> {
+    output.lines().find_map(|l| {
+        let rest = l.strip_prefix("char device redirected to ")?;
+        let (path, label) = rest.split_once(' ')?;
+        (label == format!("(label {UART_LABEL})")).then(|| PathBuf::from(path))
+    })
+}
+
 /// Connects to QMP, reads the greeting and leaves capabilities negotiation.
 fn qmp_connect(port: u16) -> Result<BufReader<TcpStream>, HarnessError> {
     let io = |e| HarnessError::io("qemu QMP", e);
@@ -516,5 +550,21 @@ fn qmp_execute_with(
         if line.contains("\"error\"") {
             return Err(io(std::io::Error::other(line)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pty_is_read_from_what_qemu_says() {
+        let said = "qemu: warning\nchar device redirected to /dev/pts/7 (label uart0)\n";
+        assert_eq!(uart_pty_in(said), Some(PathBuf::from("/dev/pts/7")));
+        assert_eq!(
+            uart_pty_in("char device redirected to /dev/pts/8 (label other)"),
+            None
+        );
+        assert_eq!(uart_pty_in(""), None);
     }
 }

@@ -120,3 +120,31 @@ fn a_board_without_firmware_waits_halted_for_a_gdb_client() {
     assert!(b.uart_lines().is_empty());
     assert!(std::net::TcpStream::connect(b.gdb_addr()).is_ok());
 }
+
+#[test]
+fn the_uart_is_a_pty_too_and_the_log_keeps_everything_whether_it_is_open_or_not() {
+    if !board::required() {
+        return;
+    }
+    use std::io::{BufRead as _, BufReader};
+    let kind = BoardKind::Netduinoplus2;
+    let crash = Firmware::build(kind, Variant::CrashLoop, "3.0.0").unwrap();
+    let b = Board::start(kind, Some(&crash)).unwrap();
+    let pty = b.uart_pty();
+    assert!(pty.starts_with("/dev/pts"), "{pty:?}");
+    // Nobody has the pty open: the log gets the lines.
+    b.wait_line_after(3, "boot version=3.0.0", BOOT).unwrap();
+    // A reader of the pty sees the same lines as they come.
+    let mut reader = BufReader::new(std::fs::File::open(&pty).unwrap());
+    let mut line = String::new();
+    while !line.contains("boot version=") {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    assert_eq!(line.trim_end(), "boot version=3.0.0");
+    drop(reader);
+    // Closed again: the log goes on.
+    let seen = b.uart_lines().len();
+    b.wait_line_after(seen + 2, "boot version=3.0.0", BOOT)
+        .unwrap();
+}

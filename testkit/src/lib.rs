@@ -82,6 +82,19 @@ pub async fn push(
 ) -> String {
     let file = dir.join(format!("{}.bin", repo_tag.replace(['/', ':'], "_")));
     std::fs::write(&file, bytes).unwrap();
+    push_file(registry, repo_tag, file, version, chip, Some(ORIGIN)).await
+}
+
+/// Pushes `file` (its format detected from its content; a BIN at `base_address`) and returns the digest-pinned
+/// reference.
+pub async fn push_file(
+    registry: &Registry,
+    repo_tag: &str,
+    file: std::path::PathBuf,
+    version: &str,
+    chip: &str,
+    base_address: Option<u64>,
+) -> String {
     let tls = twinflash_artifact::TlsOptions {
         plain_http: vec![registry.host()],
         ..Default::default()
@@ -92,7 +105,7 @@ pub async fn push(
         version: version.into(),
         chip: chip.into(),
         format: None,
-        base_address: Some(ORIGIN),
+        base_address,
         annotations: BTreeMap::new(),
     };
     twinflash_artifact::push(

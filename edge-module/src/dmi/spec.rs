@@ -173,6 +173,16 @@ pub fn settings(
     })?;
     cfg.check(mqtt_schema::TopicLayout::Namespaced)
         .map_err(|(key, reason)| err(&key, reason))?;
+    if cfg
+        .confirm
+        .as_ref()
+        .is_some_and(|c| c.kind == crate::config::ConfirmKind::Twin)
+    {
+        return Err(err(
+            "confirm.kind",
+            "\"twin\" reads another writer's report from edgecore's twin store, which DMI does not offer: use serial, memory or command",
+        ));
+    }
     Ok(cfg)
 }
 

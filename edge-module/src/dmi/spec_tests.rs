@@ -236,3 +236,58 @@ fn a_value_of_the_wrong_type_names_its_own_key_not_the_config_data() {
         "config data key `size`: invalid type: string \"lots\", expected u64"
     );
 }
+
+#[test]
+fn the_confirm_key_takes_every_check_kind_of_the_toml_table() {
+    let base = |confirm: &str| {
+        config(&[
+            ("flasher", Value::from("gdb")),
+            ("target", Value::from("127.0.0.1:3333")),
+            ("chip", Value::from("STM32F405RG")),
+            ("confirm", Value::from(confirm)),
+        ])
+    };
+    let serial = settings(
+        "default/d",
+        Some(&base(
+            r#"{"kind":"serial","port":"/dev/ttyUSB0","pattern":"boot version={version}","timeout_secs":30}"#,
+        )),
+    )
+    .unwrap();
+    let c = serial.confirm.unwrap();
+    assert_eq!(
+        (c.kind, c.port.as_deref(), c.timeout_secs),
+        (
+            crate::config::ConfirmKind::Serial,
+            Some(std::path::Path::new("/dev/ttyUSB0")),
+            30
+        )
+    );
+    // An address above 2^24 is safe inside the JSON string (KubeEdge's float32 does not touch it), as a number or
+    // as a "0x..." string.
+    for memory in [
+        r#"{"kind":"memory","address":536870912}"#,
+        r#"{"kind":"memory","address":"0x20000000"}"#,
+    ] {
+        let c = settings("default/d", Some(&base(memory)))
+            .unwrap()
+            .confirm
+            .unwrap();
+        assert_eq!(c.address, Some(0x2000_0000), "{memory}");
+    }
+    // The same rules as the TOML table, and the key named.
+    let e = settings(
+        "default/d",
+        Some(&base(r#"{"kind":"serial","port":"/dev/ttyUSB0"}"#)),
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "confirm.pattern", "{e}");
+    // A twin check needs edgecore's twin store (MQTT mode): refused, by name.
+    let e = settings(
+        "default/d",
+        Some(&base(r#"{"kind":"twin","property":"app-version"}"#)),
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "confirm.kind", "{e}");
+    assert!(e.reason.contains("DMI"), "{e}");
+}

@@ -18,7 +18,7 @@ mod confirm;
 mod fetch;
 mod flash;
 
-use confirm::{confirm, revert};
+use confirm::{Prepared, confirm, prepare, revert};
 use fetch::fetch;
 use flash::{flash, start_flash};
 
@@ -55,13 +55,17 @@ pub struct JobContext {
 /// Runs the job of `device` until shutdown.
 pub async fn run(device: Arc<Device>, ctx: Arc<JobContext>) {
     let mut last: Option<Report> = None;
+    // A confirmation check made ready before a flash, for the confirm step that follows it.
+    let mut prepared: Option<Prepared> = None;
     loop {
         if ctx.shutdown.is_cancelled() || device.is_retired() {
             return;
         }
         let state = device.state();
         let installed = installed_pair(&state);
-        let settled = match plan::next_step(&state, ctx.max_attempts) {
+        let step = plan::next_step(&state, ctx.max_attempts);
+        let prepared_now = prepared.take();
+        let settled = match step {
             Step::Idle => Report {
                 state: FirmwareState::Idle,
                 installed,
@@ -79,12 +83,12 @@ pub async fn run(device: Arc<Device>, ctx: Arc<JobContext>) {
             },
             Step::Install { reference, attempt } => {
                 last = None;
-                install(&device, &ctx, &reference, attempt).await;
+                prepared = install(&device, &ctx, &reference, attempt).await;
                 continue;
             }
             Step::Confirm { firmware } => {
                 last = None;
-                confirm(&device, &ctx, &firmware).await;
+                confirm(&device, &ctx, &firmware, prepared_now).await;
                 continue;
             }
             Step::Revert { to, failed, code } => {
@@ -107,15 +111,22 @@ pub async fn run(device: Arc<Device>, ctx: Arc<JobContext>) {
 }
 
 /// Installs `reference` (attempt `attempt`): fetch, check, flash, journal. Returns when the attempt is over; the
-/// loop of [`run`] looks at the journaled state again.
-async fn install(device: &Arc<Device>, ctx: &JobContext, reference: &str, attempt: u32) {
+/// loop of [`run`] looks at the journaled state again. Returns the device's confirmation check, made ready before
+/// the flash (see [`prepare`]).
+async fn install(
+    device: &Arc<Device>,
+    ctx: &JobContext,
+    reference: &str,
+    attempt: u32,
+) -> Option<Prepared> {
     // Parsed once here, and carried to the fetcher.
     let firmware = match FirmwareRef::parse(reference) {
         Ok(firmware) => firmware,
         Err(e) => {
             tracing::warn!(device = device.id(), reference = %clip(reference), error = %e, "intent is not a digest-pinned reference");
             let outcome = Outcome::of(ErrorCode::InvalidReference);
-            return settle(device, ctx, reference, outcome).await;
+            settle(device, ctx, reference, outcome).await;
+            return None;
         }
     };
     // A retry after a transient flash error is not news: it reports its flash start and how it ends, not pending
@@ -123,9 +134,7 @@ async fn install(device: &Arc<Device>, ctx: &JobContext, reference: &str, attemp
     if attempt == 1 {
         progress(device, ctx, FirmwareState::Pending);
     }
-    let Some(fetched) = fetch(device, ctx, &firmware, attempt).await else {
-        return;
-    };
+    let fetched = fetch(device, ctx, &firmware, attempt).await?;
     if attempt == 1 || fetched.bytes_received > 0 {
         progress(device, ctx, FirmwareState::Verifying);
     }
@@ -141,11 +150,11 @@ async fn install(device: &Arc<Device>, ctx: &JobContext, reference: &str, attemp
     });
     if let Err(code) = checked {
         tracing::warn!(device = device.id(), reference, %code, chip = %art.chip, version = %art.version, installed = ?installed_version, "artifact refused before flashing");
-        return settle(device, ctx, reference, Outcome::of(code)).await;
+        settle(device, ctx, reference, Outcome::of(code)).await;
+        return None;
     }
-    let Some(permit) = start_flash(device, ctx, reference).await else {
-        return;
-    };
+    let permit = start_flash(device, ctx, reference).await?;
+    let prepared = prepare(device, &fetched, reference).await;
     let result = flash(device, ctx, &fetched, reference).await;
     drop(permit);
     device.lock().flashing = false;
@@ -159,6 +168,7 @@ async fn install(device: &Arc<Device>, ctx: &JobContext, reference: &str, attemp
         progress(device, ctx, FirmwareState::Waiting(code.into()));
         backoff(ctx, device, attempt).await;
     }
+    prepared
 }
 
 /// Journals a change of the state, retrying while the journal cannot be written: the device reports

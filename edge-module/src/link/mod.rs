@@ -335,6 +335,7 @@ impl Link {
                 event_id,
                 wanted,
                 actual,
+                others,
                 code,
                 reason,
             } => {
@@ -353,6 +354,9 @@ impl Link {
                     None => true,
                 };
                 self.on_get_result(&device, &event_id, &actual);
+                if let Some(dev) = self.devices.get(&device) {
+                    dev.twin_reported(&others);
+                }
                 return journaled;
             }
         }
@@ -588,6 +592,7 @@ impl Link {
             }
             self.take_answers(&mut ledger);
             self.retry_overdue(&mut ledger, now);
+            self.take_wanted_gets();
             let due = if connected && self.subscribed.load(std::sync::atomic::Ordering::Acquire) {
                 let owed = self.send_owed(&client, &mut ledger, &mut counter, now);
                 earliest(earliest(owed, ledger.next_due()), sweep)
@@ -644,6 +649,17 @@ impl Link {
             if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
                 break;
             }
+        }
+    }
+
+    /// The twin/get requests jobs asked for (a `twin` confirmation check) become owed.
+    fn take_wanted_gets(&self) {
+        let wanted = self.reports.take_wanted_gets();
+        if !wanted.is_empty() {
+            self.gets_owed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(wanted);
         }
     }
 

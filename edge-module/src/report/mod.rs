@@ -68,6 +68,8 @@ impl Report {
 pub struct ReportQueue {
     outbox: Mutex<Outbox>,
     changed: Notify,
+    /// Devices whose twin edgecore is asked for (MQTT mode: a `twin` confirmation check waits for it).
+    wanted_gets: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl ReportQueue {
@@ -76,7 +78,27 @@ impl ReportQueue {
         ReportQueue {
             outbox: Mutex::new(outbox),
             changed: Notify::new(),
+            wanted_gets: Mutex::new(std::collections::BTreeSet::new()),
         }
+    }
+
+    /// Asks the link for a `twin/get` of `device` (MQTT mode; the answer reaches [`crate::device::Device`]).
+    pub fn want_get(&self, device: &str) {
+        self.wanted_gets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(device.to_owned());
+        self.changed.notify_one();
+    }
+
+    /// The devices [`ReportQueue::want_get`] named since the last call.
+    pub fn take_wanted_gets(&self) -> std::collections::BTreeSet<String> {
+        std::mem::take(
+            &mut *self
+                .wanted_gets
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Outbox> {

@@ -12,6 +12,7 @@
 
 mod memory_map;
 mod rsp;
+mod running;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,16 +98,7 @@ impl GdbFlasher {
         if cancel.is_cancelled() {
             return Err(FlashError::Cancelled);
         }
-        let mut client = Client::connect(
-            &self.cfg.target,
-            Duration::from_secs(self.cfg.connect_timeout_secs),
-            Duration::from_secs(self.cfg.reply_timeout_secs),
-        )
-        .await?;
-        let features = client.handshake().await?;
-        // The stop reason: every server answers it once attached (and OpenOCD/pyOCD halt the target on attach).
-        client.request(b"?").await?;
-        self.attach(&mut client).await?;
+        let (mut client, features) = self.open().await?;
         let regions = if features.memory_map {
             let xml = read_memory_map(&mut client).await?;
             memory_map::flash_regions(&xml).map_err(|detail| FlashError::FlashFailed {
@@ -148,6 +140,21 @@ impl GdbFlasher {
 }
 
 impl GdbFlasher {
+    /// Connects, negotiates and attaches: a session ready for requests (the target halted, by most servers).
+    async fn open(&self) -> Result<(Client, rsp::Features), FlashError> {
+        let mut client = Client::connect(
+            &self.cfg.target,
+            Duration::from_secs(self.cfg.connect_timeout_secs),
+            Duration::from_secs(self.cfg.reply_timeout_secs),
+        )
+        .await?;
+        let features = client.handshake().await?;
+        // The stop reason: every server answers it once attached (and OpenOCD/pyOCD halt the target on attach).
+        client.request(b"?").await?;
+        self.attach(&mut client).await?;
+        Ok((client, features))
+    }
+
     /// The `init` monitor commands, then `vAttach` when configured. A target the server cannot find or attach to (a
     /// Black Magic Probe whose board is unpowered) is `probe-not-found`, like an unplugged probe.
     async fn attach(&self, client: &mut Client) -> Result<(), FlashError> {
@@ -437,17 +444,23 @@ impl Session<'_> {
 
     /// `D`: the target runs on. The image is verified by now, so a server that closes without `OK` is only logged.
     async fn detach(&mut self) {
-        match self.client.request(b"D").await {
-            Ok(reply) if reply == b"OK" => {}
-            Ok(reply) => {
-                tracing::warn!(target = %self.target, reply = %String::from_utf8_lossy(&reply), "GDB server refused detach")
-            }
-            Err(e) => tracing::warn!(target = %self.target, error = %e, "detach from GDB server"),
-        }
+        detach(&mut self.client, self.target).await;
     }
 
     fn refused(&self, what: &str, reply: &[u8]) -> FlashError {
         refused(self.target, what, reply)
+    }
+}
+
+/// `D`: the target runs on. Whatever was asked of it is done by now, so a server that closes without `OK` is only
+/// logged.
+async fn detach(client: &mut Client, target: &str) {
+    match client.request(b"D").await {
+        Ok(reply) if reply == b"OK" => {}
+        Ok(reply) => {
+            tracing::warn!(target = %target, reply = %String::from_utf8_lossy(&reply), "GDB server refused detach")
+        }
+        Err(e) => tracing::warn!(target = %target, error = %e, "detach from GDB server"),
     }
 }
 
@@ -508,6 +521,14 @@ impl Flasher for GdbFlasher {
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<FlashOutcome, FlashError>> {
         Box::pin(self.run_flash(req, progress, cancel))
+    }
+
+    fn reset(&self) -> BoxFuture<'_, Result<(), FlashError>> {
+        Box::pin(self.run_reset())
+    }
+
+    fn read_memory(&self, address: u64, len: u64) -> BoxFuture<'_, Result<Vec<u8>, FlashError>> {
+        Box::pin(self.run_read_memory(address, len))
     }
 }
 

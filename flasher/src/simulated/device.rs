@@ -419,6 +419,22 @@ impl Device {
         Ok(outcome)
     }
 
+    /// `len` bytes at `address` of the slot that boots: what a running firmware would read from its own flash.
+    /// Outside that slot: `too-large`.
+    pub(crate) fn read_memory(&self, address: u64, len: u64) -> Result<Vec<u8>, FlashError> {
+        let (lo, hi) = (self.cfg.origin, self.cfg.origin + self.slot_size());
+        if len > crate::MAX_MEMORY_READ || address < lo || address.saturating_add(len) > hi {
+            return Err(FlashError::TooLarge {
+                detail: format!(
+                    "a read of {len} bytes at {address:#x} falls outside the flash {lo:#x}..{hi:#x} (or above {} bytes)",
+                    crate::MAX_MEMORY_READ
+                ),
+            });
+        }
+        let active = self.state()?.active;
+        self.mem.read(self.offset(active, address), len)
+    }
+
     /// Confirm the running test-mode image; false when nothing was in test mode.
     pub(crate) fn confirm(&mut self) -> Result<bool, FlashError> {
         let mut state = self.state()?;

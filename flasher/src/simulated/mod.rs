@@ -184,6 +184,17 @@ impl Flasher for SimulatedFlasher {
     fn installed(&self) -> BoxFuture<'_, Result<Option<Installed>, FlashError>> {
         Box::pin(self.blocking(|this| this.installed_blocking()))
     }
+
+    /// A reboot: [`SimulatedFlasher::boot`] (an unconfirmed A/B test image reverts, as at any boot).
+    fn reset(&self) -> BoxFuture<'_, Result<(), FlashError>> {
+        Box::pin(self.blocking(|this| this.boot().map(|_| ())))
+    }
+
+    /// The flash of the slot that boots (a simulated device has no RAM): a version string in the image is read
+    /// where the image put it.
+    fn read_memory(&self, address: u64, len: u64) -> BoxFuture<'_, Result<Vec<u8>, FlashError>> {
+        Box::pin(self.blocking(move |this| this.with_device(|d| d.read_memory(address, len))))
+    }
 }
 
 /// Read `faults.json` of a device directory (missing file: no faults).

@@ -2,8 +2,8 @@
  * arm-none-eabi-gcc -nostdlib, never committed as a binary. One source, chosen at build time:
  *   -DBOARD_NETDUINOPLUS2 (STM32F405, USART1) or -DBOARD_LM3S6965EVB (Stellaris, UART0)
  *   -DVERSION="\"1.2.3\""   the version the banner prints
- *   -DVARIANT_GOOD          prints "boot version=<v>" and idles
- *   -DVARIANT_HANG          hangs before its banner
+ *   -DVARIANT_GOOD          writes <v> into twinflash_running_version, prints "boot version=<v>" and idles
+ *   -DVARIANT_HANG          hangs before its banner (twinflash_running_version stays empty)
  *   -DVARIANT_CRASHLOOP     prints its banner, then "crash", then resets itself (SYSRESETREQ), again and again
  */
 #include <stdint.h>
@@ -43,17 +43,33 @@ static void uart_puts(const char *s) {
     }
 }
 
+/* The version that runs, written at boot: what a debugger reads (symbol twinflash_running_version) to see which
+ * firmware runs, not only which one was written. In .bss, zeroed first thing at boot as a C runtime would. */
+volatile char twinflash_running_version[32];
+
+static void record_version(const char *v) {
+    uint32_t i = 0;
+    for (; v[i] && i < sizeof twinflash_running_version - 1; i++) {
+        twinflash_running_version[i] = v[i];
+    }
+    twinflash_running_version[i] = 0;
+}
+
 static void spin(uint32_t n) {
     for (volatile uint32_t i = 0; i < n; i++) {
     }
 }
 
 void reset_handler(void) {
+    for (uint32_t i = 0; i < sizeof twinflash_running_version; i++) {
+        twinflash_running_version[i] = 0;
+    }
     uart_init();
 #if defined(VARIANT_HANG)
     for (;;) {
     }
 #endif
+    record_version(VERSION);
     uart_puts("boot version=" VERSION "\r\n");
 #if defined(VARIANT_CRASHLOOP)
     uart_puts("crash\r\n");
