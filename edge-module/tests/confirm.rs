@@ -280,3 +280,23 @@ async fn a_twin_check_confirms_once_the_application_reports_the_version_in_its_o
     let log = env.agent.log();
     assert!(log.contains("the application reports app-version"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_check_that_cannot_judge_the_artifact_refuses_it_before_flashing() {
+    // A memory check by ELF symbol and a BIN artifact: no symbol to look up, so the check could never confirm. The
+    // release is refused before a byte is flashed (not flashed, timed out and reverted).
+    let table = "[devices.confirm]\nkind = \"memory\"\nsymbol = \"twinflash_running_version\"\ntimeout_secs = 2\n";
+    let env = Env::start(1, |s| AgentSpec {
+        extra_device_toml: table,
+        ..s
+    })
+    .await;
+    let dev = env.device(0);
+    let v1 = env.push("blinky:1.0.0", &image(1, 8 * 1024), "1.0.0").await;
+    env.intent(0, &v1).await;
+    env.wait(0, "firmware-state", "rejected:invalid-config")
+        .await;
+    assert_eq!(dev.started(&v1), 0, "nothing was flashed");
+    let log = env.agent.log();
+    assert!(log.contains("refused before flashing"), "{log}");
+}

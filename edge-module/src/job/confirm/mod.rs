@@ -188,6 +188,20 @@ enum Probe {
     Twin,
 }
 
+/// Whether the device's check can judge `fetched` at all, decided before anything is flashed: a memory check by
+/// `symbol` needs that symbol in an ELF artifact. A check that could never confirm would only flash the release to
+/// revert it.
+pub(super) async fn precheck(device: &Device, fetched: &Fetched) -> Result<(), String> {
+    match device.cfg.confirm.as_ref() {
+        Some(cfg) if cfg.kind == ConfirmKind::Memory => {
+            memory::locate(cfg, &fetched.path, fetched.artifact.format)
+                .await
+                .map(|_| ())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Makes the device's check ready before `fetched` is flashed as `reference`: a serial check starts listening (the
 /// banner follows the reset that ends the flash), a memory check looks its symbol up. None without a check.
 pub(super) async fn prepare(
