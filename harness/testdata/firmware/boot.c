@@ -5,6 +5,8 @@
  *   -DVARIANT_GOOD          prints "boot version=<v>" and idles
  *   -DVARIANT_HANG          hangs before its banner
  *   -DVARIANT_CRASHLOOP     prints its banner, then "crash", then resets itself (SYSRESETREQ), again and again
+ *   -DVARIANT_HANG_IF_MARKED as GOOD, but hangs before its banner when the word at MARKER_ADDR (a flash sector no
+ *                           image writes) holds MARKER_WORD: a hardware variant the release does not support
  */
 #include <stdint.h>
 
@@ -52,6 +54,12 @@ void reset_handler(void) {
     uart_init();
 #if defined(VARIANT_HANG)
     for (;;) {
+    }
+#endif
+#if defined(VARIANT_HANG_IF_MARKED)
+    if (REG(MARKER_ADDR) == MARKER_WORD) {
+        for (;;) {
+        }
     }
 #endif
     uart_puts("boot version=" VERSION "\r\n");
