@@ -47,10 +47,7 @@ impl Scene {
         let board = Board::start(kind, None).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let hold = dir.path().join("hold");
-        let flasher = leak(format!(
-            "[devices.flasher]\nkind = \"gdb\"\ntarget = \"{}\"\nreset = \"system_reset\"\n",
-            board.gdb_addr()
-        ));
+        let flasher = leak(twinflash_testkit::gdb_flasher_toml(&board));
         let uart = board.uart_path().display().to_string();
         let hold_arg = hold.display().to_string();
         let argv = [
@@ -61,10 +58,7 @@ impl Scene {
             "{version}",
             &hold_arg,
         ];
-        let confirm = leak(format!(
-            "[devices.confirm]\nkind = \"command\"\nargv = {}\ntimeout_secs = {timeout_secs}\ninterval_ms = 200\n",
-            serde_json::to_string(&argv).unwrap()
-        ));
+        let confirm = leak(twinflash_testkit::confirm_toml(&argv, timeout_secs, 200));
         let chip = kind.chip();
         let env = Env::start(1, |s| AgentSpec {
             extra_device_toml: confirm,

@@ -12,26 +12,28 @@
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod fleet;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use fleet::{DEV_GROUP, NS, reported};
 use serde_json::{Value, json};
 use twinflash_cloud::rollout::{
     DeviceSelector, FailureThreshold, FirmwareRollout, FirmwareRolloutSpec, FirmwareRolloutStatus,
     Phase, Strategy,
 };
 use twinflash_harness::board::{self, Board, BoardKind, Firmware, MARKER, Variant};
-use twinflash_harness::{FakeApi, Mosquitto, Registry, free_port};
-use twinflash_testkit::{Agent, AgentSpec, CloudProcess, init, push};
+use twinflash_harness::{FakeApi, Mosquitto, Registry};
+use twinflash_testkit::{
+    Agent, AgentSpec, CloudProcess, gdb_flasher_toml, init, push, uart_confirm_toml,
+};
 
-const NS: &str = "default";
 const BOARDS: usize = 3;
 /// The board marked as the hardware variant v2 does not support: the last one, so that the others confirmed v2
 /// before it is started.
 const MARKED: usize = 2;
 const ROLLOUT: &str = "mcu-2";
-const DEV_GROUP: (&str, &str, &str) = ("devices.kubeedge.io", "v1beta1", "devices");
-const FWR_GROUP: (&str, &str, &str) = ("twinflash.io", "v1alpha1", "firmwarerollouts");
 const KIND: BoardKind = BoardKind::Netduinoplus2;
 /// How long a release has to print its banner before the agent gives up on it.
 const CONFIRM_SECS: u64 = 10;
@@ -39,44 +41,17 @@ const BOOT: Duration = Duration::from_secs(20);
 /// Generous bound of each wait: a whole rollout with a confirmation timeout and a revert, on a loaded machine.
 const WAIT: Duration = Duration::from_secs(240);
 
-/// `$0` = the UART file, `$1` = the version: confirmed when the newest boot banner names it (the UART ends its
-/// lines with CR LF).
-const UART_CHECK: &str = r#"last=$(tr -d '\r' < "$0" | grep "^boot version=" | tail -n 1); [ "$last" = "boot version=$1" ]"#;
-
 fn name(i: usize) -> String {
     format!("mcu-{i:02}")
 }
 
 fn device_json(i: usize, desired: &str) -> Value {
-    let prop = |n: &str, v: &str| json!({"name": n, "desired": {"value": v, "metadata": {"type": "string"}}});
-    json!({
-        "apiVersion": "devices.kubeedge.io/v1beta1",
-        "kind": "Device",
-        "metadata": {
-            "name": name(i),
-            "namespace": NS,
-            "labels": {"app": "mcu"},
-            "annotations": {"twinflash.io/chip": KIND.chip()},
-        },
-        "spec": {
-            "nodeName": format!("node-{i}"),
-            "properties": [prop("firmware", desired), prop("firmware-version", ""), prop("firmware-state", "")],
-        },
-    })
+    let node = format!("node-{i}");
+    fleet::device_json(&name(i), &node, json!({"app": "mcu"}), KIND.chip(), desired)
 }
 
 fn device(api: &FakeApi, i: usize) -> Value {
-    let (g, v, p) = DEV_GROUP;
-    api.get(g, v, p, NS, &name(i)).unwrap()
-}
-
-fn reported(dev: &Value, twin: &str) -> Option<String> {
-    dev["status"]["twins"]
-        .as_array()?
-        .iter()
-        .find(|t| t["propertyName"] == twin)?["reported"]["value"]
-        .as_str()
-        .map(str::to_owned)
+    fleet::device(api, &name(i))
 }
 
 fn installed(api: &FakeApi, i: usize, reference: &str) -> bool {
@@ -103,9 +78,7 @@ fn desired_history(api: &FakeApi, i: usize) -> Vec<String> {
 }
 
 fn rollout_status(api: &FakeApi) -> Option<FirmwareRolloutStatus> {
-    let (g, v, p) = FWR_GROUP;
-    let obj = api.get(g, v, p, NS, ROLLOUT)?;
-    serde_json::from_value(obj.get("status")?.clone()).ok()
+    fleet::rollout_status(api, ROLLOUT)
 }
 
 fn rollout(firmware: &str) -> Value {
@@ -213,17 +186,11 @@ async fn a_rollout_whose_release_does_not_boot_on_one_emulated_board_aborts_and_
         .enumerate()
         .map(|(i, b)| {
             api.put(device_json(i, &r1)).unwrap();
-            let uart = b.uart_path().display().to_string();
-            let argv = ["/bin/sh", "-c", UART_CHECK, &uart, "{version}"];
             let device_toml = format!(
-                "allow_downgrade = true\n[devices.confirm]\nkind = \"command\"\nargv = {}\n\
-                 timeout_secs = {CONFIRM_SECS}\ninterval_ms = 200\n",
-                serde_json::to_string(&argv).unwrap()
+                "allow_downgrade = true\n{}",
+                uart_confirm_toml(b, CONFIRM_SECS, 200)
             );
-            let flasher = format!(
-                "[devices.flasher]\nkind = \"gdb\"\ntarget = \"{}\"\nreset = \"system_reset\"\n",
-                b.gdb_addr()
-            );
+            let flasher = gdb_flasher_toml(b);
             let agent_dir = dir.path().join(format!("agent-{i}"));
             Agent::start(AgentSpec {
                 client_id: format!("agent-mcu-{i}"),
@@ -236,14 +203,11 @@ async fn a_rollout_whose_release_does_not_boot_on_one_emulated_board_aborts_and_
             })
         })
         .collect();
-    let cloud_config = format!(
-        "mode = \"direct\"\nstatus_location = \"device\"\n\
-         [mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nclient_id = \"twinflash-cloud-mcu\"\n\
-         [registry]\nplain_http = [\"{}\"]\n\
-         [metrics]\nlisten = \"127.0.0.1:{}\"\n",
+    let cloud_config = fleet::cloud_config(
         mqtt.port(),
-        registry.host(),
-        free_port()
+        &registry.host(),
+        "device",
+        "twinflash-cloud-mcu",
     );
     let cloud = CloudProcess::start(dir.path(), &cloud_config, &kubeconfig);
     let logs = || {
