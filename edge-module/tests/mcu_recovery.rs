@@ -15,12 +15,20 @@ use support::{AgentSpec, Env, WAIT, until};
 use twinflash_harness::board::{self, Board, BoardKind, Firmware, Variant};
 
 /// `$0` = the UART file, `$1` = the version, `$2` = a hold file. Confirmed when the hold file is absent, the UART
-/// printed nothing for half a second (a crash loop never settles) and its newest line is the banner naming the
-/// version (the UART ends its lines with CR LF).
+/// printed nothing for half a second (a crash loop never settles) and its newest line ends with the banner naming
+/// the version (the UART ends its lines with CR LF; a line the firmware was cut off in, by a reset or the debugger,
+/// runs on into the next boot's banner).
 const SETTLED_BANNER: &str = r#"[ -e "$2" ] && exit 1
 a=$(wc -c < "$0"); sleep 0.5; b=$(wc -c < "$0")
 last=$(tr -d '\r' < "$0" | grep -v '^$' | tail -n 1)
-[ "$a" = "$b" ] && [ "$last" = "boot version=$1" ]"#;
+[ "$a" = "$b" ] || exit 1
+case "$last" in *"boot version=$1") exit 0 ;; esac
+exit 1"#;
+
+/// The banner in a UART line: from `boot version=` on (a line cut off by a reset runs on into the next banner).
+fn banner(line: &str) -> Option<&str> {
+    line.rfind("boot version=").map(|at| &line[at..])
+}
 
 /// How long the board may take to print its banner after the reset.
 const BOOT: Duration = Duration::from_secs(20);
@@ -138,7 +146,7 @@ impl Scene {
         self.board
             .uart_lines()
             .iter()
-            .filter(|l| **l == want)
+            .filter(|l| banner(l) == Some(want.as_str()))
             .count()
     }
 
@@ -146,9 +154,10 @@ impl Scene {
     fn last_banner(&self) -> Option<String> {
         self.board
             .uart_lines()
-            .into_iter()
+            .iter()
             .rev()
-            .find(|l| l.starts_with("boot version="))
+            .find_map(|l| banner(l))
+            .map(str::to_owned)
     }
 
     /// SIGKILL and restart the agent; returns once the new process runs.
@@ -190,6 +199,18 @@ impl Scene {
         assert!(!firmware.iter().any(|f| f == reference), "{firmware:?}");
         let versions = self.env.cloud.history(&self.id, "firmware-version");
         assert!(!versions.iter().any(|v| v == version), "{versions:?}");
+    }
+
+    /// From its first report of `reference` on, the twin held `reference` and `version` at every observed point.
+    fn always_since_installed(&self, reference: &str, version: &str) {
+        for (twin, want) in [("firmware", reference), ("firmware-version", version)] {
+            let history = self.env.cloud.history(&self.id, twin);
+            let first = history.iter().position(|v| v == want);
+            assert!(
+                first.is_some_and(|i| history[i..].iter().all(|v| v == want)),
+                "{twin}: {history:?}"
+            );
+        }
     }
 
     /// After a release was reverted: `failed:boot-failed`, the old firmware in the twin, the old banner newest on
@@ -294,6 +315,7 @@ async fn sigkill_while_an_emulated_board_is_reverted_resumes_the_revert_and_ends
     println!("UART: {:?}", s.board.uart_lines());
     s.reverted_to(&v1, "1.0.0");
     s.never_claimed(&v2, "2.0.0");
+    s.always_since_installed(&v1, "1.0.0");
     assert_eq!(s.banners("2.0.0"), 0, "the hanging release printed nothing");
     assert!(s.banners("1.0.0") >= 2, "the old firmware booted again");
     let states = s.env.cloud.states(&s.id);
@@ -323,17 +345,36 @@ async fn a_release_that_crash_loops_on_an_emulated_board_is_reverted() {
 
     let before = s.board.uart_lines().len();
     s.env.intent(0, &v2).await;
-    s.env.wait(0, "firmware-state", "failed:boot-failed").await;
+    let ended = until(WAIT, || {
+        s.env
+            .actual(0, "firmware-state")
+            .is_some_and(|st| st.starts_with("failed:"))
+    })
+    .await;
     let after: Vec<String> = s.board.uart_lines().split_off(before);
+    assert!(
+        ended && s.env.actual(0, "firmware-state").as_deref() == Some("failed:boot-failed"),
+        "{:?}\nUART: {after:?}\n{}",
+        s.env.cloud.states(&s.id),
+        s.env.agent.log()
+    );
     println!("UART after the crash-looping release and the revert: {after:?}");
     // It booted, printed its banner and crashed, again and again, until the revert.
     assert!(
         after.iter().filter(|l| *l == "crash").count() >= 2,
         "{after:?}"
     );
-    assert!(after.iter().any(|l| l == "boot version=2.0.0"), "{after:?}");
+    assert!(
+        after
+            .iter()
+            .any(|l| banner(l) == Some("boot version=2.0.0")),
+        "{after:?}"
+    );
     s.reverted_to(&v1, "1.0.0");
-    assert_eq!(after.last().map(String::as_str), Some("boot version=1.0.0"));
+    assert_eq!(
+        after.last().and_then(|l| banner(l)),
+        Some("boot version=1.0.0")
+    );
     s.never_claimed(&v2, "2.0.0");
 }
 
