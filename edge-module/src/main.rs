@@ -189,7 +189,11 @@ fn init_logs(cfg: &EdgeConfig) {
     let filter = spec
         .parse::<Targets>()
         .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only on a terminal: a log file or journald gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let registry = tracing_subscriber::registry().with(filter);
     match cfg.log.format {
         LogFormat::Json => registry.with(layer.json()).init(),

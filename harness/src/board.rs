@@ -111,6 +111,12 @@ impl BoardKind {
         }
     }
 
+    /// The word a test writes (as [`MARKER`]) to tell a [`Variant::HangIfMarked`] image that it runs on a hardware
+    /// variant it does not support: in the last 4 KiB of flash, which no test image reaches.
+    pub fn marker_address(self) -> u64 {
+        self.flash_origin() + self.flash_size() - 0x1000
+    }
+
     fn cpu(self) -> &'static str {
         match self {
             BoardKind::Netduinoplus2 => "cortex-m4",
@@ -126,6 +132,9 @@ impl BoardKind {
     }
 }
 
+/// The value at [`BoardKind::marker_address`] that makes a [`Variant::HangIfMarked`] image hang.
+pub const MARKER: u32 = 0x4D41_524B;
+
 /// What the test firmware does at boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Variant {
@@ -135,6 +144,10 @@ pub enum Variant {
     Hang,
     /// Prints its banner, then `crash`, then resets itself, again and again.
     CrashLoop,
+    /// As [`Variant::Good`], but hangs before its banner on a board whose word at [`BoardKind::marker_address`]
+    /// holds [`MARKER`] (written with [`Board::write_memory`]): a release that does not boot on one hardware
+    /// variant of a fleet.
+    HangIfMarked,
     /// Prints `boot version=<prints>` while its artifact claims `version`.
     Mislabelled {
         /// The version the banner prints.
@@ -186,6 +199,7 @@ impl Firmware {
             Variant::Good | Variant::Mislabelled { .. } => "-DVARIANT_GOOD",
             Variant::Hang => "-DVARIANT_HANG",
             Variant::CrashLoop => "-DVARIANT_CRASHLOOP",
+            Variant::HangIfMarked => "-DVARIANT_HANG_IF_MARKED",
         };
         let dir = tempfile::Builder::new()
             .prefix("twinflash-firmware-")
@@ -207,6 +221,8 @@ impl Firmware {
             .arg(board.define())
             .arg(variant_define)
             .arg(format!("-DVERSION=\"{printed}\""))
+            .arg(format!("-DMARKER_ADDR=0x{:x}u", board.marker_address()))
+            .arg(format!("-DMARKER_WORD=0x{MARKER:x}u"))
             .arg("-L")
             .arg(&src)
             .arg("-T")
@@ -486,6 +502,33 @@ impl Board {
         Ok(bytes)
     }
 
+    /// Writes `bytes` to the board's memory at `address` through its GDB server (`M`, then `D`: the board runs on),
+    /// as a debugger would; flash included, since QEMU lets a debugger write it.
+    pub fn write_memory(&self, address: u64, bytes: &[u8]) -> Result<(), HarnessError> {
+        let io = |e| HarnessError::io("write memory through the GDB server", e);
+        let mut stream =
+            TcpStream::connect_timeout(&self.gdb_addr(), Duration::from_secs(5)).map_err(io)?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(io)?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        for packet in [format!("M{address:x},{:x}:{hex}", bytes.len()), "D".into()] {
+            let sum = packet.bytes().fold(0u8, u8::wrapping_add);
+            stream
+                .write_all(format!("${packet}#{sum:02x}").as_bytes())
+                .map_err(io)?;
+            let reply = rsp_reply(&mut stream).map_err(io)?;
+            stream.write_all(b"+").map_err(io)?;
+            if reply != "OK" {
+                return Err(io(std::io::Error::other(format!(
+                    "the GDB server answered {reply:?} to {}",
+                    &packet[..1]
+                ))));
+            }
+        }
+        Ok(())
+    }
+
     /// Power off: SIGKILL QEMU (the flash content is lost with it).
     pub fn kill(&self) {
         self.proc.kill();
@@ -499,6 +542,27 @@ fn uart_pty_in(output: &str) -> Option<PathBuf> {
         let (path, label) = rest.split_once(' ')?;
         (label == format!("(label {UART_LABEL})")).then(|| PathBuf::from(path))
     })
+}
+
+/// Reads one RSP reply packet (acks before it skipped) and returns its payload.
+fn rsp_reply(stream: &mut TcpStream) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut payload = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut inside = false;
+    loop {
+        stream.read_exact(&mut byte)?;
+        match (inside, byte[0]) {
+            (false, b'$') => inside = true,
+            (false, _) => {}
+            (true, b'#') => {
+                let mut sum = [0u8; 2];
+                stream.read_exact(&mut sum)?;
+                return Ok(String::from_utf8_lossy(&payload).into_owned());
+            }
+            (true, b) => payload.push(b),
+        }
+    }
 }
 
 /// Connects to QMP, reads the greeting and leaves capabilities negotiation.

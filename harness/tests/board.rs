@@ -148,3 +148,33 @@ fn the_uart_is_a_pty_too_and_the_log_keeps_everything_whether_it_is_open_or_not(
     b.wait_line_after(seen + 2, "boot version=3.0.0", BOOT)
         .unwrap();
 }
+
+#[test]
+fn a_release_hangs_on_a_board_marked_as_a_hardware_variant_it_does_not_support() {
+    if !board::required() {
+        return;
+    }
+    for kind in BoardKind::ALL {
+        let fw = Firmware::build(kind, Variant::HangIfMarked, "5.0.0").unwrap();
+        let b = Board::start(kind, Some(&fw)).unwrap();
+        b.wait_line("boot version=5.0.0", BOOT).unwrap();
+        // The marker, written through the GDB server, is in flash; the board runs on after the write.
+        let at = kind.marker_address();
+        b.write_memory(at, &board::MARKER.to_le_bytes()).unwrap();
+        assert_eq!(
+            b.read_memory(at, 4).unwrap(),
+            board::MARKER.to_le_bytes(),
+            "{kind:?}"
+        );
+        b.reset().unwrap();
+        let err = b
+            .wait_line_after(1, "boot version=", Duration::from_secs(2))
+            .unwrap_err();
+        assert_eq!(err.code().as_str(), "timeout", "{kind:?}: {err}");
+        // Without it the same image boots again.
+        b.write_memory(at, &[0xff; 4]).unwrap();
+        b.reset().unwrap();
+        b.wait_line_after(1, "boot version=5.0.0", BOOT).unwrap();
+        assert_eq!(b.uart_lines().len(), 2, "{kind:?}");
+    }
+}

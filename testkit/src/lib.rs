@@ -9,6 +9,7 @@
 
 mod agent;
 mod binary;
+mod board_device;
 mod cloud;
 mod cloud_process;
 mod cloudcore;
@@ -31,6 +32,7 @@ use twinflash_harness::Registry;
 
 pub use agent::{Agent, AgentSpec, SimDevice, device_model};
 pub use binary::{agent_binary, cloud_binary, set_agent_binary};
+pub use board_device::{UART_BANNER_CHECK, confirm_toml, gdb_flasher_toml, uart_confirm_toml};
 pub use cloud::{Cloud, Seen};
 pub use cloud_process::CloudProcess;
 pub use cloudcore::{Cloudcore, CloudcoreWriter, FIRMWARE_TWINS, Load, sync_twin};

@@ -9,26 +9,26 @@
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod fleet;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use fleet::{DEV_GROUP, FWR_GROUP, NS, reported};
 use serde_json::{Value, json};
 use twinflash_cloud::rollout::plan::threshold_crossed;
 use twinflash_cloud::rollout::{
     DeviceSelector, FailureThreshold, FirmwareRollout, FirmwareRolloutSpec, FirmwareRolloutStatus,
     Phase, SelectorRequirement, Strategy,
 };
-use twinflash_harness::{FakeApi, Mosquitto, Registry, free_port};
+use twinflash_harness::{FakeApi, Mosquitto, Registry};
 use twinflash_testkit::{
     Agent, AgentSpec, CHIP, CloudProcess, SimDevice, image, init, push, wait_until,
 };
 
-const NS: &str = "default";
 const DEVICES: usize = 30;
 const PER_AGENT: usize = 10;
 const ROLLOUT: &str = "blinky-2";
-const DEV_GROUP: (&str, &str, &str) = ("devices.kubeedge.io", "v1beta1", "devices");
-const FWR_GROUP: (&str, &str, &str) = ("twinflash.io", "v1alpha1", "firmwarerollouts");
 
 // The scenario, in numbers.
 // - Waves "1", "30%", "100%" over 30 Devices started in name order: wave 1 is the canary sim-00,
@@ -51,26 +51,13 @@ fn name(i: usize) -> String {
 }
 
 fn device_json(i: usize, desired: &str) -> Value {
-    let prop = |n: &str, v: &str| json!({"name": n, "desired": {"value": v, "metadata": {"type": "string"}}});
-    json!({
-        "apiVersion": "devices.kubeedge.io/v1beta1",
-        "kind": "Device",
-        "metadata": {
-            "name": name(i),
-            "namespace": NS,
-            "labels": {"app": "blinky", "twinflash.io/fleet": "e2e"},
-            "annotations": {"twinflash.io/chip": CHIP},
-        },
-        "spec": {
-            "nodeName": format!("node-{}", i / PER_AGENT),
-            "properties": [prop("firmware", desired), prop("firmware-version", ""), prop("firmware-state", "")],
-        },
-    })
+    let labels = json!({"app": "blinky", "twinflash.io/fleet": "e2e"});
+    let node = format!("node-{}", i / PER_AGENT);
+    fleet::device_json(&name(i), &node, labels, CHIP, desired)
 }
 
 fn device(api: &FakeApi, i: usize) -> Value {
-    let (g, v, p) = DEV_GROUP;
-    api.get(g, v, p, NS, &name(i)).unwrap()
+    fleet::device(api, &name(i))
 }
 
 /// Where the controller keeps `status.twins` (its `status_location`).
@@ -115,24 +102,13 @@ fn firmware_desired(dev: &Value) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn reported(dev: &Value, twin: &str) -> Option<String> {
-    dev["status"]["twins"]
-        .as_array()?
-        .iter()
-        .find(|t| t["propertyName"] == twin)?["reported"]["value"]
-        .as_str()
-        .map(str::to_owned)
-}
-
 fn installed(dev: &Value, reference: &str) -> bool {
     reported(dev, "firmware").as_deref() == Some(reference)
         && reported(dev, "firmware-state").as_deref() == Some("installed")
 }
 
 fn rollout_status(api: &FakeApi) -> Option<FirmwareRolloutStatus> {
-    let (g, v, p) = FWR_GROUP;
-    let obj = api.get(g, v, p, NS, ROLLOUT)?;
-    serde_json::from_value(obj.get("status")?.clone()).ok()
+    fleet::rollout_status(api, ROLLOUT)
 }
 
 /// The references a simulated device started (`which` = "started") or verified ("completed")
@@ -146,16 +122,12 @@ fn flashes(dir: &Path, which: &str) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// The controller with the default resync period (300 s): a rollout must progress on watch events alone within
-/// the test's deadlines.
 fn cloud_config(mqtt_port: u16, registry_host: &str, location: Location) -> String {
-    format!(
-        "mode = \"direct\"\nstatus_location = \"{}\"\n\
-         [mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nclient_id = \"twinflash-cloud-e2e\"\n\
-         [registry]\nplain_http = [\"{registry_host}\"]\n\
-         [metrics]\nlisten = \"127.0.0.1:{}\"\n",
+    fleet::cloud_config(
+        mqtt_port,
+        registry_host,
         location.config(),
-        free_port()
+        "twinflash-cloud-e2e",
     )
 }
 

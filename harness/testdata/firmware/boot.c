@@ -5,6 +5,8 @@
  *   -DVARIANT_GOOD          writes <v> into twinflash_running_version, prints "boot version=<v>" and idles
  *   -DVARIANT_HANG          hangs before its banner (twinflash_running_version stays empty)
  *   -DVARIANT_CRASHLOOP     prints its banner, then "crash", then resets itself (SYSRESETREQ), again and again
+ *   -DVARIANT_HANG_IF_MARKED as GOOD, but hangs before its banner when the word at MARKER_ADDR (a flash sector no
+ *                           image writes) holds MARKER_WORD: a hardware variant the release does not support
  */
 #include <stdint.h>
 
@@ -67,6 +69,12 @@ void reset_handler(void) {
     uart_init();
 #if defined(VARIANT_HANG)
     for (;;) {
+    }
+#endif
+#if defined(VARIANT_HANG_IF_MARKED)
+    if (REG(MARKER_ADDR) == MARKER_WORD) {
+        for (;;) {
+        }
     }
 #endif
     record_version(VERSION);
