@@ -14,7 +14,7 @@ tf_need_emulator
 
 quick=false
 [ "${1:-}" = "--quick" ] && quick=true
-if $quick; then fetch_mib=64; rss_mib=64; intents=50; api_devices=1000; installs=5; sig_mib=16; gdb_mib=16; else fetch_mib=512; rss_mib=512; intents=200; api_devices=10000; installs=20; sig_mib=64; gdb_mib=512; fi
+if $quick; then fetch_mib=64; rss_mib=64; intents=50; api_devices=1000; installs=5; sig_mib=16; gdb_mib=16; confirm_runs=5; else fetch_mib=512; rss_mib=512; intents=200; api_devices=10000; installs=20; sig_mib=64; gdb_mib=512; confirm_runs=20; fi
 
 out=docs/benchmarks.md
 tmp=$(mktemp -d)
@@ -72,6 +72,7 @@ NOTES=scripts/bench/notes/signatures.md run "Signatures: verification time (issu
 NOTES=scripts/bench/notes/hostile.md run "Hostile input: cache re-hash cost, parser memory bounds (issue 23)" target/release/examples/bench_hostile
 NOTES=scripts/bench/notes/gdb.md run "gdb backend: flash throughput into QEMU's GDB server against gdb-multiarch (issue 24)" target/release/examples/bench_gdb
 run "gdb backend: peak RSS while flashing a ${gdb_mib} MiB BIN (issue 24)" target/release/examples/bench_gdb rss "$gdb_mib"
+NOTES=scripts/bench/notes/confirm.md run "Time from reset to confirmation on an emulated STM32 (issue 24)" target/release/examples/bench_confirm "$confirm_runs" 200
 NOTES=scripts/bench/notes/binary-size.md run "twinflash-edge release binary, stripped (issues 4, 14 and 15)" bash -c 'echo "| date | commit | with probe-rs, DMI and signatures (goal <= 13 MiB) | without probe-rs |"; echo "|---|---|---|---|"; bash scripts/bench/binary-size.sh'
 
 {

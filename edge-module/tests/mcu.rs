@@ -11,10 +11,6 @@ use std::time::Duration;
 use support::{AgentSpec, Env};
 use twinflash_harness::board::{self, Board, BoardKind, Firmware, Variant};
 
-/// `$0` = the UART file, `$1` = the version: confirmed when the newest boot banner names it (the UART ends its
-/// lines with CR LF).
-const UART_CHECK: &str = r#"last=$(tr -d '\r' < "$0" | grep "^boot version=" | tail -n 1); [ "$last" = "boot version=$1" ]"#;
-
 /// How long the board may take to print its banner after the reset.
 const BOOT: Duration = Duration::from_secs(20);
 
@@ -32,16 +28,8 @@ async fn an_emulated_stm32_is_updated_and_a_release_that_hangs_is_reverted() {
     let board = Board::start(kind, None).unwrap();
     let good = Firmware::build(kind, Variant::Good, "1.0.0").unwrap();
     let hangs = Firmware::build(kind, Variant::Hang, "2.0.0").unwrap();
-    let flasher = leak(format!(
-        "[devices.flasher]\nkind = \"gdb\"\ntarget = \"{}\"\nreset = \"system_reset\"\n",
-        board.gdb_addr()
-    ));
-    let uart = board.uart_path().display().to_string();
-    let argv = ["/bin/sh", "-c", UART_CHECK, &uart, "{version}"];
-    let confirm = leak(format!(
-        "[devices.confirm]\nkind = \"command\"\nargv = {}\ntimeout_secs = 5\ninterval_ms = 200\n",
-        serde_json::to_string(&argv).unwrap()
-    ));
+    let flasher = gdb_flasher(&board);
+    let confirm = leak(twinflash_testkit::uart_confirm_toml(&board, 5, 200));
     let chip = kind.chip();
     let env = Env::start(1, |s| AgentSpec {
         extra_device_toml: confirm,
@@ -140,10 +128,7 @@ async fn install_good(
 
 /// The gdb backend's settings for `board`, reset by QEMU's `system_reset`.
 fn gdb_flasher(board: &Board) -> &'static str {
-    leak(format!(
-        "[devices.flasher]\nkind = \"gdb\"\ntarget = \"{}\"\nreset = \"system_reset\"\n",
-        board.gdb_addr()
-    ))
+    leak(twinflash_testkit::gdb_flasher_toml(board))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
