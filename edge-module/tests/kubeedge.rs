@@ -296,6 +296,90 @@ async fn a_device_unknown_to_edgecore_is_named_and_lands_once_edgecore_knows_it(
     scene.wait_state("idle", CONVERGE).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twin_check_confirms_by_the_applications_own_report_and_a_release_it_never_names_is_reverted()
+ {
+    // Issue 24 (`[devices.confirm] kind = "twin"`): the device's application reports its running version in its own
+    // twin property, as a KubeEdge mapper reports any property (a twin/update with an actual value on edgecore's
+    // broker). The agent asks edgecore for the stored twin and confirms once the property names the flashed
+    // version. Judged by edgecore's store (the real `device_twin` table in real mode).
+    let confirm = "[devices.confirm]\nkind = \"twin\"\nproperty = \"app-version\"\ntimeout_secs = 8\ninterval_ms = 200\n";
+    let scene = Scene::start(false, true, |s| AgentSpec {
+        extra_device_toml: confirm,
+        ..s
+    })
+    .await;
+    let id = scene.id();
+    let mut twins = TWINS.to_vec();
+    twins.push("app-version");
+    scene.ke.declare(&id, &twins).await;
+    scene.wait_state("idle", CONVERGE).await;
+    let (r, d) = (&scene.registry, scene.dir.path());
+    let v1 = push(
+        r,
+        d,
+        "fw/app:1.0.0",
+        &image(61, 4096),
+        "1.0.0",
+        support::CHIP,
+    )
+    .await;
+    let v2 = push(
+        r,
+        d,
+        "fw/app:2.0.0",
+        &image(62, 4096),
+        "2.0.0",
+        support::CHIP,
+    )
+    .await;
+    let app_reports = |version: &str| {
+        let payload = format!(
+            r#"{{"event_id":"app-{version}","timestamp":1,"twin":{{"app-version":{{"actual":{{"value":"{version}"}},"metadata":{{"type":"string"}}}}}}}}"#
+        );
+        let topic = format!("$hw/events/device/{id}/twin/update");
+        let port = scene.ke.mqtt().port();
+        async move {
+            twinflash_testkit::publish_once("127.0.0.1", port, &topic, payload.into_bytes()).await
+        }
+    };
+
+    scene.ke.set_expected(&id, "firmware", &v1).await;
+    scene.wait_state("confirming", WAIT).await;
+    app_reports("1.0.0").await;
+    scene.wait_state("installed", CONVERGE).await;
+    assert_eq!(
+        scene.ke.actual(&id, "firmware").as_deref(),
+        Some(v1.as_str())
+    );
+    assert_eq!(
+        scene.ke.actual(&id, "app-version").as_deref(),
+        Some("1.0.0")
+    );
+
+    // 2.0.0's application never says so: no confirmation within 8 s, 1.0.0 flashed back and confirmed by the
+    // application's (unchanged) report; edgecore never stores 2.0.0 as the firmware.
+    scene.ke.set_expected(&id, "firmware", &v2).await;
+    scene.wait_state("failed:boot-failed", WAIT).await;
+    assert_eq!(
+        scene.ke.actual(&id, "firmware").as_deref(),
+        Some(v1.as_str())
+    );
+    assert_eq!(
+        scene.ke.actual(&id, "firmware-version").as_deref(),
+        Some("1.0.0")
+    );
+    assert!(
+        scene.agent.devices[0].holds(&image(61, 4096)),
+        "1.0.0 is back"
+    );
+    println!(
+        "SCENARIO twin confirm [{}]: edgecore stores {:?}",
+        scene.ke.mode(),
+        TWINS.map(|t| (t, scene.ke.actual(&id, t)))
+    );
+}
+
 /// Stand-in only (in real mode too): it counts the messages edgecore received and wrote, which only the stand-in
 /// records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

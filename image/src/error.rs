@@ -83,6 +83,10 @@ pub enum ImageError {
         /// Where the piece starts.
         at: u64,
     },
+    /// [`crate::stream_data`] asked for a format it does not read record by record (a BIN or an ELF is read in
+    /// place instead).
+    #[error("the {0} format is not read record by record")]
+    Unstreamable(FirmwareFormat),
 }
 
 impl ImageError {

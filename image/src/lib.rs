@@ -15,7 +15,9 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use error::ImageError;
-pub use parse::{ElfLoad, Image, MAX_SEGMENTS, Segment, check_bin, elf_layout, parse};
+pub use parse::{
+    ElfLoad, Image, MAX_SEGMENTS, Segment, check_bin, elf_layout, parse, stream_data, stream_layout,
+};
 
 /// Bytes [`sniff`] wants to see (fewer when the file is shorter): one UF2 block.
 pub const SNIFF_LEN: usize = uf2::BLOCK;

@@ -93,10 +93,14 @@ fn check_layout(
 
 /// The data of an image as a parser finds it, within the parser limits: a piece that starts where the previous one
 /// ends extends it (contiguous records cost one allocation, not one each), at most [`MAX_SEGMENTS`] separate pieces,
-/// and never more data bytes than the file has. Each limit is checked before the bytes are copied.
+/// and never more data bytes than the file has. Each limit is checked before the bytes are copied. Made by
+/// [`Pieces::layout_only`], it keeps only where the pieces are, not their bytes.
 pub(crate) struct Pieces {
     format: FirmwareFormat,
-    segments: Vec<Segment>,
+    /// (address, length) of each piece, in file order.
+    runs: Vec<(u64, u64)>,
+    /// The bytes of each piece, unless only the layout is wanted.
+    data: Option<Vec<Vec<u8>>>,
     bytes: u64,
     max_bytes: u64,
 }
@@ -106,9 +110,21 @@ impl Pieces {
     pub(crate) fn new(format: FirmwareFormat, file_len: usize) -> Self {
         Self {
             format,
-            segments: Vec::new(),
+            runs: Vec::new(),
+            data: Some(Vec::new()),
             bytes: 0,
             max_bytes: file_len as u64,
+        }
+    }
+
+    /// Where the pieces of a file of `file_len` bytes are, without their bytes.
+    pub(crate) fn layout_only(format: FirmwareFormat, file_len: u64) -> Self {
+        Self {
+            format,
+            runs: Vec::new(),
+            data: None,
+            bytes: 0,
+            max_bytes: file_len,
         }
     }
 
@@ -117,35 +133,60 @@ impl Pieces {
         if data.is_empty() {
             return Ok(());
         }
-        self.bytes = self.bytes.saturating_add(data.len() as u64);
+        let len = data.len() as u64;
+        self.bytes = self.bytes.saturating_add(len);
         if self.bytes > self.max_bytes {
             return Err(ImageError::DataExceedsFile {
                 format: self.format,
                 file: self.max_bytes,
             });
         }
-        if let Some(last) = self.segments.last_mut()
-            && last.address.checked_add(last.data.len() as u64) == Some(address)
+        if let Some(last) = self.runs.last_mut()
+            && last.0.checked_add(last.1) == Some(address)
         {
-            last.data.extend_from_slice(data);
+            last.1 += len;
+            if let Some(bytes) = self.data.as_mut().and_then(|d| d.last_mut()) {
+                bytes.extend_from_slice(data);
+            }
             return Ok(());
         }
-        if self.segments.len() >= MAX_SEGMENTS {
+        if self.runs.len() >= MAX_SEGMENTS {
             return Err(ImageError::TooManySegments {
                 format: self.format,
                 max: MAX_SEGMENTS,
             });
         }
-        self.segments.push(Segment {
-            address,
-            data: data.to_vec(),
-        });
+        self.runs.push((address, len));
+        if let Some(d) = self.data.as_mut() {
+            d.push(data.to_vec());
+        }
         Ok(())
     }
 
     /// The pieces, in file order.
     pub(crate) fn into_segments(self) -> Vec<Segment> {
-        self.segments
+        let data = self.data.unwrap_or_default();
+        self.runs
+            .into_iter()
+            .zip(data)
+            .map(|((address, _), data)| Segment { address, data })
+            .collect()
+    }
+
+    /// The layout as [`Image::from_segments`] judges and merges it: sorted, no overlap, adjacent pieces merged.
+    pub(crate) fn into_layout(self) -> Result<Vec<(u64, u64)>, ImageError> {
+        let format = self.format;
+        let mut runs = self.runs;
+        runs.sort_by_key(|r| r.0);
+        check_layout(format, runs.iter().copied())?;
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(runs.len());
+        for (address, len) in runs {
+            match out.last_mut() {
+                Some(last) if last.0 + last.1 == address => last.1 += len,
+                _ => out.push((address, len)),
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -293,27 +334,54 @@ fn elf_loads<'a, H: FileHeader<Endian = object::Endianness>, R: object::ReadRef<
 /// The `ihex` crate parses each record; its `Reader` is not used because it names no line and
 /// ignores what follows the end-of-file record.
 pub(crate) fn parse_ihex(bytes: &[u8]) -> Result<Vec<Segment>, ImageError> {
-    let text = std::str::from_utf8(bytes).map_err(|e| ImageError::Ihex {
-        line: line_of(bytes, e.valid_up_to()),
-        reason: "not ASCII text".to_owned(),
-    })?;
+    let mut out = Pieces::new(FirmwareFormat::Ihex, bytes.len());
+    ihex_records(bytes, |address, data| out.push(address, data))?;
+    Ok(out.into_segments())
+}
+
+/// The longest line an Intel HEX record may take here: 521 characters (255 data bytes) and room for whitespace. A
+/// longer line is refused without reading it whole.
+const MAX_IHEX_LINE: u64 = 1024;
+
+/// Reads Intel HEX from `reader` line by line and calls `visit(address, data)` for each data record, in file order,
+/// with the rules of [`parse_ihex`]. Holds one line at a time.
+pub(crate) fn ihex_records(
+    mut reader: impl std::io::BufRead,
+    mut visit: impl FnMut(u64, &[u8]) -> Result<(), ImageError>,
+) -> Result<(), ImageError> {
+    use std::io::BufRead as _;
     let mut base: u64 = 0;
     let mut saw_eof = false;
-    let mut out = Pieces::new(FirmwareFormat::Ihex, bytes.len());
-    for (index, raw) in text.lines().enumerate() {
-        let line = index + 1;
-        let record = raw.trim();
+    let mut raw = Vec::with_capacity(128);
+    let mut line = 0usize;
+    loop {
+        raw.clear();
+        let n = std::io::Read::take(&mut reader, MAX_IHEX_LINE + 1)
+            .read_until(b'\n', &mut raw)
+            .map_err(|e| ImageError::Ihex {
+                line: line + 1,
+                reason: format!("cannot read the file: {e}"),
+            })?;
+        if n == 0 {
+            break;
+        }
+        line += 1;
+        let bad = |reason: String| ImageError::Ihex { line, reason };
+        if raw.len() as u64 > MAX_IHEX_LINE {
+            return Err(bad(format!(
+                "line longer than {MAX_IHEX_LINE} characters: not an Intel HEX record"
+            )));
+        }
+        let text = std::str::from_utf8(&raw).map_err(|_| bad("not ASCII text".to_owned()))?;
+        let record = text.trim();
         if record.is_empty() {
             continue;
         }
-        let bad = |reason: String| ImageError::Ihex { line, reason };
         if saw_eof {
             return Err(bad("data after the end-of-file record".to_owned()));
         }
         match ihex::Record::from_record_string(record).map_err(|e| bad(e.to_string()))? {
-            ihex::Record::Data { offset, value } => {
-                out.push(base + u64::from(offset), &value)?;
-            }
+            ihex::Record::Data { offset, value } => visit(base + u64::from(offset), &value)?,
             ihex::Record::ExtendedSegmentAddress(seg) => base = u64::from(seg) << 4,
             ihex::Record::ExtendedLinearAddress(upper) => base = u64::from(upper) << 16,
             ihex::Record::EndOfFile => saw_eof = true,
@@ -322,13 +390,47 @@ pub(crate) fn parse_ihex(bytes: &[u8]) -> Result<Vec<Segment>, ImageError> {
     }
     if !saw_eof {
         return Err(ImageError::Ihex {
-            line: text.lines().count(),
+            line,
             reason: "no end-of-file record".to_owned(),
         });
     }
-    Ok(out.into_segments())
+    Ok(())
 }
 
-fn line_of(data: &[u8], offset: usize) -> usize {
-    data.iter().take(offset).filter(|b| **b == b'\n').count() + 1
+/// Calls `visit(address, data)` for the data of an Intel HEX or UF2 file of `len` bytes read from `reader`, in file
+/// order, judged as [`parse`] judges the file (its records; the layout is [`stream_layout`]'s). Holds one record or
+/// block at a time, so a flasher can stream a large image.
+pub fn stream_data(
+    format: FirmwareFormat,
+    reader: impl std::io::BufRead,
+    len: u64,
+    visit: impl FnMut(u64, &[u8]) -> Result<(), ImageError>,
+) -> Result<(), ImageError> {
+    if len == 0 {
+        return Err(ImageError::Empty);
+    }
+    match format {
+        FirmwareFormat::Ihex => ihex_records(reader, visit),
+        FirmwareFormat::Uf2 => uf2::blocks(reader, len, visit),
+        FirmwareFormat::Bin | FirmwareFormat::Elf => Err(ImageError::Unstreamable(format)),
+    }
+}
+
+/// Where the data of an Intel HEX or UF2 file of `len` bytes goes, without holding it: (address, length) pieces
+/// sorted by address, adjacent ones merged, judged exactly as [`parse`] judges the file (the same records, limits,
+/// overlaps and emptiness).
+pub fn stream_layout(
+    format: FirmwareFormat,
+    reader: impl std::io::BufRead,
+    len: u64,
+) -> Result<Vec<(u64, u64)>, ImageError> {
+    let mut pieces = Pieces::layout_only(format, len);
+    stream_data(format, reader, len, |address, data| {
+        pieces.push(address, data)
+    })?;
+    let layout = pieces.into_layout()?;
+    if layout.is_empty() {
+        return Err(ImageError::NoData(format));
+    }
+    Ok(layout)
 }

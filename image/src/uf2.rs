@@ -32,34 +32,48 @@ pub(crate) fn has_start_magic(head: &[u8]) -> bool {
 
 /// The payloads of all main-flash blocks.
 pub(crate) fn parse(bytes: &[u8]) -> Result<Vec<Segment>, ImageError> {
-    if !bytes.len().is_multiple_of(BLOCK) {
+    let mut out = Pieces::new(FirmwareFormat::Uf2, bytes.len());
+    blocks(bytes, bytes.len() as u64, |address, data| {
+        out.push(address, data)
+    })?;
+    Ok(out.into_segments())
+}
+
+/// Reads the `len` bytes of a UF2 file block by block and calls `visit(address, payload)` for each main-flash
+/// block, in file order. Holds one block at a time.
+pub(crate) fn blocks(
+    mut reader: impl std::io::Read,
+    len: u64,
+    mut visit: impl FnMut(u64, &[u8]) -> Result<(), ImageError>,
+) -> Result<(), ImageError> {
+    if !len.is_multiple_of(BLOCK as u64) {
         return Err(ImageError::Uf2 {
-            block: (bytes.len() / BLOCK) as u64,
-            reason: format!("file size {} is not a multiple of {BLOCK}", bytes.len()),
+            block: len / BLOCK as u64,
+            reason: format!("file size {len} is not a multiple of {BLOCK}"),
         });
     }
-    let mut out = Pieces::new(FirmwareFormat::Uf2, bytes.len());
-    for (i, block) in bytes.chunks_exact(BLOCK).enumerate() {
-        let bad = |reason: String| ImageError::Uf2 {
-            block: i as u64,
-            reason,
-        };
-        if !has_start_magic(block) {
+    let mut block = [0u8; BLOCK];
+    for i in 0..len / BLOCK as u64 {
+        let bad = |reason: String| ImageError::Uf2 { block: i, reason };
+        reader
+            .read_exact(&mut block)
+            .map_err(|e| bad(format!("cannot read the block: {e}")))?;
+        if !has_start_magic(&block) {
             return Err(bad("bad start magic".to_owned()));
         }
-        if word(block, BLOCK - 4) != MAGIC_END {
+        if word(&block, BLOCK - 4) != MAGIC_END {
             return Err(bad("bad end magic".to_owned()));
         }
-        let flags = word(block, 8);
-        let address = u64::from(word(block, 12));
-        let size = word(block, 16) as usize;
+        let flags = word(&block, 8);
+        let address = u64::from(word(&block, 12));
+        let size = word(&block, 16) as usize;
         if size > MAX_PAYLOAD {
             return Err(bad(format!("payload size {size} exceeds {MAX_PAYLOAD}")));
         }
         if flags & FLAG_NOT_MAIN_FLASH != 0 {
             continue;
         }
-        out.push(address, &block[PAYLOAD..PAYLOAD + size])?;
+        visit(address, &block[PAYLOAD..PAYLOAD + size])?;
     }
-    Ok(out.into_segments())
+    Ok(())
 }

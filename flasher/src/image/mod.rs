@@ -21,10 +21,11 @@ pub fn load(
     Ok(parse(&bytes, format, base_address)?)
 }
 
-/// An image as the backends that write memory themselves read it (the simulated device, the gdb backend): a BIN and
-/// an ELF are read from their file chunk by chunk (positional reads, so writing and verifying read them twice and
-/// never hold them whole; of an ELF only its headers are read whole); Intel HEX and UF2 are parsed whole by [`load`]
-/// (at most the agent's `max_artifact_bytes`).
+/// An image as the backends that write memory themselves read it (the simulated device, the gdb backend), never
+/// held whole: a BIN and an ELF are read from their file chunk by chunk (positional reads, so writing and verifying
+/// read them twice; of an ELF only its headers are read whole). Intel HEX and UF2 spread their data over text
+/// records or 512-byte blocks: they are read record by record, once to judge them and once to write their data into
+/// an unnamed temporary file beside the image (its pieces one after the other), which is then read like an ELF.
 #[derive(Debug)]
 pub enum Source {
     /// A parsed image.
@@ -40,13 +41,14 @@ pub enum Source {
         /// Its length.
         len: u64,
     },
-    /// An ELF file, judged by its headers as [`parse`] judges it ([`twinflash_image::elf_layout`]).
-    Elf {
+    /// A file whose pieces are at known offsets: an ELF judged by its headers as [`parse`] judges it
+    /// ([`twinflash_image::elf_layout`]), or the data of an Intel HEX or UF2 file laid out in a temporary file.
+    Mapped {
         /// The open file.
         file: std::fs::File,
-        /// Its path, for messages.
+        /// The image's path, for messages.
         path: std::path::PathBuf,
-        /// Its loadable pieces, in address order.
+        /// The pieces, in address order.
         loads: Vec<ElfLoad>,
     },
 }
@@ -58,22 +60,30 @@ impl Source {
         format: FirmwareFormat,
         base_address: Option<u64>,
     ) -> Result<Source, FlashError> {
-        if !matches!(format, FirmwareFormat::Bin | FirmwareFormat::Elf) {
-            return Ok(Source::Loaded(load(path, format, base_address)?));
-        }
         let file = std::fs::File::open(path)
             .map_err(|e| FlashError::io(format!("opening image {}", path.display()), e))?;
-        if format == FirmwareFormat::Elf {
-            let cache = object::ReadCache::new(file);
-            let loads = twinflash_image::elf_layout(&cache)?;
-            if loads.is_empty() {
-                return Err(ImageError::NoData(format).into());
+        match format {
+            FirmwareFormat::Bin => {}
+            FirmwareFormat::Elf => {
+                let cache = object::ReadCache::new(file);
+                let loads = twinflash_image::elf_layout(&cache)?;
+                if loads.is_empty() {
+                    return Err(ImageError::NoData(format).into());
+                }
+                return Ok(Source::Mapped {
+                    file: cache.into_inner(),
+                    path: path.to_path_buf(),
+                    loads,
+                });
             }
-            return Ok(Source::Elf {
-                file: cache.into_inner(),
-                path: path.to_path_buf(),
-                loads,
-            });
+            FirmwareFormat::Ihex | FirmwareFormat::Uf2 => {
+                let (flat, loads) = flatten(&file, path, format)?;
+                return Ok(Source::Mapped {
+                    file: flat,
+                    path: path.to_path_buf(),
+                    loads,
+                });
+            }
         }
         let len = file
             .metadata()
@@ -93,7 +103,7 @@ impl Source {
         match self {
             Source::Loaded(image) => image.len(),
             Source::Bin { len, .. } => *len,
-            Source::Elf { loads, .. } => loads.iter().map(|l| l.len).sum(),
+            Source::Mapped { loads, .. } => loads.iter().map(|l| l.len).sum(),
         }
     }
 
@@ -111,7 +121,7 @@ impl Source {
                 .map(|s| (s.address, s.data.len() as u64))
                 .collect(),
             Source::Bin { base, len, .. } => vec![(*base, *len)],
-            Source::Elf { loads, .. } => loads.iter().map(|l| (l.address, l.len)).collect(),
+            Source::Mapped { loads, .. } => loads.iter().map(|l| (l.address, l.len)).collect(),
         }
     }
 
@@ -161,7 +171,7 @@ impl Source {
                 Ok(())
             }
             Source::Bin { file, path, .. } => read_at(file, path, offset, buf),
-            Source::Elf { file, path, loads } => {
+            Source::Mapped { file, path, loads } => {
                 let load = loads.get(seg).filter(|l| {
                     offset
                         .checked_add(buf.len() as u64)
@@ -181,6 +191,82 @@ impl Source {
     }
 }
 
+/// Bytes gathered before one positional write of a flattened image (records are small; most follow each other).
+const FLATTEN_BUFFER: usize = 64 * 1024;
+
+/// Judges an Intel HEX or UF2 file record by record ([`twinflash_image::stream_layout`]), then writes its data into
+/// an unnamed temporary file beside it, piece after piece in address order, and returns that file with where each
+/// piece is in it. Never holds more than one record and [`FLATTEN_BUFFER`] bytes.
+fn flatten(
+    file: &std::fs::File,
+    path: &Path,
+    format: FirmwareFormat,
+) -> Result<(std::fs::File, Vec<ElfLoad>), FlashError> {
+    use std::io::{BufReader, Seek as _};
+    use std::os::unix::fs::FileExt;
+    let io = |what: &str, e| FlashError::io(format!("{what} {}", path.display()), e);
+    let len = file.metadata().map_err(|e| io("image", e))?.len();
+    let layout = twinflash_image::stream_layout(format, BufReader::new(file), len)?;
+    let mut offset = 0u64;
+    let loads: Vec<ElfLoad> = layout
+        .into_iter()
+        .map(|(address, len)| {
+            let load = ElfLoad {
+                address,
+                offset,
+                len,
+            };
+            offset += len;
+            load
+        })
+        .collect();
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let flat = tempfile::tempfile_in(dir).map_err(|e| io("temporary file beside image", e))?;
+    let mut rewind = file;
+    rewind
+        .seek(std::io::SeekFrom::Start(0))
+        .map_err(|e| io("reading image", e))?;
+    // Contiguous data is gathered and written at once: (where in `flat`, bytes). A write error stops the stream
+    // (any error does) and is reported as the I/O error it is.
+    let mut pending: (u64, Vec<u8>) = (0, Vec::with_capacity(FLATTEN_BUFFER));
+    let mut write_error: Option<std::io::Error> = None;
+    let flush = |pending: &mut (u64, Vec<u8>)| -> std::io::Result<()> {
+        if !pending.1.is_empty() {
+            flat.write_all_at(&pending.1, pending.0)?;
+            pending.1.clear();
+        }
+        Ok(())
+    };
+    let streamed =
+        twinflash_image::stream_data(format, BufReader::new(file), len, |address, data| {
+            // The layout was judged first, so every piece lies inside one of its loads.
+            let at = loads
+                .partition_point(|l| l.address <= address)
+                .saturating_sub(1);
+            let Some(load) = loads.get(at) else {
+                return Ok(());
+            };
+            let to = load.offset + (address - load.address);
+            if pending.0 + pending.1.len() as u64 != to
+                || pending.1.len() + data.len() > FLATTEN_BUFFER
+            {
+                if let Err(e) = flush(&mut pending) {
+                    write_error = Some(e);
+                    return Err(ImageError::Unstreamable(format));
+                }
+                pending.0 = to;
+            }
+            pending.1.extend_from_slice(data);
+            Ok(())
+        });
+    if let Some(e) = write_error {
+        return Err(io("writing the data of", e));
+    }
+    streamed?;
+    flush(&mut pending).map_err(|e| io("writing the data of", e))?;
+    Ok((flat, loads))
+}
+
 /// A positional read of exactly `buf.len()` bytes.
 fn read_at(
     file: &std::fs::File,
@@ -198,7 +284,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_bin_is_read_in_place_and_other_formats_are_parsed() {
+    fn a_bin_is_read_in_place_and_a_hex_from_its_flattened_data() {
         let tmp = tempfile::tempdir().unwrap();
         let bin = tmp.path().join("fw.bin");
         std::fs::write(&bin, (0..=255u8).collect::<Vec<_>>()).unwrap();
@@ -246,7 +332,7 @@ mod tests {
         let bytes = fixtures::elf32(&[(0x0800_1000, &b), (0x0800_0000, &a)], 0x1000_0000);
         std::fs::write(&elf, &bytes).unwrap();
         let src = Source::open(&elf, FirmwareFormat::Elf, None).unwrap();
-        assert!(matches!(src, Source::Elf { .. }), "streamed, not loaded");
+        assert!(matches!(src, Source::Mapped { .. }), "streamed, not loaded");
         let parsed = parse(&bytes, FirmwareFormat::Elf, None).unwrap();
         let want: Vec<(u64, u64)> = parsed
             .segments
@@ -283,5 +369,71 @@ mod tests {
             let parsed = FlashError::from(parse(&bad, FirmwareFormat::Elf, None).unwrap_err());
             assert_eq!(streamed.code(), parsed.code(), "{streamed} / {parsed}");
         }
+    }
+
+    #[test]
+    fn intel_hex_and_uf2_are_streamed_with_the_parsers_segments_and_verdicts() {
+        use twinflash_image::fixtures;
+        let tmp = tempfile::tempdir().unwrap();
+        let a = fixtures::pattern(1000, 3);
+        let b = fixtures::pattern(300, 4);
+        // Records of at most 200 bytes, the second piece first in the file.
+        let records = |at: u32, data: &'static [u8]| {
+            data.chunks(200)
+                .enumerate()
+                .map(move |(i, c)| (at + 200 * i as u32, c))
+        };
+        let (a_, b_): (&'static [u8], &'static [u8]) = (a.clone().leak(), b.clone().leak());
+        let hex = fixtures::ihex_pieces(records(0x0800_4000, b_).chain(records(0x0800_0000, a_)));
+        let uf2 = [
+            fixtures::uf2(0x1000_0000, &a, 256),
+            fixtures::uf2(0x1000_2000, &b, 256),
+        ]
+        .concat();
+        for (name, bytes, format) in [
+            ("fw.hex", hex.into_bytes(), FirmwareFormat::Ihex),
+            ("fw.uf2", uf2, FirmwareFormat::Uf2),
+        ] {
+            let path = tmp.path().join(name);
+            std::fs::write(&path, &bytes).unwrap();
+            let src = Source::open(&path, format, None).unwrap();
+            assert!(matches!(src, Source::Mapped { .. }), "{name}: streamed");
+            let parsed = parse(&bytes, format, None).unwrap();
+            let want: Vec<(u64, u64)> = parsed
+                .segments
+                .iter()
+                .map(|s| (s.address, s.data.len() as u64))
+                .collect();
+            assert_eq!(src.segments(), want, "{name}");
+            let mut got = Vec::new();
+            src.for_each_chunk(100, |_, bytes| {
+                got.extend_from_slice(bytes);
+                Ok(true)
+            })
+            .unwrap();
+            let expected: Vec<u8> = parsed
+                .segments
+                .iter()
+                .flat_map(|s| s.data.clone())
+                .collect();
+            assert_eq!(got, expected, "{name}: the same bytes in address order");
+        }
+        // What the parser refuses, the stream refuses with the same code; nothing is left beside the image.
+        let overlapping = fixtures::ihex_pieces([(0x100u32, &a[..16]), (0x108, &b[..16])]);
+        for (bytes, format) in [
+            (overlapping.into_bytes(), FirmwareFormat::Ihex),
+            (b":0400100001020304E2\n".to_vec(), FirmwareFormat::Ihex),
+            (b":00000001FF\n".to_vec(), FirmwareFormat::Ihex),
+            (vec![0u8; 700], FirmwareFormat::Uf2),
+            (vec![0u8; 512], FirmwareFormat::Uf2),
+        ] {
+            let path = tmp.path().join("bad");
+            std::fs::write(&path, &bytes).unwrap();
+            let streamed = Source::open(&path, format, None).unwrap_err();
+            let parsed = FlashError::from(parse(&bytes, format, None).unwrap_err());
+            assert_eq!(streamed.code(), parsed.code(), "{streamed} / {parsed}");
+        }
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert_eq!(left.len(), 3, "only the test's own files: {left:?}");
     }
 }
