@@ -79,6 +79,24 @@ mkdir -p "$work/keys"
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/keys/release.key" 2>/dev/null
 openssl pkey -in "$work/keys/release.key" -pubout -out "$work/keys/release.pub"
 
+# The agent's settings of the MQTT demos: broker, registry, signatures, log; the devices follow.
+mqtt_edge_head() {
+    cat <<TOML
+node = "demo-node"
+state_dir = "$work/edge"
+[mqtt]
+url = "$mqtt"
+client_id = "twinflash-edge-demo"
+[registry]
+plain_http = ["$TF_REGISTRY"]
+[signatures]
+mode = "require"
+keys = ["$work/keys/release.pub"]
+[log]
+level = "warn"
+TOML
+}
+
 if [ "$path" = mcu ]; then
     # shellcheck source=scripts/lib/demo-mcu.sh
     source scripts/lib/demo-mcu.sh
@@ -229,20 +247,7 @@ fi
 tf_log "starting twinflash-edge with three simulated devices (blinky-03 in A/B mode)"
 devices=(default/blinky-01 default/blinky-02 default/blinky-03)
 {
-    cat <<TOML
-node = "demo-node"
-state_dir = "$work/edge"
-[mqtt]
-url = "$mqtt"
-client_id = "twinflash-edge-demo"
-[registry]
-plain_http = ["$TF_REGISTRY"]
-[signatures]
-mode = "require"
-keys = ["$work/keys/release.pub"]
-[log]
-level = "warn"
-TOML
+    mqtt_edge_head
     for i in 1 2 3; do
         ab=false
         [ "$i" = 3 ] && ab=true

@@ -45,19 +45,9 @@ echo "  GDB server $gdb, UART captured in $uart" >&2
 # The confirmation check, as a firmware team would write it for a board on a serial port: the newest boot banner
 # on the UART names the version just flashed (the UART ends its lines with CR LF).
 check='last=$(tr -d "\r" < "$0" | grep "^boot version=" | tail -n 1); [ "$last" = "boot version=$1" ]'
-cat >"$work/edge.toml" <<TOML
-node = "demo-node"
-state_dir = "$work/edge"
-[mqtt]
-url = "$mqtt"
-client_id = "twinflash-edge-demo"
-[registry]
-plain_http = ["$TF_REGISTRY"]
-[signatures]
-mode = "require"
-keys = ["$work/keys/release.pub"]
-[log]
-level = "warn"
+{
+    mqtt_edge_head
+    cat <<TOML
 [[devices]]
 id = "$device"
 chip = "$chip"
@@ -71,6 +61,7 @@ argv = ["/bin/sh", "-c", '$check', "$uart", "{version}"]
 timeout_secs = 10
 interval_ms = 250
 TOML
+} >"$work/edge.toml"
 "$bin/twinflash-edge" --config "$work/edge.toml" --check-config >&2
 tf_log "starting the edgecore stand-in (a TEST STAND-IN for KubeEdge's edgecore, which cannot be installed here)"
 "$bin/examples/edgecore_standin" --mqtt-port "$TF_MQTT_PORT" --store "$work/edgecore.json" \
@@ -82,8 +73,9 @@ TF_PIDS+=($!)
 uart_banners() {
     tr -d '\r' <"$uart" | grep '^boot version=' | sed 's/^/  UART: /' >&2 || echo "  UART: (nothing yet)" >&2
 }
-# Sets the wanted firmware and follows edgecore's twin until the device settles; returns the final state.
-step() { # tag reference
+# Sets the wanted firmware by its tag (twinflash set pins it to its digest) and follows edgecore's twin until the
+# device settles (installed, or failed: the caller checks which with twin_is).
+step() { # tag
     tf_log "twinflash set: $device wants fw/stm32:$1"
     "$bin/twinflash" set "$device" "$TF_REGISTRY/fw/stm32:$1" --mqtt "$mqtt" --plain-http >&2
     "$bin/twinflash" status "$device" --mqtt "$mqtt" --watch --until-installed --wait 120 >"$work/table" || true
@@ -104,17 +96,17 @@ PY
 
 tf_log "UART before the first install (empty flash: the CPU waits for firmware)"
 uart_banners
-step 1.0.0 "$ref1"
+step 1.0.0
 twin_is "$ref1" installed 1.0.0
 uart_banners
 
 tf_log "a bad release: 2.0.0 hangs before its banner; the agent must not report it installed, and must put 1.0.0 back"
-step 2.0.0 "$ref2"
+step 2.0.0
 twin_is "$ref1" failed:boot-failed 1.0.0
 uart_banners
 grep -q 'boot version=2.0.0' "$uart" && { echo "demo: 2.0.0 printed a banner" >&2; exit 1; }
 
-step 1.1.0 "$ref3"
+step 1.1.0
 twin_is "$ref3" installed 1.1.0
 uart_banners
 
