@@ -79,14 +79,9 @@ mkdir -p "$work/keys"
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/keys/release.key" 2>/dev/null
 openssl pkey -in "$work/keys/release.key" -pubout -out "$work/keys/release.pub"
 
-# The agent's settings of the MQTT demos: broker, registry, signatures, log; the devices follow.
-mqtt_edge_head() {
+# The agent's settings every demo shares: the registry, the signature policy, the log.
+edge_common_toml() {
     cat <<TOML
-node = "demo-node"
-state_dir = "$work/edge"
-[mqtt]
-url = "$mqtt"
-client_id = "twinflash-edge-demo"
 [registry]
 plain_http = ["$TF_REGISTRY"]
 [signatures]
@@ -95,6 +90,18 @@ keys = ["$work/keys/release.pub"]
 [log]
 level = "warn"
 TOML
+}
+
+# The agent's settings of the MQTT demos: node, broker and the shared ones; the devices follow.
+mqtt_edge_head() {
+    cat <<TOML
+node = "demo-node"
+state_dir = "$work/edge"
+[mqtt]
+url = "$mqtt"
+client_id = "twinflash-edge-demo"
+TOML
+    edge_common_toml
 }
 
 if [ "$path" = mcu ]; then
@@ -205,20 +212,16 @@ YAML
         done
     }
     mkdir -p "$work/cluster" "$work/edgecore"
-    cat >"$work/edge.toml" <<TOML
+    {
+        cat <<TOML
 node = "demo-node"
 state_dir = "$work/edge"
 [kubeedge]
 mode = "dmi"
 dmi_socket = "$work/edgecore/dmi.sock"
-[registry]
-plain_http = ["$TF_REGISTRY"]
-[signatures]
-mode = "require"
-keys = ["$work/keys/release.pub"]
-[log]
-level = "warn"
 TOML
+        edge_common_toml
+    } >"$work/edge.toml"
     tf_log "twinflash-edge in DMI mode: no [mqtt], no [[devices]]; devices come from their Device objects"
     "$bin/twinflash-edge" --config "$work/edge.toml" --check-config >&2
     tf_log "starting the DMI edgecore stand-in (a TEST STAND-IN for edgecore's DMI side; KubeEdge cannot be installed here)"
