@@ -12,16 +12,6 @@ use rumqttc::{Event, MqttOptions, Packet, QoS};
 use twinflash_harness::{Mosquitto, Registry};
 use twinflash_testkit::{Agent, AgentSpec, CHIP, Cloud, image, init, push};
 
-fn rss_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -182,14 +172,14 @@ async fn rss(mib: usize) {
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = agent.pid().unwrap();
-    let idle = rss_kib(pid, "VmRSS:");
+    let idle = twinflash_harness::status_kib(Some(pid), "VmRSS").unwrap_or(0);
     let t0 = Instant::now();
     cloud.delta(&id, &reference, None).await;
     // Sampled while the agent still reports the fetch; VmHWM at its end includes the start of the flash and is shown
     // beside. The flash is sampled on its own below.
     let mut peak = 0;
     loop {
-        let rss = rss_kib(pid, "VmRSS:");
+        let rss = twinflash_harness::status_kib(Some(pid), "VmRSS").unwrap_or(0);
         let states = cloud.states(&id);
         if states
             .iter()
@@ -201,7 +191,7 @@ async fn rss(mib: usize) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let secs = t0.elapsed().as_secs_f64();
-    let hwm = rss_kib(pid, "VmHWM:");
+    let hwm = twinflash_harness::status_kib(Some(pid), "VmHWM").unwrap_or(0);
     // Then through the flash (a BIN, which the simulated backend reads in place since issue 24) until installed.
     let t1 = Instant::now();
     let mut flash_peak = 0;
@@ -214,7 +204,7 @@ async fn rss(mib: usize) {
             !states.iter().any(|s| s.starts_with("failed")),
             "the flash failed: {states:?}"
         );
-        flash_peak = flash_peak.max(rss_kib(pid, "VmRSS:"));
+        flash_peak = flash_peak.max(twinflash_harness::status_kib(Some(pid), "VmRSS").unwrap_or(0));
         assert!(
             t1.elapsed() < Duration::from_secs(900),
             "no installed after 900 s"
@@ -222,7 +212,7 @@ async fn rss(mib: usize) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let flash_secs = t1.elapsed().as_secs_f64();
-    let flash_hwm = rss_kib(pid, "VmHWM:");
+    let flash_hwm = twinflash_harness::status_kib(Some(pid), "VmHWM").unwrap_or(0);
     println!(
         "| Agent resident memory, idle (1 device) | <= 10 MiB | {:.1} MiB | - |",
         idle as f64 / 1024.0

@@ -23,14 +23,7 @@ use twinflash_cloud::seams::{IntentSink, ResolveError, ResolvedArtifact};
 use twinflash_harness::Mosquitto;
 
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
+    twinflash_harness::status_kib(None, "VmHWM").unwrap_or(0) as f64 / 1024.0
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

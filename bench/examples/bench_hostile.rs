@@ -18,19 +18,6 @@ use twinflash_artifact::fetch::Cache;
 use twinflash_artifact::format::{FirmwareFormat, parse};
 use twinflash_image::fixtures;
 
-/// Peak resident set size (VmHWM) in KiB, from /proc/self/status.
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
@@ -62,7 +49,7 @@ fn cache_rehash(size_mib: u64) -> anyhow::Result<()> {
 
 fn elf_bomb() {
     let bomb = fixtures::elf32_header_bomb();
-    let before = peak_rss_kib();
+    let before = twinflash_harness::status_kib(None, "VmHWM").unwrap_or(0);
     let start = Instant::now();
     let result = parse(&bomb, FirmwareFormat::Elf, None);
     let took = start.elapsed();
@@ -72,7 +59,7 @@ fn elf_bomb() {
     };
     println!(
         "| ELF program-header bomb (4 MiB file, 65,534 PT_LOAD headers of 4 MiB each) | peak RSS {} ({} with the file in memory before the parse); {verdict}; {:.1} ms |",
-        mib(peak_rss_kib()),
+        mib(twinflash_harness::status_kib(None, "VmHWM").unwrap_or(0)),
         mib(before),
         took.as_secs_f64() * 1000.0
     );
@@ -83,7 +70,7 @@ fn ihex_flood(stride: u32) {
     let hex =
         fixtures::ihex_pieces((0..1_000_000u32).map(|i| (0x0800_0000 + stride * i, &one[..])));
     let len = hex.len();
-    let before = peak_rss_kib();
+    let before = twinflash_harness::status_kib(None, "VmHWM").unwrap_or(0);
     let result = parse(hex.as_bytes(), FirmwareFormat::Ihex, None);
     let verdict = match result {
         Ok(img) => format!("{} segment(s), {} bytes", img.segments.len(), img.len()),
@@ -97,7 +84,7 @@ fn ihex_flood(stride: u32) {
     println!(
         "| Intel HEX, 1,000,000 one-byte records, {layout} ({:.1} MB file) | peak RSS {} ({} with the file in memory before the parse); {verdict} |",
         len as f64 / 1e6,
-        mib(peak_rss_kib()),
+        mib(twinflash_harness::status_kib(None, "VmHWM").unwrap_or(0)),
         mib(before)
     );
 }

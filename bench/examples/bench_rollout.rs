@@ -23,16 +23,6 @@ fn mix(i: usize) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Peak resident set size (VmHWM) in KiB, from /proc/self/status.
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[derive(Default)]
 struct WaveStats {
     reconciles: u32,
@@ -65,7 +55,7 @@ fn main() {
         abort: false,
         rollback_on_abort: true,
     };
-    let rss_before = peak_rss_kib().unwrap_or(0);
+    let rss_before = twinflash_harness::status_kib(None, "VmHWM").unwrap_or(0);
     let mut waves: Vec<WaveStats> = (0..4).map(|_| WaveStats::default()).collect();
     let mut status = None;
     let t0 = fleet.now;
@@ -105,7 +95,7 @@ fn main() {
         }
         fleet.tick(15, PIN);
     }
-    let rss_after = peak_rss_kib().unwrap_or(0);
+    let rss_after = twinflash_harness::status_kib(None, "VmHWM").unwrap_or(0);
     let Some(st) = status else { return };
     println!(
         "| wave | devices started | reconciles | planner mean per reconcile | planner max | simulated wave duration |"

@@ -163,19 +163,6 @@ fn objcopy_to_elf(bin: &Path, elf: &Path, origin: u64) -> Result<(), Box<dyn std
     Ok(())
 }
 
-/// Peak resident set size (VmHWM) of this process in KiB.
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Flashes a `mib` MiB BIN into QEMU `virt` RAM (at 0x4000_0000) and reports the peak RSS.
 fn rss(mib: u64) -> Result<(), Box<dyn std::error::Error>> {
     use std::io::Write;
@@ -209,7 +196,7 @@ fn rss(mib: u64) -> Result<(), Box<dyn std::error::Error>> {
     }
     // That probe connection made QEMU stop and resume nothing (it was started halted); wait for it to close.
     std::thread::sleep(Duration::from_millis(200));
-    let before = peak_rss_kib();
+    let before = twinflash_harness::status_kib(None, "VmHWM").unwrap_or(0);
     let flasher = GdbFlasher::new(GdbConfig::new(target), "virt")?;
     let req = FlashRequest {
         image: bin,
@@ -240,7 +227,7 @@ fn rss(mib: u64) -> Result<(), Box<dyn std::error::Error>> {
         "| {mib} MiB BIN into QEMU virt RAM | {} | {:.1} s | {:.1} MiB | {:.1} MiB |",
         out.bytes,
         took.as_secs_f64(),
-        peak_rss_kib() as f64 / 1024.0,
+        twinflash_harness::status_kib(None, "VmHWM").unwrap_or(0) as f64 / 1024.0,
         before as f64 / 1024.0
     );
     Ok(())

@@ -36,7 +36,7 @@ pub use certs::{Certs, make_certs};
 pub use error::HarnessError;
 pub use kubeapi::FakeApi;
 pub use mosquitto::{Mosquitto, MosquittoOptions, TlsFiles};
-pub use process::{ServiceProcess, log_tail, tcp_accepts, tool_available};
+pub use process::{ServiceProcess, log_tail, status_kib, tcp_accepts, tool_available};
 pub use proxy::{Fault, FaultProxy};
 pub use registry::{Registry, RegistryOptions, RegistryTls};
 
@@ -69,6 +69,15 @@ mod tests {
     use super::*;
 
     fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn memory_fields_of_a_process_are_read_in_kib() {
+        let hwm = status_kib(None, "VmHWM").unwrap();
+        let rss = status_kib(Some(std::process::id()), "VmRSS").unwrap();
+        assert!(hwm > 0 && rss > 0, "VmHWM {hwm} KiB, VmRSS {rss} KiB");
+        assert_eq!(status_kib(None, "VmHW"), None, "a field is matched whole");
+        assert_eq!(status_kib(Some(u32::MAX), "VmRSS"), None, "no such process");
+    }
 
     #[test]
     fn handles_can_move_across_threads_and_tasks() {

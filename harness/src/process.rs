@@ -21,6 +21,21 @@ use crate::error::HarnessError;
 /// not on a non-root `PATH`.
 const EXTRA_DIRS: [&str; 4] = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 
+/// A memory field of `/proc/<pid>/status` in KiB (`"VmRSS"`, `"VmHWM"`), for the memory figures of tests and
+/// benchmarks; `pid` None reads this process. None when the process or the field is gone.
+pub fn status_kib(pid: Option<u32>, field: &str) -> Option<u64> {
+    let path = pid.map_or_else(
+        || "/proc/self/status".to_owned(),
+        |p| format!("/proc/{p}/status"),
+    );
+    let status = std::fs::read_to_string(path).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Whether an executable called `name` is on `PATH` or in `/usr/sbin`, `/usr/bin`, `/sbin`, `/bin`.
 /// Use it to skip a test with a clear message when an optional tool is missing.
 pub fn tool_available(name: &str) -> bool {

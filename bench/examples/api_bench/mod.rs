@@ -193,15 +193,7 @@ impl Cloud {
 
     /// Peak resident set size (VmHWM) of the child in MiB, from `/proc/<pid>/status`.
     pub fn peak_rss_mib(&self) -> Option<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()?;
-        Some(kib / 1024.0)
+        twinflash_harness::status_kib(Some(self.child.id()), "VmHWM").map(|kib| kib as f64 / 1024.0)
     }
 
     /// CPU seconds (user + system) the child used so far.
