@@ -535,7 +535,6 @@ impl Flasher for GdbFlasher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Image, Segment};
 
     fn cfg(target: &str) -> GdbConfig {
         GdbConfig::new(target)
@@ -571,18 +570,8 @@ mod tests {
 
     #[test]
     fn segments_split_at_flash_regions_and_erase_whole_blocks() {
-        let image = Image {
-            segments: vec![
-                Segment {
-                    address: 0x0800_3ff0,
-                    data: vec![1; 0x20],
-                },
-                Segment {
-                    address: 0x2000_0000,
-                    data: vec![2; 8],
-                },
-            ],
-        };
+        // (address, length) of the image's segments, in address order.
+        let segments = [(0x0800_3ff0, 0x20), (0x2000_0000, 8)];
         let regions = [
             FlashRegion {
                 start: 0x0800_0000,
@@ -595,7 +584,6 @@ mod tests {
                 blocksize: 0x10000,
             },
         ];
-        let segments = Source::Loaded(image).segments();
         let p = pieces(&segments, &regions);
         let shape: Vec<(u64, u64, bool)> = p
             .iter()

@@ -1,8 +1,6 @@
-//! Firmware images as a list of (address, bytes) segments, from the `twinflash-image` crate: the
-//! same parser `twinflash push` runs, so the flasher refuses exactly what push refuses.
-//!
-//! Every backend that writes memory itself (the simulated device, the gdb backend) reads images through [`Source`];
-//! probe-rs has its own loaders.
+//! Firmware images for the backends that write memory themselves (the simulated device, the gdb backend), judged by
+//! the `twinflash-image` crate: the same rules `twinflash push` applies, so the flasher refuses exactly what push
+//! refuses. probe-rs has its own loaders.
 
 use std::path::Path;
 
@@ -10,51 +8,26 @@ pub use twinflash_image::{ElfLoad, FirmwareFormat, Image, ImageError, Segment, p
 
 use crate::FlashError;
 
-/// Reads and parses an image file. `base_address` places a BIN (required for it).
-pub fn load(
-    path: &Path,
-    format: FirmwareFormat,
-    base_address: Option<u64>,
-) -> Result<Image, FlashError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| FlashError::io(format!("reading image {}", path.display()), e))?;
-    Ok(parse(&bytes, format, base_address)?)
-}
-
-/// An image as the backends that write memory themselves read it (the simulated device, the gdb backend), never
-/// held whole: a BIN and an ELF are read from their file chunk by chunk (positional reads, so writing and verifying
-/// read them twice; of an ELF only its headers are read whole). Intel HEX and UF2 spread their data over text
-/// records or 512-byte blocks: they are read record by record, once to judge them and once to write their data into
-/// an unnamed temporary file beside the image (its pieces one after the other), which is then read like an ELF.
+/// An image as the backends that write memory themselves read it, never held whole: pieces of data at known offsets
+/// of a file, read with positional reads (writing and verifying read them twice).
+/// - A BIN is one piece, the whole file, judged by its length and base address ([`twinflash_image::check_bin`]).
+/// - An ELF's pieces are its loadable segments, judged by its headers ([`twinflash_image::elf_layout`]); only the
+///   headers are read whole.
+/// - Intel HEX and UF2 spread their data over text records or 512-byte blocks: they are read record by record, once
+///   to judge them and once to write their data into an unnamed temporary file beside the image (its pieces one
+///   after the other), whose pieces are then read the same way.
 #[derive(Debug)]
-pub enum Source {
-    /// A parsed image.
-    Loaded(Image),
-    /// A BIN file, judged by its length and base address as [`parse`] judges it.
-    Bin {
-        /// The open file.
-        file: std::fs::File,
-        /// Its path, for messages.
-        path: std::path::PathBuf,
-        /// Where its first byte goes.
-        base: u64,
-        /// Its length.
-        len: u64,
-    },
-    /// A file whose pieces are at known offsets: an ELF judged by its headers as [`parse`] judges it
-    /// ([`twinflash_image::elf_layout`]), or the data of an Intel HEX or UF2 file laid out in a temporary file.
-    Mapped {
-        /// The open file.
-        file: std::fs::File,
-        /// The image's path, for messages.
-        path: std::path::PathBuf,
-        /// The pieces, in address order.
-        loads: Vec<ElfLoad>,
-    },
+pub struct Source {
+    /// The file the pieces are read from.
+    file: std::fs::File,
+    /// The image's path, for messages.
+    path: std::path::PathBuf,
+    /// The pieces, in address order.
+    loads: Vec<ElfLoad>,
 }
 
 impl Source {
-    /// Opens (a BIN) or reads and parses (other formats) the image file. Blocking.
+    /// Opens and judges the image file (see [`Source`]). `base_address` places a BIN (required for it). Blocking.
     pub fn open(
         path: &Path,
         format: FirmwareFormat,
@@ -62,49 +35,40 @@ impl Source {
     ) -> Result<Source, FlashError> {
         let file = std::fs::File::open(path)
             .map_err(|e| FlashError::io(format!("opening image {}", path.display()), e))?;
-        match format {
-            FirmwareFormat::Bin => {}
+        let (file, loads) = match format {
+            FirmwareFormat::Bin => {
+                let len = file
+                    .metadata()
+                    .map_err(|e| FlashError::io(format!("image {}", path.display()), e))?
+                    .len();
+                let address = twinflash_image::check_bin(len, base_address)?;
+                let whole = ElfLoad {
+                    address,
+                    offset: 0,
+                    len,
+                };
+                (file, vec![whole])
+            }
             FirmwareFormat::Elf => {
                 let cache = object::ReadCache::new(file);
                 let loads = twinflash_image::elf_layout(&cache)?;
                 if loads.is_empty() {
                     return Err(ImageError::NoData(format).into());
                 }
-                return Ok(Source::Mapped {
-                    file: cache.into_inner(),
-                    path: path.to_path_buf(),
-                    loads,
-                });
+                (cache.into_inner(), loads)
             }
-            FirmwareFormat::Ihex | FirmwareFormat::Uf2 => {
-                let (flat, loads) = flatten(&file, path, format)?;
-                return Ok(Source::Mapped {
-                    file: flat,
-                    path: path.to_path_buf(),
-                    loads,
-                });
-            }
-        }
-        let len = file
-            .metadata()
-            .map_err(|e| FlashError::io(format!("image {}", path.display()), e))?
-            .len();
-        let base = twinflash_image::check_bin(len, base_address)?;
-        Ok(Source::Bin {
+            FirmwareFormat::Ihex | FirmwareFormat::Uf2 => flatten(&file, path, format)?,
+        };
+        Ok(Source {
             file,
             path: path.to_path_buf(),
-            base,
-            len,
+            loads,
         })
     }
 
     /// Bytes of image data.
     pub fn len(&self) -> u64 {
-        match self {
-            Source::Loaded(image) => image.len(),
-            Source::Bin { len, .. } => *len,
-            Source::Mapped { loads, .. } => loads.iter().map(|l| l.len).sum(),
-        }
+        self.loads.iter().map(|l| l.len).sum()
     }
 
     /// True when there is nothing to write (never for an opened image).
@@ -114,15 +78,7 @@ impl Source {
 
     /// The segments as (address, length), in address order.
     pub fn segments(&self) -> Vec<(u64, u64)> {
-        match self {
-            Source::Loaded(image) => image
-                .segments
-                .iter()
-                .map(|s| (s.address, s.data.len() as u64))
-                .collect(),
-            Source::Bin { base, len, .. } => vec![(*base, *len)],
-            Source::Mapped { loads, .. } => loads.iter().map(|l| (l.address, l.len)).collect(),
-        }
+        self.loads.iter().map(|l| (l.address, l.len)).collect()
     }
 
     /// Calls `f(address, bytes)` for the image in pieces of at most `chunk` bytes, in order, while it returns true.
@@ -149,45 +105,22 @@ impl Source {
         Ok(())
     }
 
-    /// Fills `buf` with the bytes of segment `seg` from `offset` (a positional read for a BIN or an ELF).
+    /// Fills `buf` with the bytes of segment `seg` from `offset` (a positional read of the file).
     pub fn read(&self, seg: usize, offset: u64, buf: &mut [u8]) -> Result<(), FlashError> {
-        match self {
-            Source::Loaded(image) => {
-                let data = image
-                    .segments
-                    .get(seg)
-                    .map_or(&[][..], |s| s.data.as_slice());
-                let chunk = usize::try_from(offset)
-                    .ok()
-                    .and_then(|start| Some(start..start.checked_add(buf.len())?))
-                    .and_then(|range| data.get(range))
-                    .ok_or_else(|| FlashError::Internal {
-                        detail: format!(
-                            "read of {} bytes past segment {seg} at {offset}",
-                            buf.len()
-                        ),
-                    })?;
-                buf.copy_from_slice(chunk);
-                Ok(())
-            }
-            Source::Bin { file, path, .. } => read_at(file, path, offset, buf),
-            Source::Mapped { file, path, loads } => {
-                let load = loads.get(seg).filter(|l| {
-                    offset
-                        .checked_add(buf.len() as u64)
-                        .is_some_and(|end| end <= l.len)
-                });
-                let Some(load) = load else {
-                    return Err(FlashError::Internal {
-                        detail: format!(
-                            "read of {} bytes past segment {seg} at {offset}",
-                            buf.len()
-                        ),
-                    });
-                };
-                read_at(file, path, load.offset + offset, buf)
-            }
-        }
+        let load = self.loads.get(seg).filter(|l| {
+            offset
+                .checked_add(buf.len() as u64)
+                .is_some_and(|end| end <= l.len)
+        });
+        let Some(load) = load else {
+            return Err(FlashError::Internal {
+                detail: format!("read of {} bytes past segment {seg} at {offset}", buf.len()),
+            });
+        };
+        use std::os::unix::fs::FileExt;
+        self.file
+            .read_exact_at(buf, load.offset + offset)
+            .map_err(|e| FlashError::io(format!("reading image {}", self.path.display()), e))
     }
 }
 
@@ -267,18 +200,6 @@ fn flatten(
     Ok((flat, loads))
 }
 
-/// A positional read of exactly `buf.len()` bytes.
-fn read_at(
-    file: &std::fs::File,
-    path: &Path,
-    offset: u64,
-    buf: &mut [u8],
-) -> Result<(), FlashError> {
-    use std::os::unix::fs::FileExt;
-    file.read_exact_at(buf, offset)
-        .map_err(|e| FlashError::io(format!("reading image {}", path.display()), e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,7 +210,12 @@ mod tests {
         let bin = tmp.path().join("fw.bin");
         std::fs::write(&bin, (0..=255u8).collect::<Vec<_>>()).unwrap();
         let src = Source::open(&bin, FirmwareFormat::Bin, Some(0x1000)).unwrap();
-        assert!(matches!(src, Source::Bin { .. }));
+        let whole = ElfLoad {
+            address: 0x1000,
+            offset: 0,
+            len: 256,
+        };
+        assert_eq!(src.loads, vec![whole], "the file itself, read in place");
         assert_eq!((src.len(), src.segments()), (256, vec![(0x1000, 256)]));
         let mut buf = [0u8; 4];
         src.read(0, 100, &mut buf).unwrap();
@@ -332,7 +258,11 @@ mod tests {
         let bytes = fixtures::elf32(&[(0x0800_1000, &b), (0x0800_0000, &a)], 0x1000_0000);
         std::fs::write(&elf, &bytes).unwrap();
         let src = Source::open(&elf, FirmwareFormat::Elf, None).unwrap();
-        assert!(matches!(src, Source::Mapped { .. }), "streamed, not loaded");
+        assert!(
+            src.loads.iter().all(|l| l.offset > 0),
+            "read in place, at the segments' offsets in the ELF: {:?}",
+            src.loads
+        );
         let parsed = parse(&bytes, FirmwareFormat::Elf, None).unwrap();
         let want: Vec<(u64, u64)> = parsed
             .segments
@@ -397,7 +327,11 @@ mod tests {
             let path = tmp.path().join(name);
             std::fs::write(&path, &bytes).unwrap();
             let src = Source::open(&path, format, None).unwrap();
-            assert!(matches!(src, Source::Mapped { .. }), "{name}: streamed");
+            assert_eq!(
+                src.loads.first().map(|l| l.offset),
+                Some(0),
+                "{name}: its data laid out in a file of its own"
+            );
             let parsed = parse(&bytes, format, None).unwrap();
             let want: Vec<(u64, u64)> = parsed
                 .segments
