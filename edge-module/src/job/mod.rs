@@ -153,19 +153,22 @@ async fn install(
         settle(device, ctx, reference, Outcome::of(code)).await;
         return None;
     }
-    if let Err(why) = confirm::precheck(device, &fetched).await {
-        tracing::warn!(device = device.id(), reference, error = %why, "the device's confirmation check cannot judge this artifact; refused before flashing");
-        settle(
-            device,
-            ctx,
-            reference,
-            Outcome::of(ErrorCode::InvalidConfig),
-        )
-        .await;
-        return None;
-    }
+    let located = match confirm::precheck(device, &fetched).await {
+        Ok(located) => located,
+        Err(why) => {
+            tracing::warn!(device = device.id(), reference, error = %why, "the device's confirmation check cannot judge this artifact; refused before flashing");
+            settle(
+                device,
+                ctx,
+                reference,
+                Outcome::of(ErrorCode::InvalidConfig),
+            )
+            .await;
+            return None;
+        }
+    };
     let permit = start_flash(device, ctx, reference).await?;
-    let prepared = prepare(device, &fetched, reference).await;
+    let prepared = prepare(device, Ok(located), reference).await;
     let result = flash(device, ctx, &fetched, reference).await;
     drop(permit);
     device.lock().flashing = false;

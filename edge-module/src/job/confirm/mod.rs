@@ -122,7 +122,8 @@ async fn put_back(
             return Some(Err(code));
         }
     };
-    let prepared = prepare(device, &fetched, &to.reference).await;
+    let located = precheck(device, &fetched).await;
+    let prepared = prepare(device, located, &to.reference).await;
     let permit = ctx.flashes.clone().acquire_owned().await.ok()?;
     device.lock().flashing = true;
     let result = flash(device, ctx, &fetched, &to.reference).await;
@@ -188,25 +189,26 @@ enum Probe {
     Twin,
 }
 
-/// Whether the device's check can judge `fetched` at all, decided before anything is flashed: a memory check by
-/// `symbol` needs that symbol in an ELF artifact. A check that could never confirm would only flash the release to
-/// revert it.
-pub(super) async fn precheck(device: &Device, fetched: &Fetched) -> Result<(), String> {
+/// Where the device's check will read, decided before anything is flashed: for a memory check, the address of the
+/// version string (its `address`, or its `symbol` looked up in the ELF artifact `fetched`); None for the other kinds.
+/// Err: the check can never judge this artifact, and flashing it would only lead to a revert.
+pub(super) async fn precheck(device: &Device, fetched: &Fetched) -> Result<Option<u64>, String> {
     match device.cfg.confirm.as_ref() {
         Some(cfg) if cfg.kind == ConfirmKind::Memory => {
             memory::locate(cfg, &fetched.path, fetched.artifact.format)
                 .await
-                .map(|_| ())
+                .map(Some)
         }
-        _ => Ok(()),
+        _ => Ok(None),
     }
 }
 
-/// Makes the device's check ready before `fetched` is flashed as `reference`: a serial check starts listening (the
-/// banner follows the reset that ends the flash), a memory check looks its symbol up. None without a check.
+/// Makes the device's check ready before the firmware `reference` is flashed: a serial check starts listening (the
+/// banner follows the reset that ends the flash), a memory check takes the address [`precheck`] found (`located`).
+/// None without a check.
 pub(super) async fn prepare(
     device: &Device,
-    fetched: &Fetched,
+    located: Result<Option<u64>, String>,
     reference: &str,
 ) -> Option<Prepared> {
     let cfg = device.cfg.confirm.as_ref()?;
@@ -223,7 +225,8 @@ pub(super) async fn prepare(
             Probe::Serial(check)
         }
         ConfirmKind::Memory => {
-            let at = memory::locate(cfg, &fetched.path, fetched.artifact.format).await;
+            let at = located
+                .and_then(|a| a.ok_or_else(|| "no address for the version string".to_owned()));
             if let Err(e) = &at {
                 tracing::warn!(device = device.id(), reference, error = %e, "the memory check has no address for this firmware: it cannot confirm");
             }
